@@ -1,0 +1,168 @@
+use crate::{Duration, FieldError, Validate};
+use serde::{Deserialize, Serialize};
+
+/// LoggingPolicy (DESIGN §4): access logs and the app's own log files, to one sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoggingPolicy {
+    #[serde(default)]
+    pub access_log: AccessLog,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_logs: Vec<AppLog>,
+    pub sink: Sink,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "one")]
+    pub sample_rate: f64,
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self { enabled: false, sample_rate: 1.0, format: LogFormat::Json, redact_headers: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Common,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppLog {
+    pub path: String,
+    #[serde(default)]
+    pub parser: LogParser,
+    /// Named-group regex for `parser: regex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// A line matching this starts a new record; others continue the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline_start: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogParser {
+    Json,
+    Regex,
+    #[default]
+    Plain,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sink {
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<SinkFormat>,
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    #[serde(default = "default_flush")]
+    pub flush_interval: Duration,
+}
+
+fn default_batch() -> u32 {
+    500
+}
+fn default_flush() -> Duration {
+    Duration::from_millis(1000)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    Stdout,
+    File,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkFormat {
+    Ndjson,
+    ElasticsearchBulk,
+    Loki,
+}
+
+impl Validate for LoggingPolicy {
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let a = &self.access_log;
+        if !(a.sample_rate.is_finite() && (0.0..=1.0).contains(&a.sample_rate)) {
+            errors.push(FieldError::new("accessLog.sampleRate", "must be between 0 and 1"));
+        }
+        for (i, l) in self.app_logs.iter().enumerate() {
+            if !l.path.starts_with('/') {
+                errors.push(FieldError::new(format!("appLogs[{i}].path"), "must be an absolute path (globs allowed)"));
+            }
+            if l.parser == LogParser::Regex && l.pattern.as_deref().is_none_or(str::is_empty) {
+                errors.push(FieldError::new(format!("appLogs[{i}].pattern"), "required with parser \"regex\""));
+            }
+        }
+        let s = &self.sink;
+        match s.kind {
+            SinkType::Stdout => {}
+            SinkType::File => {
+                if !s.path.as_deref().is_some_and(|p| p.starts_with('/')) {
+                    errors.push(FieldError::new("sink.path", "an absolute path is required for a file sink"));
+                }
+            }
+            SinkType::Http => {
+                if !s.url.as_deref().is_some_and(|u| u.starts_with("http://") || u.starts_with("https://")) {
+                    errors.push(FieldError::new("sink.url", "an http:// or https:// URL is required for an http sink"));
+                }
+            }
+        }
+        if s.batch_size == 0 || s.batch_size > 100_000 {
+            errors.push(FieldError::new("sink.batchSize", "must be between 1 and 100000"));
+        }
+        if s.flush_interval.0.is_zero() {
+            errors.push(FieldError::new("sink.flushInterval", "must be greater than 0"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse_document, LoggingPolicy, PolicyError};
+
+    #[test]
+    fn accepts_the_design_example() {
+        parse_document::<LoggingPolicy>(
+            br#"{"accessLog": {"enabled": true, "sampleRate": 1.0, "format": "json",
+                "redactHeaders": ["authorization", "cookie"]},
+               "appLogs": [{"path": "/var/log/app/*.log", "parser": "json"}],
+               "sink": {"type": "http", "url": "http://collector:9880/ingest", "format": "ndjson",
+                        "batchSize": 500, "flushInterval": "1s"}}"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn http_sink_needs_a_url() {
+        let err = parse_document::<LoggingPolicy>(br#"{"sink":{"type":"http"}}"#).unwrap_err();
+        let PolicyError::Invalid(e) = err else { panic!() };
+        assert_eq!(e[0].field, "sink.url");
+    }
+}

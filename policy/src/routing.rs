@@ -1,0 +1,127 @@
+use crate::{Duration, FieldError, RouteMatch, Validate};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// RoutingPolicy (DESIGN §4): ordered routes applied in the *caller's* sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutingPolicy {
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default, rename = "match", skip_serializing_if = "RouteMatch::is_empty")]
+    pub matches: RouteMatch,
+    pub backends: Vec<Backend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    pub subset: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RetryOn {
+    #[serde(rename = "5xx")]
+    ServerError,
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    #[serde(rename = "reset")]
+    Reset,
+}
+
+impl Validate for RoutingPolicy {
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let mut names = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if r.name.trim().is_empty() {
+                errors.push(FieldError::new(format!("{at}.name"), "must not be empty"));
+            } else if !names.insert(r.name.as_str()) {
+                errors.push(FieldError::new(format!("{at}.name"), format!("duplicate route name {:?}", r.name)));
+            }
+            r.matches.validate(&format!("{at}.match"), errors);
+            if r.backends.is_empty() {
+                errors.push(FieldError::new(format!("{at}.backends"), "needs at least one backend"));
+            }
+            let mut subsets = HashSet::new();
+            for (j, b) in r.backends.iter().enumerate() {
+                if b.subset.trim().is_empty() {
+                    errors.push(FieldError::new(format!("{at}.backends[{j}].subset"), "must not be empty"));
+                } else if !subsets.insert(b.subset.as_str()) {
+                    errors.push(FieldError::new(format!("{at}.backends[{j}].subset"), "subset listed twice"));
+                }
+                if b.weight > 100 {
+                    errors.push(FieldError::new(format!("{at}.backends[{j}].weight"), "must be between 0 and 100"));
+                }
+            }
+            if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0) {
+                errors.push(FieldError::new(format!("{at}.backends"), "at least one backend needs a weight above 0"));
+            }
+            if r.timeout.is_some_and(|t| t.0.is_zero()) {
+                errors.push(FieldError::new(format!("{at}.timeout"), "must be greater than 0"));
+            }
+            if let Some(rt) = &r.retries {
+                if rt.attempts > 10 {
+                    errors.push(FieldError::new(format!("{at}.retries.attempts"), "must be at most 10"));
+                }
+                if rt.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
+                    errors.push(FieldError::new(format!("{at}.retries.perTryTimeout"), "must be greater than 0"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse_document, PolicyError, RoutingPolicy};
+
+    #[test]
+    fn accepts_the_design_example() {
+        let p: RoutingPolicy = parse_document(
+            br#"{"routes": [
+              {"name": "beta", "match": {"pathPrefix": "/", "headers": {"x-canary": "always"}},
+               "backends": [{"subset": "v2", "weight": 100}]},
+              {"name": "default", "match": {"pathPrefix": "/"},
+               "backends": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}],
+               "timeout": "2s",
+               "retries": {"attempts": 2, "perTryTimeout": "500ms", "on": ["5xx", "connect-failure"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.routes[1].timeout.unwrap().0.as_millis(), 2000);
+    }
+
+    #[test]
+    fn weight_over_100_is_named() {
+        let err = parse_document::<RoutingPolicy>(
+            br#"{"routes":[{"name":"d","backends":[{"subset":"v2","weight":150}]}]}"#,
+        )
+        .unwrap_err();
+        let PolicyError::Invalid(e) = err else { panic!() };
+        assert_eq!(e[0].field, "routes[0].backends[0].weight");
+    }
+}

@@ -1,0 +1,9 @@
+//! Wire types of the Outrider control stream, generated from `outrider/v1/*.proto`.
+//!
+//! Only generated code lives here; conversion to domain types happens at the edges
+//! (control plane and sidecar), validated once with `outrider-policy`.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("outrider.v1");
+}
