@@ -1,0 +1,251 @@
+//! The store's behaviours, each proven against both backends: a fresh PostgreSQL
+//! database per test (`OUTRIDER_TEST_DATABASE_URL`, default the local server) and a
+//! fresh SQLite file.
+
+use super::*;
+use serde_json::json;
+
+/// A store on a database of its own; the PostgreSQL one is dropped afterwards.
+pub(crate) struct TestStore {
+    pub store: Store,
+    _dir: tempfile::TempDir,
+    pg_admin: Option<(String, String)>,
+}
+
+impl TestStore {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        Self { store, _dir: dir, pg_admin: None }
+    }
+
+    pub async fn postgres() -> Self {
+        let admin_url = std::env::var("OUTRIDER_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let db = format!("outrider_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::any::install_default_drivers();
+        let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for the store tests: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut admin).await.unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let url = format!("{base}/{db}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(&url), dir.path()).await.unwrap();
+        Self { store, _dir: dir, pg_admin: Some((admin_url, db)) }
+    }
+
+    pub async fn cleanup(self) {
+        self.store.close().await;
+        if let Some((admin_url, db)) = self.pg_admin {
+            if let Ok(mut admin) = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await;
+            }
+        }
+    }
+}
+
+/// Runs one async test body against both backends.
+macro_rules! store_test {
+    ($name:ident, |$s:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            async fn run($s: &Store) $body
+
+            #[tokio::test]
+            async fn postgres() {
+                let t = TestStore::postgres().await;
+                run(&t.store).await;
+                t.cleanup().await;
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                let t = TestStore::sqlite().await;
+                run(&t.store).await;
+                t.cleanup().await;
+            }
+        }
+    };
+}
+
+fn rl(rps: f64) -> serde_json::Value {
+    json!({"rules": [{"name": "all", "requestsPerSecond": rps, "burst": rps}]})
+}
+
+fn reg(id: &str, service: &str, session: &str) -> SidecarRegistration {
+    SidecarRegistration {
+        id: id.into(),
+        service: service.into(),
+        version: "v1".into(),
+        namespace: "default".into(),
+        pod: id.into(),
+        address: "127.0.0.1".into(),
+        inbound_port: 15006,
+        outbound_port: 15001,
+        admin_port: 15000,
+        build_version: "test".into(),
+        session: session.into(),
+        replica: "r1".into(),
+        held_revision: 0,
+    }
+}
+
+store_test!(put_then_get_returns_the_document_and_its_revision, |s| {
+    let p = s.put_policy("web", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "alice").await.unwrap();
+    assert_eq!(p.revision, 1);
+    let got = s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap();
+    assert_eq!(got.document, rl(5.0));
+    assert_eq!(got.revision, 1);
+    assert!(s.get_policy("web", PolicyKind::Routing).await.unwrap().is_none());
+});
+
+store_test!(revisions_are_global_and_monotonic_across_services_and_kinds, |s| {
+    let a = s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
+    let b = s.put_config("api", "app.yaml", "text/yaml", b"x: 1", Precondition::None, "a").await.unwrap();
+    let c = s.delete_policy("web", PolicyKind::RateLimit, Precondition::None, "a").await.unwrap();
+    assert!(a.revision < b.revision && b.revision < c);
+    assert_eq!(s.latest_revision().await.unwrap(), c);
+    assert_eq!(s.service_revision("web").await.unwrap(), c);
+    assert_eq!(s.service_revision("api").await.unwrap(), b.revision);
+});
+
+store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
+    let first = s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::Revision(first.revision), "a").await.unwrap();
+    let err = s
+        .put_policy("web", PolicyKind::RateLimit, &rl(3.0), Precondition::Revision(first.revision), "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed { current: Some(2) }), "{err:?}");
+    assert_eq!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap().document, rl(2.0));
+    assert_eq!(s.latest_revision().await.unwrap(), 2, "a refused write leaves no revision");
+    let err = s.put_policy("api", PolicyKind::RateLimit, &rl(3.0), Precondition::Exists, "b").await.unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed { current: None }));
+});
+
+store_test!(history_keeps_actor_and_documents_before_and_after, |s| {
+    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "alice").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "bob").await.unwrap();
+    s.put_policy("api", PolicyKind::RateLimit, &rl(9.0), Precondition::None, "bob").await.unwrap();
+    let all = s.list_revisions(None, 100).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.revision).collect::<Vec<_>>(), [3, 2, 1]);
+    let web = s.list_revisions(Some("web"), 100).await.unwrap();
+    assert_eq!(web.len(), 2);
+    let rec = s.get_revision(2).await.unwrap().unwrap();
+    assert_eq!(rec.summary.actor, "bob");
+    assert_eq!(rec.summary.kind, "rate-limit");
+    assert_eq!(rec.before, Some(rl(1.0)));
+    assert_eq!(rec.after, Some(rl(2.0)));
+    assert!(s.get_revision(99).await.unwrap().is_none());
+});
+
+store_test!(revert_restores_the_state_before_a_revision, |s| {
+    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a").await.unwrap();
+    let r = s.revert(2, "ops").await.unwrap();
+    assert_eq!(r.summary.revision, 3);
+    assert_eq!(r.summary.reverts, Some(2));
+    assert_eq!(r.summary.actor, "ops");
+    assert_eq!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap().document, rl(1.0));
+    // Reverting the creation deletes the policy.
+    s.revert(1, "ops").await.unwrap();
+    assert!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().is_none());
+    assert!(matches!(s.revert(42, "ops").await.unwrap_err(), StoreError::NotFound));
+});
+
+store_test!(config_documents_keep_bytes_and_revert, |s| {
+    let bin = vec![0u8, 159, 146, 150];
+    s.put_config("web", "blob.bin", "application/octet-stream", &bin, Precondition::None, "a").await.unwrap();
+    let text = s.put_config("web", "app.yaml", "text/yaml", b"a: 1", Precondition::None, "a").await.unwrap();
+    s.put_config("web", "app.yaml", "text/yaml", b"a: 2", Precondition::Revision(text.revision), "a").await.unwrap();
+    assert_eq!(s.get_config("web", "blob.bin").await.unwrap().unwrap().content, bin);
+    assert_eq!(s.list_configs("web").await.unwrap().len(), 2);
+    s.revert(3, "a").await.unwrap();
+    assert_eq!(s.get_config("web", "app.yaml").await.unwrap().unwrap().content, b"a: 1");
+    s.delete_config("web", "blob.bin", Precondition::None, "a").await.unwrap();
+    assert!(s.get_config("web", "blob.bin").await.unwrap().is_none());
+    let last = s.latest_revision().await.unwrap();
+    s.revert(last, "a").await.unwrap();
+    assert_eq!(s.get_config("web", "blob.bin").await.unwrap().unwrap().content, bin);
+});
+
+store_test!(delete_of_a_missing_document_is_not_found, |s| {
+    let err = s.delete_policy("web", PolicyKind::Logging, Precondition::None, "a").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound));
+    assert_eq!(s.latest_revision().await.unwrap(), 0);
+});
+
+store_test!(changes_since_lists_each_changed_service_once, |s| {
+    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a").await.unwrap();
+    s.put_policy("api", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a").await.unwrap();
+    let (mut services, newest) = s.changes_since(1).await.unwrap();
+    services.sort();
+    assert_eq!(services, ["api", "web"]);
+    assert_eq!(newest, 3);
+    let (services, newest) = s.changes_since(3).await.unwrap();
+    assert!(services.is_empty());
+    assert_eq!(newest, 3);
+});
+
+store_test!(sidecar_registration_health_and_disconnect, |s| {
+    s.register_sidecar(&reg("default/web-1", "web", "s1")).await.unwrap();
+    s.register_sidecar(&reg("default/web-2", "web", "s2")).await.unwrap();
+    s.register_sidecar(&reg("default/api-1", "api", "s3")).await.unwrap();
+    let counts = s.healthy_counts(now_ms() - 5_000).await.unwrap();
+    assert_eq!(counts.get("web"), Some(&2));
+    s.record_ack("default/web-1", "s1", 7).await.unwrap();
+    s.record_nack("default/web-2", "s2", 8, "bad policy").await.unwrap();
+    s.record_health("default/web-1", "s1", &json!({"requestsTotal": 3})).await.unwrap();
+    let rows = s.list_sidecars(Some("web")).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].applied_revision, 7);
+    assert_eq!(rows[0].health, Some(json!({"requestsTotal": 3})));
+    assert_eq!(rows[1].last_nack.as_deref(), Some("bad policy"));
+    let now = now_ms();
+    assert_eq!(rows[0].status(now, 5_000, 30_000), SidecarStatus::Healthy);
+    assert_eq!(rows[0].status(now + 10_000, 5_000, 30_000), SidecarStatus::Unhealthy);
+    assert_eq!(rows[0].status(now + 60_000, 5_000, 30_000), SidecarStatus::Disconnected);
+
+    // A close from a stale session does not disconnect the sidecar's new stream.
+    s.register_sidecar(&reg("default/web-1", "web", "s1b")).await.unwrap();
+    s.disconnect_sidecar("default/web-1", "s1", "web").await.unwrap();
+    assert!(s.list_sidecars(Some("web")).await.unwrap()[0].connected);
+    s.disconnect_sidecar("default/web-1", "s1b", "web").await.unwrap();
+    let rows = s.list_sidecars(Some("web")).await.unwrap();
+    assert_eq!(rows[0].status(now_ms(), 5_000, 30_000), SidecarStatus::Disconnected);
+    assert_eq!(s.healthy_counts(now_ms() - 5_000).await.unwrap().get("web"), Some(&1));
+    assert_eq!(s.list_services().await.unwrap(), ["api", "web"]);
+});
+
+#[tokio::test]
+async fn sqlite_store_keeps_policies_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(None, dir.path()).await.unwrap();
+        s.put_policy("web", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "a").await.unwrap();
+        s.close().await;
+    }
+    let s = Store::open(None, dir.path()).await.unwrap();
+    assert_eq!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap().document, rl(5.0));
+}
+
+#[tokio::test]
+async fn concurrent_postgres_writers_commit_in_revision_order() {
+    let t = TestStore::postgres().await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = t.store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put_policy(&format!("svc-{i}"), PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap()
+        }));
+    }
+    let mut revs: Vec<u64> = Vec::new();
+    for t in tasks {
+        revs.push(t.await.unwrap().revision);
+    }
+    revs.sort();
+    assert_eq!(revs, (1..=16).collect::<Vec<_>>(), "no gaps, no duplicates");
+    t.cleanup().await;
+}
