@@ -1,4 +1,13 @@
 //! The Outrider control plane: the policy store, the REST API and dashboard host, and
 //! the gRPC control stream that pushes snapshots to sidecars.
+//!
+//! Data flow: a REST write (`api`) validates with `outrider-policy`, commits to the
+//! `store` (taking the next global revision), then `hub` rebuilds the affected
+//! service's snapshot once and `grpc` sessions forward it to each of its sidecars.
 
+pub mod api;
+pub mod grpc;
+pub mod hub;
+pub mod metrics;
+pub mod server;
 pub mod store;

@@ -1,0 +1,15 @@
+//! The Outrider sidecar: the data-plane proxy and agent that runs next to each app
+//! instance.
+//!
+//! It registers with the control plane, applies the snapshots it streams (persisting
+//! the last acknowledged one for static stability), enforces rate limits on the inbound
+//! proxy and serves its admin endpoints. `main.rs` only wires these modules together.
+
+pub mod admin;
+pub mod agent;
+pub mod config;
+pub mod inbound;
+pub mod metrics;
+pub mod persist;
+pub mod ratelimit;
+pub mod state;

@@ -1,1 +1,284 @@
-fn main(){}
+//! `outrider-echo`: a tiny, fast HTTP/1.1 + h2c app that tests, demos and benchmarks put
+//! behind a sidecar. Every answer says who answered and what was asked.
+//!
+//! Behaviour (all paths):
+//! - `GET /healthz` → `200 ok` (never subject to `--fail-rate`).
+//! - `/status/NNN` → answers with status NNN.
+//! - `?delay_ms=N` → waits N ms before answering (timeouts, retries).
+//! - `?headers=1` → the JSON body also lists the request headers.
+//! - anything else → `200` with `{"name","method","path","query","version","requestId","bodyBytes"}`;
+//!   the request body is streamed and only counted. The `x-request-id` header is echoed back
+//!   and `x-echo-name` names the instance.
+//! - `--fail-rate F` answers `500` to that fraction of those requests.
+//!
+//! On start it prints `listening on ADDR` (useful with port 0); SIGTERM/SIGINT stop
+//! accepting, let in-flight requests finish (up to 5 s) and exit 0.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outrider-echo",
+    about = "HTTP/1.1 + h2c echo app for tests and benchmarks"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ECHO_ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Label returned in every answer, so callers can tell instances apart.
+    #[arg(long, env = "ECHO_NAME", default_value = "echo")]
+    name: String,
+    /// Fraction (0.0–1.0) of requests answered with 500.
+    #[arg(long, env = "ECHO_FAIL_RATE", default_value_t = 0.0)]
+    fail_rate: f64,
+    /// `spread`: exactly that fraction, evenly spaced (deterministic, good for assertions);
+    /// `random`: each request fails independently with that probability.
+    #[arg(long, env = "ECHO_FAIL_MODE", value_enum, default_value_t = FailMode::Spread)]
+    fail_mode: FailMode,
+    /// Tokio worker threads (default: the CPUs this process may run on).
+    #[arg(long, env = "ECHO_THREADS")]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FailMode {
+    Spread,
+    Random,
+}
+
+struct App {
+    name: String,
+    name_header: HeaderValue,
+    fail_rate: f64,
+    fail_mode: FailMode,
+    counter: AtomicU64,
+}
+
+impl App {
+    fn should_fail(&self) -> bool {
+        if self.fail_rate <= 0.0 {
+            return false;
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        match self.fail_mode {
+            // Request n fails when the running quota floor(n·rate) steps up.
+            FailMode::Spread => {
+                ((n + 1) as f64 * self.fail_rate).floor() > (n as f64 * self.fail_rate).floor()
+            }
+            FailMode::Random => {
+                // splitmix64 of the counter mixed with a per-process seed: cheap, no deps.
+                let mut z = n.wrapping_add(seed()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                ((z >> 11) as f64 / (1u64 << 53) as f64) < self.fail_rate
+            }
+        }
+    }
+}
+
+fn seed() -> u64 {
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.fail_rate),
+        "--fail-rate must be between 0.0 and 1.0, got {}",
+        args.fail_rate
+    );
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rt.worker_threads(n);
+    }
+    rt.enable_all().build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr()?;
+    let app = Arc::new(App {
+        name_header: HeaderValue::from_str(&args.name)
+            .map_err(|_| anyhow::anyhow!("--name must be a valid header value"))?,
+        name: args.name,
+        fail_rate: args.fail_rate,
+        fail_mode: args.fail_mode,
+        counter: AtomicU64::new(0),
+    });
+    println!("listening on {local}");
+
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        eprintln!("accept error: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let conn = builder.serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| handle(app.clone(), req)),
+                );
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    println!("shutting down");
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("connections still open after 5s; exiting anyway");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+
+    if path == "/healthz" {
+        return Ok(text(StatusCode::OK, "ok\n"));
+    }
+
+    // Stream the body, counting bytes, so large uploads cost no memory.
+    let mut body_bytes: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_bytes += d.len() as u64;
+                }
+            }
+            Err(e) => return Ok(text(StatusCode::BAD_REQUEST, &format!("body error: {e}\n"))),
+        }
+    }
+
+    if let Some(ms) = query_param(query, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let status = if let Some(code) = path.strip_prefix("/status/") {
+        match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(s) => s,
+            None => return Ok(text(StatusCode::BAD_REQUEST, "bad status code\n")),
+        }
+    } else if app.should_fail() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+
+    let request_id = parts.headers.get("x-request-id").cloned();
+    let mut doc = serde_json::json!({
+        "name": app.name,
+        "method": parts.method.as_str(),
+        "path": path,
+        "query": query,
+        "version": format!("{:?}", parts.version),
+        "requestId": request_id.as_ref().and_then(|v| v.to_str().ok()),
+        "bodyBytes": body_bytes,
+        "status": status.as_u16(),
+    });
+    if query_param(query, "headers").is_some_and(|v| v == "1" || v == "true") {
+        let headers: serde_json::Map<String, serde_json::Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                )
+            })
+            .collect();
+        doc["headers"] = headers.into();
+    }
+    let mut body = serde_json::to_vec(&doc).expect("json");
+    body.push(b'\n');
+
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("x-echo-name", app.name_header.clone());
+    if let Some(id) = request_id {
+        h.insert("x-request-id", id);
+    }
+    Ok(resp)
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(s.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}

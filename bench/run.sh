@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Benchmark of the sidecar's inbound path against baselines measured in the same run:
+#   direct   wrk -> echo app
+#   nginx    wrk -> nginx (1 worker, keepalive upstream) -> echo app
+#   sidecar  wrk -> outrider-sidecar inbound (rate limiter active, never denying) -> echo app
+# For each: throughput (wrk -c$BENCH_CONNECTIONS), latency at concurrency 1, CPU time per
+# request of the proxy processes, and RSS (idle, after load, peak).
+#
+# Usage: bash bench/run.sh [--baseline-only]
+#   --baseline-only   skip the control plane and sidecar (direct and nginx only)
+#
+# Knobs (environment):
+#   BENCH_DURATION=10s      length of each measured wrk run
+#   BENCH_WARMUP=2s         unmeasured wrk run before each target
+#   BENCH_CONNECTIONS=32    connections for the throughput run
+#   BENCH_ROUNDS=1          repeat the whole direct/nginx/sidecar cycle; the report uses medians
+#   BENCH_SERVER_CPUS=0     CPU list (taskset) for echo, nginx and sidecar; its size N sets
+#                           nginx worker_processes, the sidecar's OUTRIDER_WORKER_THREADS and
+#                           the echo app's threads, so every server gets the same parallelism
+#   BENCH_LOAD_CPUS=1       CPU list for wrk (and the idle control plane)
+#   BENCH_WAIT_IDLE=300     before each target, wait up to this many seconds for the machine
+#                           to be quiet (<10% CPU busy); 0 = don't wait, just warn
+#   BENCH_KEEP=1            keep the temp dir (logs, configs) after the run
+#
+# Needs: cargo, nginx, wrk, curl, python3, taskset. Not part of CI.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+BIN="$ROOT/target/release"
+
+BASELINE_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --baseline-only) BASELINE_ONLY=1 ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+export BENCH_DURATION=${BENCH_DURATION:-10s}
+export BENCH_WARMUP=${BENCH_WARMUP:-2s}
+export BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-32}
+export BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+export BENCH_SERVER_CPUS=${BENCH_SERVER_CPUS:-0}
+export BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-1}
+
+SERVER_THREADS=$(python3 -c 'import sys
+n = 0
+for part in sys.argv[1].split(","):
+    lo, _, hi = part.partition("-")
+    n += int(hi or lo) - int(lo) + 1
+print(n)' "$BENCH_SERVER_CPUS")
+export BENCH_SERVER_THREADS=$SERVER_THREADS
+
+for tool in cargo nginx wrk curl python3 taskset; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool (apt-get install -y nginx-light wrk curl python3 util-linux)" >&2; exit 1; }
+done
+
+log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+
+WORK=$(mktemp -d /tmp/outrider-bench.XXXXXX)
+chmod 755 "$WORK"
+RAW="$WORK/raw.jsonl"
+: >"$RAW"
+PIDS=()
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_http URL SECONDS PROCESS_LOG: polls until URL answers 2xx.
+wait_http() {
+  local url=$1 secs=$2 logf=${3:-}
+  local deadline=$((SECONDS + secs))
+  until curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      log "timed out waiting for $url"
+      [[ -n "$logf" && -f "$logf" ]] && { log "last lines of $logf:"; tail -n 40 "$logf" >&2; }
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# utime+stime in clock ticks; field 2 (comm) may contain spaces, so cut after ')'.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
+sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+children() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
+
+# busy and total jiffies of the server CPUs, from /proc/stat.
+server_cpu() { python3 "$BENCH/report.py" cpustat "$BENCH_SERVER_CPUS"; }
+# Fraction of all CPUs busy over one second while nothing of ours is under load: the noise floor.
+background_busy() { python3 "$BENCH/report.py" background-busy; }
+
+# record KIND TARGET ROUND JSON-FIELDS: one line of raw results.
+record() { printf '{"kind":"%s","target":"%s","round":%s,%s}\n' "$1" "$2" "$3" "$4" >>"$RAW"; }
+
+# ---------------------------------------------------------------- build
+cd "$ROOT"
+if ((BASELINE_ONLY)); then
+  log "building outrider-testkit (release)"
+  cargo build --release -p outrider-testkit
+else
+  log "building control plane, sidecar and testkit (release)"
+  if ! cargo build --release -p outrider-control-plane -p outrider-sidecar -p outrider-testkit; then
+    log "build failed; use --baseline-only to measure direct and nginx alone"
+    exit 1
+  fi
+fi
+
+# ---------------------------------------------------------------- upstream: echo app
+ECHO_PORT=$(free_port)
+log "echo app on 127.0.0.1:$ECHO_PORT (CPUs $BENCH_SERVER_CPUS)"
+taskset -c "$BENCH_SERVER_CPUS" "$BIN/outrider-echo" --listen "127.0.0.1:$ECHO_PORT" --name bench-echo \
+  --threads "$SERVER_THREADS" \
+  >"$WORK/echo.log" 2>&1 &
+ECHO_PID=$!
+PIDS+=("$ECHO_PID")
+wait_http "http://127.0.0.1:$ECHO_PORT/healthz" 10 "$WORK/echo.log"
+
+# ---------------------------------------------------------------- peer proxy: nginx
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx/tmp"
+chmod -R 777 "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# As many workers as the sidecar has runtime threads (default 1), on the same CPU(s).
+worker_processes $SERVER_THREADS;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+  scgi_temp_path $WORK/nginx/tmp/scgi;
+  # Never close a benchmark connection because of a request count.
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  upstream echo {
+    server 127.0.0.1:$ECHO_PORT;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+log "nginx on 127.0.0.1:$NGINX_PORT ($SERVER_THREADS worker(s), CPUs $BENCH_SERVER_CPUS)"
+taskset -c "$BENCH_SERVER_CPUS" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" \
+  -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_http "http://127.0.0.1:$NGINX_PORT/healthz" 10 "$WORK/nginx/error.log"
+NGINX_WORKERS=$(children "$NGINX_PID")
+[[ -n "$NGINX_WORKERS" ]] || { log "no nginx worker found"; exit 1; }
+NGINX_WORKERS=$(echo $NGINX_WORKERS)
+
+# ---------------------------------------------------------------- Outrider
+TARGETS=(direct nginx)
+declare -A URL=([direct]="http://127.0.0.1:$ECHO_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/")
+declare -A PROXY_PIDS=([direct]="" [nginx]="$NGINX_PID $NGINX_WORKERS")
+
+if ((!BASELINE_ONLY)); then
+  CP_GRPC=$(free_port); CP_HTTP=$(free_port)
+  SC_IN=$(free_port); SC_ADMIN=$(free_port); SC_OUT=$(free_port)
+  mkdir -p "$WORK/cp" "$WORK/sidecar"
+  log "control plane: grpc 127.0.0.1:$CP_GRPC, http 127.0.0.1:$CP_HTTP (CPUs $BENCH_LOAD_CPUS; idle during load)"
+  taskset -c "$BENCH_LOAD_CPUS" "$BIN/outrider-control-plane" --data-dir "$WORK/cp" \
+    --grpc-addr "127.0.0.1:$CP_GRPC" --http-addr "127.0.0.1:$CP_HTTP" >"$WORK/cp.log" 2>&1 &
+  PIDS+=("$!")
+  wait_http "http://127.0.0.1:$CP_HTTP/healthz" 30 "$WORK/cp.log"
+
+  log "sidecar: inbound 127.0.0.1:$SC_IN, admin 127.0.0.1:$SC_ADMIN ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
+  OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench \
+    OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$SC_IN" \
+    OUTRIDER_ADMIN_ADDR="127.0.0.1:$SC_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$SC_OUT" \
+    OUTRIDER_STATE_DIR="$WORK/sidecar" OUTRIDER_CONFIG_DIR="$WORK/sidecar/config" \
+    OUTRIDER_WORKER_THREADS="$SERVER_THREADS" \
+    taskset -c "$BENCH_SERVER_CPUS" "$BIN/outrider-sidecar" >"$WORK/sidecar.log" 2>&1 &
+  SIDECAR_PID=$!
+  PIDS+=("$SIDECAR_PID")
+  wait_http "http://127.0.0.1:$SC_ADMIN/readyz" 30 "$WORK/sidecar.log"
+
+  # A limit so high it never denies: the limiter runs on every request, as in production.
+  log "PUT rate-limit policy for service bench"
+  PUT_RESP=$(curl -fsS -X PUT -H 'content-type: application/json' \
+    "http://127.0.0.1:$CP_HTTP/api/v1/services/bench/policies/rate-limit" \
+    -d '{"rules":[{"name":"all","requestsPerSecond":100000000,"burst":100000000}]}')
+  REVISION=$(printf '%s' "$PUT_RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')
+  log "policy stored as revision $REVISION; waiting for the sidecar to apply it"
+  deadline=$((SECONDS + 30))
+  until curl -fsS --max-time 1 "http://127.0.0.1:$SC_ADMIN/config_dump" 2>/dev/null \
+      | python3 "$BENCH/report.py" has-revision "$REVISION"; do
+    if ((SECONDS >= deadline)); then
+      log "sidecar never showed revision $REVISION in /config_dump"; tail -n 40 "$WORK/sidecar.log" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+  curl -fsS "http://127.0.0.1:$SC_ADMIN/config_dump" >"$WORK/config_dump.json"
+
+  TARGETS+=(sidecar)
+  URL[sidecar]="http://127.0.0.1:$SC_IN/"
+  PROXY_PIDS[sidecar]="$SIDECAR_PID"
+fi
+
+# ---------------------------------------------------------------- sanity: every path reaches the echo app
+for t in "${TARGETS[@]}"; do
+  hdrs=$(curl -sS -D - -o /dev/null -H 'x-request-id: bench-sanity' "${URL[$t]}")
+  if ! grep -qi '^x-echo-name: bench-echo' <<<"$hdrs" || ! grep -q ' 200' <<<"$(head -n1 <<<"$hdrs")"; then
+    log "$t (${URL[$t]}) does not reach the echo app with 200:"; printf '%s\n' "$hdrs" >&2; exit 1
+  fi
+  printf '%s' "$hdrs" >"$WORK/headers-$t.txt"
+done
+
+# ---------------------------------------------------------------- measure
+# run_wrk TARGET KIND ROUND ARGS...: one measured wrk run, recorded with the proxy's CPU time.
+run_wrk() {
+  local target=$1 kind=$2 round=$3; shift 3
+  local pids=${PROXY_PIDS[$target]} before after out cpu0 cpu1
+  # shellcheck disable=SC2086
+  before=$(sum_ticks $pids)
+  cpu0=$(server_cpu)
+  out=$(taskset -c "$BENCH_LOAD_CPUS" wrk -s "$BENCH/wrk-report.lua" "$@" "${URL[$target]}")
+  cpu1=$(server_cpu)
+  # shellcheck disable=SC2086
+  after=$(sum_ticks $pids)
+  local json busy
+  json=$(sed -n 's/^WRKJSON //p' <<<"$out")
+  [[ -n "$json" ]] || { log "no result from wrk:"; printf '%s\n' "$out" >&2; exit 1; }
+  # Fraction of the server CPUs' time that was busy (1.0 = saturated; anything else there counts too).
+  busy=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    t = y[2] - x[2]; printf "%.3f", (t > 0 ? (y[1] - x[1]) / t : 0) }')
+  record "$kind" "$target" "$round" \
+    "\"proxyCpuTicks\":$((after - before)),\"serverCpuBusy\":$busy,\"wrk\":$json"
+  python3 "$BENCH/report.py" line <<<"$json" | sed "s/^/[bench]   $target $kind: /" >&2
+}
+
+record_rss() {
+  local target=$1 phase=$2 round=$3 p
+  local pids=${PROXY_PIDS[$target]}
+  [[ -n "$pids" ]] || return 0
+  local items=()
+  for p in $pids; do
+    items+=("{\"pid\":$p,\"comm\":\"$(cat "/proc/$p/comm")\",\"rssKb\":$(rss_kb "$p"),\"hwmKb\":$(hwm_kb "$p")}")
+  done
+  record rss "$target" "$round" "\"phase\":\"$phase\",\"processes\":[$(IFS=,; echo "${items[*]}")]"
+}
+
+for round in $(seq "$BENCH_ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    log "round $round/$BENCH_ROUNDS: $t (${URL[$t]})"
+    record_rss "$t" idle "$round"
+    bg=$(background_busy)
+    idle_deadline=$((SECONDS + ${BENCH_WAIT_IDLE:-0}))
+    while awk -v b="$bg" 'BEGIN { exit !(b > 0.10) }' && ((SECONDS < idle_deadline)); do
+      log "machine busy ($(awk -v b="$bg" 'BEGIN { printf "%.0f%%", b * 100 }')); waiting for it to be quiet"
+      sleep 4
+      bg=$(background_busy)
+    done
+    record background "$t" "$round" "\"cpuBusy\":$bg"
+    if awk -v b="$bg" 'BEGIN { exit !(b > 0.10) }'; then
+      log "WARNING: CPUs $(awk -v b="$bg" 'BEGIN { printf "%.0f%%", b * 100 }') busy before load; something else is running, results will be noisy"
+    fi
+    taskset -c "$BENCH_LOAD_CPUS" wrk -t1 -c"$BENCH_CONNECTIONS" -d"$BENCH_WARMUP" "${URL[$t]}" >/dev/null
+    run_wrk "$t" throughput "$round" -t1 -c"$BENCH_CONNECTIONS" -d"$BENCH_DURATION"
+    record_rss "$t" loaded "$round"
+    run_wrk "$t" latency "$round" -t1 -c1 -d"$BENCH_DURATION" --latency
+  done
+done
+
+# ---------------------------------------------------------------- report
+mkdir -p "$BENCH/results"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$BENCH/results/$STAMP.json"
+python3 "$BENCH/report.py" collect --raw "$RAW" --out "$OUT" \
+  --echo-pid "$ECHO_PID" --clk-tck "$(getconf CLK_TCK)"
+log "raw results: $OUT"
+echo
+python3 "$BENCH/report.py" markdown "$OUT"

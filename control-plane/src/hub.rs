@@ -1,0 +1,314 @@
+//! The snapshot hub: builds each service's snapshot once and fans it out to every
+//! sidecar of that service through a `watch` channel.
+//!
+//! Triggers, all ending in [`Hub::refresh`]: a local write (fast path), a PostgreSQL
+//! notification from another replica, a change in the healthy-instance count, and a
+//! periodic catch-up read that makes any missed notification harmless. Nothing is
+//! built before [`Hub::load`] has read the store, so a restarting control plane can
+//! never push an empty snapshot.
+
+use crate::metrics::Metrics;
+use crate::store::{now_ms, Store, StoreError, CHANGES_CHANNEL};
+use outrider_policy::PolicyKind;
+use outrider_proto::v1::{ConfigDocument, Snapshot};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+/// Liveness timing shared by the stream, the API and the membership check.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often sidecars send a health report.
+    pub report_interval: Duration,
+    /// Silence after which a sidecar counts as unhealthy (and leaves the split).
+    pub unhealthy_after: Duration,
+    /// Silence after which a sidecar counts as disconnected.
+    pub disconnected_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            report_interval: Duration::from_secs(1),
+            unhealthy_after: Duration::from_secs(5),
+            disconnected_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the dashboard and `/api/v1/events` hear about.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Event {
+    /// A new snapshot for the service (policy, config or membership change).
+    Snapshot { service: String, revision: u64 },
+    /// The set of healthy instances of a service changed.
+    Membership { service: String, healthy: u32 },
+}
+
+type SnapshotTx = watch::Sender<Option<Arc<Snapshot>>>;
+
+struct ServiceEntry {
+    tx: SnapshotTx,
+    /// Serializes builds of one service so an older build never overwrites a newer one.
+    build: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub struct Hub {
+    store: Store,
+    pub timing: Timing,
+    pub replica: String,
+    pub metrics: Arc<Metrics>,
+    loaded: watch::Sender<bool>,
+    services: Mutex<HashMap<String, ServiceEntry>>,
+    healthy: Mutex<HashMap<String, u32>>,
+    seen_revision: AtomicU64,
+    events: broadcast::Sender<Event>,
+}
+
+impl Hub {
+    pub fn new(store: Store, timing: Timing, metrics: Arc<Metrics>) -> Arc<Self> {
+        let replica = format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Arc::new(Self {
+            store,
+            timing,
+            replica,
+            metrics,
+            loaded: watch::channel(false).0,
+            services: Mutex::default(),
+            healthy: Mutex::default(),
+            seen_revision: AtomicU64::new(0),
+            events: broadcast::channel(1024).0,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Reads what the hub needs from the store, retrying until the store answers.
+    pub async fn load(self: &Arc<Self>) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.try_load().await {
+                Ok(rev) => {
+                    info!(revision = rev, replica = %self.replica, "loaded state from the store");
+                    self.loaded.send_replace(true);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "store not ready; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn try_load(&self) -> Result<u64, StoreError> {
+        let rev = self.store.latest_revision().await?;
+        self.seen_revision.store(rev, Ordering::SeqCst);
+        let counts = self.store.healthy_counts(self.seen_after()).await?;
+        *self.healthy.lock().unwrap() = counts;
+        self.metrics.latest_revision.set(rev as i64);
+        Ok(rev)
+    }
+
+    fn seen_after(&self) -> i64 {
+        now_ms() - self.timing.unhealthy_after.as_millis() as i64
+    }
+
+    /// The service's snapshot channel; the first subscriber triggers its first build.
+    pub fn subscribe(self: &Arc<Self>, service: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        let mut services = self.services.lock().unwrap();
+        if let Some(e) = services.get(service) {
+            return e.tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(None);
+        services.insert(service.to_owned(), ServiceEntry { tx, build: Arc::default() });
+        drop(services);
+        let hub = self.clone();
+        let service = service.to_owned();
+        tokio::spawn(async move { hub.refresh(&service).await });
+        rx
+    }
+
+    /// Rebuilds and publishes the service's snapshot if any sidecar listens for it.
+    pub async fn refresh(&self, service: &str) {
+        let mut loaded = self.loaded.subscribe();
+        if loaded.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let (tx, lock) = {
+            let services = self.services.lock().unwrap();
+            match services.get(service) {
+                Some(e) => (e.tx.clone(), e.build.clone()),
+                None => return,
+            }
+        };
+        let _guard = lock.lock().await;
+        match self.build(service).await {
+            Ok(snap) => {
+                debug!(service, revision = snap.revision, "snapshot built");
+                self.metrics.snapshots_built.inc();
+                let revision = snap.revision;
+                tx.send_replace(Some(Arc::new(snap)));
+                let _ = self.events.send(Event::Snapshot { service: service.to_owned(), revision });
+            }
+            // The previous snapshot stays; the periodic catch-up retries.
+            Err(e) => warn!(service, error = %e, "snapshot build failed"),
+        }
+    }
+
+    async fn build(&self, service: &str) -> Result<Snapshot, StoreError> {
+        let policies = self.store.list_policies(service).await?;
+        let configs = self.store.list_configs(service).await?;
+        let revision = self.store.service_revision(service).await?;
+        let healthy = self.healthy.lock().unwrap().get(service).copied().unwrap_or(0);
+        let doc = |k: PolicyKind| {
+            policies.iter().find(|p| p.kind == k).map(|p| p.document.to_string()).unwrap_or_default()
+        };
+        Ok(Snapshot {
+            revision,
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+            service: service.to_owned(),
+            rate_limit: doc(PolicyKind::RateLimit),
+            logging: doc(PolicyKind::Logging),
+            configs: configs
+                .into_iter()
+                .map(|c| ConfigDocument {
+                    name: c.name,
+                    content_type: c.content_type,
+                    content: c.content,
+                    revision: c.revision,
+                })
+                .collect(),
+            service_share: 1.0 / f64::from(healthy.max(1)),
+            healthy_instances: healthy,
+        })
+    }
+
+    /// The newest snapshot revision of `service`, if a sidecar subscribed to it here.
+    pub fn current_revision(&self, service: &str) -> Option<u64> {
+        let services = self.services.lock().unwrap();
+        services.get(service).and_then(|e| e.tx.borrow().as_ref().map(|s| s.revision))
+    }
+
+    /// Reads every change after the last one seen and refreshes the services it
+    /// touched: the one path for local writes, notifications and the periodic sweep.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        let after = self.seen_revision.load(Ordering::SeqCst);
+        let (services, newest) = self.store.changes_since(after).await?;
+        if newest > after {
+            self.seen_revision.fetch_max(newest, Ordering::SeqCst);
+            self.metrics.latest_revision.set(newest as i64);
+        }
+        for s in services {
+            self.refresh(&s).await;
+        }
+        Ok(())
+    }
+
+    /// Re-counts healthy instances and re-splits the services whose count changed.
+    pub async fn check_membership(&self) -> Result<(), StoreError> {
+        let counts = self.store.healthy_counts(self.seen_after()).await?;
+        let changed: Vec<(String, u32)> = {
+            let mut healthy = self.healthy.lock().unwrap();
+            let mut changed: Vec<(String, u32)> = counts
+                .iter()
+                .filter(|(s, n)| healthy.get(*s) != Some(n))
+                .map(|(s, n)| (s.clone(), *n))
+                .collect();
+            changed.extend(healthy.keys().filter(|s| !counts.contains_key(*s)).map(|s| (s.clone(), 0)));
+            *healthy = counts;
+            changed
+        };
+        for (service, n) in changed {
+            let _ = self.events.send(Event::Membership { service: service.clone(), healthy: n });
+            self.refresh(&service).await;
+        }
+        Ok(())
+    }
+
+    /// Keeps the hub current until `shutdown`: PostgreSQL notifications from every
+    /// replica, plus a periodic catch-up and membership check.
+    pub fn spawn_background(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<String>(256);
+            if hub.store.backend() == crate::store::Backend::Postgres {
+                tokio::spawn(listen(hub.store.url().to_owned(), notify_tx, shutdown.clone()));
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => break,
+                    Some(payload) = notify_rx.recv() => {
+                        let r = if payload.starts_with("members:") {
+                            hub.check_membership().await
+                        } else {
+                            hub.catch_up().await
+                        };
+                        if let Err(e) = r { warn!(error = %e, "applying a change notification failed") }
+                    }
+                    _ = tick.tick() => {
+                        ticks += 1;
+                        if let Err(e) = hub.catch_up().await { warn!(error = %e, "catch-up read failed") }
+                        if let Err(e) = hub.check_membership().await { warn!(error = %e, "membership check failed") }
+                        // Pods gone for an hour are forgotten.
+                        if ticks % 120 == 0 {
+                            let _ = hub.store.prune_sidecars(now_ms() - 3_600_000).await;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// LISTENs on the changes channel, reconnecting on failure; every (re)connect is
+/// followed by a catch-up (the sender sends an empty payload) so nothing is missed
+/// while the listener was down.
+async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>, mut shutdown: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = async {
+            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+            l.listen(CHANGES_CHANNEL).await?;
+            let _ = tx.send(String::new()).await;
+            loop {
+                let n = l.recv().await?;
+                if tx.send(n.payload().to_owned()).await.is_err() {
+                    return Ok::<(), sqlx::Error>(());
+                }
+            }
+        };
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            r = result => {
+                if let Err(e) = r { warn!(error = %e, "PostgreSQL listener lost; reconnecting") }
+                if tx.is_closed() { return }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,58 @@
+//! The control plane's own Prometheus metrics (`GET /metrics`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    registry: Registry,
+    pub latest_revision: Gauge,
+    pub connected_sidecars: Gauge,
+    pub snapshots_built: Counter,
+    pub snapshots_sent: Counter,
+    pub acks: Counter,
+    pub nacks: Counter,
+    pub policy_writes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("outrider_control_plane");
+        let m = Self {
+            latest_revision: Gauge::default(),
+            connected_sidecars: Gauge::default(),
+            snapshots_built: Counter::default(),
+            snapshots_sent: Counter::default(),
+            acks: Counter::default(),
+            nacks: Counter::default(),
+            policy_writes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("latest_revision", "Newest revision in the store seen by this replica", m.latest_revision.clone());
+        registry.register(
+            "connected_sidecars",
+            "Sidecars with an open control stream to this replica",
+            m.connected_sidecars.clone(),
+        );
+        registry.register("snapshots_built", "Service snapshots built (once per service per change)", m.snapshots_built.clone());
+        registry.register("snapshots_sent", "Snapshots sent to sidecars", m.snapshots_sent.clone());
+        registry.register("acks", "Snapshots acknowledged by sidecars", m.acks.clone());
+        registry.register("nacks", "Snapshots refused by sidecars", m.nacks.clone());
+        registry.register("policy_writes", "Policy and config writes through this replica's API", m.policy_writes.clone());
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,189 @@
+//! Configuration and the process lifecycle: bind, open the store, load, serve gRPC and
+//! HTTP, and drain on shutdown.
+
+use crate::api::{self, AppState};
+use crate::grpc::ControlService;
+use crate::hub::{Hub, Timing};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Every setting is a flag and an environment variable (DESIGN §2).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// gRPC listener for sidecars.
+    #[arg(long, env = "OUTRIDER_GRPC_ADDR", default_value = "0.0.0.0:18000")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listener: REST API, dashboard, /metrics, /healthz, /readyz.
+    #[arg(long, env = "OUTRIDER_HTTP_ADDR", default_value = "0.0.0.0:18080")]
+    pub http_addr: SocketAddr,
+    /// PostgreSQL URL; without one the embedded SQLite store in --data-dir is used.
+    #[arg(long, env = "OUTRIDER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data")]
+    pub data_dir: PathBuf,
+    /// Bearer token required by the REST API.
+    #[arg(long, env = "OUTRIDER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Token sidecars must present to register.
+    #[arg(long, env = "OUTRIDER_REGISTRATION_TOKEN", hide_env_values = true)]
+    pub registration_token: Option<String>,
+    /// Allow listening on non-loopback addresses without tokens.
+    #[arg(long, env = "OUTRIDER_INSECURE")]
+    pub insecure: bool,
+    /// How often sidecars report health.
+    #[arg(long, env = "OUTRIDER_REPORT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub report_interval: Duration,
+    /// Silence after which a sidecar is unhealthy.
+    #[arg(long, env = "OUTRIDER_UNHEALTHY_AFTER", default_value = "5s", value_parser = parse_duration)]
+    pub unhealthy_after: Duration,
+    /// Silence after which a sidecar is disconnected.
+    #[arg(long, env = "OUTRIDER_DISCONNECTED_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub disconnected_after: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<outrider_policy::Duration>().map(|d| d.0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "refusing to listen on {addr} ({what}) without {token}: set the token, bind a loopback address, or pass --insecure"
+    )]
+    Insecure { addr: SocketAddr, what: &'static str, token: &'static str },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+impl Config {
+    /// Security by default: no public listener without the token that protects it.
+    pub fn check_security(&self) -> Result<(), ServerError> {
+        if self.insecure {
+            return Ok(());
+        }
+        if !self.http_addr.ip().is_loopback() && self.api_token.is_none() {
+            return Err(ServerError::Insecure { addr: self.http_addr, what: "REST API", token: "OUTRIDER_API_TOKEN" });
+        }
+        if !self.grpc_addr.ip().is_loopback() && self.registration_token.is_none() {
+            return Err(ServerError::Insecure {
+                addr: self.grpc_addr,
+                what: "sidecar registration",
+                token: "OUTRIDER_REGISTRATION_TOKEN",
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Runs the control plane until `shutdown` resolves, then drains and returns.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    cfg.check_security()?;
+    let grpc_listener = bind(cfg.grpc_addr).await?;
+    let http_listener = bind(cfg.http_addr).await?;
+    let store = open_store(&cfg).await?;
+    info!(
+        backend = ?store.backend(),
+        grpc = %cfg.grpc_addr,
+        http = %cfg.http_addr,
+        "control plane starting"
+    );
+    let timing = Timing {
+        report_interval: cfg.report_interval,
+        unhealthy_after: cfg.unhealthy_after,
+        disconnected_after: cfg.disconnected_after,
+    };
+    let hub = Hub::new(store.clone(), timing, Arc::new(Metrics::new()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Serve HTTP at once (health and readiness answer while loading); streams wait
+    // for the load before any snapshot is built.
+    let state = AppState { hub: hub.clone(), store: store.clone(), api_token: cfg.api_token.clone().map(Into::into) };
+    let app = api::router(state);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let loader = hub.clone();
+    let load = tokio::spawn(async move { loader.load().await });
+    let background = hub.spawn_background(stop_rx.clone());
+
+    let svc = ControlService::new(hub.clone(), cfg.registration_token.clone(), stop_rx.clone()).into_server();
+    let mut grpc_stop = stop_rx.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            }),
+    );
+
+    shutdown.await;
+    info!("shutting down: closing sidecar streams and draining requests");
+    let _ = stop_tx.send(true);
+    load.abort();
+    let drain = async {
+        let _ = background.await;
+        let g = grpc.await;
+        let h = http.await;
+        (g, h)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), drain).await {
+        Ok((g, h)) => {
+            if let Ok(Err(e)) = g {
+                warn!(error = %e, "gRPC server ended with an error");
+            }
+            if let Ok(Err(e)) = h {
+                warn!(error = %e, "HTTP server ended with an error");
+            }
+        }
+        Err(_) => warn!("drain timed out after 10s"),
+    }
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Opens the store, retrying while PostgreSQL is not reachable yet (it may start
+/// after us); an embedded store that cannot open is a hard error.
+async fn open_store(cfg: &Config) -> Result<Store, ServerError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match Store::open(cfg.database_url.as_deref(), &cfg.data_dir).await {
+            Ok(s) => return Ok(s),
+            Err(StoreError::Db(e)) if cfg.database_url.is_some() => {
+                warn!(error = %e, "database not reachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

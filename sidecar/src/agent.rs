@@ -1,0 +1,219 @@
+//! The control-stream client: registers with Hello, applies snapshots atomically,
+//! persists each accepted one before acknowledging it, reports health, and reconnects
+//! with exponential backoff and full jitter whenever the stream breaks.
+
+use crate::persist;
+use crate::state::{SidecarState, Source};
+use outrider_proto::v1::control_plane_client::ControlPlaneClient;
+use outrider_proto::v1::{
+    control_message, sidecar_message, Ack, HealthReport, Hello, Identity, LatencySummary, Nack, SidecarMessage,
+    Snapshot,
+};
+use rand::Rng;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+pub struct Agent {
+    pub endpoint: String,
+    pub identity: Identity,
+    pub token: String,
+    pub state_dir: PathBuf,
+    pub app_addr: SocketAddr,
+    pub state: Arc<SidecarState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid control-plane address: {0}")]
+    Endpoint(String),
+    #[error("cannot reach the control plane: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("control stream: {0}")]
+    Stream(#[from] tonic::Status),
+}
+
+enum End {
+    Shutdown,
+    /// The stream ended after it worked; reconnect promptly.
+    Lost,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// Runs until `shutdown` is set; on shutdown closes the stream cleanly so the
+    /// control plane marks this sidecar disconnected at once.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.session(&mut shutdown).await {
+                Ok(End::Shutdown) => return,
+                Ok(End::Lost) => {
+                    warn!("control stream lost; reconnecting (enforcing the last snapshot meanwhile)");
+                    attempt = 0;
+                }
+                Err(e) => {
+                    if attempt == 0 {
+                        warn!(error = %e, "control plane unavailable; enforcing the last snapshot and retrying");
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+            self.state.set_connected(false);
+            let delay = backoff(attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<End, AgentError> {
+        let channel = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| AgentError::Endpoint(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await?;
+        let mut client = ControlPlaneClient::new(channel);
+        let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
+        let hello = Hello {
+            identity: Some(self.identity.clone()),
+            token: self.token.clone(),
+            build_version: env!("CARGO_PKG_VERSION").to_owned(),
+            held_revision: self.state.applied_revision(),
+        };
+        // The channel has room: this cannot block.
+        let _ = tx.send(msg(sidecar_message::Msg::Hello(hello))).await;
+        let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        self.state.set_connected(true);
+        info!(endpoint = %self.endpoint, "connected to the control plane");
+
+        let mut report = tokio::time::interval(Duration::from_secs(1));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(cm)) => match cm.msg {
+                        Some(control_message::Msg::Snapshot(s)) => {
+                            let reply = self.accept(s).await;
+                            if tx.send(reply).await.is_err() { return Ok(End::Lost) }
+                        }
+                        Some(control_message::Msg::Heartbeat(h)) => {
+                            let every = Duration::from_millis(u64::from(h.report_interval_ms).clamp(100, 60_000));
+                            report = tokio::time::interval(every);
+                            report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                        None => {}
+                    },
+                    Ok(None) => return Ok(End::Lost),
+                    Err(status) => {
+                        warn!(%status, "control stream broke");
+                        return Ok(End::Lost);
+                    }
+                },
+                _ = report.tick() => {
+                    let h = self.health(&mut last).await;
+                    if tx.send(msg(sidecar_message::Msg::Health(h))).await.is_err() { return Ok(End::Lost) }
+                }
+                _ = stopped(shutdown) => {
+                    // Half-close: the control plane sees a clean end and deregisters us;
+                    // wait (briefly) for it to finish the stream.
+                    drop(tx);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                    return Ok(End::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Applies, persists, then acknowledges; a snapshot that fails validation is
+    /// NACKed and the previous one stays in force.
+    async fn accept(&self, s: Snapshot) -> SidecarMessage {
+        let (revision, nonce) = (s.revision, s.nonce.clone());
+        let nack = |error: String| {
+            warn!(revision, %error, "refusing snapshot");
+            msg(sidecar_message::Msg::Nack(Nack { revision, nonce: nonce.clone(), error }))
+        };
+        if s.service != self.identity.service {
+            return nack(format!("snapshot for service {:?}, this sidecar is {:?}", s.service, self.identity.service));
+        }
+        if let Err(e) = self.state.apply(&s, Source::ControlPlane) {
+            return nack(e.to_string());
+        }
+        let dir = self.state_dir.clone();
+        match tokio::task::spawn_blocking(move || persist::save(&dir, &s)).await {
+            Ok(Ok(())) => {}
+            // Enforcing is what matters; a failed save only weakens static stability.
+            Ok(Err(e)) => warn!(error = %e, "could not persist the snapshot"),
+            Err(e) => warn!(error = %e, "persist task failed"),
+        }
+        info!(revision, "snapshot applied");
+        msg(sidecar_message::Msg::Ack(Ack { revision, nonce }))
+    }
+
+    async fn health(&self, last: &mut (Instant, u64)) -> HealthReport {
+        let f = self.state.metrics.health_figures();
+        let now = Instant::now();
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let rate = f.requests_total.saturating_sub(last.1) as f64 / secs;
+        *last = (now, f.requests_total);
+        let app_healthy = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(self.app_addr))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        HealthReport {
+            app_healthy,
+            requests_total: f.requests_total,
+            errors_total: f.errors_total,
+            rate_limited_total: f.rate_limited_total,
+            latency: Some(LatencySummary { p50_ms: f.p50_ms, p99_ms: f.p99_ms }),
+            request_rate: rate,
+            applied_revision: self.state.applied_revision(),
+        }
+    }
+}
+
+fn msg(m: sidecar_message::Msg) -> SidecarMessage {
+    SidecarMessage { msg: Some(m) }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Exponential backoff with full jitter, so a fleet that lost its control plane does
+/// not reconnect in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
+    let ms = rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= BACKOFF_BASE);
+        for a in 0..40 {
+            let d = backoff(a);
+            assert!(d <= BACKOFF_CAP && d >= Duration::from_millis(50), "{a}: {d:?}");
+        }
+        assert!(backoff(30) >= BACKOFF_CAP / 2);
+    }
+}

@@ -1,0 +1,77 @@
+//! The sidecar's settings: every one a flag and an environment variable (DESIGN §2),
+//! which is what a Pod spec sets through the Downward API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The control plane's gRPC address.
+    #[arg(long, env = "OUTRIDER_CONTROL_PLANE", default_value = "http://127.0.0.1:18000")]
+    pub control_plane: String,
+    /// The service this instance belongs to.
+    #[arg(long, env = "OUTRIDER_SERVICE")]
+    pub service: String,
+    /// The subset label of this instance (OUTRIDER_VERSION; `--version` prints the build).
+    #[arg(long = "subset", env = "OUTRIDER_VERSION", default_value = "v1")]
+    pub subset: String,
+    #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Defaults to the host name.
+    #[arg(long, env = "OUTRIDER_POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The address other sidecars use to reach this one.
+    #[arg(long, env = "OUTRIDER_POD_IP", default_value = "127.0.0.1")]
+    pub pod_ip: String,
+    /// The app's port on localhost.
+    #[arg(long, env = "OUTRIDER_APP_PORT")]
+    pub app_port: u16,
+    #[arg(long, env = "OUTRIDER_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+    #[arg(long, env = "OUTRIDER_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+    #[arg(long, env = "OUTRIDER_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Last-known-good snapshot and log checkpoints.
+    #[arg(long, env = "OUTRIDER_STATE_DIR", default_value = "./outrider-state")]
+    pub state_dir: PathBuf,
+    /// Where config documents are written.
+    #[arg(long, env = "OUTRIDER_CONFIG_DIR", default_value = "./outrider-config")]
+    pub config_dir: PathBuf,
+    /// Registration token (OUTRIDER_REGISTRATION_TOKEN on the control plane).
+    #[arg(long, env = "OUTRIDER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+impl Config {
+    pub fn pod(&self) -> String {
+        self.pod_name.clone().filter(|p| !p.is_empty()).unwrap_or_else(hostname)
+    }
+
+    pub fn app_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.app_port))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        outrider_policy::validate_service_name(&self.service)?;
+        if self.app_port == 0 {
+            return Err("OUTRIDER_APP_PORT must be a port number".into());
+        }
+        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
+            return Err(format!("OUTRIDER_CONTROL_PLANE must be an http:// or https:// URL, not {:?}", self.control_plane));
+        }
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,84 @@
+//! Static stability: the last acknowledged snapshot, kept in the state directory so a
+//! sidecar that starts while the control plane is away still enforces policy.
+
+use outrider_proto::v1::Snapshot;
+use prost::Message;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FILE: &str = "snapshot.pb";
+
+fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot write {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("persisted snapshot {path} is unreadable: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// Writes atomically (temp file, fsync, rename, fsync of the directory): after a crash
+/// the file holds either the previous snapshot or this one, never a torn mix.
+pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
+    let target = path(dir);
+    let io = |source| PersistError::Io { path: target.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&snapshot.encode_to_vec()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, &target).map_err(io)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The persisted snapshot, if any. One for another service is refused: a state
+/// directory reused by mistake must not impose a foreign policy.
+pub fn load(dir: &Path, service: &str) -> Result<Option<Snapshot>, PersistError> {
+    let p = path(dir);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(PersistError::Io { path: p.display().to_string(), source }),
+    };
+    let corrupt = |reason: String| PersistError::Corrupt { path: p.display().to_string(), reason };
+    let snap = Snapshot::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+    if snap.service != service {
+        return Err(corrupt(format!("it belongs to service {:?}, not {service:?}", snap.service)));
+    }
+    Ok(Some(snap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_snapshot_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path(), "web").unwrap().is_none());
+        let s = Snapshot { revision: 7, service: "web".into(), rate_limit: "{}".into(), ..Default::default() };
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path(), "web").unwrap(), Some(s));
+    }
+
+    #[test]
+    fn snapshot_of_another_service_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &Snapshot { service: "api".into(), ..Default::default() }).unwrap();
+        assert!(matches!(load(dir.path(), "web"), Err(PersistError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn garbage_is_reported_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"\xff\xff\xff not protobuf").unwrap();
+        assert!(matches!(load(dir.path(), "web"), Err(PersistError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,144 @@
+//! The sidecar's shared state: what it enforces now, swapped atomically as a whole.
+//!
+//! The request path reads [`SidecarState::applied`] with one lock-free load
+//! (`arc_swap`); the agent replaces it when a snapshot is accepted.
+
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use arc_swap::ArcSwapOption;
+use outrider_policy::{LoggingPolicy, PolicyError, RateLimitPolicy};
+use outrider_proto::v1::Snapshot;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Where the applied snapshot came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    ControlPlane,
+    /// Loaded from the state directory at start, while the control plane was away.
+    Persisted,
+}
+
+/// One accepted snapshot, validated and compiled.
+pub struct Applied {
+    pub revision: u64,
+    pub nonce: String,
+    pub source: Source,
+    pub service_share: f64,
+    pub healthy_instances: u32,
+    pub rate_limit: Option<RateLimitPolicy>,
+    pub logging: Option<LoggingPolicy>,
+    pub configs: Vec<ConfigSummary>,
+    pub limiter: RateLimiter,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSummary {
+    pub name: String,
+    pub content_type: String,
+    pub revision: u64,
+    pub size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("rate-limit policy: {0}")]
+    RateLimit(PolicyError),
+    #[error("logging policy: {0}")]
+    Logging(PolicyError),
+    #[error("service share {0} is not in (0, 1]")]
+    Share(f64),
+}
+
+/// Shared by the inbound proxy, the admin server and the agent.
+pub struct SidecarState {
+    pub applied: ArcSwapOption<Applied>,
+    pub metrics: Metrics,
+    connected: AtomicBool,
+}
+
+impl Default for SidecarState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SidecarState {
+    pub fn new() -> Self {
+        Self { applied: ArcSwapOption::empty(), metrics: Metrics::new(), connected: AtomicBool::new(false) }
+    }
+
+    /// Ready once a snapshot has been applied, from the control plane or from disk.
+    pub fn is_ready(&self) -> bool {
+        self.applied.load().is_some()
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.metrics.set_control_plane_connected(connected);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn applied_revision(&self) -> u64 {
+        self.applied.load().as_ref().map_or(0, |a| a.revision)
+    }
+
+    /// Validates and compiles `snapshot`; on success swaps it in as a whole, so a
+    /// request sees either the old policy or the new one, never a mix. On error
+    /// nothing changes (the caller NACKs).
+    pub fn apply(&self, snapshot: &Snapshot, source: Source) -> Result<(), ApplyError> {
+        let applied = self.compile(snapshot, source)?;
+        self.metrics.set_applied_revision(applied.revision);
+        self.applied.store(Some(Arc::new(applied)));
+        Ok(())
+    }
+
+    fn compile(&self, s: &Snapshot, source: Source) -> Result<Applied, ApplyError> {
+        let share = if s.service_share == 0.0 { 1.0 } else { s.service_share };
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(ApplyError::Share(s.service_share));
+        }
+        let rate_limit = non_empty(&s.rate_limit)
+            .map(|j| outrider_policy::parse_document::<RateLimitPolicy>(j.as_bytes()))
+            .transpose()
+            .map_err(ApplyError::RateLimit)?;
+        let logging = non_empty(&s.logging)
+            .map(|j| outrider_policy::parse_document::<LoggingPolicy>(j.as_bytes()))
+            .transpose()
+            .map_err(ApplyError::Logging)?;
+        let previous = self.applied.load_full();
+        // Buckets carry over from the previous snapshot so that a re-split or an
+        // unrelated change does not hand every client a fresh burst.
+        let limiter = RateLimiter::compile(rate_limit.as_ref(), share, previous.as_ref().map(|p| &p.limiter));
+        let configs = s
+            .configs
+            .iter()
+            .map(|c| ConfigSummary {
+                name: c.name.clone(),
+                content_type: c.content_type.clone(),
+                revision: c.revision,
+                size: c.content.len(),
+            })
+            .collect();
+        Ok(Applied {
+            revision: s.revision,
+            nonce: s.nonce.clone(),
+            source,
+            service_share: share,
+            healthy_instances: s.healthy_instances,
+            rate_limit,
+            logging,
+            configs,
+            limiter,
+        })
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.trim().is_empty()).then_some(s)
+}
