@@ -1,0 +1,252 @@
+//! Shared harness: real control-plane and sidecar processes on free ports.
+#![allow(dead_code)]
+
+use outrider_testkit::{bin_path, free_port, wait_for_http_ok, wait_until, Proc};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Generous deadline for things that take milliseconds when the machine is idle; CI
+/// runs many tests side by side on two cores.
+pub const SOON: Duration = Duration::from_secs(10);
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+pub struct ControlPlane {
+    pub proc: Proc,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl ControlPlane {
+    /// On the embedded store in `data_dir`.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, None, Vec::new()).await
+    }
+
+    pub async fn start_with(data_dir: &Path, database_url: Option<&str>, extra_env: Vec<(String, String)>) -> Self {
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let mut cp = Self {
+            proc: spawn_cp(grpc_port, http_port, data_dir, database_url, &extra_env),
+            grpc_port,
+            http_port,
+            data_dir: data_dir.to_owned(),
+            database_url: database_url.map(str::to_owned),
+            extra_env,
+        };
+        cp.wait_ready().await;
+        cp
+    }
+
+    async fn wait_ready(&mut self) {
+        if let Err(e) = wait_for_http_ok(&format!("{}/readyz", self.base()), SOON).await {
+            self.proc.print_log_tail(50);
+            panic!("control plane not ready: {e}");
+        }
+    }
+
+    /// Starts again on the same ports and store.
+    pub async fn restart(&mut self) {
+        self.proc = spawn_cp(self.grpc_port, self.http_port, &self.data_dir, self.database_url.as_deref(), &self.extra_env);
+        self.wait_ready().await;
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base())
+    }
+
+    pub fn grpc(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// PUTs a policy document; returns (status, body).
+    pub async fn put_policy(&self, service: &str, kind: &str, doc: &str) -> (u16, Value) {
+        let r = client()
+            .put(self.api(&format!("/services/{service}/policies/{kind}")))
+            .header("content-type", "application/json")
+            .body(doc.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        client().get(self.api(path)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn sidecar_status(&self, id: &str) -> Option<String> {
+        let list = self.get_json("/sidecars").await;
+        list.as_array()?.iter().find(|s| s["id"] == id).map(|s| s["status"].as_str().unwrap_or("").to_owned())
+    }
+}
+
+fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(String, String)]) -> Proc {
+    let grpc_addr = format!("127.0.0.1:{grpc}");
+    let http_addr = format!("127.0.0.1:{http}");
+    let data = data_dir.display().to_string();
+    let mut env: Vec<(&str, &str)> = vec![("OUTRIDER_LOG", "info")];
+    if let Some(db) = db {
+        env.push(("OUTRIDER_DATABASE_URL", db));
+    }
+    env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    Proc::spawn(
+        bin_path("outrider-control-plane"),
+        &["--grpc-addr", &grpc_addr, "--http-addr", &http_addr, "--data-dir", &data],
+        &env,
+    )
+}
+
+pub struct Sidecar {
+    pub proc: Proc,
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    pub pod: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    /// Starts a sidecar with the DESIGN §2 variables only, and waits until its admin
+    /// port answers (not until it has a snapshot).
+    pub async fn start(cp_grpc: &str, service: &str, pod: &str, app_port: u16, state_dir: &Path) -> Self {
+        Self::start_with(cp_grpc, service, pod, "v1", app_port, state_dir, &[]).await
+    }
+
+    pub async fn start_with(
+        cp_grpc: &str,
+        service: &str,
+        pod: &str,
+        version: &str,
+        app_port: u16,
+        state_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let inbound_port = free_port();
+        let admin_port = free_port();
+        let mut env: Vec<(String, String)> = [
+            ("OUTRIDER_CONTROL_PLANE", cp_grpc.to_owned()),
+            ("OUTRIDER_SERVICE", service.to_owned()),
+            ("OUTRIDER_VERSION", version.to_owned()),
+            ("OUTRIDER_POD_NAME", pod.to_owned()),
+            ("OUTRIDER_APP_PORT", app_port.to_string()),
+            ("OUTRIDER_INBOUND_ADDR", format!("127.0.0.1:{inbound_port}")),
+            ("OUTRIDER_OUTBOUND_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("OUTRIDER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            ("OUTRIDER_STATE_DIR", state_dir.display().to_string()),
+            ("OUTRIDER_CONFIG_DIR", state_dir.join("config").display().to_string()),
+            ("OUTRIDER_LOG", "info".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut s = Self { proc: spawn_sidecar(&env), inbound_port, admin_port, pod: pod.to_owned(), env };
+        s.wait_up().await;
+        s
+    }
+
+    async fn wait_up(&mut self) {
+        if let Err(e) = wait_for_http_ok(&format!("{}/healthz", self.admin()), SOON).await {
+            self.proc.print_log_tail(50);
+            panic!("sidecar did not come up: {e}");
+        }
+    }
+
+    /// Starts the same sidecar again (same ports, same state directory).
+    pub async fn restart(&mut self) {
+        self.proc = spawn_sidecar(&self.env);
+        self.wait_up().await;
+    }
+
+    pub fn id(&self) -> String {
+        format!("default/{}", self.pod)
+    }
+
+    pub fn admin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn inbound(&self) -> String {
+        format!("http://127.0.0.1:{}", self.inbound_port)
+    }
+
+    pub async fn config_dump(&self) -> Value {
+        client().get(format!("{}/config_dump", self.admin())).send().await.unwrap().json().await.unwrap_or(Value::Null)
+    }
+
+    /// Waits until the sidecar enforces `revision` or newer.
+    pub async fn wait_revision(&mut self, revision: u64) {
+        let r = wait_until(SOON, || async { self.config_dump().await["revision"].as_u64().unwrap_or(0) >= revision }).await;
+        if let Err(e) = r {
+            self.proc.print_log_tail(50);
+            panic!("sidecar {} never applied revision {revision}: {e}", self.pod);
+        }
+    }
+
+    /// Sends `n` requests as fast as one connection allows; returns the status codes.
+    pub async fn burst(&self, n: usize, header: Option<(&str, &str)>) -> Vec<u16> {
+        let c = client();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut req = c.get(format!("{}/", self.inbound()));
+            if let Some((k, v)) = header {
+                req = req.header(k, v);
+            }
+            out.push(req.send().await.unwrap().status().as_u16());
+        }
+        out
+    }
+}
+
+fn spawn_sidecar(env: &[(String, String)]) -> Proc {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Proc::spawn(bin_path("outrider-sidecar"), &[], &env)
+}
+
+pub fn count(codes: &[u16], code: u16) -> usize {
+    codes.iter().filter(|c| **c == code).count()
+}
+
+/// A fresh PostgreSQL database for one test, dropped on `cleanup`.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        let admin_url = std::env::var("OUTRIDER_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("outrider_e2e_{}_{}", std::process::id(), free_port());
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        Self { url: format!("{base}/{name}"), admin_url, name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(&self.admin_url, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql]).output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("psql is needed to create test databases: {e}"),
+    }
+}
