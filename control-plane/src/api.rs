@@ -7,8 +7,8 @@
 use crate::grpc::constant_time_eq;
 use crate::hub::Hub;
 use crate::store::{
-    now_ms, Precondition, RevisionRecord, RevisionSummary, SidecarRow, SidecarStatus, Store, StoreError,
-    StoredConfig, StoredPolicy,
+    now_ms, Precondition, RevisionRecord, RevisionSummary, SidecarRow, SidecarStatus, Store, StoreError, StoredConfig,
+    StoredPolicy,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -41,8 +41,14 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/services", get(list_services))
         .route("/services/{service}", get(get_service))
-        .route("/services/{service}/policies/{kind}", get(get_policy).put(put_policy).delete(delete_policy))
-        .route("/services/{service}/config/{name}", get(get_config).put(put_config).delete(delete_config))
+        .route(
+            "/services/{service}/policies/{kind}",
+            get(get_policy).put(put_policy).delete(delete_policy),
+        )
+        .route(
+            "/services/{service}/config/{name}",
+            get(get_config).put(put_config).delete(delete_config),
+        )
         .route("/sidecars", get(list_sidecars))
         .route("/revisions", get(list_revisions))
         .route("/revisions/{n}", get(get_revision))
@@ -127,18 +133,27 @@ impl IntoResponse for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
             }
         };
-        let mut body = json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": self.to_string()});
+        let mut body =
+            json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": self.to_string()});
         if let ApiError::Invalid(errs) = &self {
-            body["detail"] = json!(errs.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "));
+            body["detail"] = json!(errs
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "));
             body["errors"] = json!(errs);
         }
         if let ApiError::Stale { current } = &self {
             body["currentRevision"] = json!(current);
         }
         let mut resp = (status, body.to_string()).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if matches!(self, ApiError::Unauthorized) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -190,7 +205,9 @@ fn etag(revision: u64) -> HeaderValue {
 /// `If-Match` → what the write expects. A value that names no revision can match
 /// nothing, so it fails the write like a stale one.
 fn precondition(headers: &HeaderMap) -> Precondition {
-    let Some(v) = headers.get(header::IF_MATCH) else { return Precondition::None };
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Precondition::None;
+    };
     let s = v.to_str().unwrap_or("").trim();
     if s == "*" {
         return Precondition::Exists;
@@ -266,10 +283,16 @@ struct SidecarView {
 
 fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> SidecarView {
     let t = hub.timing;
-    let status = s.status(now, t.unhealthy_after.as_millis() as i64, t.disconnected_after.as_millis() as i64);
+    let status = s.status(
+        now,
+        t.unhealthy_after.as_millis() as i64,
+        t.disconnected_after.as_millis() as i64,
+    );
     SidecarView {
         in_sync: s.applied_revision >= target && s.last_nack.is_none(),
-        last_nack: s.last_nack.map(|e| json!({"revision": s.last_nack_revision, "error": e})),
+        last_nack: s
+            .last_nack
+            .map(|e| json!({"revision": s.last_nack_revision, "error": e})),
         id: s.id,
         service: s.service,
         version: s.version,
@@ -314,7 +337,13 @@ async fn list_services(State(state): State<AppState>) -> ApiResult<Json<Value>> 
     let sidecars = sidecar_views(&state, None).await?;
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let policies: Vec<&str> = state.store.list_policies(&name).await?.iter().map(|p| p.kind.as_str()).collect();
+        let policies: Vec<&str> = state
+            .store
+            .list_policies(&name)
+            .await?
+            .iter()
+            .map(|p| p.kind.as_str())
+            .collect();
         let configs = state.store.list_configs(&name).await?.len();
         let mine: Vec<&SidecarView> = sidecars.iter().filter(|s| s.service == name).collect();
         out.push(json!({
@@ -359,7 +388,13 @@ async fn get_service(State(state): State<AppState>, Path(service): Path<String>)
         .iter()
         .map(|p| (p.kind.as_str().to_owned(), policy_json(p)))
         .collect();
-    let configs: Vec<Value> = state.store.list_configs(&service).await?.iter().map(config_json).collect();
+    let configs: Vec<Value> = state
+        .store
+        .list_configs(&service)
+        .await?
+        .iter()
+        .map(config_json)
+        .collect();
     let sidecars = sidecar_views(&state, Some(&service)).await?;
     let refs: Vec<&SidecarView> = sidecars.iter().collect();
     Ok(Json(json!({
@@ -374,7 +409,10 @@ async fn get_service(State(state): State<AppState>, Path(service): Path<String>)
 
 // ---- handlers: policies --------------------------------------------------------------
 
-async fn get_policy(State(state): State<AppState>, Path((service, kind)): Path<(String, String)>) -> ApiResult<Response> {
+async fn get_policy(
+    State(state): State<AppState>,
+    Path((service, kind)): Path<(String, String)>,
+) -> ApiResult<Response> {
     check_service(&service)?;
     let kind = parse_kind(&kind)?;
     let p = state
@@ -403,7 +441,10 @@ async fn put_policy(
         let changed = current.as_ref().map(|c| &c.document) != Some(&document);
         return dry_run_report(&state, &service, changed, document).await;
     }
-    let stored = state.store.put_policy(&service, kind, &document, precondition(&headers), &actor(who)).await?;
+    let stored = state
+        .store
+        .put_policy(&service, kind, &document, precondition(&headers), &actor(who))
+        .await?;
     state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
     Ok(with_etag(stored.revision, policy_json(&stored)))
@@ -417,7 +458,11 @@ async fn delete_policy(
 ) -> ApiResult<Response> {
     check_service(&service)?;
     let kind = parse_kind(&kind)?;
-    let revision = match state.store.delete_policy(&service, kind, precondition(&headers), &actor(who)).await {
+    let revision = match state
+        .store
+        .delete_policy(&service, kind, precondition(&headers), &actor(who))
+        .await
+    {
         Err(StoreError::NotFound) => {
             return Err(ApiError::NotFound(format!("service {service:?} has no {kind} policy")))
         }
@@ -447,8 +492,10 @@ async fn dry_run_report(state: &AppState, service: &str, changed: bool, document
     } else {
         Vec::new()
     };
-    Ok(Json(json!({"dryRun": true, "valid": true, "changed": changed, "sidecars": sidecars, "document": document}))
-        .into_response())
+    Ok(
+        Json(json!({"dryRun": true, "valid": true, "changed": changed, "sidecars": sidecars, "document": document}))
+            .into_response(),
+    )
 }
 
 // ---- handlers: config documents ------------------------------------------------------
@@ -457,7 +504,10 @@ fn check_config_name(name: &str) -> ApiResult<()> {
     outrider_policy::validate_config_name(name).map_err(|m| ApiError::Invalid(vec![FieldError::new("name", m)]))
 }
 
-async fn get_config(State(state): State<AppState>, Path((service, name)): Path<(String, String)>) -> ApiResult<Response> {
+async fn get_config(
+    State(state): State<AppState>,
+    Path((service, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
     check_service(&service)?;
     check_config_name(&name)?;
     let c = state
@@ -495,7 +545,14 @@ async fn put_config(
     }
     let stored = state
         .store
-        .put_config(&service, &name, &content_type, &body, precondition(&headers), &actor(who))
+        .put_config(
+            &service,
+            &name,
+            &content_type,
+            &body,
+            precondition(&headers),
+            &actor(who),
+        )
         .await?;
     state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
@@ -510,9 +567,15 @@ async fn delete_config(
 ) -> ApiResult<Response> {
     check_service(&service)?;
     check_config_name(&name)?;
-    let revision = match state.store.delete_config(&service, &name, precondition(&headers), &actor(who)).await {
+    let revision = match state
+        .store
+        .delete_config(&service, &name, precondition(&headers), &actor(who))
+        .await
+    {
         Err(StoreError::NotFound) => {
-            return Err(ApiError::NotFound(format!("service {service:?} has no config document {name:?}")))
+            return Err(ApiError::NotFound(format!(
+                "service {service:?} has no config document {name:?}"
+            )))
         }
         r => r?,
     };
@@ -529,7 +592,10 @@ struct ServiceQuery {
     limit: Option<u32>,
 }
 
-async fn list_sidecars(State(state): State<AppState>, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Vec<SidecarView>>> {
+async fn list_sidecars(
+    State(state): State<AppState>,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<Vec<SidecarView>>> {
     Ok(Json(sidecar_views(&state, q.service.as_deref()).await?))
 }
 
@@ -553,7 +619,11 @@ async fn list_revisions(State(state): State<AppState>, Query(q): Query<ServiceQu
 }
 
 async fn get_revision(State(state): State<AppState>, Path(n): Path<u64>) -> ApiResult<Json<Value>> {
-    let r = state.store.get_revision(n).await?.ok_or_else(|| ApiError::NotFound(format!("no revision {n}")))?;
+    let r = state
+        .store
+        .get_revision(n)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no revision {n}")))?;
     Ok(Json(record_json(&r)))
 }
 

@@ -24,7 +24,11 @@ pub struct ControlService {
 
 impl ControlService {
     pub fn new(hub: Arc<Hub>, registration_token: Option<String>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { hub, registration_token, shutdown }
+        Self {
+            hub,
+            registration_token,
+            shutdown,
+        }
     }
 
     pub fn into_server(self) -> ControlPlaneServer<Self> {
@@ -46,7 +50,10 @@ impl ControlPlane for ControlService {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))??;
-        let Some(SidecarMessage { msg: Some(sidecar_message::Msg::Hello(hello)) }) = first else {
+        let Some(SidecarMessage {
+            msg: Some(sidecar_message::Msg::Hello(hello)),
+        }) = first
+        else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
         if let Some(expected) = &self.registration_token {
@@ -57,7 +64,12 @@ impl ControlPlane for ControlService {
         let reg = registration(&hello, &self.hub.replica).map_err(Status::invalid_argument)?;
         let (tx, rx) = mpsc::channel(16);
         let span = info_span!("sidecar", service = %reg.service, pod = %reg.pod, version = %reg.version);
-        let session = Session { hub: self.hub.clone(), reg, tx, shutdown: self.shutdown.clone() };
+        let session = Session {
+            hub: self.hub.clone(),
+            reg,
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
         tokio::spawn(session.run(inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -69,11 +81,21 @@ fn registration(hello: &Hello, replica: &str) -> Result<SidecarRegistration, Str
     if id.pod.is_empty() || id.namespace.is_empty() {
         return Err("identity needs pod and namespace".into());
     }
-    let port = |p: u32, what: &str| if p == 0 || p > 65535 { Err(format!("invalid {what} port {p}")) } else { Ok(p) };
+    let port = |p: u32, what: &str| {
+        if p == 0 || p > 65535 {
+            Err(format!("invalid {what} port {p}"))
+        } else {
+            Ok(p)
+        }
+    };
     Ok(SidecarRegistration {
         id: format!("{}/{}", id.namespace, id.pod),
         service: id.service.clone(),
-        version: if id.version.is_empty() { "v1".into() } else { id.version.clone() },
+        version: if id.version.is_empty() {
+            "v1".into()
+        } else {
+            id.version.clone()
+        },
         namespace: id.namespace.clone(),
         pod: id.pod.clone(),
         address: id.address.clone(),
@@ -116,7 +138,10 @@ impl Session {
         let clean = self.tx.send(Ok(heartbeat)).await.is_ok() && self.serve(&mut inbound).await;
         self.hub.metrics.connected_sidecars.dec();
         info!(id = %self.reg.id, clean, "sidecar stream closed");
-        if let Err(e) = store.disconnect_sidecar(&self.reg.id, &self.reg.session, &self.reg.service).await {
+        if let Err(e) = store
+            .disconnect_sidecar(&self.reg.id, &self.reg.session, &self.reg.service)
+            .await
+        {
             warn!(error = %e, "could not record the disconnect");
         }
         if let Err(e) = self.hub.check_membership().await {

@@ -136,7 +136,13 @@ impl Hub {
             return e.tx.subscribe();
         }
         let (tx, rx) = watch::channel(None);
-        services.insert(service.to_owned(), ServiceEntry { tx, build: Arc::default() });
+        services.insert(
+            service.to_owned(),
+            ServiceEntry {
+                tx,
+                build: Arc::default(),
+            },
+        );
         drop(services);
         let hub = self.clone();
         let service = service.to_owned();
@@ -164,7 +170,10 @@ impl Hub {
                 self.metrics.snapshots_built.inc();
                 let revision = snap.revision;
                 tx.send_replace(Some(Arc::new(snap)));
-                let _ = self.events.send(Event::Snapshot { service: service.to_owned(), revision });
+                let _ = self.events.send(Event::Snapshot {
+                    service: service.to_owned(),
+                    revision,
+                });
             }
             // The previous snapshot stays; the periodic catch-up retries.
             Err(e) => warn!(service, error = %e, "snapshot build failed"),
@@ -177,7 +186,11 @@ impl Hub {
         let revision = self.store.service_revision(service).await?;
         let healthy = self.healthy.lock().unwrap().get(service).copied().unwrap_or(0);
         let doc = |k: PolicyKind| {
-            policies.iter().find(|p| p.kind == k).map(|p| p.document.to_string()).unwrap_or_default()
+            policies
+                .iter()
+                .find(|p| p.kind == k)
+                .map(|p| p.document.to_string())
+                .unwrap_or_default()
         };
         Ok(Snapshot {
             revision,
@@ -202,7 +215,9 @@ impl Hub {
     /// The newest snapshot revision of `service`, if a sidecar subscribed to it here.
     pub fn current_revision(&self, service: &str) -> Option<u64> {
         let services = self.services.lock().unwrap();
-        services.get(service).and_then(|e| e.tx.borrow().as_ref().map(|s| s.revision))
+        services
+            .get(service)
+            .and_then(|e| e.tx.borrow().as_ref().map(|s| s.revision))
     }
 
     /// Reads every change after the last one seen and refreshes the services it
@@ -230,12 +245,20 @@ impl Hub {
                 .filter(|(s, n)| healthy.get(*s) != Some(n))
                 .map(|(s, n)| (s.clone(), *n))
                 .collect();
-            changed.extend(healthy.keys().filter(|s| !counts.contains_key(*s)).map(|s| (s.clone(), 0)));
+            changed.extend(
+                healthy
+                    .keys()
+                    .filter(|s| !counts.contains_key(*s))
+                    .map(|s| (s.clone(), 0)),
+            );
             *healthy = counts;
             changed
         };
         for (service, n) in changed {
-            let _ = self.events.send(Event::Membership { service: service.clone(), healthy: n });
+            let _ = self.events.send(Event::Membership {
+                service: service.clone(),
+                healthy: n,
+            });
             self.refresh(&service).await;
         }
         Ok(())
@@ -269,7 +292,7 @@ impl Hub {
                         if let Err(e) = hub.catch_up().await { warn!(error = %e, "catch-up read failed") }
                         if let Err(e) = hub.check_membership().await { warn!(error = %e, "membership check failed") }
                         // Pods gone for an hour are forgotten.
-                        if ticks % 120 == 0 {
+                        if ticks.is_multiple_of(120) {
                             let _ = hub.store.prune_sidecars(now_ms() - 3_600_000).await;
                         }
                     }

@@ -6,7 +6,11 @@ use outrider_control_plane::server::{self, Config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "outrider-control-plane", version, about = "Outrider control plane: policy store, REST API and control stream")]
+#[command(
+    name = "outrider-control-plane",
+    version,
+    about = "Outrider control plane: policy store, REST API and control stream"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,

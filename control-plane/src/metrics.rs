@@ -35,17 +35,29 @@ impl Metrics {
             policy_writes: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("latest_revision", "Newest revision in the store seen by this replica", m.latest_revision.clone());
+        registry.register(
+            "latest_revision",
+            "Newest revision in the store seen by this replica",
+            m.latest_revision.clone(),
+        );
         registry.register(
             "connected_sidecars",
             "Sidecars with an open control stream to this replica",
             m.connected_sidecars.clone(),
         );
-        registry.register("snapshots_built", "Service snapshots built (once per service per change)", m.snapshots_built.clone());
+        registry.register(
+            "snapshots_built",
+            "Service snapshots built (once per service per change)",
+            m.snapshots_built.clone(),
+        );
         registry.register("snapshots_sent", "Snapshots sent to sidecars", m.snapshots_sent.clone());
         registry.register("acks", "Snapshots acknowledged by sidecars", m.acks.clone());
         registry.register("nacks", "Snapshots refused by sidecars", m.nacks.clone());
-        registry.register("policy_writes", "Policy and config writes through this replica's API", m.policy_writes.clone());
+        registry.register(
+            "policy_writes",
+            "Policy and config writes through this replica's API",
+            m.policy_writes.clone(),
+        );
         Self { registry, ..m }
     }
 

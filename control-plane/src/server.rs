@@ -59,7 +59,11 @@ pub enum ServerError {
     #[error(
         "refusing to listen on {addr} ({what}) without {token}: set the token, bind a loopback address, or pass --insecure"
     )]
-    Insecure { addr: SocketAddr, what: &'static str, token: &'static str },
+    Insecure {
+        addr: SocketAddr,
+        what: &'static str,
+        token: &'static str,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -77,7 +81,11 @@ impl Config {
             return Ok(());
         }
         if !self.http_addr.ip().is_loopback() && self.api_token.is_none() {
-            return Err(ServerError::Insecure { addr: self.http_addr, what: "REST API", token: "OUTRIDER_API_TOKEN" });
+            return Err(ServerError::Insecure {
+                addr: self.http_addr,
+                what: "REST API",
+                token: "OUTRIDER_API_TOKEN",
+            });
         }
         if !self.grpc_addr.ip().is_loopback() && self.registration_token.is_none() {
             return Err(ServerError::Insecure {
@@ -91,7 +99,9 @@ impl Config {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Runs the control plane until `shutdown` resolves, then drains and returns.
@@ -116,7 +126,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     // Serve HTTP at once (health and readiness answer while loading); streams wait
     // for the load before any snapshot is built.
-    let state = AppState { hub: hub.clone(), store: store.clone(), api_token: cfg.api_token.clone().map(Into::into) };
+    let state = AppState {
+        hub: hub.clone(),
+        store: store.clone(),
+        api_token: cfg.api_token.clone().map(Into::into),
+    };
     let app = api::router(state);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {

@@ -5,11 +5,24 @@ use common::*;
 use serde_json::Value;
 
 async fn latest_revision(cp: &ControlPlane) -> u64 {
-    cp.get_json("/revisions").await.as_array().unwrap().first().map_or(0, |r| r["revision"].as_u64().unwrap())
+    cp.get_json("/revisions")
+        .await
+        .as_array()
+        .unwrap()
+        .first()
+        .map_or(0, |r| r["revision"].as_u64().unwrap())
 }
 
-async fn put(cp: &ControlPlane, path: &str, body: impl Into<reqwest::Body>, if_match: Option<&str>) -> reqwest::Response {
-    let mut r = client().put(cp.api(path)).header("content-type", "application/json").body(body);
+async fn put(
+    cp: &ControlPlane,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+    if_match: Option<&str>,
+) -> reqwest::Response {
+    let mut r = client()
+        .put(cp.api(path))
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(m) = if_match {
         r = r.header("if-match", m);
     }
@@ -21,9 +34,21 @@ async fn invalid_documents_get_problem_json_naming_the_field_and_leave_no_revisi
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
     let cases = [
-        (r#"{"rules":[{"name":"a","requestsPerSecond":-5}]}"#, 422, Some("rules[0].requestsPerSecond")),
-        (r#"{"rules":[{"name":"a","requestsPerSecond":5,"key":"cookie:x"}]}"#, 422, Some("rules[0].key")),
-        (r#"{"rules":[{"name":"a","requestsPerSecond":"five"}]}"#, 422, Some("rules[0].requestsPerSecond")),
+        (
+            r#"{"rules":[{"name":"a","requestsPerSecond":-5}]}"#,
+            422,
+            Some("rules[0].requestsPerSecond"),
+        ),
+        (
+            r#"{"rules":[{"name":"a","requestsPerSecond":5,"key":"cookie:x"}]}"#,
+            422,
+            Some("rules[0].key"),
+        ),
+        (
+            r#"{"rules":[{"name":"a","requestsPerSecond":"five"}]}"#,
+            422,
+            Some("rules[0].requestsPerSecond"),
+        ),
         (r#"{"rules":"none"}"#, 422, Some("rules")),
         (r#"{"rules":[{"name":"a","#, 400, None),
     ];
@@ -34,12 +59,21 @@ async fn invalid_documents_get_problem_json_naming_the_field_and_leave_no_revisi
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["status"], status);
         if let Some(field) = field {
-            let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+            let fields: Vec<&str> = body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["field"].as_str().unwrap())
+                .collect();
             assert!(fields.contains(&field), "{doc}: {body}");
         }
     }
     assert_eq!(latest_revision(&cp).await, 0, "nothing was stored");
-    let r = client().get(cp.api("/services/web/policies/rate-limit")).send().await.unwrap();
+    let r = client()
+        .get(cp.api("/services/web/policies/rate-limit"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -50,16 +84,33 @@ async fn stale_if_match_gets_412_and_keeps_the_newer_document() {
     let path = "/services/web/policies/rate-limit";
     let r = put(&cp, path, r#"{"rules":[{"name":"a","requestsPerSecond":1}]}"#, None).await;
     let etag1 = r.headers()["etag"].to_str().unwrap().to_owned();
-    let r = put(&cp, path, r#"{"rules":[{"name":"a","requestsPerSecond":2}]}"#, Some(&etag1)).await;
+    let r = put(
+        &cp,
+        path,
+        r#"{"rules":[{"name":"a","requestsPerSecond":2}]}"#,
+        Some(&etag1),
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let r = put(&cp, path, r#"{"rules":[{"name":"a","requestsPerSecond":3}]}"#, Some(&etag1)).await;
+    let r = put(
+        &cp,
+        path,
+        r#"{"rules":[{"name":"a","requestsPerSecond":3}]}"#,
+        Some(&etag1),
+    )
+    .await;
     assert_eq!(r.status(), 412);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["currentRevision"], 2);
     let current = cp.get_json(path).await;
     assert_eq!(current["document"]["rules"][0]["requestsPerSecond"], 2.0);
     assert_eq!(latest_revision(&cp).await, 2);
-    let r = client().delete(cp.api(path)).header("if-match", etag1.as_str()).send().await.unwrap();
+    let r = client()
+        .delete(cp.api(path))
+        .header("if-match", etag1.as_str())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 412, "a stale delete is refused too");
 }
 
@@ -79,15 +130,33 @@ async fn oversized_bodies_unknown_things_and_dry_runs() {
     let r = put(&cp, "/services/Bad_Name/policies/rate-limit", r#"{"rules":[]}"#, None).await;
     assert_eq!(r.status(), 422);
 
-    let r = put(&cp, "/services/web/policies/rate-limit?dryRun=true", r#"{"rules":[{"name":"a","requestsPerSecond":1}]}"#, None).await;
+    let r = put(
+        &cp,
+        "/services/web/policies/rate-limit?dryRun=true",
+        r#"{"rules":[{"name":"a","requestsPerSecond":1}]}"#,
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["dryRun"], true);
     assert_eq!(latest_revision(&cp).await, 0, "a dry run stores nothing");
 
     // History and revert through the API.
-    put(&cp, "/services/web/policies/rate-limit", r#"{"rules":[{"name":"a","requestsPerSecond":1}]}"#, None).await;
-    put(&cp, "/services/web/policies/rate-limit", r#"{"rules":[{"name":"a","requestsPerSecond":9}]}"#, None).await;
+    put(
+        &cp,
+        "/services/web/policies/rate-limit",
+        r#"{"rules":[{"name":"a","requestsPerSecond":1}]}"#,
+        None,
+    )
+    .await;
+    put(
+        &cp,
+        "/services/web/policies/rate-limit",
+        r#"{"rules":[{"name":"a","requestsPerSecond":9}]}"#,
+        None,
+    )
+    .await;
     let rec = cp.get_json("/revisions/2").await;
     assert_eq!(rec["before"]["rules"][0]["requestsPerSecond"], 1.0);
     assert_eq!(rec["after"]["rules"][0]["requestsPerSecond"], 9.0);
@@ -103,13 +172,27 @@ async fn oversized_bodies_unknown_things_and_dry_runs() {
 #[tokio::test]
 async fn api_token_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start_with(&dir.path().join("cp"), None, vec![("OUTRIDER_API_TOKEN".into(), "tok-123".into())])
-        .await;
+    let cp = ControlPlane::start_with(
+        &dir.path().join("cp"),
+        None,
+        vec![("OUTRIDER_API_TOKEN".into(), "tok-123".into())],
+    )
+    .await;
     let r = client().get(cp.api("/services")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = client().get(cp.api("/services")).bearer_auth("wrong").send().await.unwrap();
+    let r = client()
+        .get(cp.api("/services"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client().get(cp.api("/services")).bearer_auth("tok-123").send().await.unwrap();
+    let r = client()
+        .get(cp.api("/services"))
+        .bearer_auth("tok-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = client()
         .put(cp.api("/services/web/policies/rate-limit"))
@@ -119,7 +202,15 @@ async fn api_token_is_required_when_configured() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let hist = client().get(cp.api("/revisions")).bearer_auth("tok-123").send().await.unwrap().json::<Value>().await.unwrap();
+    let hist = client()
+        .get(cp.api("/revisions"))
+        .bearer_auth("tok-123")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
     assert_eq!(hist[0]["actor"], "admin");
     assert!(!cp.proc.log().contains("tok-123"), "the token never reaches the logs");
 }

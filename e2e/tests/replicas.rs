@@ -25,7 +25,13 @@ async fn a_write_through_replica_a_reaches_a_sidecar_on_replica_b() {
         .unwrap();
     }
 
-    let (status, body) = a.put_policy("web", "rate-limit", r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#).await;
+    let (status, body) = a
+        .put_policy(
+            "web",
+            "rate-limit",
+            r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let rev = body["revision"].as_u64().unwrap();
     on_b.wait_revision(rev).await;
@@ -34,13 +40,24 @@ async fn a_write_through_replica_a_reaches_a_sidecar_on_replica_b() {
     assert!((5..=7).contains(&count(&codes, 200)), "{codes:?}");
 
     // A clean stop on replica A is seen by replica B, and membership re-splits there.
-    let (status, body) =
-        b.put_policy("web", "rate-limit", r#"{"rules":[{"name":"all","requestsPerSecond":4,"burst":4,"scope":"service"}]}"#).await;
+    let (status, body) = b
+        .put_policy(
+            "web",
+            "rate-limit",
+            r#"{"rules":[{"name":"all","requestsPerSecond":4,"burst":4,"scope":"service"}]}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    wait_until(SOON, || async { on_b.config_dump().await["serviceShare"] == 0.5 }).await.unwrap();
-    on_a.proc.terminate();
-    wait_until(SOON, || async { b.sidecar_status("default/web-a").await.as_deref() == Some("disconnected") })
+    wait_until(SOON, || async { on_b.config_dump().await["serviceShare"] == 0.5 })
         .await
         .unwrap();
-    wait_until(SOON, || async { on_b.config_dump().await["serviceShare"] == 1.0 }).await.unwrap();
+    on_a.proc.terminate();
+    wait_until(SOON, || async {
+        b.sidecar_status("default/web-a").await.as_deref() == Some("disconnected")
+    })
+    .await
+    .unwrap();
+    wait_until(SOON, || async { on_b.config_dump().await["serviceShare"] == 1.0 })
+        .await
+        .unwrap();
 }

@@ -26,9 +26,9 @@ impl std::str::FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 && ms > 0 {
+        if ms.is_multiple_of(1000) && ms > 0 {
             write!(f, "{}s", ms / 1000)
-        } else if self.0.subsec_nanos() % 1_000_000 == 0 {
+        } else if self.0.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}", humantime::format_duration(self.0))

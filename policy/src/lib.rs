@@ -82,8 +82,7 @@ pub trait Validate {
 /// [`PolicyError::Invalid`] naming the field's path; then every semantic problem is
 /// reported at once.
 pub fn parse_document<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, PolicyError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| PolicyError::Malformed(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| PolicyError::Malformed(e.to_string()))?;
     from_value(value)
 }
 
@@ -173,7 +172,9 @@ mod tests {
             br#"{"rules":[{"name":"a","requestsPerSecond":"fast","burst":1}]}"#,
         )
         .unwrap_err();
-        let PolicyError::Invalid(errs) = err else { panic!("{err:?}") };
+        let PolicyError::Invalid(errs) = err else {
+            panic!("{err:?}")
+        };
         assert_eq!(errs[0].field, "rules[0].requestsPerSecond");
     }
 }

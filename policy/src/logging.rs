@@ -31,7 +31,12 @@ fn one() -> f64 {
 
 impl Default for AccessLog {
     fn default() -> Self {
-        Self { enabled: false, sample_rate: 1.0, format: LogFormat::Json, redact_headers: Vec::new() }
+        Self {
+            enabled: false,
+            sample_rate: 1.0,
+            format: LogFormat::Json,
+            redact_headers: Vec::new(),
+        }
     }
 }
 
@@ -114,10 +119,16 @@ impl Validate for LoggingPolicy {
         }
         for (i, l) in self.app_logs.iter().enumerate() {
             if !l.path.starts_with('/') {
-                errors.push(FieldError::new(format!("appLogs[{i}].path"), "must be an absolute path (globs allowed)"));
+                errors.push(FieldError::new(
+                    format!("appLogs[{i}].path"),
+                    "must be an absolute path (globs allowed)",
+                ));
             }
             if l.parser == LogParser::Regex && l.pattern.as_deref().is_none_or(str::is_empty) {
-                errors.push(FieldError::new(format!("appLogs[{i}].pattern"), "required with parser \"regex\""));
+                errors.push(FieldError::new(
+                    format!("appLogs[{i}].pattern"),
+                    "required with parser \"regex\"",
+                ));
             }
         }
         let s = &self.sink;
@@ -125,12 +136,22 @@ impl Validate for LoggingPolicy {
             SinkType::Stdout => {}
             SinkType::File => {
                 if !s.path.as_deref().is_some_and(|p| p.starts_with('/')) {
-                    errors.push(FieldError::new("sink.path", "an absolute path is required for a file sink"));
+                    errors.push(FieldError::new(
+                        "sink.path",
+                        "an absolute path is required for a file sink",
+                    ));
                 }
             }
             SinkType::Http => {
-                if !s.url.as_deref().is_some_and(|u| u.starts_with("http://") || u.starts_with("https://")) {
-                    errors.push(FieldError::new("sink.url", "an http:// or https:// URL is required for an http sink"));
+                if !s
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"))
+                {
+                    errors.push(FieldError::new(
+                        "sink.url",
+                        "an http:// or https:// URL is required for an http sink",
+                    ));
                 }
             }
         }

@@ -2,7 +2,9 @@
 pub fn validate_service_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -20,11 +22,15 @@ pub fn validate_config_name(name: &str) -> Result<(), String> {
         && name.len() <= 253
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid config name {name:?}: use letters, digits, '.', '_' and '-' (a file name, no path)"))
+        Err(format!(
+            "invalid config name {name:?}: use letters, digits, '.', '_' and '-' (a file name, no path)"
+        ))
     }
 }
 
@@ -34,7 +40,23 @@ pub(crate) fn valid_header_name(name: &str) -> bool {
         && name.bytes().all(|b| {
             b.is_ascii_lowercase()
                 || b.is_ascii_digit()
-                || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
         })
 }
 

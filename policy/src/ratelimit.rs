@@ -56,7 +56,10 @@ impl RouteMatch {
         }
         for name in self.headers.keys() {
             if !valid_header_name(&name.to_ascii_lowercase()) {
-                errors.push(FieldError::new(format!("{at}.headers.{name}"), "not a valid header name"));
+                errors.push(FieldError::new(
+                    format!("{at}.headers.{name}"),
+                    "not a valid header name",
+                ));
             }
         }
     }
@@ -80,7 +83,9 @@ impl std::str::FromStr for RateLimitKey {
             "client-ip" => Ok(Self::ClientIp),
             _ => match s.strip_prefix("header:") {
                 Some(h) if valid_header_name(&h.to_ascii_lowercase()) => Ok(Self::Header(h.to_ascii_lowercase())),
-                _ => Err(format!("unknown key {s:?}: expected \"none\", \"client-ip\" or \"header:<name>\"")),
+                _ => Err(format!(
+                    "unknown key {s:?}: expected \"none\", \"client-ip\" or \"header:<name>\""
+                )),
             },
         }
     }
@@ -129,9 +134,13 @@ impl Validate for RateLimitPolicy {
             if r.name.trim().is_empty() {
                 errors.push(FieldError::new(format!("{at}.name"), "must not be empty"));
             } else if !names.insert(r.name.as_str()) {
-                errors.push(FieldError::new(format!("{at}.name"), format!("duplicate rule name {:?}", r.name)));
+                errors.push(FieldError::new(
+                    format!("{at}.name"),
+                    format!("duplicate rule name {:?}", r.name),
+                ));
             }
-            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0 && r.requests_per_second <= MAX_RATE) {
+            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0 && r.requests_per_second <= MAX_RATE)
+            {
                 errors.push(FieldError::new(
                     format!("{at}.requestsPerSecond"),
                     format!("must be a number greater than 0 and at most {MAX_RATE}"),
@@ -139,7 +148,10 @@ impl Validate for RateLimitPolicy {
             }
             if let Some(b) = r.burst {
                 if !(b.is_finite() && (1.0..=MAX_RATE).contains(&b)) {
-                    errors.push(FieldError::new(format!("{at}.burst"), format!("must be at least 1 and at most {MAX_RATE}")));
+                    errors.push(FieldError::new(
+                        format!("{at}.burst"),
+                        format!("must be at least 1 and at most {MAX_RATE}"),
+                    ));
                 }
             }
             r.matches.validate(&format!("{at}.match"), errors);
@@ -181,12 +193,18 @@ mod tests {
 
     #[test]
     fn unknown_key_form_is_named() {
-        assert_eq!(errors(r#"{"rules":[{"name":"a","requestsPerSecond":1,"key":"cookie:x"}]}"#), ["rules[0].key"]);
+        assert_eq!(
+            errors(r#"{"rules":[{"name":"a","requestsPerSecond":1,"key":"cookie:x"}]}"#),
+            ["rules[0].key"]
+        );
     }
 
     #[test]
     fn unknown_fields_and_duplicate_names_are_refused() {
-        assert_eq!(errors(r#"{"rules":[{"name":"a","requestsPerSecond":1,"rps":3}]}"#), ["rules[0].rps"]);
+        assert_eq!(
+            errors(r#"{"rules":[{"name":"a","requestsPerSecond":1,"rps":3}]}"#),
+            ["rules[0].rps"]
+        );
         assert_eq!(
             errors(r#"{"rules":[{"name":"a","requestsPerSecond":1},{"name":"a","requestsPerSecond":1}]}"#),
             ["rules[1].name"]

@@ -61,7 +61,10 @@ impl Validate for RoutingPolicy {
             if r.name.trim().is_empty() {
                 errors.push(FieldError::new(format!("{at}.name"), "must not be empty"));
             } else if !names.insert(r.name.as_str()) {
-                errors.push(FieldError::new(format!("{at}.name"), format!("duplicate route name {:?}", r.name)));
+                errors.push(FieldError::new(
+                    format!("{at}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                ));
             }
             r.matches.validate(&format!("{at}.match"), errors);
             if r.backends.is_empty() {
@@ -70,16 +73,28 @@ impl Validate for RoutingPolicy {
             let mut subsets = HashSet::new();
             for (j, b) in r.backends.iter().enumerate() {
                 if b.subset.trim().is_empty() {
-                    errors.push(FieldError::new(format!("{at}.backends[{j}].subset"), "must not be empty"));
+                    errors.push(FieldError::new(
+                        format!("{at}.backends[{j}].subset"),
+                        "must not be empty",
+                    ));
                 } else if !subsets.insert(b.subset.as_str()) {
-                    errors.push(FieldError::new(format!("{at}.backends[{j}].subset"), "subset listed twice"));
+                    errors.push(FieldError::new(
+                        format!("{at}.backends[{j}].subset"),
+                        "subset listed twice",
+                    ));
                 }
                 if b.weight > 100 {
-                    errors.push(FieldError::new(format!("{at}.backends[{j}].weight"), "must be between 0 and 100"));
+                    errors.push(FieldError::new(
+                        format!("{at}.backends[{j}].weight"),
+                        "must be between 0 and 100",
+                    ));
                 }
             }
             if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0) {
-                errors.push(FieldError::new(format!("{at}.backends"), "at least one backend needs a weight above 0"));
+                errors.push(FieldError::new(
+                    format!("{at}.backends"),
+                    "at least one backend needs a weight above 0",
+                ));
             }
             if r.timeout.is_some_and(|t| t.0.is_zero()) {
                 errors.push(FieldError::new(format!("{at}.timeout"), "must be greater than 0"));
@@ -89,7 +104,10 @@ impl Validate for RoutingPolicy {
                     errors.push(FieldError::new(format!("{at}.retries.attempts"), "must be at most 10"));
                 }
                 if rt.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
-                    errors.push(FieldError::new(format!("{at}.retries.perTryTimeout"), "must be greater than 0"));
+                    errors.push(FieldError::new(
+                        format!("{at}.retries.perTryTimeout"),
+                        "must be greater than 0",
+                    ));
                 }
             }
         }
@@ -117,10 +135,9 @@ mod tests {
 
     #[test]
     fn weight_over_100_is_named() {
-        let err = parse_document::<RoutingPolicy>(
-            br#"{"routes":[{"name":"d","backends":[{"subset":"v2","weight":150}]}]}"#,
-        )
-        .unwrap_err();
+        let err =
+            parse_document::<RoutingPolicy>(br#"{"routes":[{"name":"d","backends":[{"subset":"v2","weight":150}]}]}"#)
+                .unwrap_err();
         let PolicyError::Invalid(e) = err else { panic!() };
         assert_eq!(e[0].field, "routes[0].backends[0].weight");
     }

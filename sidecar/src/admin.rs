@@ -57,11 +57,7 @@ async fn readyz(State(state): State<Arc<SidecarState>>) -> (StatusCode, &'static
 }
 
 async fn metrics(State(state): State<Arc<SidecarState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], state.metrics.render()).into_response()
 }
 
 /// The body of `/config_dump`. When nothing is applied yet every field but
@@ -124,11 +120,7 @@ mod tests {
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap().to_owned());
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            content_type,
-            String::from_utf8(body.to_vec()).unwrap(),
-        )
+        (status, content_type, String::from_utf8(body.to_vec()).unwrap())
     }
 
     fn applied_state() -> Arc<SidecarState> {
@@ -137,9 +129,7 @@ mod tests {
             revision: 7,
             nonce: "n7".into(),
             service: "web".into(),
-            rate_limit:
-                r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5,"scope":"service"}]}"#
-                    .into(),
+            rate_limit: r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5,"scope":"service"}]}"#.into(),
             service_share: 0.5,
             healthy_instances: 2,
             ..Default::default()
@@ -171,9 +161,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_prometheus_text() {
         let state = applied_state();
-        state
-            .metrics
-            .record_request(200, std::time::Duration::from_millis(1));
+        state.metrics.record_request(200, std::time::Duration::from_millis(1));
         let (status, content_type, body) = get(&state, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type.as_deref(), Some(METRICS_CONTENT_TYPE));
@@ -181,10 +169,7 @@ mod tests {
             body.contains("outrider_sidecar_requests_total{class=\"2xx\"} 1\n"),
             "{body}"
         );
-        assert!(
-            body.contains("outrider_sidecar_applied_revision 7\n"),
-            "{body}"
-        );
+        assert!(body.contains("outrider_sidecar_applied_revision 7\n"), "{body}");
     }
 
     #[tokio::test]

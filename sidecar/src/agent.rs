@@ -147,10 +147,17 @@ impl Agent {
         let (revision, nonce) = (s.revision, s.nonce.clone());
         let nack = |error: String| {
             warn!(revision, %error, "refusing snapshot");
-            msg(sidecar_message::Msg::Nack(Nack { revision, nonce: nonce.clone(), error }))
+            msg(sidecar_message::Msg::Nack(Nack {
+                revision,
+                nonce: nonce.clone(),
+                error,
+            }))
         };
         if s.service != self.identity.service {
-            return nack(format!("snapshot for service {:?}, this sidecar is {:?}", s.service, self.identity.service));
+            return nack(format!(
+                "snapshot for service {:?}, this sidecar is {:?}",
+                s.service, self.identity.service
+            ));
         }
         if let Err(e) = self.state.apply(&s, Source::ControlPlane) {
             return nack(e.to_string());
@@ -172,15 +179,21 @@ impl Agent {
         let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
         let rate = f.requests_total.saturating_sub(last.1) as f64 / secs;
         *last = (now, f.requests_total);
-        let app_healthy = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(self.app_addr))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let app_healthy = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(self.app_addr),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         HealthReport {
             app_healthy,
             requests_total: f.requests_total,
             errors_total: f.errors_total,
             rate_limited_total: f.rate_limited_total,
-            latency: Some(LatencySummary { p50_ms: f.p50_ms, p99_ms: f.p99_ms }),
+            latency: Some(LatencySummary {
+                p50_ms: f.p50_ms,
+                p99_ms: f.p99_ms,
+            }),
             request_rate: rate,
             applied_revision: self.state.applied_revision(),
         }

@@ -61,7 +61,10 @@ impl Config {
             return Err("OUTRIDER_APP_PORT must be a port number".into());
         }
         if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
-            return Err(format!("OUTRIDER_CONTROL_PLANE must be an http:// or https:// URL, not {:?}", self.control_plane));
+            return Err(format!(
+                "OUTRIDER_CONTROL_PLANE must be an http:// or https:// URL, not {:?}",
+                self.control_plane
+            ));
         }
         Ok(())
     }

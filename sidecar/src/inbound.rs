@@ -98,18 +98,14 @@ impl InboundProxy {
                 // persisted snapshot): there is no policy to enforce, so fail open.
                 None => None,
                 Some(applied) => {
-                    let decision =
-                        applied
-                            .limiter
-                            .check(req.uri().path(), req.headers(), peer, started);
+                    let decision = applied.limiter.check(req.uri().path(), req.headers(), peer, started);
                     if let Decision::Deny {
                         quota,
                         retry_after_secs,
                     } = decision
                     {
                         debug!(rule = quota.rule.name(), retry_after_secs, "rate limited");
-                        let mut response =
-                            text_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
+                        let mut response = text_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
                         decision.write_headers(response.headers_mut());
                         metrics.record_rate_limited();
                         metrics.record_request(response.status().as_u16(), started.elapsed());
@@ -227,9 +223,7 @@ pub async fn serve(
             let proxy = Arc::clone(&proxy);
             async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -239,10 +233,7 @@ pub async fn serve(
     }
     drop(listener);
     info!(connections = graceful.count(), "inbound proxy draining");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         warn!("inbound drain timed out; dropping remaining connections");
     }
     Ok(())
@@ -266,9 +257,7 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
 }
 
 fn text_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -308,10 +297,9 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
     headers.remove(header::TRAILER);
     if let Some(te) = headers.get(header::TE) {
-        let trailers_only = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        let trailers_only = te
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         if trailers_only {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
@@ -325,9 +313,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let peer = peer.to_canonical();
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{existing}, {peer}"))
-        }
+        Some(existing) if !existing.trim().is_empty() => HeaderValue::from_str(&format!("{existing}, {peer}")),
         _ => HeaderValue::from_str(&peer.to_string()),
     };
     if let Ok(value) = value {
@@ -351,8 +337,7 @@ fn new_request_id() -> HeaderValue {
         *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
         nibble += 1;
     }
-    HeaderValue::from_bytes(&id)
-        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 /// 503 when the app did not accept the connection within [`CONNECT_TIMEOUT`] (it is
@@ -482,26 +467,15 @@ mod tests {
         Client::builder(TokioExecutor::new()).build_http()
     }
 
-    async fn get(
-        client: &TestClient,
-        url: String,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, HeaderMap, String) {
+    async fn get(client: &TestClient, url: String, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
         let mut req = Request::get(url);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let response = client
-            .request(req.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
+        let response = client.request(req.body(Empty::new()).unwrap()).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
     }
 
     #[tokio::test]
@@ -547,8 +521,7 @@ mod tests {
     async fn request_bodies_stream_to_the_app() {
         let (app, _) = spawn_app().await;
         let proxy = spawn_proxy(app).await;
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let req = Request::post(format!("http://{}/upload", proxy.addr))
             .header("x-request-id", "given")
             .header("x-forwarded-for", "203.0.113.7")
@@ -560,10 +533,7 @@ mod tests {
         let body = String::from_utf8_lossy(&body);
         assert!(body.contains("body=payload\n"), "{body}");
         assert!(body.contains("x-request-id: given\n"), "{body}");
-        assert!(
-            body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
-            "{body}"
-        );
+        assert!(body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"), "{body}");
     }
 
     #[tokio::test]
@@ -579,13 +549,9 @@ mod tests {
         let mut ok = 0;
         let mut limited = 0;
         for _ in 0..30 {
-            let (status, headers, body) =
-                get(&client, format!("http://{}/", proxy.addr), &[]).await;
+            let (status, headers, body) = get(&client, format!("http://{}/", proxy.addr), &[]).await;
             assert_eq!(headers["ratelimit-policy"], "\"all\";q=5;w=1");
-            assert!(headers["ratelimit"]
-                .to_str()
-                .unwrap()
-                .starts_with("\"all\";r="));
+            assert!(headers["ratelimit"].to_str().unwrap().starts_with("\"all\";r="));
             match status {
                 StatusCode::OK => ok += 1,
                 StatusCode::TOO_MANY_REQUESTS => {
@@ -621,12 +587,7 @@ mod tests {
         for id in ["a", "b"] {
             let mut statuses = Vec::new();
             for _ in 0..3 {
-                let (status, _, _) = get(
-                    &client,
-                    format!("http://{}/", proxy.addr),
-                    &[("x-client-id", id)],
-                )
-                .await;
+                let (status, _, _) = get(&client, format!("http://{}/", proxy.addr), &[("x-client-id", id)]).await;
                 statuses.push(status.as_u16());
             }
             assert_eq!(statuses, [200, 200, 429], "client {id}");
@@ -636,21 +597,13 @@ mod tests {
     #[tokio::test]
     async fn app_down_is_502_quickly() {
         // Bind and drop: the port is free, so connecting is refused.
-        let app = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let app = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let proxy = spawn_proxy(app).await;
         let started = Instant::now();
         let (status, _, body) = get(&client(), format!("http://{}/", proxy.addr), &[]).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(body, "app unreachable\n");
-        assert!(
-            started.elapsed() < CONNECT_TIMEOUT,
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < CONNECT_TIMEOUT, "took {:?}", started.elapsed());
         assert_eq!(proxy.state.metrics.upstream_errors_total(), 1);
         assert_eq!(proxy.state.metrics.health_figures().errors_total, 1);
     }
@@ -659,9 +612,7 @@ mod tests {
     async fn h2c_prior_knowledge_is_proxied() {
         let (app, _) = spawn_app().await;
         let proxy = spawn_proxy(app).await;
-        let client: TestClient = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+        let client: TestClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
         let response = client
             .request(
                 Request::get(format!("http://{}/h2", proxy.addr))
@@ -689,8 +640,7 @@ mod tests {
         // The proxy may stop reading and answer before the whole head is written.
         let _ = stream.write_all(request.as_bytes()).await;
         let mut response = Vec::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
         let response = String::from_utf8_lossy(&response);
         assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
     }
@@ -700,12 +650,7 @@ mod tests {
         let (app, _) = spawn_app().await;
         let proxy = spawn_proxy(app).await;
         let big = "a".repeat(MAX_HEADER_BYTES / 2);
-        let (status, _, body) = get(
-            &client(),
-            format!("http://{}/", proxy.addr),
-            &[("x-big", &big)],
-        )
-        .await;
+        let (status, _, body) = get(&client(), format!("http://{}/", proxy.addr), &[("x-big", &big)]).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains(&big));
     }
@@ -720,8 +665,7 @@ mod tests {
             .await
             .unwrap();
         let mut response = Vec::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
         assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 400 "));
     }
 
@@ -755,14 +699,8 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let timed_out = Wrapper(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timeout",
-        ));
-        assert_eq!(
-            upstream_error_status(&timed_out),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let timed_out = Wrapper(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"));
+        assert_eq!(upstream_error_status(&timed_out), StatusCode::SERVICE_UNAVAILABLE);
         let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
         assert_eq!(upstream_error_status(&refused), StatusCode::BAD_GATEWAY);
     }
@@ -770,10 +708,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("close, x-private, te"),
-        );
+        h.insert("connection", HeaderValue::from_static("close, x-private, te"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -17,7 +17,11 @@ use tracing::{info, info_span, warn, Instrument};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "outrider-sidecar", version, about = "Outrider sidecar: proxy and agent next to each app instance")]
+#[command(
+    name = "outrider-sidecar",
+    version,
+    about = "Outrider sidecar: proxy and agent next to each app instance"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -51,7 +55,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let state = Arc::new(SidecarState::new());
         match persist::load(&cfg.state_dir, &cfg.service) {
             Ok(Some(snap)) => match state.apply(&snap, Source::Persisted) {
-                Ok(()) => info!(revision = snap.revision, "enforcing the persisted snapshot until the control plane answers"),
+                Ok(()) => info!(
+                    revision = snap.revision,
+                    "enforcing the persisted snapshot until the control plane answers"
+                ),
                 Err(e) => warn!(error = %e, "persisted snapshot is invalid; ignoring it"),
             },
             Ok(None) => {}

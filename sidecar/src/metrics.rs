@@ -105,10 +105,7 @@ impl Metrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[class].fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKET_BOUNDS_NS
-            .iter()
-            .position(|&b| ns <= b)
-            .unwrap_or(BUCKETS - 1);
+        let bucket = BUCKET_BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(BUCKETS - 1);
         self.latency.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
@@ -128,15 +125,11 @@ impl Metrics {
     }
 
     pub fn set_control_plane_connected(&self, connected: bool) {
-        self.control_plane_connected
-            .store(connected, Ordering::Relaxed);
+        self.control_plane_connected.store(connected, Ordering::Relaxed);
     }
 
     pub fn requests_total(&self) -> u64 {
-        self.requests
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        self.requests.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     pub fn rate_limited_total(&self) -> u64 {
@@ -201,11 +194,7 @@ impl Metrics {
             "counter",
             "Requests refused with 429 by the rate limiter.",
         )?;
-        writeln!(
-            out,
-            "outrider_sidecar_rate_limited_total {}",
-            self.rate_limited_total()
-        )?;
+        writeln!(out, "outrider_sidecar_rate_limited_total {}", self.rate_limited_total())?;
 
         header(
             out,
@@ -241,10 +230,7 @@ impl Metrics {
         )?;
         let sum = self.latency.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         writeln!(out, "outrider_sidecar_request_duration_seconds_sum {sum}")?;
-        writeln!(
-            out,
-            "outrider_sidecar_request_duration_seconds_count {cumulative}"
-        )?;
+        writeln!(out, "outrider_sidecar_request_duration_seconds_count {cumulative}")?;
 
         header(
             out,
@@ -298,11 +284,7 @@ fn quantile(counts: &[u64; BUCKETS], q: f64) -> f64 {
             let Some(&upper) = LATENCY_BUCKETS_SECONDS.get(i) else {
                 return LATENCY_BUCKETS_SECONDS[LATENCY_BUCKETS_SECONDS.len() - 1];
             };
-            let lower = if i == 0 {
-                0.0
-            } else {
-                LATENCY_BUCKETS_SECONDS[i - 1]
-            };
+            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS_SECONDS[i - 1] };
             let within = ((rank - seen as f64) / count as f64).clamp(0.0, 1.0);
             return lower + (upper - lower) * within;
         }
@@ -338,22 +320,15 @@ mod tests {
             }
             return;
         }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value: {line}"));
-        assert!(
-            value == "+Inf" || value.parse::<f64>().is_ok(),
-            "bad value: {line}"
-        );
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "bad value: {line}");
         let name = match series.split_once('{') {
             Some((name, labels)) => {
                 let labels = labels
                     .strip_suffix('}')
                     .unwrap_or_else(|| panic!("unclosed labels: {line}"));
                 for pair in labels.split(',') {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .unwrap_or_else(|| panic!("bad label: {line}"));
+                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label: {line}"));
                     assert!(
                         valid_name(k) && v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
                         "{line}"
@@ -382,10 +357,7 @@ mod tests {
         let m = Metrics::new();
         let before = m.render();
         before.lines().for_each(assert_valid_line);
-        assert_eq!(
-            sample(&before, "outrider_sidecar_requests_total{class=\"2xx\"}"),
-            0.0
-        );
+        assert_eq!(sample(&before, "outrider_sidecar_requests_total{class=\"2xx\"}"), 0.0);
 
         m.record_request(200, Duration::from_millis(3));
         m.record_request(204, Duration::from_millis(30));
@@ -398,53 +370,27 @@ mod tests {
 
         let text = m.render();
         text.lines().for_each(assert_valid_line);
-        assert_eq!(
-            sample(&text, "outrider_sidecar_requests_total{class=\"2xx\"}"),
-            2.0
-        );
-        assert_eq!(
-            sample(&text, "outrider_sidecar_requests_total{class=\"4xx\"}"),
-            1.0
-        );
-        assert_eq!(
-            sample(&text, "outrider_sidecar_requests_total{class=\"5xx\"}"),
-            1.0
-        );
+        assert_eq!(sample(&text, "outrider_sidecar_requests_total{class=\"2xx\"}"), 2.0);
+        assert_eq!(sample(&text, "outrider_sidecar_requests_total{class=\"4xx\"}"), 1.0);
+        assert_eq!(sample(&text, "outrider_sidecar_requests_total{class=\"5xx\"}"), 1.0);
         assert_eq!(sample(&text, "outrider_sidecar_rate_limited_total"), 1.0);
         assert_eq!(sample(&text, "outrider_sidecar_upstream_errors_total"), 1.0);
         assert_eq!(
-            sample(
-                &text,
-                "outrider_sidecar_request_duration_seconds_bucket{le=\"0.005\"}"
-            ),
+            sample(&text, "outrider_sidecar_request_duration_seconds_bucket{le=\"0.005\"}"),
             2.0
         );
         assert_eq!(
-            sample(
-                &text,
-                "outrider_sidecar_request_duration_seconds_bucket{le=\"10\"}"
-            ),
+            sample(&text, "outrider_sidecar_request_duration_seconds_bucket{le=\"10\"}"),
             3.0
         );
         assert_eq!(
-            sample(
-                &text,
-                "outrider_sidecar_request_duration_seconds_bucket{le=\"+Inf\"}"
-            ),
+            sample(&text, "outrider_sidecar_request_duration_seconds_bucket{le=\"+Inf\"}"),
             4.0
         );
-        assert_eq!(
-            sample(&text, "outrider_sidecar_request_duration_seconds_count"),
-            4.0
-        );
-        assert!(
-            (sample(&text, "outrider_sidecar_request_duration_seconds_sum") - 20.0331).abs() < 1e-9
-        );
+        assert_eq!(sample(&text, "outrider_sidecar_request_duration_seconds_count"), 4.0);
+        assert!((sample(&text, "outrider_sidecar_request_duration_seconds_sum") - 20.0331).abs() < 1e-9);
         assert_eq!(sample(&text, "outrider_sidecar_applied_revision"), 42.0);
-        assert_eq!(
-            sample(&text, "outrider_sidecar_control_plane_connected"),
-            1.0
-        );
+        assert_eq!(sample(&text, "outrider_sidecar_control_plane_connected"), 1.0);
     }
 
     #[test]
@@ -458,10 +404,7 @@ mod tests {
         m.record_rate_limited();
 
         let h = m.health_figures();
-        assert_eq!(
-            (h.requests_total, h.errors_total, h.rate_limited_total),
-            (100, 1, 1)
-        );
+        assert_eq!((h.requests_total, h.errors_total, h.rate_limited_total), (100, 1, 1));
         assert!(h.p50_ms > 1.0 && h.p50_ms <= 2.5, "p50 {}", h.p50_ms);
         assert!(h.p99_ms > 250.0 && h.p99_ms <= 500.0, "p99 {}", h.p99_ms);
 

@@ -24,7 +24,10 @@ pub enum PersistError {
 /// the file holds either the previous snapshot or this one, never a torn mix.
 pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
     let target = path(dir);
-    let io = |source| PersistError::Io { path: target.display().to_string(), source };
+    let io = |source| PersistError::Io {
+        path: target.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!(".{FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -45,12 +48,23 @@ pub fn load(dir: &Path, service: &str) -> Result<Option<Snapshot>, PersistError>
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(PersistError::Io { path: p.display().to_string(), source }),
+        Err(source) => {
+            return Err(PersistError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        }
     };
-    let corrupt = |reason: String| PersistError::Corrupt { path: p.display().to_string(), reason };
+    let corrupt = |reason: String| PersistError::Corrupt {
+        path: p.display().to_string(),
+        reason,
+    };
     let snap = Snapshot::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))?;
     if snap.service != service {
-        return Err(corrupt(format!("it belongs to service {:?}, not {service:?}", snap.service)));
+        return Err(corrupt(format!(
+            "it belongs to service {:?}, not {service:?}",
+            snap.service
+        )));
     }
     Ok(Some(snap))
 }
@@ -63,7 +77,12 @@ mod tests {
     fn saved_snapshot_loads_back() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path(), "web").unwrap().is_none());
-        let s = Snapshot { revision: 7, service: "web".into(), rate_limit: "{}".into(), ..Default::default() };
+        let s = Snapshot {
+            revision: 7,
+            service: "web".into(),
+            rate_limit: "{}".into(),
+            ..Default::default()
+        };
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path(), "web").unwrap(), Some(s));
     }
@@ -71,7 +90,14 @@ mod tests {
     #[test]
     fn snapshot_of_another_service_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &Snapshot { service: "api".into(), ..Default::default() }).unwrap();
+        save(
+            dir.path(),
+            &Snapshot {
+                service: "api".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(matches!(load(dir.path(), "web"), Err(PersistError::Corrupt { .. })));
     }
 

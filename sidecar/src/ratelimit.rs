@@ -104,10 +104,7 @@ pub enum Decision<'a> {
     /// requests), or `None` when no rule matched the request.
     Allow(Option<Quota<'a>>),
     /// Refused by `quota.rule`; the client may retry after `retry_after_secs` (≥ 1).
-    Deny {
-        quota: Quota<'a>,
-        retry_after_secs: u64,
-    },
+    Deny { quota: Quota<'a>, retry_after_secs: u64 },
 }
 
 impl Decision<'_> {
@@ -118,9 +115,7 @@ impl Decision<'_> {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Decision::Allow(_) => None,
-            Decision::Deny {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
+            Decision::Deny { retry_after_secs, .. } => Some(*retry_after_secs),
         }
     }
 
@@ -276,13 +271,7 @@ impl RateLimiter {
     /// nothing anywhere (a concurrent request may briefly see those buckets lower;
     /// GCRA updates commute, so the refund is exact). The denial names the first
     /// refusing rule.
-    pub fn check(
-        &self,
-        path: &str,
-        headers: &HeaderMap,
-        client_ip: IpAddr,
-        now: Instant,
-    ) -> Decision<'_> {
+    pub fn check(&self, path: &str, headers: &HeaderMap, client_ip: IpAddr, now: Instant) -> Decision<'_> {
         if self.rules.is_empty() {
             return Decision::Allow(None);
         }
@@ -326,12 +315,7 @@ enum Key<'r> {
 }
 
 impl CompiledRule {
-    fn new(
-        rule: &RateLimitRule,
-        share: f64,
-        carried: Option<Arc<Buckets>>,
-        max_keys: usize,
-    ) -> Self {
+    fn new(rule: &RateLimitRule, share: f64, carried: Option<Arc<Buckets>>, max_keys: usize) -> Self {
         let (mut rate, mut burst) = (rule.requests_per_second, rule.burst());
         if rule.scope == Scope::Service {
             rate *= share;
@@ -344,14 +328,8 @@ impl CompiledRule {
         } else {
             f64::MIN_POSITIVE
         };
-        let burst = if burst.is_finite() {
-            burst.max(1.0)
-        } else {
-            1.0
-        };
-        let interval = (NANOS_PER_SEC / rate)
-            .round()
-            .clamp(1.0, MAX_INTERVAL_NS as f64);
+        let burst = if burst.is_finite() { burst.max(1.0) } else { 1.0 };
+        let interval = (NANOS_PER_SEC / rate).round().clamp(1.0, MAX_INTERVAL_NS as f64);
         // τ from the *rounded* T so that an integral burst admits exactly `burst`
         // requests at once (B·T ≤ τ holds with equality, no rounding surprise).
         let tolerance = (burst * interval).round().min(MAX_INTERVAL_NS as f64);
@@ -360,17 +338,15 @@ impl CompiledRule {
         let sf_name = sf_string(&rule.name);
         let quota = burst.floor().max(1.0) as u64;
         let window = ceil_secs(tolerance_ns).max(1);
-        let policy_header =
-            HeaderValue::from_maybe_shared(format!("{sf_name};q={quota};w={window}"))
-                .unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""));
+        let policy_header = HeaderValue::from_maybe_shared(format!("{sf_name};q={quota};w={window}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""));
         let state_prefix = format!("{sf_name};r=").into_bytes().into_boxed_slice();
 
         let key_header = match &rule.key {
             RateLimitKey::Header(name) => HeaderName::from_bytes(name.as_bytes()).ok(),
             _ => None,
         };
-        let buckets =
-            carried.unwrap_or_else(|| Arc::new(Buckets::new(&rule.key, key_header, max_keys)));
+        let buckets = carried.unwrap_or_else(|| Arc::new(Buckets::new(&rule.key, key_header, max_keys)));
         let headers = rule
             .matches
             .headers
@@ -406,12 +382,9 @@ impl CompiledRule {
                 return false;
             }
         }
-        self.headers.iter().all(|(name, want)| {
-            headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.as_bytes() == &**want)
-        })
+        self.headers
+            .iter()
+            .all(|(name, want)| headers.get_all(name).iter().any(|v| v.as_bytes() == &**want))
     }
 
     fn key_of<'r>(&self, headers: &'r HeaderMap, client_ip: IpAddr) -> Key<'r> {
@@ -442,8 +415,7 @@ impl CompiledRule {
                     };
                     return Err((quota, ceil_secs(ahead - tau).max(1)));
                 }
-                match slot.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-                {
+                match slot.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => {
                         let quota = Quota {
                             rule: &self.info,
@@ -529,9 +501,7 @@ impl Buckets {
     fn with_existing_slot(&self, key: &Key<'_>, f: impl FnOnce(&AtomicU64)) {
         match (key, &self.keyed) {
             (Key::Ip(ip), Keyed::Ip(map)) => map.with_existing_slot(ip, f),
-            (Key::Header(v), Keyed::Header(_, map)) if v.len() <= MAX_KEY_LEN => {
-                map.with_existing_slot(*v, f)
-            }
+            (Key::Header(v), Keyed::Header(_, map)) if v.len() <= MAX_KEY_LEN => map.with_existing_slot(*v, f),
             (Key::Header(_), Keyed::Header(_, map)) => f(&map.overflow),
             _ => f(&self.single),
         }
@@ -671,9 +641,7 @@ mod tests {
     const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
 
     fn allowed(l: &RateLimiter, n: usize, headers: &HeaderMap, ip: IpAddr, now: Instant) -> usize {
-        (0..n)
-            .filter(|_| l.check("/", headers, ip, now).is_allowed())
-            .count()
+        (0..n).filter(|_| l.check("/", headers, ip, now).is_allowed()).count()
     }
 
     fn with_header(name: &'static str, value: &'static str) -> HeaderMap {
@@ -684,34 +652,19 @@ mod tests {
 
     #[test]
     fn thirty_immediate_requests_at_rps5_burst5_admit_exactly_five() {
-        let l = limiter(
-            r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#,
-            1.0,
-        );
+        let l = limiter(r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#, 1.0);
         assert_eq!(allowed(&l, 30, &HeaderMap::new(), IP, Instant::now()), 5);
     }
 
     #[test]
     fn bucket_refills_at_the_rate() {
-        let l = limiter(
-            r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#,
-            1.0,
-        );
+        let l = limiter(r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#, 1.0);
         let t0 = Instant::now();
         assert_eq!(allowed(&l, 10, &HeaderMap::new(), IP, t0), 5);
         // 1 s at 5 rps refills the whole bucket, and no more.
+        assert_eq!(allowed(&l, 10, &HeaderMap::new(), IP, t0 + Duration::from_secs(1)), 5);
         assert_eq!(
-            allowed(&l, 10, &HeaderMap::new(), IP, t0 + Duration::from_secs(1)),
-            5
-        );
-        assert_eq!(
-            allowed(
-                &l,
-                10,
-                &HeaderMap::new(),
-                IP,
-                t0 + Duration::from_millis(1200)
-            ),
+            allowed(&l, 10, &HeaderMap::new(), IP, t0 + Duration::from_millis(1200)),
             1
         );
     }
@@ -747,55 +700,39 @@ mod tests {
 
     #[test]
     fn service_share_of_half_halves_the_burst() {
-        let json =
-            r#"{"rules":[{"name":"all","requestsPerSecond":10,"burst":5,"scope":"service"}]}"#;
+        let json = r#"{"rules":[{"name":"all","requestsPerSecond":10,"burst":5,"scope":"service"}]}"#;
         let l = limiter(json, 0.5);
         // 2.5 tokens: two whole requests.
         assert_eq!(allowed(&l, 10, &HeaderMap::new(), IP, Instant::now()), 2);
         assert_eq!(l.rules().next().unwrap().rate(), 5.0);
         // `scope: instance` ignores the share.
-        let l = limiter(
-            r#"{"rules":[{"name":"all","requestsPerSecond":10,"burst":5}]}"#,
-            0.5,
-        );
+        let l = limiter(r#"{"rules":[{"name":"all","requestsPerSecond":10,"burst":5}]}"#, 0.5);
         assert_eq!(allowed(&l, 10, &HeaderMap::new(), IP, Instant::now()), 5);
     }
 
     #[test]
     fn tiny_share_still_admits_one_request() {
-        let json =
-            r#"{"rules":[{"name":"all","requestsPerSecond":1,"burst":1,"scope":"service"}]}"#;
+        let json = r#"{"rules":[{"name":"all","requestsPerSecond":1,"burst":1,"scope":"service"}]}"#;
         let l = limiter(json, 0.1);
         assert_eq!(allowed(&l, 5, &HeaderMap::new(), IP, Instant::now()), 1);
     }
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let l = limiter(
-            r#"{"rules":[{"name":"fast","requestsPerSecond":1000,"burst":1}]}"#,
-            1.0,
-        );
+        let l = limiter(r#"{"rules":[{"name":"fast","requestsPerSecond":1000,"burst":1}]}"#, 1.0);
         let now = Instant::now();
         assert!(l.check("/", &HeaderMap::new(), IP, now).is_allowed());
         let d = l.check("/", &HeaderMap::new(), IP, now);
         assert_eq!(d.retry_after_secs(), Some(1));
 
-        let slow = limiter(
-            r#"{"rules":[{"name":"slow","requestsPerSecond":0.1,"burst":1}]}"#,
-            1.0,
-        );
+        let slow = limiter(r#"{"rules":[{"name":"slow","requestsPerSecond":0.1,"burst":1}]}"#, 1.0);
         assert!(slow.check("/", &HeaderMap::new(), IP, now).is_allowed());
-        assert_eq!(
-            slow.check("/", &HeaderMap::new(), IP, now)
-                .retry_after_secs(),
-            Some(10)
-        );
+        assert_eq!(slow.check("/", &HeaderMap::new(), IP, now).retry_after_secs(), Some(10));
     }
 
     #[test]
     fn carry_over_keeps_a_drained_bucket_drained() {
-        let json =
-            r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5,"scope":"service"}]}"#;
+        let json = r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5,"scope":"service"}]}"#;
         let p = policy(json);
         let first = RateLimiter::compile(Some(&p), 1.0, None);
         let now = Instant::now();
@@ -804,10 +741,7 @@ mod tests {
         let second = RateLimiter::compile(Some(&p), 0.5, Some(&first));
         assert_eq!(allowed(&second, 10, &HeaderMap::new(), IP, now), 0);
         // A renamed rule is a new rule with fresh buckets.
-        let renamed = limiter(
-            r#"{"rules":[{"name":"other","requestsPerSecond":5,"burst":5}]}"#,
-            1.0,
-        );
+        let renamed = limiter(r#"{"rules":[{"name":"other","requestsPerSecond":5,"burst":5}]}"#, 1.0);
         let third = RateLimiter::compile(
             Some(&policy(
                 r#"{"rules":[{"name":"other","requestsPerSecond":5,"burst":5}]}"#,
@@ -820,9 +754,7 @@ mod tests {
 
     #[test]
     fn key_eviction_bounds_memory() {
-        let p = policy(
-            r#"{"rules":[{"name":"ip","key":"client-ip","requestsPerSecond":1,"burst":1}]}"#,
-        );
+        let p = policy(r#"{"rules":[{"name":"ip","key":"client-ip","requestsPerSecond":1,"burst":1}]}"#);
         let l = RateLimiter::compile_with_max_keys(Some(&p), 1.0, None, 8);
         let t0 = Instant::now();
         for i in 0..100u32 {
@@ -845,15 +777,9 @@ mod tests {
         );
         let now = Instant::now();
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-k",
-            HeaderValue::from_str(&"a".repeat(MAX_KEY_LEN + 1)).unwrap(),
-        );
+        h.insert("x-k", HeaderValue::from_str(&"a".repeat(MAX_KEY_LEN + 1)).unwrap());
         assert!(l.check("/", &h, IP, now).is_allowed());
-        h.insert(
-            "x-k",
-            HeaderValue::from_str(&"b".repeat(MAX_KEY_LEN + 1)).unwrap(),
-        );
+        h.insert("x-k", HeaderValue::from_str(&"b".repeat(MAX_KEY_LEN + 1)).unwrap());
         assert!(!l.check("/", &h, IP, now).is_allowed());
         assert_eq!(l.key_count("h"), Some(0));
     }
@@ -870,10 +796,7 @@ mod tests {
         assert!(l.check("/api/a", &free, IP, now).is_allowed());
         assert!(!l.check("/api/b", &free, IP, now).is_allowed());
         // Not matched: other path, other header value, no header.
-        assert!(matches!(
-            l.check("/web", &free, IP, now),
-            Decision::Allow(None)
-        ));
+        assert!(matches!(l.check("/web", &free, IP, now), Decision::Allow(None)));
         assert!(matches!(
             l.check("/api", &with_header("x-tier", "paid"), IP, now),
             Decision::Allow(None)
@@ -910,20 +833,15 @@ mod tests {
         );
         let now = Instant::now();
         let mut h = HeaderMap::new();
-        l.check("/", &HeaderMap::new(), IP, now)
-            .write_headers(&mut h);
+        l.check("/", &HeaderMap::new(), IP, now).write_headers(&mut h);
         assert_eq!(h["ratelimit-policy"], "\"small\";q=10;w=2");
         assert_eq!(h["ratelimit"], "\"small\";r=9;t=1");
         assert!(h.get("retry-after").is_none());
 
-        let l = limiter(
-            r#"{"rules":[{"name":"a \"q\"","requestsPerSecond":1,"burst":1}]}"#,
-            1.0,
-        );
+        let l = limiter(r#"{"rules":[{"name":"a \"q\"","requestsPerSecond":1,"burst":1}]}"#, 1.0);
         l.check("/", &HeaderMap::new(), IP, now);
         let mut h = HeaderMap::new();
-        l.check("/", &HeaderMap::new(), IP, now)
-            .write_headers(&mut h);
+        l.check("/", &HeaderMap::new(), IP, now).write_headers(&mut h);
         assert_eq!(h["ratelimit-policy"], r#""a \"q\"";q=1;w=1"#);
         assert_eq!(h["ratelimit"], r#""a \"q\"";r=0;t=1"#);
         assert_eq!(h["retry-after"], "1");

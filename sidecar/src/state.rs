@@ -67,7 +67,11 @@ impl Default for SidecarState {
 
 impl SidecarState {
     pub fn new() -> Self {
-        Self { applied: ArcSwapOption::empty(), metrics: Metrics::new(), connected: AtomicBool::new(false) }
+        Self {
+            applied: ArcSwapOption::empty(),
+            metrics: Metrics::new(),
+            connected: AtomicBool::new(false),
+        }
     }
 
     /// Ready once a snapshot has been applied, from the control plane or from disk.

@@ -253,9 +253,7 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                return Err(anyhow!(
-                    "nothing listening on {addr} after {timeout:?}: {e}"
-                ))
+                return Err(anyhow!("nothing listening on {addr} after {timeout:?}: {e}"))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -312,9 +310,7 @@ where
             Err(_) => anyhow!("attempt still running at the deadline"),
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(anyhow!(
-                "timed out after {timeout:?}; last attempt: {last:#}"
-            ));
+            return Err(anyhow!("timed out after {timeout:?}; last attempt: {last:#}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -409,12 +405,9 @@ mod tests {
     #[tokio::test]
     async fn wait_for_http_ok_fails_on_closed_port() {
         let port = free_port();
-        let err = wait_for_http_ok(
-            &format!("http://127.0.0.1:{port}/healthz"),
-            Duration::from_millis(200),
-        )
-        .await
-        .unwrap_err();
+        let err = wait_for_http_ok(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(format!("{err:#}").contains("timed out"), "{err:#}");
     }
 

@@ -71,12 +71,7 @@ async fn echo_fail_rate_spread_fails_exact_fraction() {
     assert_eq!(failures, 20);
     // Health checks are never failed on purpose.
     for _ in 0..10 {
-        let s = client
-            .get(url(port, "/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let s = client.get(url(port, "/healthz")).send().await.unwrap().status();
         assert_eq!(s, 200);
     }
 }
@@ -89,11 +84,7 @@ async fn echo_status_path_and_delay() {
     let resp = client.get(url(port, "/status/503")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let start = std::time::Instant::now();
-    let resp = client
-        .get(url(port, "/?delay_ms=150"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(url(port, "/?delay_ms=150")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(start.elapsed() >= Duration::from_millis(150));
 }
@@ -102,13 +93,10 @@ async fn echo_status_path_and_delay() {
 async fn echo_speaks_h2c_with_prior_knowledge() {
     let port = free_port();
     let _app = echo(port);
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
     tokio::spawn(conn);
     let req = hyper::Request::post(url(port, "/grpc-ish"))
         .body(Full::new(Bytes::from_static(b"12345")))

@@ -69,7 +69,9 @@ pub enum Precondition {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
@@ -86,11 +88,17 @@ impl Store {
                     .connect(url)
                     .await?;
                 PG_MIGRATIONS.run(&pool).await?;
-                Ok(Self { pool, backend: Backend::Postgres, url: url.to_owned() })
+                Ok(Self {
+                    pool,
+                    backend: Backend::Postgres,
+                    url: url.to_owned(),
+                })
             }
             None => {
-                std::fs::create_dir_all(data_dir)
-                    .map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
+                std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+                    path: data_dir.display().to_string(),
+                    source,
+                })?;
                 let file = data_dir.join("outrider.db");
                 let url = format!("sqlite://{}?mode=rwc", file.display());
                 // One connection: SQLite has one writer anyway, and a single connection
@@ -108,7 +116,11 @@ impl Store {
                     .connect(&url)
                     .await?;
                 SQLITE_MIGRATIONS.run(&pool).await?;
-                Ok(Self { pool, backend: Backend::Sqlite, url })
+                Ok(Self {
+                    pool,
+                    backend: Backend::Sqlite,
+                    url,
+                })
             }
         }
     }
@@ -135,7 +147,10 @@ impl Store {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(tx)
     }
@@ -191,15 +206,28 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let (before, current_rev) = match &current {
-            Some(r) => (Some(r.try_get::<String, _>("document")?), Some(r.try_get::<i64, _>("revision")? as u64)),
+            Some(r) => (
+                Some(r.try_get::<String, _>("document")?),
+                Some(r.try_get::<i64, _>("revision")? as u64),
+            ),
             None => (None, None),
         };
         check(expect, current_rev)?;
         let after = document.to_string();
         let now = now_ms();
-        let revision =
-            insert_revision(&mut tx, now, actor, kind.as_str(), service, "", "put", before.as_deref(), Some(&after), None)
-                .await?;
+        let revision = insert_revision(
+            &mut tx,
+            now,
+            actor,
+            kind.as_str(),
+            service,
+            "",
+            "put",
+            before.as_deref(),
+            Some(&after),
+            None,
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO policies (service, kind, document, revision, updated_at_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (service, kind) DO UPDATE SET document = excluded.document,
@@ -240,9 +268,19 @@ impl Store {
             .ok_or(StoreError::NotFound)?;
         let before: String = current.try_get("document")?;
         check(expect, Some(current.try_get::<i64, _>("revision")? as u64))?;
-        let revision =
-            insert_revision(&mut tx, now_ms(), actor, kind.as_str(), service, "", "delete", Some(&before), None, None)
-                .await?;
+        let revision = insert_revision(
+            &mut tx,
+            now_ms(),
+            actor,
+            kind.as_str(),
+            service,
+            "",
+            "delete",
+            Some(&before),
+            None,
+            None,
+        )
+        .await?;
         sqlx::query("DELETE FROM policies WHERE service = $1 AND kind = $2")
             .bind(service)
             .bind(kind.as_str())
@@ -297,7 +335,10 @@ impl Store {
         .await?;
         let (before, current_rev) = match &current {
             Some(r) => (
-                Some(config_history_doc(&r.try_get::<String, _>("content_type")?, &r.try_get::<Vec<u8>, _>("content")?)),
+                Some(config_history_doc(
+                    &r.try_get::<String, _>("content_type")?,
+                    &r.try_get::<Vec<u8>, _>("content")?,
+                )),
                 Some(r.try_get::<i64, _>("revision")? as u64),
             ),
             None => (None, None),
@@ -305,9 +346,19 @@ impl Store {
         check(expect, current_rev)?;
         let after = config_history_doc(content_type, content);
         let now = now_ms();
-        let revision =
-            insert_revision(&mut tx, now, actor, CONFIG_KIND, service, name, "put", before.as_deref(), Some(&after), None)
-                .await?;
+        let revision = insert_revision(
+            &mut tx,
+            now,
+            actor,
+            CONFIG_KIND,
+            service,
+            name,
+            "put",
+            before.as_deref(),
+            Some(&after),
+            None,
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO config_documents (service, name, content_type, content, revision, updated_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -351,11 +402,23 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         check(expect, Some(current.try_get::<i64, _>("revision")? as u64))?;
-        let before =
-            config_history_doc(&current.try_get::<String, _>("content_type")?, &current.try_get::<Vec<u8>, _>("content")?);
-        let revision =
-            insert_revision(&mut tx, now_ms(), actor, CONFIG_KIND, service, name, "delete", Some(&before), None, None)
-                .await?;
+        let before = config_history_doc(
+            &current.try_get::<String, _>("content_type")?,
+            &current.try_get::<Vec<u8>, _>("content")?,
+        );
+        let revision = insert_revision(
+            &mut tx,
+            now_ms(),
+            actor,
+            CONFIG_KIND,
+            service,
+            name,
+            "delete",
+            Some(&before),
+            None,
+            None,
+        )
+        .await?;
         sqlx::query("DELETE FROM config_documents WHERE service = $1 AND name = $2")
             .bind(service)
             .bind(name)
@@ -370,7 +433,9 @@ impl Store {
 
     /// The newest revision in the store (0 when there is none).
     pub async fn latest_revision(&self) -> Result<u64, StoreError> {
-        let r: Option<i64> = sqlx::query_scalar("SELECT MAX(revision) FROM revisions").fetch_one(&self.pool).await?;
+        let r: Option<i64> = sqlx::query_scalar("SELECT MAX(revision) FROM revisions")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(r.unwrap_or(0) as u64)
     }
 
@@ -387,10 +452,11 @@ impl Store {
     /// Services changed after `after`, with the newest revision seen: the catch-up read
     /// that makes a missed notification harmless.
     pub async fn changes_since(&self, after: u64) -> Result<(Vec<String>, u64), StoreError> {
-        let rows = sqlx::query("SELECT service, MAX(revision) AS rev FROM revisions WHERE revision > $1 GROUP BY service")
-            .bind(after as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT service, MAX(revision) AS rev FROM revisions WHERE revision > $1 GROUP BY service")
+                .bind(after as i64)
+                .fetch_all(&self.pool)
+                .await?;
         let mut newest = after;
         let mut services = Vec::with_capacity(rows.len());
         for r in rows {
@@ -436,12 +502,19 @@ impl Store {
             match &rec.before {
                 Some(doc) => {
                     let (ct, content) = config_from_history_doc(doc)?;
-                    self.put_config_reverting(&s.service, &s.name, &ct, &content, actor, n).await?
+                    self.put_config_reverting(&s.service, &s.name, &ct, &content, actor, n)
+                        .await?
                 }
-                None => self.delete_reverting(&s.service, CONFIG_KIND, &s.name, actor, n).await?,
+                None => {
+                    self.delete_reverting(&s.service, CONFIG_KIND, &s.name, actor, n)
+                        .await?
+                }
             }
         } else {
-            let kind: PolicyKind = s.kind.parse().map_err(|_| StoreError::Corrupt(format!("kind {}", s.kind)))?;
+            let kind: PolicyKind = s
+                .kind
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("kind {}", s.kind)))?;
             match &rec.before {
                 Some(doc) => self.put_policy_reverting(&s.service, kind, doc, actor, n).await?,
                 None => self.delete_reverting(&s.service, kind.as_str(), "", actor, n).await?,
@@ -472,7 +545,9 @@ impl Store {
         actor: &str,
         reverts: u64,
     ) -> Result<u64, StoreError> {
-        let stored = self.put_config(service, name, content_type, content, Precondition::None, actor).await?;
+        let stored = self
+            .put_config(service, name, content_type, content, Precondition::None, actor)
+            .await?;
         self.mark_revert(stored.revision, reverts).await?;
         Ok(stored.revision)
     }
@@ -724,7 +799,9 @@ fn policy_from_row(r: &AnyRow) -> Result<StoredPolicy, StoreError> {
     let doc: String = r.try_get("document")?;
     Ok(StoredPolicy {
         service: r.try_get("service")?,
-        kind: kind.parse().map_err(|_| StoreError::Corrupt(format!("unknown kind {kind}")))?,
+        kind: kind
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("unknown kind {kind}")))?,
         document: serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         revision: r.try_get::<i64, _>("revision")? as u64,
         updated_at_ms: r.try_get("updated_at_ms")?,
@@ -780,5 +857,6 @@ fn sidecar_from_row(r: &AnyRow) -> Result<SidecarRow, StoreError> {
 }
 
 fn parse_opt_json(s: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
 }

@@ -16,7 +16,11 @@ impl TestStore {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(None, dir.path()).await.unwrap();
-        Self { store, _dir: dir, pg_admin: None }
+        Self {
+            store,
+            _dir: dir,
+            pg_admin: None,
+        }
     }
 
     pub async fn postgres() -> Self {
@@ -27,19 +31,28 @@ impl TestStore {
         let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for the store tests: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         let (base, _) = admin_url.rsplit_once('/').unwrap();
         let url = format!("{base}/{db}");
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(Some(&url), dir.path()).await.unwrap();
-        Self { store, _dir: dir, pg_admin: Some((admin_url, db)) }
+        Self {
+            store,
+            _dir: dir,
+            pg_admin: Some((admin_url, db)),
+        }
     }
 
     pub async fn cleanup(self) {
         self.store.close().await;
         if let Some((admin_url, db)) = self.pg_admin {
             if let Ok(mut admin) = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await;
             }
         }
     }
@@ -92,7 +105,10 @@ fn reg(id: &str, service: &str, session: &str) -> SidecarRegistration {
 }
 
 store_test!(put_then_get_returns_the_document_and_its_revision, |s| {
-    let p = s.put_policy("web", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "alice").await.unwrap();
+    let p = s
+        .put_policy("web", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "alice")
+        .await
+        .unwrap();
     assert_eq!(p.revision, 1);
     let got = s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap();
     assert_eq!(got.document, rl(5.0));
@@ -101,9 +117,18 @@ store_test!(put_then_get_returns_the_document_and_its_revision, |s| {
 });
 
 store_test!(revisions_are_global_and_monotonic_across_services_and_kinds, |s| {
-    let a = s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
-    let b = s.put_config("api", "app.yaml", "text/yaml", b"x: 1", Precondition::None, "a").await.unwrap();
-    let c = s.delete_policy("web", PolicyKind::RateLimit, Precondition::None, "a").await.unwrap();
+    let a = s
+        .put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a")
+        .await
+        .unwrap();
+    let b = s
+        .put_config("api", "app.yaml", "text/yaml", b"x: 1", Precondition::None, "a")
+        .await
+        .unwrap();
+    let c = s
+        .delete_policy("web", PolicyKind::RateLimit, Precondition::None, "a")
+        .await
+        .unwrap();
     assert!(a.revision < b.revision && b.revision < c);
     assert_eq!(s.latest_revision().await.unwrap(), c);
     assert_eq!(s.service_revision("web").await.unwrap(), c);
@@ -111,23 +136,63 @@ store_test!(revisions_are_global_and_monotonic_across_services_and_kinds, |s| {
 });
 
 store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
-    let first = s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
-    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::Revision(first.revision), "a").await.unwrap();
+    let first = s
+        .put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a")
+        .await
+        .unwrap();
+    s.put_policy(
+        "web",
+        PolicyKind::RateLimit,
+        &rl(2.0),
+        Precondition::Revision(first.revision),
+        "a",
+    )
+    .await
+    .unwrap();
     let err = s
-        .put_policy("web", PolicyKind::RateLimit, &rl(3.0), Precondition::Revision(first.revision), "b")
+        .put_policy(
+            "web",
+            PolicyKind::RateLimit,
+            &rl(3.0),
+            Precondition::Revision(first.revision),
+            "b",
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::PreconditionFailed { current: Some(2) }), "{err:?}");
-    assert_eq!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap().document, rl(2.0));
-    assert_eq!(s.latest_revision().await.unwrap(), 2, "a refused write leaves no revision");
-    let err = s.put_policy("api", PolicyKind::RateLimit, &rl(3.0), Precondition::Exists, "b").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { current: Some(2) }),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.get_policy("web", PolicyKind::RateLimit)
+            .await
+            .unwrap()
+            .unwrap()
+            .document,
+        rl(2.0)
+    );
+    assert_eq!(
+        s.latest_revision().await.unwrap(),
+        2,
+        "a refused write leaves no revision"
+    );
+    let err = s
+        .put_policy("api", PolicyKind::RateLimit, &rl(3.0), Precondition::Exists, "b")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed { current: None }));
 });
 
 store_test!(history_keeps_actor_and_documents_before_and_after, |s| {
-    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "alice").await.unwrap();
-    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "bob").await.unwrap();
-    s.put_policy("api", PolicyKind::RateLimit, &rl(9.0), Precondition::None, "bob").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "alice")
+        .await
+        .unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "bob")
+        .await
+        .unwrap();
+    s.put_policy("api", PolicyKind::RateLimit, &rl(9.0), Precondition::None, "bob")
+        .await
+        .unwrap();
     let all = s.list_revisions(None, 100).await.unwrap();
     assert_eq!(all.iter().map(|r| r.revision).collect::<Vec<_>>(), [3, 2, 1]);
     let web = s.list_revisions(Some("web"), 100).await.unwrap();
@@ -141,13 +206,24 @@ store_test!(history_keeps_actor_and_documents_before_and_after, |s| {
 });
 
 store_test!(revert_restores_the_state_before_a_revision, |s| {
-    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
-    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a")
+        .await
+        .unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a")
+        .await
+        .unwrap();
     let r = s.revert(2, "ops").await.unwrap();
     assert_eq!(r.summary.revision, 3);
     assert_eq!(r.summary.reverts, Some(2));
     assert_eq!(r.summary.actor, "ops");
-    assert_eq!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap().document, rl(1.0));
+    assert_eq!(
+        s.get_policy("web", PolicyKind::RateLimit)
+            .await
+            .unwrap()
+            .unwrap()
+            .document,
+        rl(1.0)
+    );
     // Reverting the creation deletes the policy.
     s.revert(1, "ops").await.unwrap();
     assert!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().is_none());
@@ -156,14 +232,37 @@ store_test!(revert_restores_the_state_before_a_revision, |s| {
 
 store_test!(config_documents_keep_bytes_and_revert, |s| {
     let bin = vec![0u8, 159, 146, 150];
-    s.put_config("web", "blob.bin", "application/octet-stream", &bin, Precondition::None, "a").await.unwrap();
-    let text = s.put_config("web", "app.yaml", "text/yaml", b"a: 1", Precondition::None, "a").await.unwrap();
-    s.put_config("web", "app.yaml", "text/yaml", b"a: 2", Precondition::Revision(text.revision), "a").await.unwrap();
+    s.put_config(
+        "web",
+        "blob.bin",
+        "application/octet-stream",
+        &bin,
+        Precondition::None,
+        "a",
+    )
+    .await
+    .unwrap();
+    let text = s
+        .put_config("web", "app.yaml", "text/yaml", b"a: 1", Precondition::None, "a")
+        .await
+        .unwrap();
+    s.put_config(
+        "web",
+        "app.yaml",
+        "text/yaml",
+        b"a: 2",
+        Precondition::Revision(text.revision),
+        "a",
+    )
+    .await
+    .unwrap();
     assert_eq!(s.get_config("web", "blob.bin").await.unwrap().unwrap().content, bin);
     assert_eq!(s.list_configs("web").await.unwrap().len(), 2);
     s.revert(3, "a").await.unwrap();
     assert_eq!(s.get_config("web", "app.yaml").await.unwrap().unwrap().content, b"a: 1");
-    s.delete_config("web", "blob.bin", Precondition::None, "a").await.unwrap();
+    s.delete_config("web", "blob.bin", Precondition::None, "a")
+        .await
+        .unwrap();
     assert!(s.get_config("web", "blob.bin").await.unwrap().is_none());
     let last = s.latest_revision().await.unwrap();
     s.revert(last, "a").await.unwrap();
@@ -171,15 +270,24 @@ store_test!(config_documents_keep_bytes_and_revert, |s| {
 });
 
 store_test!(delete_of_a_missing_document_is_not_found, |s| {
-    let err = s.delete_policy("web", PolicyKind::Logging, Precondition::None, "a").await.unwrap_err();
+    let err = s
+        .delete_policy("web", PolicyKind::Logging, Precondition::None, "a")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound));
     assert_eq!(s.latest_revision().await.unwrap(), 0);
 });
 
 store_test!(changes_since_lists_each_changed_service_once, |s| {
-    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap();
-    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a").await.unwrap();
-    s.put_policy("api", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a").await.unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a")
+        .await
+        .unwrap();
+    s.put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a")
+        .await
+        .unwrap();
+    s.put_policy("api", PolicyKind::RateLimit, &rl(2.0), Precondition::None, "a")
+        .await
+        .unwrap();
     let (mut services, newest) = s.changes_since(1).await.unwrap();
     services.sort();
     assert_eq!(services, ["api", "web"]);
@@ -197,7 +305,9 @@ store_test!(sidecar_registration_health_and_disconnect, |s| {
     assert_eq!(counts.get("web"), Some(&2));
     s.record_ack("default/web-1", "s1", 7).await.unwrap();
     s.record_nack("default/web-2", "s2", 8, "bad policy").await.unwrap();
-    s.record_health("default/web-1", "s1", &json!({"requestsTotal": 3})).await.unwrap();
+    s.record_health("default/web-1", "s1", &json!({"requestsTotal": 3}))
+        .await
+        .unwrap();
     let rows = s.list_sidecars(Some("web")).await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].applied_revision, 7);
@@ -224,11 +334,20 @@ async fn sqlite_store_keeps_policies_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(None, dir.path()).await.unwrap();
-        s.put_policy("web", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "a").await.unwrap();
+        s.put_policy("web", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "a")
+            .await
+            .unwrap();
         s.close().await;
     }
     let s = Store::open(None, dir.path()).await.unwrap();
-    assert_eq!(s.get_policy("web", PolicyKind::RateLimit).await.unwrap().unwrap().document, rl(5.0));
+    assert_eq!(
+        s.get_policy("web", PolicyKind::RateLimit)
+            .await
+            .unwrap()
+            .unwrap()
+            .document,
+        rl(5.0)
+    );
 }
 
 #[tokio::test]
@@ -238,7 +357,15 @@ async fn concurrent_postgres_writers_commit_in_revision_order() {
     for i in 0..16 {
         let s = t.store.clone();
         tasks.push(tokio::spawn(async move {
-            s.put_policy(&format!("svc-{i}"), PolicyKind::RateLimit, &rl(1.0), Precondition::None, "a").await.unwrap()
+            s.put_policy(
+                &format!("svc-{i}"),
+                PolicyKind::RateLimit,
+                &rl(1.0),
+                Precondition::None,
+                "a",
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut revs: Vec<u64> = Vec::new();

@@ -108,7 +108,12 @@ impl SidecarRow {
         if !self.connected || silent > disconnected_after_ms {
             SidecarStatus::Disconnected
         } else if silent > unhealthy_after_ms
-            || self.health.as_ref().and_then(|h| h.get("appHealthy")).and_then(|v| v.as_bool()) == Some(false)
+            || self
+                .health
+                .as_ref()
+                .and_then(|h| h.get("appHealthy"))
+                .and_then(|v| v.as_bool())
+                == Some(false)
         {
             SidecarStatus::Unhealthy
         } else {
@@ -131,7 +136,10 @@ pub(crate) fn config_history_doc(content_type: &str, content: &[u8]) -> String {
 }
 
 pub(crate) fn config_from_history_doc(doc: &serde_json::Value) -> Result<(String, Vec<u8>), StoreError> {
-    let ct = doc.get("contentType").and_then(|v| v.as_str()).unwrap_or("application/octet-stream");
+    let ct = doc
+        .get("contentType")
+        .and_then(|v| v.as_str())
+        .unwrap_or("application/octet-stream");
     if let Some(t) = doc.get("text").and_then(|v| v.as_str()) {
         return Ok((ct.to_owned(), t.as_bytes().to_vec()));
     }
@@ -139,7 +147,8 @@ pub(crate) fn config_from_history_doc(doc: &serde_json::Value) -> Result<(String
         .get("base64")
         .and_then(|v| v.as_str())
         .ok_or_else(|| StoreError::Corrupt("config history without content".into()))?;
-    let bytes =
-        base64::engine::general_purpose::STANDARD.decode(b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok((ct.to_owned(), bytes))
 }

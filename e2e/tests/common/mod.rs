@@ -11,7 +11,10 @@ use std::time::Duration;
 pub const SOON: Duration = Duration::from_secs(10);
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 pub struct ControlPlane {
@@ -53,7 +56,13 @@ impl ControlPlane {
 
     /// Starts again on the same ports and store.
     pub async fn restart(&mut self) {
-        self.proc = spawn_cp(self.grpc_port, self.http_port, &self.data_dir, self.database_url.as_deref(), &self.extra_env);
+        self.proc = spawn_cp(
+            self.grpc_port,
+            self.http_port,
+            &self.data_dir,
+            self.database_url.as_deref(),
+            &self.extra_env,
+        );
         self.wait_ready().await;
     }
 
@@ -88,7 +97,10 @@ impl ControlPlane {
 
     pub async fn sidecar_status(&self, id: &str) -> Option<String> {
         let list = self.get_json("/sidecars").await;
-        list.as_array()?.iter().find(|s| s["id"] == id).map(|s| s["status"].as_str().unwrap_or("").to_owned())
+        list.as_array()?
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["status"].as_str().unwrap_or("").to_owned())
     }
 }
 
@@ -103,7 +115,14 @@ fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(S
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Proc::spawn(
         bin_path("outrider-control-plane"),
-        &["--grpc-addr", &grpc_addr, "--http-addr", &http_addr, "--data-dir", &data],
+        &[
+            "--grpc-addr",
+            &grpc_addr,
+            "--http-addr",
+            &http_addr,
+            "--data-dir",
+            &data,
+        ],
         &env,
     )
 }
@@ -151,7 +170,13 @@ impl Sidecar {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut s = Self { proc: spawn_sidecar(&env), inbound_port, admin_port, pod: pod.to_owned(), env };
+        let mut s = Self {
+            proc: spawn_sidecar(&env),
+            inbound_port,
+            admin_port,
+            pod: pod.to_owned(),
+            env,
+        };
         s.wait_up().await;
         s
     }
@@ -182,12 +207,22 @@ impl Sidecar {
     }
 
     pub async fn config_dump(&self) -> Value {
-        client().get(format!("{}/config_dump", self.admin())).send().await.unwrap().json().await.unwrap_or(Value::Null)
+        client()
+            .get(format!("{}/config_dump", self.admin()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
     }
 
     /// Waits until the sidecar enforces `revision` or newer.
     pub async fn wait_revision(&mut self, revision: u64) {
-        let r = wait_until(SOON, || async { self.config_dump().await["revision"].as_u64().unwrap_or(0) >= revision }).await;
+        let r = wait_until(SOON, || async {
+            self.config_dump().await["revision"].as_u64().unwrap_or(0) >= revision
+        })
+        .await;
         if let Err(e) = r {
             self.proc.print_log_tail(50);
             panic!("sidecar {} never applied revision {revision}: {e}", self.pod);
@@ -232,18 +267,27 @@ impl PgDatabase {
         let name = format!("outrider_e2e_{}_{}", std::process::id(), free_port());
         psql(&admin_url, &format!("CREATE DATABASE {name}"));
         let (base, _) = admin_url.rsplit_once('/').unwrap();
-        Self { url: format!("{base}/{name}"), admin_url, name }
+        Self {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        }
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        psql(&self.admin_url, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
 fn psql(url: &str, sql: &str) {
-    let out = std::process::Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql]).output();
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output();
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),

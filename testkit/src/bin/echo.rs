@@ -33,10 +33,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "outrider-echo",
-    about = "HTTP/1.1 + h2c echo app for tests and benchmarks"
-)]
+#[command(name = "outrider-echo", about = "HTTP/1.1 + h2c echo app for tests and benchmarks")]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "ECHO_ADDR", default_value = "127.0.0.1:8080")]
@@ -78,9 +75,7 @@ impl App {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         match self.fail_mode {
             // Request n fails when the running quota floor(n·rate) steps up.
-            FailMode::Spread => {
-                ((n + 1) as f64 * self.fail_rate).floor() > (n as f64 * self.fail_rate).floor()
-            }
+            FailMode::Spread => ((n + 1) as f64 * self.fail_rate).floor() > (n as f64 * self.fail_rate).floor(),
             FailMode::Random => {
                 // splitmix64 of the counter mixed with a per-process seed: cheap, no deps.
                 let mut z = n.wrapping_add(seed()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -193,10 +188,7 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
@@ -223,11 +215,7 @@ async fn handle(
     }
 
     let status = if let Some(code) = path.strip_prefix("/status/") {
-        match code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-        {
+        match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
             Some(s) => s,
             None => return Ok(text(StatusCode::BAD_REQUEST, "bad status code\n")),
         }
