@@ -1,0 +1,146 @@
+//! The command line (DESIGN §6), as clap derive structs. Flags and environment
+//! variables share one definition each.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use outrider_policy::PolicyKind;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outriderctl",
+    version,
+    about = "Operate an Outrider service mesh through its control plane's REST API",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Base URL of the control plane's HTTP listener.
+    #[arg(
+        long,
+        global = true,
+        env = "OUTRIDER_SERVER",
+        default_value = "http://127.0.0.1:18080"
+    )]
+    pub server: String,
+    /// Bearer token for the REST API (the control plane's OUTRIDER_API_TOKEN).
+    #[arg(long, global = true, env = "OUTRIDER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List services, sidecars or policies.
+    #[command(subcommand)]
+    Get(Get),
+    /// Create or update policies and config documents from a YAML or JSON file.
+    Apply(Apply),
+    /// Delete a policy.
+    #[command(subcommand)]
+    Delete(Delete),
+    /// Show the change history, newest first.
+    History {
+        /// Only changes to this service.
+        service: Option<String>,
+        /// At most this many revisions.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Undo one revision: a new revision restores the state before it.
+    Revert {
+        /// The revision to undo.
+        revision: u64,
+    },
+    /// Diagnose the control plane, its store and the sidecar fleet; exits 1 on problems.
+    Check,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Get {
+    /// Services with their instance counts and health.
+    Services,
+    /// Sidecar instances: status, applied revision, last NACK.
+    Sidecars {
+        /// Only this service's sidecars.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// A service's policies, or one of them.
+    Policy {
+        service: String,
+        /// routing, rate-limit or logging (envelope names such as RateLimitPolicy work too).
+        #[arg(value_parser = parse_kind)]
+        kind: Option<PolicyKind>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Delete {
+    /// Delete one policy of a service.
+    Policy {
+        service: String,
+        /// routing, rate-limit or logging.
+        #[arg(value_parser = parse_kind)]
+        kind: PolicyKind,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Apply {
+    /// File of envelopes (YAML documents separated by `---`, or JSON); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Validate on the server and show which sidecars would change; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Accepts the REST names (`rate-limit`) and the envelope names (`RateLimitPolicy`).
+pub fn parse_kind(s: &str) -> Result<PolicyKind, String> {
+    s.parse::<PolicyKind>()
+        .ok()
+        .or_else(|| PolicyKind::from_envelope_name(s))
+        .ok_or_else(|| format!("unknown policy kind {s:?}: expected routing, rate-limit or logging"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_model_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kinds_accept_rest_and_envelope_names() {
+        assert_eq!(parse_kind("rate-limit"), Ok(PolicyKind::RateLimit));
+        assert_eq!(parse_kind("RoutingPolicy"), Ok(PolicyKind::Routing));
+        assert!(parse_kind("ratelimit").unwrap_err().contains("expected routing"));
+    }
+
+    #[test]
+    fn output_flag_works_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["outriderctl", "get", "services", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.output, Output::Json);
+    }
+}
