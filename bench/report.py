@@ -133,16 +133,45 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+NOISY = 0.10  # foreign CPU share on the server CPUs above which a run is noisy
+
+
+def foreign_cpu(r, clk_tck):
+    """Share of the benchmark CPUs' time (servers and wrk) used by other processes during a
+    wrk run: busy jiffies minus the echo app's, the proxy's and wrk's own CPU time."""
+    j, own = r.get("allJiffies"), r.get("ownTicks")
+    if not j or own is None or r.get("wrkCpuSeconds") is None:
+        return None
+    b0, t0, b1, t1 = j
+    ours = own + r["wrkCpuSeconds"] * clk_tck
+    return max(0.0, ((b1 - b0) - ours) / max(t1 - t0, 1))
+
+
+def clean_runs(runs, clk_tck):
+    """Runs without foreign CPU noise; all runs if none is clean (the report says so)."""
+    for r in runs:
+        r["foreignCpu"] = foreign_cpu(r, clk_tck)
+        r["noisy"] = r["foreignCpu"] is not None and r["foreignCpu"] > NOISY
+    clean = [r for r in runs if not r["noisy"]]
+    return clean or runs
+
+
 def summarize(records, clk_tck):
     summary = {}
     for target in TARGETS:
-        tp = [r for r in records if r["target"] == target and r["kind"] == "throughput"]
-        lat = [r for r in records if r["target"] == target and r["kind"] == "latency"]
+        tp_all = [r for r in records if r["target"] == target and r["kind"] == "throughput"]
+        lat_all = [r for r in records if r["target"] == target and r["kind"] == "latency"]
+        tp, lat = clean_runs(tp_all, clk_tck), clean_runs(lat_all, clk_tck)
         rss = [r for r in records if r["target"] == target and r["kind"] == "rss"]
         if not tp and not lat:
             continue
-        s = {"rounds": len(tp)}
+        s = {
+            "rounds": len(tp_all),
+            "runsUsed": {"throughput": len(tp), "latency": len(lat)},
+            "noisyRuns": sum(r["noisy"] for r in tp_all + lat_all),
+        }
         s["throughputRps"] = median([rps(r["wrk"]) for r in tp])
+        s["throughputRpsRange"] = [min(rps(r["wrk"]) for r in tp_all), max(rps(r["wrk"]) for r in tp_all)]
         s["throughputErrors"] = sum(errors(r["wrk"]) for r in tp)
         cpu = [
             r["proxyCpuTicks"] / clk_tck * 1e6 / r["wrk"]["requests"]
@@ -227,6 +256,7 @@ def cmd_collect(args):
                 "BENCH_SERVER_CPUS",
                 "BENCH_LOAD_CPUS",
                 "BENCH_SERVER_THREADS",
+                "BENCH_PROFILE",
             )
         },
     }
@@ -293,6 +323,19 @@ def cmd_markdown(args):
         f"generator, not the server, was the limit). Background CPU use before each target, at most: "
         f"{bg:.0%}"
         + (" — **the machine was not idle; treat these numbers as noisy**." if bg > 0.10 else "."),
+    ]
+    noisy = {t: s["noisyRuns"] for t, s in summary.items() if s.get("noisyRuns")}
+    lines += [
+        "",
+        f"Runs where other processes used >{NOISY:.0%} of the benchmark CPUs are left out of the "
+        "medians when a clean run of the same kind exists: "
+        + (", ".join(f"{t} {n}" for t, n in noisy.items()) + " noisy run(s) left out." if noisy else "none this time.")
+        + " Throughput range over all rounds: "
+        + ", ".join(
+            f"{t} {s['throughputRpsRange'][0]:,.0f}–{s['throughputRpsRange'][1]:,.0f}"
+            for t, s in summary.items()
+        )
+        + ".",
     ]
     errs = {t: s["throughputErrors"] + s["c1"]["errors"] for t, s in summary.items()}
     if any(errs.values()):

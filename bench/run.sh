@@ -20,6 +20,8 @@
 #   BENCH_LOAD_CPUS=1       CPU list for wrk (and the idle control plane)
 #   BENCH_WAIT_IDLE=300     before each target, wait up to this many seconds for the machine
 #                           to be quiet (<10% CPU busy); 0 = don't wait, just warn
+#   BENCH_NO_BUILD=1        use the binaries already in target/$BENCH_PROFILE (default release;
+#                           a debug profile is only good for testing this script)
 #   BENCH_KEEP=1            keep the temp dir (logs, configs) after the run
 #
 # Needs: cargo, nginx, wrk, curl, python3, taskset. Not part of CI.
@@ -27,13 +29,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
-BIN="$ROOT/target/release"
+PROFILE=${BENCH_PROFILE:-release}
+BIN="$ROOT/target/$PROFILE"
 
 BASELINE_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --baseline-only) BASELINE_ONLY=1 ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +47,7 @@ export BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-32}
 export BENCH_ROUNDS=${BENCH_ROUNDS:-1}
 export BENCH_SERVER_CPUS=${BENCH_SERVER_CPUS:-0}
 export BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-1}
+export BENCH_PROFILE=${BENCH_PROFILE:-release}
 
 SERVER_THREADS=$(python3 -c 'import sys
 n = 0
@@ -106,6 +110,7 @@ children() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
 
 # busy and total jiffies of the server CPUs, from /proc/stat.
 server_cpu() { python3 "$BENCH/report.py" cpustat "$BENCH_SERVER_CPUS"; }
+all_cpu() { python3 "$BENCH/report.py" cpustat "$BENCH_SERVER_CPUS,$BENCH_LOAD_CPUS"; }
 # Fraction of all CPUs busy over one second while nothing of ours is under load: the noise floor.
 background_busy() { python3 "$BENCH/report.py" background-busy; }
 
@@ -114,7 +119,11 @@ record() { printf '{"kind":"%s","target":"%s","round":%s,%s}\n' "$1" "$2" "$3" "
 
 # ---------------------------------------------------------------- build
 cd "$ROOT"
-if ((BASELINE_ONLY)); then
+if [[ "${BENCH_NO_BUILD:-0}" == 1 ]]; then
+  log "not building; using binaries in $BIN"
+elif [[ "$PROFILE" != release ]]; then
+  log "BENCH_PROFILE=$PROFILE needs BENCH_NO_BUILD=1"; exit 2
+elif ((BASELINE_ONLY)); then
   log "building outrider-testkit (release)"
   cargo build --release -p outrider-testkit
 else
@@ -200,7 +209,7 @@ if ((!BASELINE_ONLY)); then
     OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$SC_IN" \
     OUTRIDER_ADMIN_ADDR="127.0.0.1:$SC_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$SC_OUT" \
     OUTRIDER_STATE_DIR="$WORK/sidecar" OUTRIDER_CONFIG_DIR="$WORK/sidecar/config" \
-    OUTRIDER_WORKER_THREADS="$SERVER_THREADS" \
+    OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
     taskset -c "$BENCH_SERVER_CPUS" "$BIN/outrider-sidecar" >"$WORK/sidecar.log" 2>&1 &
   SIDECAR_PID=$!
   PIDS+=("$SIDECAR_PID")
@@ -236,28 +245,54 @@ for t in "${TARGETS[@]}"; do
   fi
   printf '%s' "$hdrs" >"$WORK/headers-$t.txt"
 done
+if [[ -n "${URL[sidecar]:-}" ]] && ! grep -qi '^ratelimit-policy:' "$WORK/headers-sidecar.txt"; then
+  log "WARNING: the sidecar's answer carries no RateLimit-Policy header; is the limiter active?"
+fi
 
 # ---------------------------------------------------------------- measure
 # run_wrk TARGET KIND ROUND ARGS...: one measured wrk run, recorded with the proxy's CPU time.
 run_wrk() {
   local target=$1 kind=$2 round=$3; shift 3
-  local pids=${PROXY_PIDS[$target]} before after out cpu0 cpu1
+  local pids=${PROXY_PIDS[$target]} before after out cpu0 cpu1 own0 own1
   # shellcheck disable=SC2086
   before=$(sum_ticks $pids)
+  # shellcheck disable=SC2086
+  own0=$(sum_ticks "$ECHO_PID" $pids)
   cpu0=$(server_cpu)
-  out=$(taskset -c "$BENCH_LOAD_CPUS" wrk -s "$BENCH/wrk-report.lua" "$@" "${URL[$target]}")
+  all0=$(all_cpu)
+  # `times` in the subshell prints wrk's CPU time (its children's line) after the run.
+  out=$(taskset -c "$BENCH_LOAD_CPUS" wrk -s "$BENCH/wrk-report.lua" "$@" "${URL[$target]}"; times)
+  all1=$(all_cpu)
+  alive
   cpu1=$(server_cpu)
   # shellcheck disable=SC2086
   after=$(sum_ticks $pids)
-  local json busy
+  # shellcheck disable=SC2086
+  own1=$(sum_ticks "$ECHO_PID" $pids)
+  local json busy wrk_secs
   json=$(sed -n 's/^WRKJSON //p' <<<"$out")
+  # last line of `times`: children's user and system time, e.g. "0m1.234s 0m5.678s"
+  wrk_secs=$(tail -n1 <<<"$out" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } printf "%.3f", n }')
   [[ -n "$json" ]] || { log "no result from wrk:"; printf '%s\n' "$out" >&2; exit 1; }
   # Fraction of the server CPUs' time that was busy (1.0 = saturated; anything else there counts too).
   busy=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { split(a, x, " "); split(b, y, " ");
     t = y[2] - x[2]; printf "%.3f", (t > 0 ? (y[1] - x[1]) / t : 0) }')
   record "$kind" "$target" "$round" \
-    "\"proxyCpuTicks\":$((after - before)),\"serverCpuBusy\":$busy,\"wrk\":$json"
+    "\"proxyCpuTicks\":$((after - before)),\"serverCpuBusy\":$busy,\"serverJiffies\":[$(tr ' ' , <<<"$cpu0"),$(tr ' ' , <<<"$cpu1")],\"ownTicks\":$((own1 - own0)),\"allJiffies\":[$(tr ' ' , <<<"$all0"),$(tr ' ' , <<<"$all1")],\"wrkCpuSeconds\":$wrk_secs,\"wrk\":$json"
   python3 "$BENCH/report.py" line <<<"$json" | sed "s/^/[bench]   $target $kind: /" >&2
+}
+
+# alive: every server we started must still be running, or the numbers mean nothing.
+alive() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "process $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || echo gone)) died; logs in $WORK:"
+      tail -n 20 "$WORK"/*.log "$WORK"/nginx/error.log >&2 2>/dev/null || true
+      BENCH_KEEP=1
+      exit 1
+    fi
+  done
 }
 
 record_rss() {
@@ -274,6 +309,7 @@ record_rss() {
 for round in $(seq "$BENCH_ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     log "round $round/$BENCH_ROUNDS: $t (${URL[$t]})"
+    alive
     record_rss "$t" idle "$round"
     bg=$(background_busy)
     idle_deadline=$((SECONDS + ${BENCH_WAIT_IDLE:-0}))
