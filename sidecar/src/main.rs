@@ -16,6 +16,11 @@ use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 use tracing_subscriber::EnvFilter;
 
+// The request path allocates a few small objects per request (header maps, body
+// frames); mimalloc's thread-local free lists make those markedly cheaper than glibc's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "outrider-sidecar",
@@ -32,11 +37,18 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the
+    // work-stealing scheduler's cross-thread bookkeeping.
+    let mut rt = match cli.config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all();
-    if let Some(n) = cli.config.worker_threads {
-        rt.worker_threads(n.max(1));
-    }
     rt.build()?.block_on(run(cli))
 }
 
