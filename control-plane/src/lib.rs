@@ -8,6 +8,7 @@
 pub mod api;
 pub mod grpc;
 pub mod hub;
+pub mod mesh;
 pub mod metrics;
 pub mod server;
 pub mod store;
