@@ -404,10 +404,25 @@ async fn get_service(State(state): State<AppState>, Path(service): Path<String>)
         "configs": configs,
         "instances": instance_summary(&refs),
         "sidecars": sidecars,
+        "traffic": service_traffic(&state, &service).await?,
     })))
 }
 
 // ---- handlers: policies --------------------------------------------------------------
+
+/// Per-subset traffic figures of `service`, as its callers reported them.
+async fn service_traffic(state: &AppState, service: &str) -> ApiResult<Vec<crate::traffic::SubsetTraffic>> {
+    let rows = state.store.list_sidecars(None).await?;
+    let now = now_ms();
+    let t = state.hub.timing;
+    Ok(crate::traffic::aggregate(service, &rows, |r| {
+        r.status(
+            now,
+            t.unhealthy_after.as_millis() as i64,
+            t.disconnected_after.as_millis() as i64,
+        ) != crate::store::SidecarStatus::Disconnected
+    }))
+}
 
 async fn get_policy(
     State(state): State<AppState>,

@@ -12,3 +12,4 @@ pub mod mesh;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod traffic;

@@ -1,5 +1,6 @@
-//! Endpoint selection: power of two choices on outstanding requests, skipping
-//! endpoints ejected by passive outlier detection (consecutive failures).
+//! Endpoint selection: power of two choices on outstanding requests weighted by a
+//! decaying failure score (so a fast-failing instance does not win by being idle),
+//! skipping endpoints ejected by passive outlier detection (consecutive failures).
 //!
 //! Endpoint state survives snapshot updates (it is carried over by address), so a
 //! new endpoint list does not re-admit a failing instance or forget load.
@@ -14,6 +15,11 @@ pub const EJECT_AFTER_FAILURES: u32 = 5;
 /// First ejection time; doubles with each ejection in a row, up to [`MAX_EJECTION_MS`].
 pub const BASE_EJECTION_MS: u64 = 2_000;
 pub const MAX_EJECTION_MS: u64 = 30_000;
+/// The failure score (an EWMA of failures, 0–1000) halves every this many ms without
+/// news, so an avoided instance is tried again once it has had time to recover.
+const SCORE_HALF_LIFE_MS: u64 = 5_000;
+/// Below this the score counts as zero: a recovered instance rejoins the rotation.
+const SCORE_FLOOR: u32 = 50;
 
 pub struct EndpointState {
     /// `address:port` of the instance's inbound proxy.
@@ -25,6 +31,8 @@ pub struct EndpointState {
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until_ms: AtomicU64,
+    failure_score: AtomicU32,
+    score_at_ms: AtomicU64,
 }
 
 impl EndpointState {
@@ -38,7 +46,34 @@ impl EndpointState {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            failure_score: AtomicU32::new(0),
+            score_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The failure score decayed to `now_ms` (0: healthy, 1000: failing everything).
+    pub fn failure_score(&self, now_ms: u64) -> u32 {
+        let score = self.failure_score.load(Ordering::Relaxed);
+        let age = now_ms.saturating_sub(self.score_at_ms.load(Ordering::Relaxed));
+        let decayed = (f64::from(score) * 0.5f64.powf(age as f64 / SCORE_HALF_LIFE_MS as f64)) as u32;
+        if decayed < SCORE_FLOOR {
+            0
+        } else {
+            decayed
+        }
+    }
+
+    /// EWMA with α = 0.1; racy updates lose at most one sample.
+    fn update_score(&self, failed: bool, now_ms: u64) {
+        let old = self.failure_score(now_ms);
+        let new = old - old / 10 + if failed { 100 } else { 0 };
+        self.failure_score.store(new.min(1000), Ordering::Relaxed);
+        self.score_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// What power of two choices compares: load, inflated by recent failures.
+    fn cost(&self, now_ms: u64) -> u64 {
+        u64::from(self.outstanding() + 1) * u64::from(1000 + 9 * self.failure_score(now_ms))
     }
 
     pub fn outstanding(&self) -> u32 {
@@ -55,7 +90,10 @@ impl EndpointState {
         InFlight(Arc::clone(self))
     }
 
-    pub fn record_success(&self) {
+    pub fn record_success(&self, now_ms: u64) {
+        if self.failure_score.load(Ordering::Relaxed) != 0 {
+            self.update_score(false, now_ms);
+        }
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -66,6 +104,7 @@ impl EndpointState {
 
     /// Returns true when this failure ejected the endpoint.
     pub fn record_failure(&self, now_ms: u64) -> bool {
+        self.update_score(true, now_ms);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n < EJECT_AFTER_FAILURES || self.is_ejected(now_ms) {
             return false;
@@ -115,7 +154,7 @@ pub fn pick<'a>(
         b += 1;
     }
     let (ea, eb) = (nth(a)?, nth(b)?);
-    Some(if eb.outstanding() < ea.outstanding() { eb } else { ea })
+    Some(if eb.cost(now_ms) < ea.cost(now_ms) { eb } else { ea })
 }
 
 #[cfg(test)]
@@ -161,8 +200,27 @@ mod tests {
         for _ in 0..EJECT_AFTER_FAILURES - 1 {
             eps[1].record_failure(0);
         }
-        eps[1].record_success();
+        eps[1].record_success(0);
         assert!(!eps[1].record_failure(0));
+    }
+
+    #[test]
+    fn a_failing_endpoint_loses_the_comparison_until_its_score_decays() {
+        let eps = endpoints(2);
+        // Half of its requests fail: never five in a row, so it is not ejected.
+        for i in 0..20 {
+            if i % 2 == 0 {
+                eps[0].record_failure(0);
+            } else {
+                eps[0].record_success(0);
+            }
+        }
+        assert!(!eps[0].is_ejected(0));
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            assert_eq!(pick(&eps, 0, None, &mut rng).unwrap().pod.as_ref(), "p1");
+        }
+        assert_eq!(eps[0].failure_score(60_000), 0, "forgiven after a minute");
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl OutboundProxy {
                 }
             };
             match &outcome {
-                Outcome::Answered(_) => ep.record_success(),
+                Outcome::Answered(_) => ep.record_success(self.now_ms()),
                 _ => {
                     if ep.record_failure(self.now_ms()) {
                         warn!(service = %dest.name, pod = %ep.pod, "ejecting an instance after consecutive failures");
