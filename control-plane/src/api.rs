@@ -49,6 +49,12 @@ pub fn router(state: AppState) -> Router {
             "/services/{service}/config/{name}",
             get(get_config).put(put_config).delete(delete_config),
         )
+        .route(
+            "/services/{service}/canary",
+            get(crate::canary::get)
+                .post(crate::canary::start)
+                .delete(crate::canary::abort),
+        )
         .route("/sidecars", get(list_sidecars))
         .route("/revisions", get(list_revisions))
         .route("/revisions/{n}", get(get_revision))

@@ -6,6 +6,7 @@
 //! service's snapshot once and `grpc` sessions forward it to each of its sidecars.
 
 pub mod api;
+pub mod canary;
 pub mod grpc;
 pub mod hub;
 pub mod mesh;
