@@ -460,7 +460,8 @@ async fn put_policy(
     if q.dry_run {
         let current = state.store.get_policy(&service, kind).await?;
         let changed = current.as_ref().map(|c| &c.document) != Some(&document);
-        return dry_run_report(&state, &service, changed, document).await;
+        let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
+        return dry_run_report(&state, scope, changed, document).await;
     }
     let stored = state
         .store
@@ -502,9 +503,11 @@ async fn after_write(state: &AppState) {
     }
 }
 
-async fn dry_run_report(state: &AppState, service: &str, changed: bool, document: Value) -> ApiResult<Response> {
+/// `scope`: the sidecars that would get a new snapshot — one service's, or every
+/// sidecar (`None`) for a RoutingPolicy, which callers enforce.
+async fn dry_run_report(state: &AppState, scope: Option<&str>, changed: bool, document: Value) -> ApiResult<Response> {
     let sidecars: Vec<String> = if changed {
-        sidecar_views(state, Some(service))
+        sidecar_views(state, scope)
             .await?
             .into_iter()
             .filter(|s| s.status != SidecarStatus::Disconnected)
@@ -562,7 +565,13 @@ async fn put_config(
     if q.dry_run {
         let current = state.store.get_config(&service, &name).await?;
         let changed = current.is_none_or(|c| c.content != body.as_ref() || c.content_type != content_type);
-        return dry_run_report(&state, &service, changed, json!({"name": name, "size": body.len()})).await;
+        return dry_run_report(
+            &state,
+            Some(&service),
+            changed,
+            json!({"name": name, "size": body.len()}),
+        )
+        .await;
     }
     let stored = state
         .store

@@ -259,3 +259,30 @@ async fn wait_for_traffic(cp: &ControlPlane, service: &str, ok: impl Fn(&[Value]
         }
     }
 }
+
+#[tokio::test]
+async fn a_routing_dry_run_names_the_callers_that_would_change() {
+    let m = mesh(&[]).await;
+    let r = client()
+        .put(m.cp.api("/services/web/policies/routing?dryRun=true"))
+        .header("content-type", "application/json")
+        .body(r#"{"routes":[{"name":"d","backends":[{"subset":"v2","weight":100}]}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let ids: Vec<&str> = v["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(ids.contains(&"default/client-1"), "callers enforce routing: {ids:?}");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(
+        m.cp.get_json("/services/web").await["policies"]["routing"].is_null(),
+        "nothing stored"
+    );
+    let _ = (&m.client, &m.v1, &m.v2);
+}
