@@ -67,6 +67,9 @@ pub enum Command {
         /// The revision to undo.
         revision: u64,
     },
+    /// Canary releases: shift traffic between subsets by hand or automatically.
+    #[command(subcommand)]
+    Canary(crate::canary::CanaryCommand),
     /// Diagnose the control plane, its store and the sidecar fleet; exits 1 on problems.
     Check,
     /// Print a shell completion script.

@@ -97,6 +97,10 @@ impl Client {
         self.json(Method::POST, segments, &[], None).await
     }
 
+    pub async fn post_json(&self, segments: &[&str], body: Value) -> Result<Value, CliError> {
+        self.json(Method::POST, segments, &[], Some(Body::Json(body))).await
+    }
+
     /// Any answer, error statuses included; only transport failures are errors.
     pub async fn raw(&self, segments: &[&str]) -> Result<RawResponse, CliError> {
         let resp = self.send(Method::GET, self.url(segments, &[]), None).await?;

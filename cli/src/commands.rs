@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 const API: [&str; 2] = ["api", "v1"];
 
-fn api<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn api<'a>(rest: &[&'a str]) -> Vec<&'a str> {
     API.iter().copied().chain(rest.iter().copied()).collect()
 }
 
@@ -77,6 +77,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             );
             print_or_line(output, &v, &line)
         }
+        Command::Canary(c) => crate::canary::run(&client, output, c).await,
         Command::Check => check(&client, output).await,
         Command::Completions { .. } => unreachable!("handled above"),
     }

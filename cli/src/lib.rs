@@ -5,6 +5,7 @@
 //! `commands` ties them together. Every failure is one [`CliError`].
 
 pub mod args;
+pub mod canary;
 pub mod client;
 pub mod commands;
 pub mod envelope;

@@ -49,6 +49,12 @@ pub fn router(state: AppState) -> Router {
             "/services/{service}/config/{name}",
             get(get_config).put(put_config).delete(delete_config),
         )
+        .route(
+            "/services/{service}/canary",
+            get(crate::canary::get)
+                .post(crate::canary::start)
+                .delete(crate::canary::abort),
+        )
         .route("/sidecars", get(list_sidecars))
         .route("/revisions", get(list_revisions))
         .route("/revisions/{n}", get(get_revision))
@@ -404,10 +410,25 @@ async fn get_service(State(state): State<AppState>, Path(service): Path<String>)
         "configs": configs,
         "instances": instance_summary(&refs),
         "sidecars": sidecars,
+        "traffic": service_traffic(&state, &service).await?,
     })))
 }
 
 // ---- handlers: policies --------------------------------------------------------------
+
+/// Per-subset traffic figures of `service`, as its callers reported them.
+async fn service_traffic(state: &AppState, service: &str) -> ApiResult<Vec<crate::traffic::SubsetTraffic>> {
+    let rows = state.store.list_sidecars(None).await?;
+    let now = now_ms();
+    let t = state.hub.timing;
+    Ok(crate::traffic::aggregate(service, &rows, |r| {
+        r.status(
+            now,
+            t.unhealthy_after.as_millis() as i64,
+            t.disconnected_after.as_millis() as i64,
+        ) != crate::store::SidecarStatus::Disconnected
+    }))
+}
 
 async fn get_policy(
     State(state): State<AppState>,
@@ -439,7 +460,8 @@ async fn put_policy(
     if q.dry_run {
         let current = state.store.get_policy(&service, kind).await?;
         let changed = current.as_ref().map(|c| &c.document) != Some(&document);
-        return dry_run_report(&state, &service, changed, document).await;
+        let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
+        return dry_run_report(&state, scope, changed, document).await;
     }
     let stored = state
         .store
@@ -481,9 +503,11 @@ async fn after_write(state: &AppState) {
     }
 }
 
-async fn dry_run_report(state: &AppState, service: &str, changed: bool, document: Value) -> ApiResult<Response> {
+/// `scope`: the sidecars that would get a new snapshot — one service's, or every
+/// sidecar (`None`) for a RoutingPolicy, which callers enforce.
+async fn dry_run_report(state: &AppState, scope: Option<&str>, changed: bool, document: Value) -> ApiResult<Response> {
     let sidecars: Vec<String> = if changed {
-        sidecar_views(state, Some(service))
+        sidecar_views(state, scope)
             .await?
             .into_iter()
             .filter(|s| s.status != SidecarStatus::Disconnected)
@@ -541,7 +565,13 @@ async fn put_config(
     if q.dry_run {
         let current = state.store.get_config(&service, &name).await?;
         let changed = current.is_none_or(|c| c.content != body.as_ref() || c.content_type != content_type);
-        return dry_run_report(&state, &service, changed, json!({"name": name, "size": body.len()})).await;
+        return dry_run_report(
+            &state,
+            Some(&service),
+            changed,
+            json!({"name": name, "size": body.len()}),
+        )
+        .await;
     }
     let stored = state
         .store

@@ -209,6 +209,7 @@ fn health_json(h: &outrider_proto::v1::HealthReport) -> serde_json::Value {
         "p50Ms": lat.p50_ms,
         "p99Ms": lat.p99_ms,
         "appliedRevision": h.applied_revision,
+        "destinations": crate::traffic::figures_json(&h.destinations),
     })
 }
 

@@ -10,7 +10,7 @@
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Store, StoreError, CHANGES_CHANNEL};
 use outrider_policy::PolicyKind;
-use outrider_proto::v1::{ConfigDocument, Snapshot};
+use outrider_proto::v1::{ConfigDocument, DestinationTable, Snapshot};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,8 @@ pub struct Hub {
     loaded: watch::Sender<bool>,
     services: Mutex<HashMap<String, ServiceEntry>>,
     healthy: Mutex<HashMap<String, u32>>,
+    /// The destination table shared by every snapshot (see `mesh.rs`).
+    destinations: Mutex<Arc<DestinationTable>>,
     seen_revision: AtomicU64,
     events: broadcast::Sender<Event>,
 }
@@ -80,6 +82,7 @@ impl Hub {
             loaded: watch::channel(false).0,
             services: Mutex::default(),
             healthy: Mutex::default(),
+            destinations: Mutex::default(),
             seen_revision: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
         })
@@ -121,6 +124,8 @@ impl Hub {
         self.seen_revision.store(rev, Ordering::SeqCst);
         let counts = self.store.healthy_counts(self.seen_after()).await?;
         *self.healthy.lock().unwrap() = counts;
+        *self.destinations.lock().unwrap() =
+            Arc::new(crate::mesh::build_destinations(&self.store, &self.timing).await?);
         self.metrics.latest_revision.set(rev as i64);
         Ok(rev)
     }
@@ -185,6 +190,10 @@ impl Hub {
         let configs = self.store.list_configs(service).await?;
         let revision = self.store.service_revision(service).await?;
         let healthy = self.healthy.lock().unwrap().get(service).copied().unwrap_or(0);
+        let destinations = self.destinations();
+        // A routing change anywhere changes what this sidecar enforces, so it counts
+        // in the revision it acknowledges.
+        let revision = revision.max(destinations.routing_revision);
         let doc = |k: PolicyKind| {
             policies
                 .iter()
@@ -209,7 +218,33 @@ impl Hub {
                 .collect(),
             service_share: 1.0 / f64::from(healthy.max(1)),
             healthy_instances: healthy,
+            destinations: Some((*destinations).clone()),
         })
+    }
+
+    /// The current destination table (endpoints and routing of every service).
+    pub fn destinations(&self) -> Arc<DestinationTable> {
+        self.destinations.lock().unwrap().clone()
+    }
+
+    /// Rebuilds the destination table; true when it changed (and every service's
+    /// snapshot must be rebuilt to carry it).
+    async fn update_destinations(&self) -> Result<bool, StoreError> {
+        let table = crate::mesh::build_destinations(&self.store, &self.timing).await?;
+        let mut current = self.destinations.lock().unwrap();
+        if **current == table {
+            return Ok(false);
+        }
+        *current = Arc::new(table);
+        Ok(true)
+    }
+
+    /// Rebuilds the snapshot of every service that has subscribers here.
+    async fn refresh_all(&self) {
+        let services: Vec<String> = self.services.lock().unwrap().keys().cloned().collect();
+        for s in services {
+            self.refresh(&s).await;
+        }
     }
 
     /// The newest snapshot revision of `service`, if a sidecar subscribed to it here.
@@ -228,6 +263,10 @@ impl Hub {
         if newest > after {
             self.seen_revision.fetch_max(newest, Ordering::SeqCst);
             self.metrics.latest_revision.set(newest as i64);
+        }
+        if newest > after && self.update_destinations().await? {
+            self.refresh_all().await;
+            return Ok(());
         }
         for s in services {
             self.refresh(&s).await;
@@ -254,12 +293,18 @@ impl Hub {
             *healthy = counts;
             changed
         };
+        let mesh_changed = self.update_destinations().await?;
         for (service, n) in changed {
             let _ = self.events.send(Event::Membership {
                 service: service.clone(),
                 healthy: n,
             });
-            self.refresh(&service).await;
+            if !mesh_changed {
+                self.refresh(&service).await;
+            }
+        }
+        if mesh_changed {
+            self.refresh_all().await;
         }
         Ok(())
     }

@@ -6,8 +6,11 @@
 //! service's snapshot once and `grpc` sessions forward it to each of its sidecars.
 
 pub mod api;
+pub mod canary;
 pub mod grpc;
 pub mod hub;
+pub mod mesh;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod traffic;

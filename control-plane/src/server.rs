@@ -144,6 +144,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let loader = hub.clone();
     let load = tokio::spawn(async move { loader.load().await });
     let background = hub.spawn_background(stop_rx.clone());
+    let canary_driver = crate::canary::spawn_driver(hub.clone(), stop_rx.clone());
 
     let svc = ControlService::new(hub.clone(), cfg.registration_token.clone(), stop_rx.clone()).into_server();
     let mut grpc_stop = stop_rx.clone();
@@ -165,6 +166,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     load.abort();
     let drain = async {
         let _ = background.await;
+        let _ = canary_driver.await;
         let g = grpc.await;
         let h = http.await;
         (g, h)

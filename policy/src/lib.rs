@@ -4,6 +4,7 @@
 //! Plain Rust with no I/O, shared by the control plane (validates writes), the sidecar
 //! (validates snapshots before applying them) and the CLI (validates before sending).
 
+pub mod canary;
 mod duration;
 mod error;
 mod logging;

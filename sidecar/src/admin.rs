@@ -75,6 +75,7 @@ struct ConfigDump<'a> {
     rate_limit: Option<&'a RateLimitPolicy>,
     logging: Option<&'a LoggingPolicy>,
     configs: &'a [ConfigSummary],
+    destinations: Option<serde_json::Value>,
 }
 
 async fn config_dump(State(state): State<Arc<SidecarState>>) -> Response {
@@ -97,6 +98,7 @@ fn dump(applied: Option<&Applied>, control_plane_connected: bool) -> ConfigDump<
         rate_limit: applied.and_then(|a| a.rate_limit.as_ref()),
         logging: applied.and_then(|a| a.logging.as_ref()),
         configs: applied.map_or(&[], |a| a.configs.as_slice()),
+        destinations: applied.map(|a| a.destinations.dump()),
     }
 }
 

@@ -196,6 +196,13 @@ impl Agent {
             }),
             request_rate: rate,
             applied_revision: self.state.applied_revision(),
+            destinations: self
+                .state
+                .applied
+                .load()
+                .as_ref()
+                .map(|a| a.destinations.figures())
+                .unwrap_or_default(),
         }
     }
 }

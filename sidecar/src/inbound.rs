@@ -239,7 +239,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn server_builder() -> auto::Builder<TokioExecutor> {
+pub(crate) fn server_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -269,7 +269,7 @@ fn text_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> 
 /// Connection-scoped headers (RFC 9110 §7.6.1) must not be forwarded: the
 /// `Connection` header itself, every header it names, and the classic list. `TE`
 /// survives only as `trailers`, which asks about the end-to-end body.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Fast path: most requests carry none of these.
     let has_connection = headers.contains_key(header::CONNECTION);
     if has_connection {
@@ -357,7 +357,7 @@ fn upstream_error_status(error: &(dyn StdError + 'static)) -> StatusCode {
 }
 
 /// Displays an error with its sources, `a: b: c`, for one-line logs.
-struct ErrorChain<'a>(&'a (dyn StdError + 'static));
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

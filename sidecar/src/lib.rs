@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod inbound;
 pub mod metrics;
+pub mod outbound;
 pub mod persist;
 pub mod ratelimit;
 pub mod state;

@@ -8,6 +8,7 @@ use outrider_proto::v1::Identity;
 use outrider_sidecar::agent::Agent;
 use outrider_sidecar::config::Config;
 use outrider_sidecar::inbound::{self, InboundProxy};
+use outrider_sidecar::outbound::{self, OutboundProxy};
 use outrider_sidecar::state::{SidecarState, Source};
 use outrider_sidecar::{admin, persist};
 use std::sync::Arc;
@@ -80,6 +81,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let inbound_listener = TcpListener::bind(cfg.inbound_addr)
             .await
             .with_context(|| format!("cannot listen on {} (inbound)", cfg.inbound_addr))?;
+        let outbound_listener = TcpListener::bind(cfg.outbound_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (outbound)", cfg.outbound_addr))?;
         let admin_listener = TcpListener::bind(cfg.admin_addr)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_addr))?;
@@ -98,6 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
         let proxy = Arc::new(InboundProxy::new(cfg.app_addr(), state.clone()));
         let inbound_task = tokio::spawn(inbound::serve(inbound_listener, proxy, when(&stop_proxy)).in_current_span());
+        let outbound = Arc::new(OutboundProxy::new(state.clone()));
+        let outbound_task =
+            tokio::spawn(outbound::serve(outbound_listener, outbound, when(&stop_proxy)).in_current_span());
         let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), when(&stop_proxy)).in_current_span());
         let agent = Agent {
             endpoint: cfg.control_plane.clone(),
@@ -126,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if let Ok(Err(e)) = inbound_task.await {
             warn!(error = %e, "inbound proxy ended with an error");
         }
+        let _ = outbound_task.await;
         let _ = admin_task.await;
         info!("stopped");
         Ok(())

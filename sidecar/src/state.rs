@@ -4,6 +4,7 @@
 //! (`arc_swap`); the agent replaces it when a snapshot is accepted.
 
 use crate::metrics::Metrics;
+use crate::outbound::table::{Destinations, TableError};
 use crate::ratelimit::RateLimiter;
 use arc_swap::ArcSwapOption;
 use outrider_policy::{LoggingPolicy, PolicyError, RateLimitPolicy};
@@ -31,6 +32,8 @@ pub struct Applied {
     pub logging: Option<LoggingPolicy>,
     pub configs: Vec<ConfigSummary>,
     pub limiter: RateLimiter,
+    /// Outbound routing: every service's endpoints and RoutingPolicy.
+    pub destinations: Arc<Destinations>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,6 +51,8 @@ pub enum ApplyError {
     RateLimit(PolicyError),
     #[error("logging policy: {0}")]
     Logging(PolicyError),
+    #[error("destinations: {0}")]
+    Destinations(#[from] TableError),
     #[error("service share {0} is not in (0, 1]")]
     Share(f64),
 }
@@ -119,6 +124,10 @@ impl SidecarState {
         // Buckets carry over from the previous snapshot so that a re-split or an
         // unrelated change does not hand every client a fresh burst.
         let limiter = RateLimiter::compile(rate_limit.as_ref(), share, previous.as_ref().map(|p| &p.limiter));
+        let destinations = Arc::new(Destinations::compile(
+            s.destinations.as_ref(),
+            previous.as_ref().map(|p| &*p.destinations),
+        )?);
         let configs = s
             .configs
             .iter()
@@ -139,6 +148,7 @@ impl SidecarState {
             logging,
             configs,
             limiter,
+            destinations,
         })
     }
 }

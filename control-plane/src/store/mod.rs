@@ -5,11 +5,14 @@
 //! one test suite proves the behaviours on each. Every write takes the next global
 //! revision and records the change in `revisions` inside the same transaction.
 
+mod canary;
+mod routing;
 mod types;
 
 #[cfg(test)]
 mod tests;
 
+pub use canary::RolloutRow;
 pub use types::*;
 
 use outrider_policy::PolicyKind;

@@ -376,3 +376,52 @@ async fn concurrent_postgres_writers_commit_in_revision_order() {
     assert_eq!(revs, (1..=16).collect::<Vec<_>>(), "no gaps, no duplicates");
     t.cleanup().await;
 }
+
+store_test!(canary_rollouts_are_exclusive_and_driven_by_one_lease_holder, |s| {
+    let spec = json!({"subset": "v2", "steps": [10, 100], "interval": "1s"});
+    let r = s.start_rollout("web", &spec).await.unwrap().unwrap();
+    assert_eq!((r.state.as_str(), r.step, r.step_started_ms), ("running", 0, 0));
+    assert!(s.start_rollout("web", &spec).await.unwrap().is_none(), "one at a time");
+    assert!(s.claim_rollout("web", "cp-a", 60_000).await.unwrap());
+    assert!(
+        !s.claim_rollout("web", "cp-b", 60_000).await.unwrap(),
+        "the lease is held"
+    );
+    let mut step = r.clone();
+    step.step = 1;
+    assert!(!s.save_rollout(&step, "cp-b").await.unwrap(), "no lease, no write");
+    assert!(s.save_rollout(&step, "cp-a").await.unwrap());
+    assert_eq!(s.get_rollout("web").await.unwrap().unwrap().step, 1);
+    assert_eq!(s.running_rollouts().await.unwrap().len(), 1);
+    assert!(s.abort_rollout("web", "stop").await.unwrap());
+    assert!(!s.abort_rollout("web", "stop").await.unwrap());
+    assert!(
+        !s.save_rollout(&step, "cp-a").await.unwrap(),
+        "an aborted rollout stays aborted"
+    );
+    assert_eq!(s.get_rollout("web").await.unwrap().unwrap().state, "aborted");
+    // A new rollout may start once the previous one ended; an expired lease moves.
+    let again = s.start_rollout("web", &spec).await.unwrap().unwrap();
+    assert_eq!((again.state.as_str(), again.step), ("running", 0));
+    assert!(s.claim_rollout("web", "cp-b", -1).await.unwrap());
+    assert!(
+        s.claim_rollout("web", "cp-a", 60_000).await.unwrap(),
+        "cp-b's lease had expired"
+    );
+});
+
+store_test!(routing_policies_and_their_revision_are_listed_for_discovery, |s| {
+    assert_eq!(s.routing_revision().await.unwrap(), 0);
+    let doc = json!({"routes": [{"name": "d", "backends": [{"subset": "v1", "weight": 100}]}]});
+    let p = s
+        .put_policy("web", PolicyKind::Routing, &doc, Precondition::None, "t")
+        .await
+        .unwrap();
+    s.put_policy("api", PolicyKind::RateLimit, &rl(5.0), Precondition::None, "t")
+        .await
+        .unwrap();
+    let listed = s.list_routing_policies().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "web");
+    assert_eq!(s.routing_revision().await.unwrap(), p.revision);
+});

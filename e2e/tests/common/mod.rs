@@ -130,6 +130,7 @@ fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(S
 pub struct Sidecar {
     pub proc: Proc,
     pub inbound_port: u16,
+    pub outbound_port: u16,
     pub admin_port: u16,
     pub pod: String,
     pub env: Vec<(String, String)>,
@@ -152,6 +153,7 @@ impl Sidecar {
         extra: &[(&str, &str)],
     ) -> Self {
         let inbound_port = free_port();
+        let outbound_port = free_port();
         let admin_port = free_port();
         let mut env: Vec<(String, String)> = [
             ("OUTRIDER_CONTROL_PLANE", cp_grpc.to_owned()),
@@ -160,7 +162,7 @@ impl Sidecar {
             ("OUTRIDER_POD_NAME", pod.to_owned()),
             ("OUTRIDER_APP_PORT", app_port.to_string()),
             ("OUTRIDER_INBOUND_ADDR", format!("127.0.0.1:{inbound_port}")),
-            ("OUTRIDER_OUTBOUND_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("OUTRIDER_OUTBOUND_ADDR", format!("127.0.0.1:{outbound_port}")),
             ("OUTRIDER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
             ("OUTRIDER_STATE_DIR", state_dir.display().to_string()),
             ("OUTRIDER_CONFIG_DIR", state_dir.join("config").display().to_string()),
@@ -173,6 +175,7 @@ impl Sidecar {
         let mut s = Self {
             proc: spawn_sidecar(&env),
             inbound_port,
+            outbound_port,
             admin_port,
             pod: pod.to_owned(),
             env,

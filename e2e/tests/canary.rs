@@ -1,0 +1,229 @@
+//! Canary releases with `outriderctl` against the real binaries: manual weights,
+//! promote and abort, and automated rollouts that the control plane drives.
+
+mod common;
+use common::*;
+use outrider_testkit::{bin_path, echo_with, free_port, wait_until, Proc};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Instance {
+    _app: Proc,
+    sidecar: Sidecar,
+}
+
+async fn instance(cp: &ControlPlane, dir: &Path, service: &str, version: &str, pod: &str, args: &[&str]) -> Instance {
+    let port = free_port();
+    let app = echo_with(port, pod, args);
+    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, version, port, &dir.join(pod), &[]).await;
+    Instance { _app: app, sidecar }
+}
+
+struct Mesh {
+    cp: ControlPlane,
+    _dir: tempfile::TempDir,
+    client: Instance,
+    _v1: Instance,
+    _v2: Instance,
+}
+
+async fn mesh(v2_args: &[&str]) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let v1 = instance(&cp, dir.path(), "web", "v1", "web-v1", &[]).await;
+    let v2 = instance(&cp, dir.path(), "web", "v2", "web-v2", v2_args).await;
+    let client = instance(&cp, dir.path(), "client", "v1", "client-1", &[]).await;
+    let caller = &client.sidecar;
+    wait_until(SOON, || async {
+        let d = caller.config_dump().await;
+        d["destinations"]["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|x| x["service"] == "web"))
+            .and_then(|w| w["endpoints"].as_array().map(|e| e.len() == 2))
+            .unwrap_or(false)
+    })
+    .await
+    .expect("the caller sees both web instances");
+    Mesh {
+        cp,
+        _dir: dir,
+        client,
+        _v1: v1,
+        _v2: v2,
+    }
+}
+
+/// Runs outriderctl against the control plane: (exit code, stdout, stderr).
+fn ctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin_path("outriderctl"))
+        .arg("--server")
+        .arg(cp.base())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Share of `n` calls through the caller's outbound port that v2 answered.
+async fn v2_share(caller: &Sidecar, n: usize) -> f64 {
+    let c = client();
+    let mut v2 = 0;
+    for _ in 0..n {
+        let r = c
+            .get(format!("http://127.0.0.1:{}/", caller.outbound_port))
+            .header("host", "web")
+            .send()
+            .await
+            .unwrap();
+        v2 += usize::from(r.headers().get("x-echo-name").is_some_and(|v| v == "web-v2"));
+    }
+    v2 as f64 / n as f64
+}
+
+/// Waits until the caller enforces the routing revision the CLI just wrote.
+async fn caller_has_latest(m: &mut Mesh) {
+    let rev = m.cp.get_json("/services/web").await["policies"]["routing"]["revision"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    m.client.sidecar.wait_revision(rev).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?} to reach the caller",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn canary_set_promote_and_abort_take_effect_and_bad_weights_change_nothing() {
+    let mut m = mesh(&[]).await;
+
+    let (code, out, err) = ctl(
+        &m.cp,
+        &[
+            "canary", "set", "web", "--subset", "v2", "--weight", "30", "--stable", "v1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("v1 70%, v2 30%"), "{out}");
+    caller_has_latest(&mut m).await;
+    let share = v2_share(&m.client.sidecar, 300).await;
+    assert!((0.2..=0.4).contains(&share), "v2 share {share}");
+
+    // A weight of 150 fails with one clear line and changes nothing.
+    let before = m.cp.get_json("/services/web/policies/routing").await;
+    let (code, _, err) = ctl(&m.cp, &["canary", "set", "web", "--subset", "v2", "--weight", "150"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("weight 150 is out of range"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(m.cp.get_json("/services/web/policies/routing").await, before);
+
+    // Status shows the weights and per-subset figures.
+    wait_until(SOON, || async {
+        let (_, out, _) = ctl(&m.cp, &["canary", "status", "web"]);
+        out.contains("v1 70%, v2 30%") && out.contains("SUCCESS") && out.contains("v2")
+    })
+    .await
+    .expect("status shows weights and figures");
+    let (_, json, _) = ctl(&m.cp, &["canary", "status", "web", "-o", "json"]);
+    let status: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["weights"]["v2"], 30);
+
+    let (code, out, err) = ctl(&m.cp, &["canary", "promote", "web"]);
+    assert_eq!(code, 0, "{out}{err}");
+    caller_has_latest(&mut m).await;
+    assert_eq!(v2_share(&m.client.sidecar, 50).await, 1.0);
+
+    // Abort after a promote restores 100% to the (new) stable subset; abort on a
+    // half-way canary restores the old one.
+    ctl(&m.cp, &["canary", "set", "web", "--subset", "v1", "--weight", "50"]);
+    let (code, out, err) = ctl(&m.cp, &["canary", "abort", "web"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("v2 100%"), "{out}");
+    caller_has_latest(&mut m).await;
+    assert_eq!(v2_share(&m.client.sidecar, 50).await, 1.0);
+}
+
+/// Keeps calling web through the caller until dropped.
+struct Load(Arc<AtomicBool>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn load(caller: &Sidecar) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let port = caller.outbound_port;
+    tokio::spawn(async move {
+        let c = client();
+        while !flag.load(Ordering::Relaxed) {
+            let _ = c
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("host", "web")
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    Load(stop)
+}
+
+async fn run_rollout(m: &Mesh) -> (i32, String, String) {
+    let base = m.cp.base();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(bin_path("outriderctl"))
+            .args([
+                "--server", &base, "canary", "run", "web", "--subset", "v2", "--stable", "v1",
+            ])
+            .args(["--steps", "20,50,100", "--interval", "1s", "--max-error-rate", "0.05"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_automated_canary_of_a_failing_v2_rolls_back_by_itself() {
+    let mut m = mesh(&["--fail-rate", "0.2"]).await;
+    let _load = load(&m.client.sidecar);
+    let (code, out, err) = run_rollout(&m).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("rolled-back"), "{err}");
+    assert!(err.contains("error rate"), "the reason is given: {err}");
+    let r = m.cp.get_json("/services/web/canary").await;
+    assert_eq!(r["state"], "rolled-back", "{r}");
+    caller_has_latest(&mut m).await;
+    assert_eq!(v2_share(&m.client.sidecar, 50).await, 0.0, "100% back on v1");
+}
+
+#[tokio::test]
+async fn an_automated_canary_of_a_healthy_v2_reaches_100_percent() {
+    let mut m = mesh(&[]).await;
+    let _load = load(&m.client.sidecar);
+    let (code, out, err) = run_rollout(&m).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("20% to v2") && out.contains("running"),
+        "progress is shown: {out}"
+    );
+    let r = m.cp.get_json("/services/web/canary").await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    caller_has_latest(&mut m).await;
+    assert_eq!(v2_share(&m.client.sidecar, 50).await, 1.0);
+}

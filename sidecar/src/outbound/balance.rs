@@ -1,0 +1,252 @@
+//! Endpoint selection: power of two choices on outstanding requests weighted by a
+//! decaying failure score (so a fast-failing instance does not win by being idle),
+//! skipping endpoints ejected by passive outlier detection (consecutive failures).
+//!
+//! Endpoint state survives snapshot updates (it is carried over by address), so a
+//! new endpoint list does not re-admit a failing instance or forget load.
+
+use super::stats::SubsetStats;
+use http::uri::Authority;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Consecutive failures (5xx, connection failures, timeouts) that eject an endpoint.
+pub const EJECT_AFTER_FAILURES: u32 = 5;
+/// First ejection time; doubles with each ejection in a row, up to [`MAX_EJECTION_MS`].
+pub const BASE_EJECTION_MS: u64 = 2_000;
+pub const MAX_EJECTION_MS: u64 = 30_000;
+/// The failure score (an EWMA of failures, 0–1000) halves every this many ms without
+/// news, so an avoided instance is tried again once it has had time to recover.
+const SCORE_HALF_LIFE_MS: u64 = 5_000;
+/// Below this the score counts as zero: a recovered instance rejoins the rotation.
+const SCORE_FLOOR: u32 = 50;
+
+pub struct EndpointState {
+    /// `address:port` of the instance's inbound proxy.
+    pub authority: Authority,
+    pub subset: Box<str>,
+    pub pod: Box<str>,
+    pub stats: Arc<SubsetStats>,
+    outstanding: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    failure_score: AtomicU32,
+    score_at_ms: AtomicU64,
+}
+
+impl EndpointState {
+    pub fn new(authority: Authority, subset: &str, pod: &str, stats: Arc<SubsetStats>) -> Self {
+        Self {
+            authority,
+            subset: subset.into(),
+            pod: pod.into(),
+            stats,
+            outstanding: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            failure_score: AtomicU32::new(0),
+            score_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The failure score decayed to `now_ms` (0: healthy, 1000: failing everything).
+    pub fn failure_score(&self, now_ms: u64) -> u32 {
+        let score = self.failure_score.load(Ordering::Relaxed);
+        let age = now_ms.saturating_sub(self.score_at_ms.load(Ordering::Relaxed));
+        let decayed = (f64::from(score) * 0.5f64.powf(age as f64 / SCORE_HALF_LIFE_MS as f64)) as u32;
+        if decayed < SCORE_FLOOR {
+            0
+        } else {
+            decayed
+        }
+    }
+
+    /// EWMA with α = 0.1; racy updates lose at most one sample.
+    fn update_score(&self, failed: bool, now_ms: u64) {
+        let old = self.failure_score(now_ms);
+        let new = old - old / 10 + if failed { 100 } else { 0 };
+        self.failure_score.store(new.min(1000), Ordering::Relaxed);
+        self.score_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// What power of two choices compares: load, inflated by recent failures.
+    fn cost(&self, now_ms: u64) -> u64 {
+        u64::from(self.outstanding() + 1) * u64::from(1000 + 9 * self.failure_score(now_ms))
+    }
+
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    pub fn record_success(&self, now_ms: u64) {
+        if self.failure_score.load(Ordering::Relaxed) != 0 {
+            self.update_score(false, now_ms);
+        }
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns true when this failure ejected the endpoint.
+    pub fn record_failure(&self, now_ms: u64) -> bool {
+        self.update_score(true, now_ms);
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < EJECT_AFTER_FAILURES || self.is_ejected(now_ms) {
+            return false;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(8);
+        let ms = (BASE_EJECTION_MS << times).min(MAX_EJECTION_MS);
+        self.ejected_until_ms.store(now_ms + ms, Ordering::Relaxed);
+        true
+    }
+}
+
+pub struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks an endpoint by power of two choices: two random candidates that are not
+/// ejected (nor `avoid`, the one a retry just failed on, when there is a choice),
+/// the one with fewer requests in flight wins. When every endpoint is ejected, all
+/// are candidates again: a degraded answer beats none (a panic threshold, as Envoy's).
+pub fn pick<'a>(
+    endpoints: &'a [Arc<EndpointState>],
+    now_ms: u64,
+    avoid: Option<&EndpointState>,
+    rng: &mut impl rand::Rng,
+) -> Option<&'a Arc<EndpointState>> {
+    let usable = |e: &EndpointState| !e.is_ejected(now_ms) && !avoid.is_some_and(|a| std::ptr::eq(a, e));
+    let mut n = endpoints.iter().filter(|e| usable(e)).count();
+    let panic_mode = n == 0;
+    if panic_mode {
+        n = endpoints.len();
+    }
+    if n == 0 {
+        return None;
+    }
+    let nth = |k: usize| endpoints.iter().filter(|e| panic_mode || usable(e)).nth(k);
+    if n == 1 {
+        return nth(0);
+    }
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (ea, eb) = (nth(a)?, nth(b)?);
+    Some(if eb.cost(now_ms) < ea.cost(now_ms) { eb } else { ea })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: usize) -> Vec<Arc<EndpointState>> {
+        let stats = Arc::new(SubsetStats::new("web", "v1"));
+        (0..n)
+            .map(|i| {
+                Arc::new(EndpointState::new(
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    "v1",
+                    &format!("p{i}"),
+                    stats.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_choices_avoid_the_busy_endpoint() {
+        let eps = endpoints(2);
+        let _busy: Vec<_> = (0..10).map(|_| eps[0].start()).collect();
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            assert_eq!(pick(&eps, 0, None, &mut rng).unwrap().pod.as_ref(), "p1");
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_time_readmits() {
+        let eps = endpoints(3);
+        for i in 0..EJECT_AFTER_FAILURES {
+            assert_eq!(eps[0].record_failure(1000), i + 1 == EJECT_AFTER_FAILURES);
+        }
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            assert_ne!(pick(&eps, 1000, None, &mut rng).unwrap().pod.as_ref(), "p0");
+        }
+        assert!(!eps[0].is_ejected(1000 + BASE_EJECTION_MS));
+        // A success resets the count; failures must be consecutive.
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            eps[1].record_failure(0);
+        }
+        eps[1].record_success(0);
+        assert!(!eps[1].record_failure(0));
+    }
+
+    #[test]
+    fn a_failing_endpoint_loses_the_comparison_until_its_score_decays() {
+        let eps = endpoints(2);
+        // Half of its requests fail: never five in a row, so it is not ejected.
+        for i in 0..20 {
+            if i % 2 == 0 {
+                eps[0].record_failure(0);
+            } else {
+                eps[0].record_success(0);
+            }
+        }
+        assert!(!eps[0].is_ejected(0));
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            assert_eq!(pick(&eps, 0, None, &mut rng).unwrap().pod.as_ref(), "p1");
+        }
+        assert_eq!(eps[0].failure_score(60_000), 0, "forgiven after a minute");
+    }
+
+    #[test]
+    fn all_ejected_falls_back_to_all() {
+        let eps = endpoints(2);
+        for e in &eps {
+            for _ in 0..EJECT_AFTER_FAILURES {
+                e.record_failure(0);
+            }
+        }
+        assert!(pick(&eps, 1, None, &mut rand::rng()).is_some());
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_just_failed() {
+        let eps = endpoints(2);
+        for _ in 0..50 {
+            let p = pick(&eps, 0, Some(&eps[0]), &mut rand::rng()).unwrap();
+            assert_eq!(p.pod.as_ref(), "p1");
+        }
+        assert_eq!(
+            pick(&eps[..1], 0, Some(&eps[0]), &mut rand::rng())
+                .unwrap()
+                .pod
+                .as_ref(),
+            "p0"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! The compiled destination table: for each service, its routes (RoutingPolicy,
+//! DESIGN §4) and its healthy endpoints grouped by subset. Compiled once per snapshot;
+//! endpoint state, subset figures and retry budgets carry over from the previous table
+//! so that an update never resets load, ejections or counters.
+
+use super::balance::EndpointState;
+use super::budget::RetryBudget;
+use super::stats::SubsetStats;
+use http::header::{HeaderMap, HeaderName};
+use http::uri::Authority;
+use outrider_policy::{RetryOn, RoutingPolicy};
+use outrider_proto::v1::{DestinationFigures, DestinationTable};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Destinations {
+    pub routing_revision: u64,
+    services: HashMap<Box<str>, Arc<Destination>>,
+}
+
+pub struct Destination {
+    pub name: Box<str>,
+    /// Empty without a RoutingPolicy: every request spreads over all endpoints.
+    pub routes: Vec<CompiledRoute>,
+    pub all: Vec<Arc<EndpointState>>,
+    pub subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>>,
+    pub budget: Arc<RetryBudget>,
+    pub policy: Option<RoutingPolicy>,
+}
+
+pub struct CompiledRoute {
+    pub name: Box<str>,
+    path_prefix: Option<Box<str>>,
+    headers: Vec<(HeaderName, Box<[u8]>)>,
+    /// (subset, weight) with weight > 0.
+    backends: Vec<(Box<str>, u32)>,
+    total_weight: u32,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on_5xx: bool,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+}
+
+impl Retry {
+    /// Without a policy a request that never reached an instance (connection refused)
+    /// is retried once elsewhere: nothing was sent, so this is always safe.
+    pub const DEFAULT: Retry = Retry {
+        attempts: 1,
+        per_try_timeout: None,
+        on_5xx: false,
+        on_connect_failure: true,
+        on_reset: false,
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("routing policy of {service}: {error}")]
+    Routing {
+        service: String,
+        error: outrider_policy::PolicyError,
+    },
+    #[error("endpoint {address}:{port} of {service}: not a valid address")]
+    Endpoint {
+        service: String,
+        address: String,
+        port: u32,
+    },
+}
+
+impl Destinations {
+    /// Validates and compiles `table`, reusing state from `previous`.
+    pub fn compile(table: Option<&DestinationTable>, previous: Option<&Destinations>) -> Result<Self, TableError> {
+        let Some(table) = table else {
+            return Ok(Self::default());
+        };
+        let mut services = HashMap::with_capacity(table.services.len());
+        for d in &table.services {
+            let old = previous.and_then(|p| p.services.get(d.service.as_str()));
+            let policy = if d.routing.trim().is_empty() {
+                None
+            } else {
+                Some(
+                    outrider_policy::parse_document::<RoutingPolicy>(d.routing.as_bytes()).map_err(|error| {
+                        TableError::Routing {
+                            service: d.service.clone(),
+                            error,
+                        }
+                    })?,
+                )
+            };
+            let mut all = Vec::with_capacity(d.endpoints.len());
+            let mut subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>> = HashMap::new();
+            let mut stats: HashMap<String, Arc<SubsetStats>> = HashMap::new();
+            for e in &d.endpoints {
+                let authority: Authority = format!("{}:{}", e.address, e.port)
+                    .parse()
+                    .ok()
+                    .filter(|_| e.port > 0 && e.port <= 65535)
+                    .ok_or_else(|| TableError::Endpoint {
+                        service: d.service.clone(),
+                        address: e.address.clone(),
+                        port: e.port,
+                    })?;
+                let carried = old.and_then(|o| {
+                    o.all
+                        .iter()
+                        .find(|x| x.authority == authority && *x.subset == *e.subset)
+                        .cloned()
+                });
+                let ep = match carried {
+                    Some(ep) => ep,
+                    None => {
+                        let s = stats
+                            .entry(e.subset.clone())
+                            .or_insert_with(|| {
+                                old.and_then(|o| o.subsets.get(e.subset.as_str()))
+                                    .and_then(|v| v.first())
+                                    .map(|ep| ep.stats.clone())
+                                    .unwrap_or_else(|| Arc::new(SubsetStats::new(&d.service, &e.subset)))
+                            })
+                            .clone();
+                        Arc::new(EndpointState::new(authority, &e.subset, &e.pod, s))
+                    }
+                };
+                stats.entry(e.subset.clone()).or_insert_with(|| ep.stats.clone());
+                subsets.entry(e.subset.as_str().into()).or_default().push(ep.clone());
+                all.push(ep);
+            }
+            let routes = policy.as_ref().map(compile_routes).unwrap_or_default();
+            services.insert(
+                d.service.as_str().into(),
+                Arc::new(Destination {
+                    name: d.service.as_str().into(),
+                    routes,
+                    all,
+                    subsets,
+                    budget: old.map(|o| o.budget.clone()).unwrap_or_default(),
+                    policy,
+                }),
+            );
+        }
+        Ok(Self {
+            routing_revision: table.routing_revision,
+            services,
+        })
+    }
+
+    /// The destination for a request's host: the exact service name, or its first
+    /// DNS label (`web.default.svc.cluster.local` → `web`). Ports are ignored.
+    pub fn resolve(&self, host: &str) -> Option<&Arc<Destination>> {
+        let host = strip_port(host);
+        self.services.get(host).or_else(|| {
+            let (first, _) = host.split_once('.')?;
+            self.services.get(first)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Figures for every subset this sidecar has called, for the health report.
+    pub fn figures(&self) -> Vec<DestinationFigures> {
+        let mut out = Vec::new();
+        for d in self.services.values() {
+            for eps in d.subsets.values() {
+                if let Some(ep) = eps.first() {
+                    if ep.stats.requests_total() > 0 {
+                        out.push(ep.stats.figures());
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.service, &a.subset).cmp(&(&b.service, &b.subset)));
+        out
+    }
+
+    /// A readable view for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let mut names: Vec<&Box<str>> = self.services.keys().collect();
+        names.sort();
+        let services: Vec<serde_json::Value> = names
+            .into_iter()
+            .map(|n| {
+                let d = &self.services[n];
+                serde_json::json!({
+                    "service": n.as_ref(),
+                    "endpoints": d.all.iter().map(|e| serde_json::json!({
+                        "address": e.authority.as_str(), "subset": e.subset.as_ref(), "pod": e.pod.as_ref(),
+                        "outstanding": e.outstanding(),
+                    })).collect::<Vec<_>>(),
+                    "routing": d.policy,
+                })
+            })
+            .collect();
+        serde_json::json!({"routingRevision": self.routing_revision, "services": services})
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn compile_routes(p: &RoutingPolicy) -> Vec<CompiledRoute> {
+    p.routes
+        .iter()
+        .map(|r| {
+            let backends: Vec<(Box<str>, u32)> = r
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0)
+                .map(|b| (b.subset.as_str().into(), b.weight))
+                .collect();
+            CompiledRoute {
+                name: r.name.as_str().into(),
+                path_prefix: r.matches.path_prefix.as_deref().map(Into::into),
+                headers: r
+                    .matches
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        // Validation guarantees the name parses; an impossible name
+                        // would simply never match.
+                        let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                            .unwrap_or_else(|_| HeaderName::from_static("x-outrider-invalid-header-name"));
+                        (name, v.as_bytes().into())
+                    })
+                    .collect(),
+                total_weight: backends.iter().map(|(_, w)| w).sum(),
+                backends,
+                timeout: r.timeout.map(|t| t.as_std()),
+                retry: r.retries.as_ref().map(|rt| Retry {
+                    attempts: rt.attempts,
+                    per_try_timeout: rt.per_try_timeout.map(|t| t.as_std()),
+                    on_5xx: rt.on.contains(&RetryOn::ServerError),
+                    on_connect_failure: rt.on.contains(&RetryOn::ConnectFailure),
+                    on_reset: rt.on.contains(&RetryOn::Reset),
+                }),
+            }
+        })
+        .collect()
+}
+
+impl CompiledRoute {
+    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        if let Some(prefix) = &self.path_prefix {
+            if !path.starts_with(&**prefix) {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, want)| headers.get_all(name).iter().any(|v| v.as_bytes() == &**want))
+    }
+
+    /// A subset by weight; `roll` is uniform in `0..total_weight`.
+    pub fn subset_for(&self, roll: u32) -> Option<&str> {
+        let mut acc = 0;
+        for (s, w) in &self.backends {
+            acc += w;
+            if roll < acc {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    pub fn total_weight(&self) -> u32 {
+        self.total_weight
+    }
+
+    /// Backends in order, for falling back when the chosen subset has no endpoints.
+    pub fn subsets(&self) -> impl Iterator<Item = &str> {
+        self.backends.iter().map(|(s, _)| &**s)
+    }
+}
+
+impl Destination {
+    /// The first route whose match fits (`None`: no policy, or nothing matched).
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| r.matches(path, headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_proto::v1::{DestinationService, Endpoint};
+
+    pub(crate) fn table(routing: &str) -> DestinationTable {
+        let ep = |port: u32, subset: &str| Endpoint {
+            address: "127.0.0.1".into(),
+            port,
+            subset: subset.into(),
+            pod: format!("web-{port}"),
+        };
+        DestinationTable {
+            services: vec![DestinationService {
+                service: "web".into(),
+                endpoints: vec![ep(1001, "v1"), ep(1002, "v2")],
+                routing: routing.into(),
+            }],
+            routing_revision: 3,
+        }
+    }
+
+    #[test]
+    fn hosts_resolve_by_name_first_label_and_without_port() {
+        let d = Destinations::compile(Some(&table("")), None).unwrap();
+        for h in ["web", "web:80", "web.default.svc.cluster.local", "web.default:8080"] {
+            assert_eq!(&*d.resolve(h).unwrap().name, "web", "{h}");
+        }
+        assert!(d.resolve("api").is_none());
+    }
+
+    #[test]
+    fn endpoint_state_carries_over_across_updates() {
+        let first = Destinations::compile(Some(&table("")), None).unwrap();
+        let ep = first.resolve("web").unwrap().subsets["v2"][0].clone();
+        ep.stats.record(false, Duration::from_millis(1));
+        let second = Destinations::compile(Some(&table("")), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&ep, &second.resolve("web").unwrap().subsets["v2"][0]));
+        assert_eq!(second.figures()[0].requests_total, 1);
+    }
+
+    #[test]
+    fn routes_match_in_order_and_weights_pick_subsets() {
+        let p = r#"{"routes":[
+            {"name":"beta","match":{"pathPrefix":"/","headers":{"X-Canary":"always"}},"backends":[{"subset":"v2","weight":100}]},
+            {"name":"default","backends":[{"subset":"v1","weight":80},{"subset":"v2","weight":20},{"subset":"v3","weight":0}]}]}"#;
+        let d = Destinations::compile(Some(&table(p)), None).unwrap();
+        let web = d.resolve("web").unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(&*web.route("/", &h).unwrap().name, "default");
+        h.insert("x-canary", "always".parse().unwrap());
+        assert_eq!(&*web.route("/x", &h).unwrap().name, "beta");
+        let r = &web.routes[1];
+        assert_eq!(r.total_weight(), 100);
+        assert_eq!(
+            (r.subset_for(0), r.subset_for(79), r.subset_for(80)),
+            (Some("v1"), Some("v1"), Some("v2"))
+        );
+        assert_eq!(
+            r.subsets().collect::<Vec<_>>(),
+            ["v1", "v2"],
+            "zero weights never get traffic"
+        );
+    }
+
+    #[test]
+    fn an_invalid_routing_document_is_refused() {
+        let bad = r#"{"routes":[{"name":"d","backends":[{"subset":"v2","weight":150}]}]}"#;
+        let err = Destinations::compile(Some(&table(bad)), None).err().unwrap();
+        assert!(err.to_string().contains("routing policy of web"), "{err}");
+    }
+}
