@@ -149,12 +149,11 @@ impl Validate for LoggingPolicy {
             if let Some(p) = l.pattern.as_deref().filter(|p| !p.is_empty()) {
                 match regex::Regex::new(p) {
                     Err(e) => errors.push(FieldError::new(format!("appLogs[{i}].pattern"), e.to_string())),
-                    Ok(re) if l.parser == LogParser::Regex && re.capture_names().flatten().next().is_none() => {
-                        errors.push(FieldError::new(
+                    Ok(re) if l.parser == LogParser::Regex && re.capture_names().flatten().next().is_none() => errors
+                        .push(FieldError::new(
                             format!("appLogs[{i}].pattern"),
                             "needs at least one named group, such as (?P<level>\\w+)",
-                        ))
-                    }
+                        )),
                     Ok(_) => {}
                 }
             }
