@@ -331,3 +331,133 @@ fn fingerprint(file: &File, want: Option<(u64, u32)>) -> Option<(u64, u32)> {
     });
     Some((h, n as u32))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_policy::AppLog;
+    use std::io::Write as _;
+
+    fn tailer(dir: &std::path::Path, spec: &str, resume: Vec<Position>) -> Tailer {
+        let spec: AppLog = serde_json::from_str(&spec.replace("DIR", &dir.display().to_string())).unwrap();
+        let parser = Parser::compile(&spec).unwrap();
+        Tailer::new(vec![(spec.path, parser)], resume)
+    }
+
+    fn drain(t: &mut Tailer) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            t.scan();
+            while t.read(&mut |l| out.push(l.text.to_owned())) > 0 {}
+        }
+        out
+    }
+
+    fn append(path: &std::path::Path, lines: std::ops::Range<u32>) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for i in lines {
+            writeln!(f, "line {i:05} padding to make lines longer than a few bytes").unwrap();
+        }
+    }
+
+    fn expect(range: std::ops::Range<u32>) -> Vec<String> {
+        range
+            .map(|i| format!("line {i:05} padding to make lines longer than a few bytes"))
+            .collect()
+    }
+
+    #[test]
+    fn rename_rotation_reads_the_old_file_to_its_end_and_the_new_one_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let mut t = tailer(dir.path(), r#"{"path":"DIR/*.log"}"#, vec![]);
+        append(&log, 0..100);
+        let mut got = drain(&mut t);
+        append(&log, 100..200); // written, not yet read, when the file is renamed
+        std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+        append(&log, 200..300);
+        got.extend(drain(&mut t));
+        assert_eq!(got, expect(0..300));
+    }
+
+    #[test]
+    fn copytruncate_is_detected_even_when_the_new_content_is_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let mut t = tailer(dir.path(), r#"{"path":"DIR/app.log"}"#, vec![]);
+        append(&log, 0..100);
+        let mut got = drain(&mut t);
+        std::fs::copy(&log, dir.path().join("app.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // More than was there before the truncation: only the first bytes tell.
+        append(&log, 100..350);
+        got.extend(drain(&mut t));
+        assert_eq!(got, expect(0..350));
+    }
+
+    #[test]
+    fn positions_resume_after_the_last_record_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        append(&log, 0..10);
+        // A half-written line is not handed out, and not covered by the position.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"half")
+            .unwrap();
+        let mut t = tailer(dir.path(), r#"{"path":"DIR/app.log"}"#, vec![]);
+        assert_eq!(drain(&mut t), expect(0..10));
+        let positions = t.positions();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b" done\n")
+            .unwrap();
+        let mut again = tailer(dir.path(), r#"{"path":"DIR/app.log"}"#, positions);
+        assert_eq!(drain(&mut again), vec!["half done".to_owned()]);
+    }
+
+    #[test]
+    fn multiline_records_group_continuation_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(
+            &log,
+            "2024-01-01 boom\n  at a()\n  at b()\n2024-01-01 next\n2024-01-01 last\n",
+        )
+        .unwrap();
+        let mut t = tailer(
+            dir.path(),
+            r#"{"path":"DIR/app.log","multilineStart":"^\\d{4}-"}"#,
+            vec![],
+        );
+        let mut got = drain(&mut t);
+        assert_eq!(got, ["2024-01-01 boom\n  at a()\n  at b()", "2024-01-01 next"]);
+        // The last record is shipped once no continuation came for a while.
+        std::thread::sleep(MULTILINE_TIMEOUT + Duration::from_millis(50));
+        got = drain(&mut t);
+        assert_eq!(got, ["2024-01-01 last"]);
+    }
+
+    #[test]
+    fn new_files_matching_the_glob_are_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tailer(dir.path(), r#"{"path":"DIR/*.log"}"#, vec![]);
+        assert!(drain(&mut t).is_empty());
+        append(&dir.path().join("b.log"), 0..3);
+        std::fs::write(dir.path().join("ignored.txt"), "no\n").unwrap();
+        assert_eq!(drain(&mut t), expect(0..3));
+    }
+}
