@@ -210,6 +210,14 @@ fn health_json(h: &outrider_proto::v1::HealthReport) -> serde_json::Value {
         "p99Ms": lat.p99_ms,
         "appliedRevision": h.applied_revision,
         "destinations": crate::traffic::figures_json(&h.destinations),
+        "logShipping": h.log_shipping.map(|l| serde_json::json!({
+            "linesRead": l.lines_read,
+            "accessRecords": l.access_records,
+            "shipped": l.shipped,
+            "dropped": l.dropped,
+            "bufferedBytes": l.buffered_bytes,
+            "sinkErrors": l.sink_errors,
+        })),
     })
 }
 

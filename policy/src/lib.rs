@@ -14,7 +14,7 @@ mod routing;
 
 pub use duration::Duration;
 pub use error::{FieldError, PolicyError};
-pub use logging::{AccessLog, AppLog, LogFormat, LogParser, LoggingPolicy, Sink, SinkFormat, SinkType};
+pub use logging::{AccessLog, AppLog, Compression, LogFormat, LogParser, LoggingPolicy, Sink, SinkFormat, SinkType};
 pub use names::{validate_config_name, validate_service_name};
 pub use ratelimit::{RateLimitKey, RateLimitPolicy, RateLimitRule, RouteMatch, Scope};
 pub use routing::{Backend, RetryOn, RetryPolicy, Route, RoutingPolicy};

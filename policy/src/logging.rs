@@ -86,6 +86,22 @@ pub struct Sink {
     pub batch_size: u32,
     #[serde(default = "default_flush")]
     pub flush_interval: Duration,
+    /// `gzip` compresses HTTP request bodies (`Content-Encoding: gzip`); the
+    /// default `none` suits collectors that do not accept compressed bodies.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_batch() -> u32 {
@@ -129,6 +145,23 @@ impl Validate for LoggingPolicy {
                     format!("appLogs[{i}].pattern"),
                     "required with parser \"regex\"",
                 ));
+            }
+            if let Some(p) = l.pattern.as_deref().filter(|p| !p.is_empty()) {
+                match regex::Regex::new(p) {
+                    Err(e) => errors.push(FieldError::new(format!("appLogs[{i}].pattern"), e.to_string())),
+                    Ok(re) if l.parser == LogParser::Regex && re.capture_names().flatten().next().is_none() => errors
+                        .push(FieldError::new(
+                            format!("appLogs[{i}].pattern"),
+                            "needs at least one named group, such as (?P<level>\\w+)",
+                        )),
+                    Ok(_) => {}
+                }
+            }
+            if let Some(Err(e)) = l.multiline_start.as_deref().map(regex::Regex::new) {
+                errors.push(FieldError::new(format!("appLogs[{i}].multilineStart"), e.to_string()));
+            }
+            if let Err(e) = glob::Pattern::new(&l.path) {
+                errors.push(FieldError::new(format!("appLogs[{i}].path"), format!("bad glob: {e}")));
             }
         }
         let s = &self.sink;
@@ -185,5 +218,22 @@ mod tests {
         let err = parse_document::<LoggingPolicy>(br#"{"sink":{"type":"http"}}"#).unwrap_err();
         let PolicyError::Invalid(e) = err else { panic!() };
         assert_eq!(e[0].field, "sink.url");
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        let err = parse_document::<LoggingPolicy>(
+            br#"{"appLogs":[{"path":"/l/*.log","parser":"regex","pattern":"(unclosed"},
+                            {"path":"/l/b","parser":"regex","pattern":"no groups"},
+                            {"path":"/l/c","multilineStart":"["}],
+                "sink":{"type":"stdout","compression":"gzip"}}"#,
+        )
+        .unwrap_err();
+        let PolicyError::Invalid(e) = err else { panic!() };
+        let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["appLogs[0].pattern", "appLogs[1].pattern", "appLogs[2].multilineStart"]
+        );
     }
 }

@@ -35,9 +35,16 @@ pub async fn serve(
     state: Arc<SidecarState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(state), shutdown).await
+}
+
+/// Serves [`router`] merged with other modules' admin routes (`/config/{name}`).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 /// Liveness: the process answers. Deliberately independent of the control plane,
@@ -57,7 +64,9 @@ async fn readyz(State(state): State<Arc<SidecarState>>) -> (StatusCode, &'static
 }
 
 async fn metrics(State(state): State<Arc<SidecarState>>) -> Response {
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], state.metrics.render()).into_response()
+    let mut body = state.metrics.render();
+    body.push_str(&state.logs.figures.render());
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response()
 }
 
 /// The body of `/config_dump`. When nothing is applied yet every field but
@@ -172,6 +181,10 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("outrider_sidecar_applied_revision 7\n"), "{body}");
+        assert!(
+            body.contains("outrider_sidecar_log_records_shipped_total 0\n"),
+            "{body}"
+        );
     }
 
     #[tokio::test]

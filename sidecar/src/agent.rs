@@ -6,8 +6,8 @@ use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, HealthReport, Hello, Identity, LatencySummary, Nack, SidecarMessage,
-    Snapshot,
+    control_message, sidecar_message, Ack, HealthReport, Hello, Identity, LatencySummary, LogShipping, Nack,
+    SidecarMessage, Snapshot,
 };
 use rand::Rng;
 use std::net::SocketAddr;
@@ -203,7 +203,20 @@ impl Agent {
                 .as_ref()
                 .map(|a| a.destinations.figures())
                 .unwrap_or_default(),
+            log_shipping: Some(log_shipping(&self.state)),
         }
+    }
+}
+
+fn log_shipping(state: &SidecarState) -> LogShipping {
+    let v = state.logs.figures.values();
+    LogShipping {
+        lines_read: v.lines_read,
+        access_records: v.access_records,
+        shipped: v.shipped,
+        dropped: v.dropped,
+        buffered_bytes: v.buffered_bytes,
+        sink_errors: v.sink_errors,
     }
 }
 

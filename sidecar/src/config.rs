@@ -41,6 +41,13 @@ pub struct Config {
     /// Registration token (OUTRIDER_REGISTRATION_TOKEN on the control plane).
     #[arg(long, env = "OUTRIDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Reload hooks for config documents: `NAME=sighup:/path/to/pidfile` or
+    /// `NAME=http://127.0.0.1:8080/-/reload` (POST), comma-separated; `*` for all.
+    #[arg(long, env = "OUTRIDER_CONFIG_RELOAD", default_value = "")]
+    pub config_reload: String,
+    /// Bound of the on-disk log buffer used while the sink is down (bytes).
+    #[arg(long, env = "OUTRIDER_LOG_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub log_buffer_bytes: u64,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -66,6 +73,8 @@ impl Config {
                 self.control_plane
             ));
         }
+        crate::configdocs::ReloadHooks::parse(&self.config_reload)
+            .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! goes through [`InboundProxy::handle`], which reads top to bottom: rate limit →
 //! rewrite for the app → forward → record metrics.
 
+use crate::logship::access::Pending as PendingAccess;
 use crate::ratelimit::{Decision, RateLimitHeaders};
 use crate::state::SidecarState;
 use bytes::Bytes;
@@ -63,6 +64,8 @@ pub struct InboundProxy {
     app_authority: Authority,
     state: Arc<SidecarState>,
     client: Client<HttpConnector, Incoming>,
+    /// The app's address as access records name it.
+    upstream: Arc<str>,
 }
 
 impl InboundProxy {
@@ -81,13 +84,16 @@ impl InboundProxy {
             app_authority,
             state,
             client,
+            upstream: Arc::from(app_addr.to_string()),
         }
     }
 
     /// Handles one request from `peer`. Never fails: every error becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let metrics = &self.state.metrics;
+        // `None` (no allocation) unless the policy asks for access logs.
+        let access = PendingAccess::begin(&self.state, &mut req, peer, new_request_id);
 
         // Rate limit. The guard is a lock-free arc_swap load and is dropped before
         // any `.await`; only the owned header values outlive it.
@@ -109,6 +115,9 @@ impl InboundProxy {
                         decision.write_headers(response.headers_mut());
                         metrics.record_rate_limited();
                         metrics.record_request(response.status().as_u16(), started.elapsed());
+                        if let Some(access) = access {
+                            access.finish(&self.state, 429, response.headers(), None, started);
+                        }
                         return response;
                     }
                     decision.headers()
@@ -132,6 +141,15 @@ impl InboundProxy {
             }
         };
         metrics.record_request(response.status().as_u16(), started.elapsed());
+        if let Some(access) = access {
+            access.finish(
+                &self.state,
+                response.status().as_u16(),
+                response.headers(),
+                Some(&self.upstream),
+                started,
+            );
+        }
         response
     }
 
@@ -322,7 +340,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
 }
 
 /// A random UUID v4, hex-encoded straight into a stack buffer.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // Version nibble 4 and variant bits 10 (RFC 9562).
     let bits = (rand::random::<u128>() & !(0xf000_u128 << 64) & !(0xc000_u128 << 48))

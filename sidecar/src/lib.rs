@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod configdocs;
 pub mod inbound;
+pub mod logship;
 pub mod metrics;
 pub mod outbound;
 pub mod persist;

@@ -7,7 +7,9 @@ use clap::Parser;
 use outrider_proto::v1::Identity;
 use outrider_sidecar::agent::Agent;
 use outrider_sidecar::config::Config;
+use outrider_sidecar::configdocs::{ConfigDocs, ReloadHooks};
 use outrider_sidecar::inbound::{self, InboundProxy};
+use outrider_sidecar::logship::{Identity as LogIdentity, Shipper};
 use outrider_sidecar::outbound::{self, OutboundProxy};
 use outrider_sidecar::state::{SidecarState, Source};
 use outrider_sidecar::{admin, persist};
@@ -105,7 +107,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let outbound = Arc::new(OutboundProxy::new(state.clone()));
         let outbound_task =
             tokio::spawn(outbound::serve(outbound_listener, outbound, when(&stop_proxy)).in_current_span());
-        let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), when(&stop_proxy)).in_current_span());
+        let docs = ConfigDocs::new(
+            cfg.config_dir.clone(),
+            &cfg.state_dir,
+            ReloadHooks::parse(&cfg.config_reload)?,
+        );
+        let admin_router = admin::router(state.clone()).merge(docs.clone().router());
+        let admin_task =
+            tokio::spawn(admin::serve_router(admin_listener, admin_router, when(&stop_proxy)).in_current_span());
+        let docs_task = tokio::spawn(docs.run(state.clone(), when(&stop_proxy)).in_current_span());
+        let shipper = Shipper {
+            identity: LogIdentity {
+                service: cfg.service.clone(),
+                version: cfg.subset.clone(),
+                namespace: cfg.namespace.clone(),
+                pod: pod.clone(),
+            },
+            state_dir: cfg.state_dir.clone(),
+            buffer_bytes: cfg.log_buffer_bytes,
+            state: state.clone(),
+        };
+        let (stop_logs_tx, stop_logs) = watch::channel(false);
+        let logs_task = tokio::spawn(shipper.run(when(&stop_logs)).in_current_span());
         let agent = Agent {
             endpoint: cfg.control_plane.clone(),
             identity: Identity {
@@ -135,6 +158,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         let _ = outbound_task.await;
         let _ = admin_task.await;
+        let _ = docs_task.await;
+        // Last, so that access records of drained requests get a chance to ship;
+        // what is not delivered stays in the files and the spool for the next start.
+        let _ = stop_logs_tx.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), logs_task).await;
         info!("stopped");
         Ok(())
     }

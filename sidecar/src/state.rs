@@ -3,6 +3,7 @@
 //! The request path reads [`SidecarState::applied`] with one lock-free load
 //! (`arc_swap`); the agent replaces it when a snapshot is accepted.
 
+use crate::logship::LogHub;
 use crate::metrics::Metrics;
 use crate::outbound::table::{Destinations, TableError};
 use crate::ratelimit::RateLimiter;
@@ -11,6 +12,7 @@ use outrider_policy::{LoggingPolicy, PolicyError, RateLimitPolicy};
 use outrider_proto::v1::Snapshot;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Where the applied snapshot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -43,6 +45,10 @@ pub struct ConfigSummary {
     pub content_type: String,
     pub revision: u64,
     pub size: usize,
+    /// The document itself, for the config-document writer and `/config/{name}`;
+    /// not part of `/config_dump`.
+    #[serde(skip)]
+    pub content: bytes::Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +67,12 @@ pub enum ApplyError {
 pub struct SidecarState {
     pub applied: ArcSwapOption<Applied>,
     pub metrics: Metrics,
+    /// Access-log channel and log-shipping figures (`logship`).
+    pub logs: LogHub,
     connected: AtomicBool,
+    /// Bumped after every swap, so that background owners (config documents, log
+    /// shipping) react to a new snapshot without polling.
+    changes: watch::Sender<u64>,
 }
 
 impl Default for SidecarState {
@@ -75,7 +86,9 @@ impl SidecarState {
         Self {
             applied: ArcSwapOption::empty(),
             metrics: Metrics::new(),
+            logs: LogHub::new(),
             connected: AtomicBool::new(false),
+            changes: watch::channel(0).0,
         }
     }
 
@@ -104,7 +117,13 @@ impl SidecarState {
         let applied = self.compile(snapshot, source)?;
         self.metrics.set_applied_revision(applied.revision);
         self.applied.store(Some(Arc::new(applied)));
+        self.changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Notified after each applied snapshot; read `applied` for its contents.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn compile(&self, s: &Snapshot, source: Source) -> Result<Applied, ApplyError> {
@@ -136,6 +155,7 @@ impl SidecarState {
                 content_type: c.content_type.clone(),
                 revision: c.revision,
                 size: c.content.len(),
+                content: bytes::Bytes::copy_from_slice(&c.content),
             })
             .collect();
         Ok(Applied {

@@ -100,8 +100,31 @@ impl OutboundProxy {
     }
 
     /// Handles one request from the local app. Never fails: errors become responses.
+    /// Writes an access record (`direction: outbound`) when the logging policy asks.
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let access = crate::logship::access::Pending::begin_direction(
+            &self.state,
+            &mut req,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            crate::inbound::new_request_id,
+            "outbound",
+        );
+        let host = access.as_ref().and_then(|_| target_host(&req).map(Arc::<str>::from));
+        let response = self.route(req, started).await;
+        if let Some(access) = access {
+            access.finish(
+                &self.state,
+                response.status().as_u16(),
+                response.headers(),
+                host.as_ref(),
+                started,
+            );
+        }
+        response
+    }
+
+    async fn route(&self, mut req: Request<Incoming>, started: Instant) -> Response<ProxyBody> {
         let dest = {
             let Some(host) = target_host(&req) else {
                 return text(

@@ -1,0 +1,512 @@
+//! Config documents (DESIGN §4 `ConfigDocument`): written atomically into
+//! `OUTRIDER_CONFIG_DIR`, served at `GET /config/{name}` on the admin port with an
+//! `ETag` and a `?wait=30s` long-poll, and optionally followed by a reload hook.
+//!
+//! [`ConfigDocs::run`] owns the directory: after every applied snapshot it writes the
+//! documents whose revision changed (temp file, fsync, rename), removes the ones that
+//! were deleted — only files it wrote itself, listed in a manifest in the state
+//! directory — and then publishes the new set on a `watch` channel that long-polls wait
+//! on. Nothing here is on the request path.
+
+use crate::state::SidecarState;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The longest `?wait=` a client may ask for; longer asks are clamped, so a
+/// long-poll always ends and a proxy in between never times it out silently.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+const MANIFEST: &str = "config-manifest.json";
+
+/// One document as the sidecar holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub content_type: String,
+    pub content: Bytes,
+    pub revision: u64,
+}
+
+impl Doc {
+    /// The entity tag: the document's revision, which changes with every write.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.revision)
+    }
+}
+
+pub type DocSet = BTreeMap<String, Arc<Doc>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadSpecError {
+    #[error("reload hook {0:?}: expected NAME=sighup:/path/to/pidfile or NAME=http://host:port/path")]
+    Syntax(String),
+}
+
+/// What to do after a document was written (`OUTRIDER_CONFIG_RELOAD`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadAction {
+    /// `kill -HUP $(cat pidfile)`.
+    Sighup(PathBuf),
+    /// `POST url` with an empty body (e.g. Prometheus' `/-/reload`).
+    Post(String),
+}
+
+/// Reload hooks by document name; `*` applies to every document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadHooks(Vec<(String, ReloadAction)>);
+
+impl ReloadHooks {
+    /// Parses `name=sighup:/run/app.pid,*=http://127.0.0.1:8080/-/reload`.
+    pub fn parse(spec: &str) -> Result<Self, ReloadSpecError> {
+        let mut hooks = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = || ReloadSpecError::Syntax(item.to_owned());
+            let (name, action) = item.split_once('=').ok_or_else(bad)?;
+            let name = name.trim();
+            if name != "*" && outrider_policy::validate_config_name(name).is_err() {
+                return Err(bad());
+            }
+            let action = action.trim();
+            let action = if let Some(pidfile) = action.strip_prefix("sighup:") {
+                if !pidfile.starts_with('/') {
+                    return Err(bad());
+                }
+                ReloadAction::Sighup(PathBuf::from(pidfile))
+            } else if action.starts_with("http://") || action.starts_with("https://") {
+                ReloadAction::Post(action.to_owned())
+            } else {
+                return Err(bad());
+            };
+            hooks.push((name.to_owned(), action));
+        }
+        Ok(Self(hooks))
+    }
+
+    fn for_doc<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ReloadAction> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == "*" || n == name)
+            .map(|(_, a)| a)
+    }
+}
+
+/// The config-document owner: the directory, the manifest and the current set.
+pub struct ConfigDocs {
+    dir: PathBuf,
+    manifest: PathBuf,
+    hooks: ReloadHooks,
+    current: watch::Sender<Arc<DocSet>>,
+    http: reqwest::Client,
+}
+
+impl ConfigDocs {
+    pub fn new(dir: PathBuf, state_dir: &Path, hooks: ReloadHooks) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            manifest: state_dir.join(MANIFEST),
+            hooks,
+            current: watch::channel(Arc::new(DocSet::new())).0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<DocSet> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<DocSet>> {
+        self.current.subscribe()
+    }
+
+    /// Follows applied snapshots until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, state: Arc<SidecarState>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut changes = state.subscribe();
+        tokio::pin!(shutdown);
+        loop {
+            // Mark seen before reading, so a swap during the sync is not missed.
+            changes.borrow_and_update();
+            let set: DocSet = state.applied.load().as_ref().map_or_else(DocSet::new, |a| {
+                a.configs
+                    .iter()
+                    .map(|c| {
+                        let doc = Doc {
+                            content_type: c.content_type.clone(),
+                            content: c.content.clone(),
+                            revision: c.revision,
+                        };
+                        (c.name.clone(), Arc::new(doc))
+                    })
+                    .collect()
+            });
+            // Nothing applied yet: leave whatever an earlier run wrote in place.
+            if state.applied.load().is_some() {
+                self.sync(set).await;
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Makes the directory match `set`, publishes it, then runs reload hooks for the
+    /// documents that changed.
+    pub async fn sync(&self, set: DocSet) {
+        let this_dir = self.dir.clone();
+        let manifest = self.manifest.clone();
+        let wanted = set.clone();
+        let written = tokio::task::spawn_blocking(move || write_all(&this_dir, &manifest, &wanted)).await;
+        let written = match written {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                warn!(dir = %self.dir.display(), error = %e, "could not write config documents");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(error = %e, "config writer task failed");
+                Vec::new()
+            }
+        };
+        self.current.send_if_modified(|cur| {
+            let changed = **cur != set;
+            *cur = Arc::new(set);
+            changed
+        });
+        for name in written {
+            for action in self.hooks.for_doc(&name) {
+                self.reload(&name, action).await;
+            }
+        }
+    }
+
+    async fn reload(&self, name: &str, action: &ReloadAction) {
+        match action {
+            ReloadAction::Sighup(pidfile) => match send_sighup(pidfile) {
+                Ok(pid) => info!(doc = name, pid, "sent SIGHUP after a config change"),
+                Err(e) => warn!(doc = name, pidfile = %pidfile.display(), error = %e, "reload hook failed"),
+            },
+            ReloadAction::Post(url) => match self.http.post(url).send().await {
+                Ok(r) if r.status().is_success() => info!(doc = name, %url, "posted reload after a config change"),
+                Ok(r) => warn!(doc = name, %url, status = %r.status(), "reload hook answered with an error"),
+                Err(e) => warn!(doc = name, %url, error = %e, "reload hook failed"),
+            },
+        }
+    }
+
+    /// Routes for the admin port.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new().route("/config/{name}", get(get_config)).with_state(self)
+    }
+}
+
+/// Writes the documents whose revision differs from the manifest (or whose file is
+/// missing), removes manifest entries no longer wanted, saves the manifest. Returns
+/// the names written.
+fn write_all(dir: &Path, manifest_path: &Path, set: &DocSet) -> std::io::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    let mut manifest: BTreeMap<String, u64> = std::fs::read(manifest_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut written = Vec::new();
+    for (name, doc) in set {
+        // Names were validated by the control plane; check again, since this one
+        // becomes a path.
+        if outrider_policy::validate_config_name(name).is_err() {
+            warn!(name, "skipping a config document whose name is not a file name");
+            continue;
+        }
+        let path = dir.join(name);
+        if manifest.get(name) == Some(&doc.revision) && path.exists() {
+            continue;
+        }
+        write_atomically(&path, &doc.content)?;
+        manifest.insert(name.clone(), doc.revision);
+        written.push(name.clone());
+    }
+    let gone: Vec<String> = manifest.keys().filter(|n| !set.contains_key(*n)).cloned().collect();
+    for name in gone {
+        match std::fs::remove_file(dir.join(&name)) {
+            Ok(()) => info!(name, "removed a deleted config document"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        manifest.remove(&name);
+    }
+    if let Some(parent) = manifest_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_atomically(manifest_path, &serde_json::to_vec(&manifest).unwrap_or_default())?;
+    Ok(written)
+}
+
+/// Temp file in the same directory, fsync, rename: a reader sees the old file or
+/// the new one, never half of one.
+pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("doc");
+    let tmp = path.with_file_name(format!(".{name}.outrider-tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn send_sighup(pidfile: &Path) -> std::io::Result<i32> {
+    let text = std::fs::read_to_string(pidfile)?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "pid file holds no pid"))?;
+    // SAFETY: kill(2) with a positive pid and a valid signal number has no memory
+    // effects on this process.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+        Ok(pid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// `GET /config/{name}`: 200 with the document and its `ETag`; `If-None-Match` with
+/// the current tag gives 304 — at once, or after `?wait=` when nothing changed. A
+/// change during the wait answers at once with the new document (or 404 if it was
+/// deleted).
+async fn get_config(
+    State(docs): State<Arc<ConfigDocs>>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(m) = outrider_policy::validate_config_name(&name) {
+        return (StatusCode::BAD_REQUEST, m).into_response();
+    }
+    let wait = match q.wait.as_deref().map(str::parse::<outrider_policy::Duration>) {
+        None => None,
+        Some(Ok(d)) => Some(d.as_std().min(MAX_WAIT)),
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "wait: expected a duration such as \"30s\"\n").into_response();
+        }
+    };
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let tag_of = |set: &DocSet| set.get(&name).map(|d| d.etag());
+    let mut rx = docs.subscribe();
+    let now = rx.borrow_and_update().clone();
+    let unchanged = |set: &DocSet| {
+        inm.as_deref()
+            .is_some_and(|inm| etag_matches(inm, tag_of(set).as_deref()))
+    };
+    let set = if unchanged(&now) {
+        match wait {
+            None => return not_modified(&now, &name),
+            Some(wait) => match tokio::time::timeout(wait, rx.wait_for(|s| !unchanged(s))).await {
+                Ok(Ok(set)) => set.clone(),
+                // Timed out (or the owner is gone): still the same document.
+                _ => return not_modified(&now, &name),
+            },
+        }
+    } else {
+        now
+    };
+    match set.get(&name) {
+        Some(doc) => {
+            let mut r = (StatusCode::OK, doc.content.clone()).into_response();
+            let h = r.headers_mut();
+            if let Ok(ct) = HeaderValue::from_str(&doc.content_type) {
+                h.insert(header::CONTENT_TYPE, ct);
+            }
+            if let Ok(tag) = HeaderValue::from_str(&doc.etag()) {
+                h.insert(header::ETAG, tag);
+            }
+            r
+        }
+        None => (StatusCode::NOT_FOUND, format!("no config document {name:?}\n")).into_response(),
+    }
+}
+
+/// A document that is absent matches no tag, so `If-None-Match` on a deleted
+/// document is answered 404, not 304.
+fn etag_matches(if_none_match: &str, current: Option<&str>) -> bool {
+    let Some(current) = current else { return false };
+    if_none_match
+        .split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == current)
+}
+
+fn not_modified(set: &DocSet, name: &str) -> Response {
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    if let Some(tag) = set.get(name).and_then(|d| HeaderValue::from_str(&d.etag()).ok()) {
+        r.headers_mut().insert(header::ETAG, tag);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn doc(rev: u64, body: &str) -> Arc<Doc> {
+        Arc::new(Doc {
+            content_type: "text/plain".into(),
+            content: Bytes::copy_from_slice(body.as_bytes()),
+            revision: rev,
+        })
+    }
+
+    fn set(items: &[(&str, Arc<Doc>)]) -> DocSet {
+        items.iter().map(|(n, d)| (n.to_string(), d.clone())).collect()
+    }
+
+    async fn get(docs: &Arc<ConfigDocs>, uri: &str, inm: Option<&str>) -> (StatusCode, Option<String>, String) {
+        let mut req = Request::get(uri);
+        if let Some(t) = inm {
+            req = req.header("if-none-match", t);
+        }
+        let r = docs
+            .clone()
+            .router()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let tag = r.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, tag, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn documents_are_written_and_deleted_ones_removed_but_foreign_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cfg");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("mine-not"), "operator's file").unwrap();
+        let docs = ConfigDocs::new(cfg.clone(), dir.path(), ReloadHooks::default());
+        docs.sync(set(&[("a.yaml", doc(1, "a: 1")), ("b.txt", doc(2, "bee"))]))
+            .await;
+        assert_eq!(std::fs::read_to_string(cfg.join("a.yaml")).unwrap(), "a: 1");
+        assert_eq!(std::fs::read_to_string(cfg.join("b.txt")).unwrap(), "bee");
+
+        docs.sync(set(&[("a.yaml", doc(3, "a: 2"))])).await;
+        assert_eq!(std::fs::read_to_string(cfg.join("a.yaml")).unwrap(), "a: 2");
+        assert!(!cfg.join("b.txt").exists());
+        assert!(cfg.join("mine-not").exists(), "files the sidecar did not write stay");
+        let left: Vec<_> = std::fs::read_dir(&cfg)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no temp files left behind: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn admin_endpoint_serves_etag_and_304_and_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), ReloadHooks::default());
+        docs.sync(set(&[("app.json", doc(5, "{}"))])).await;
+        assert_eq!(
+            get(&docs, "/config/app.json", None).await,
+            (StatusCode::OK, Some("\"5\"".into()), "{}".into())
+        );
+        let (status, tag, _) = get(&docs, "/config/app.json", Some("\"5\"")).await;
+        assert_eq!((status, tag.as_deref()), (StatusCode::NOT_MODIFIED, Some("\"5\"")));
+        assert_eq!(get(&docs, "/config/nope", None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get(&docs, "/config/..", None).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            get(&docs, "/config/app.json?wait=soon", None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn long_poll_returns_when_the_document_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), ReloadHooks::default());
+        docs.sync(set(&[("app.json", doc(5, "old"))])).await;
+        let poll = tokio::spawn({
+            let docs = docs.clone();
+            async move { get(&docs, "/config/app.json?wait=60s", Some("\"5\"")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!poll.is_finished(), "the poll waits while nothing changes");
+        docs.sync(set(&[("app.json", doc(6, "new"))])).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), poll)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, (StatusCode::OK, Some("\"6\"".into()), "new".into()));
+    }
+
+    #[tokio::test]
+    async fn long_poll_times_out_with_304() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), ReloadHooks::default());
+        docs.sync(set(&[("app.json", doc(5, "old"))])).await;
+        let r = get(&docs, "/config/app.json?wait=100ms", Some("\"5\"")).await;
+        assert_eq!(r.0, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn reload_hook_sends_sighup_to_the_pid_in_the_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfile = dir.path().join("app.pid");
+        std::fs::write(&pidfile, child.id().to_string()).unwrap();
+        let hooks = ReloadHooks::parse(&format!("app.json=sighup:{}", pidfile.display())).unwrap();
+        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), hooks);
+        docs.sync(set(&[("other", doc(1, "x"))])).await;
+        assert!(child.try_wait().unwrap().is_none(), "no hook for other documents");
+        docs.sync(set(&[("app.json", doc(2, "x"))])).await;
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGHUP));
+    }
+
+    #[test]
+    fn reload_specs_parse_or_name_the_bad_item() {
+        let h = ReloadHooks::parse("a.yaml=sighup:/run/app.pid, *=http://127.0.0.1:8080/-/reload").unwrap();
+        assert_eq!(
+            h.0,
+            vec![
+                ("a.yaml".into(), ReloadAction::Sighup("/run/app.pid".into())),
+                ("*".into(), ReloadAction::Post("http://127.0.0.1:8080/-/reload".into())),
+            ]
+        );
+        for bad in ["a.yaml", "a=sighup:rel.pid", "a=ftp://x", "../x=http://h/"] {
+            assert!(ReloadHooks::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

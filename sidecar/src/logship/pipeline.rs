@@ -1,0 +1,372 @@
+//! The shipper: one owner task that follows the applied `LoggingPolicy` and runs a
+//! reader (files + access records → batches) and a sender (batches → sink, spool on
+//! failure, checkpoint on success) for it. A policy change stops both and starts
+//! them again on the new policy; positions and spool carry over through the state
+//! directory, so a change (or a crash) costs at most duplicates.
+
+use super::access::{self, AccessRecord};
+use super::parse::{enrich, Parser};
+use super::sink::{Record, SinkClient, SinkError};
+use super::spool::{Batch, Spool};
+use super::tail::{Position, Tailer};
+use super::{now_ms, rfc3339_millis, Figures, Identity};
+use crate::state::SidecarState;
+use outrider_policy::LoggingPolicy;
+use rand::Rng;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+use tracing::{info, warn, Instrument};
+
+/// How often globs are matched again (new files, rotation, truncation).
+const SCAN_EVERY: Duration = Duration::from_millis(250);
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+const CHECKPOINT: &str = "log-positions.json";
+const SPOOL: &str = "log-spool";
+
+pub struct Shipper {
+    pub identity: Identity,
+    pub state_dir: PathBuf,
+    /// Bound of the on-disk spool (`OUTRIDER_LOG_BUFFER_BYTES`).
+    pub buffer_bytes: u64,
+    pub state: Arc<SidecarState>,
+}
+
+impl Shipper {
+    /// Follows applied snapshots until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Some(access_rx) = self.state.logs.take_access_receiver() else {
+            warn!("log shipping already runs");
+            return;
+        };
+        let access_rx = Arc::new(Mutex::new(access_rx));
+        let mut changes = self.state.subscribe();
+        let mut current: Option<(LoggingPolicy, tokio::task::JoinHandle<()>)> = None;
+        tokio::pin!(shutdown);
+        loop {
+            changes.borrow_and_update();
+            let policy = self.state.applied.load().as_ref().and_then(|a| a.logging.clone());
+            if current.as_ref().map(|(p, _)| p) != policy.as_ref() {
+                if let Some((_, task)) = current.take() {
+                    task.abort();
+                    let _ = task.await;
+                }
+                if let Some(policy) = policy {
+                    info!("log shipping starts on the applied logging policy");
+                    let task = tokio::spawn(
+                        pipeline(
+                            policy.clone(),
+                            self.identity.clone(),
+                            self.state_dir.clone(),
+                            self.buffer_bytes,
+                            Arc::clone(&self.state),
+                            Arc::clone(&access_rx),
+                        )
+                        .instrument(tracing::info_span!("logship")),
+                    );
+                    current = Some((policy, task));
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                () = &mut shutdown => break,
+            }
+        }
+        if let Some((_, task)) = current {
+            task.abort();
+        }
+    }
+}
+
+async fn pipeline(
+    policy: LoggingPolicy,
+    identity: Identity,
+    state_dir: PathBuf,
+    buffer_bytes: u64,
+    state: Arc<SidecarState>,
+    access_rx: Arc<Mutex<mpsc::Receiver<AccessRecord>>>,
+) {
+    let mut sources = Vec::new();
+    for l in &policy.app_logs {
+        match Parser::compile(l) {
+            Ok(p) => sources.push((l.path.clone(), p)),
+            // Validated by the control plane already; only a changed regex engine
+            // could get here.
+            Err(e) => warn!(path = %l.path, error = %e, "skipping an app log source"),
+        }
+    }
+    let checkpoint = state_dir.join(CHECKPOINT);
+    let resume = load_positions(&checkpoint);
+    let spool = match Spool::open(&state_dir.join(SPOOL), buffer_bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot open the log spool; log shipping is off");
+            return;
+        }
+    };
+    let sink = SinkClient::new(&policy.sink, identity.clone());
+    // One batch in hand on each side: the reader waits (backpressure) while the
+    // sender is busy or the spool is full.
+    let (tx, rx) = mpsc::channel::<Batch>(1);
+    let parsers: Vec<Parser> = sources.iter().map(|(_, p)| p.clone()).collect();
+    let reader = read_loop(
+        Tailer::new(sources, resume),
+        parsers,
+        policy,
+        identity,
+        Arc::clone(&state),
+        access_rx,
+        tx,
+    );
+    let sender = send_loop(rx, spool, sink, state, checkpoint);
+    tokio::join!(reader, sender);
+}
+
+async fn read_loop(
+    mut tailer: Tailer,
+    parsers: Vec<Parser>,
+    policy: LoggingPolicy,
+    identity: Identity,
+    state: Arc<SidecarState>,
+    access_rx: Arc<Mutex<mpsc::Receiver<AccessRecord>>>,
+    tx: mpsc::Sender<Batch>,
+) {
+    let figures = &state.logs.figures;
+    let mut access_rx = access_rx.lock().await;
+    let batch_size = policy.sink.batch_size as usize;
+    let flush = policy.sink.flush_interval.as_std();
+    let format = policy.access_log.format;
+    let redact: Vec<String> = policy
+        .access_log
+        .redact_headers
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let has_files = !policy.app_logs.is_empty();
+    let mut records: Vec<Record> = Vec::with_capacity(batch_size);
+    let mut deadline = Instant::now() + flush;
+    let mut next_scan = Instant::now();
+    loop {
+        if has_files && Instant::now() >= next_scan {
+            tailer.scan();
+            next_scan = Instant::now() + SCAN_EVERY;
+        }
+        let mut read = 0;
+        if has_files {
+            let now = now_ms();
+            let mut emit = |line: super::tail::Line<'_>| {
+                let mut m = parsers[line.source].parse(line.text);
+                redact_fields(&mut m, &redact);
+                m.entry("timestamp").or_insert_with(|| rfc3339_millis(now).into());
+                m.entry("source").or_insert_with(|| "app".into());
+                m.entry("file").or_insert_with(|| line.path.into());
+                enrich(&mut m, &identity);
+                records.push(Record {
+                    unix_ms: now,
+                    json: Value::Object(m).to_string(),
+                });
+            };
+            read = tailer.read(&mut emit);
+            figures.lines_read.fetch_add(read, Ordering::Relaxed);
+        }
+        while records.len() < batch_size {
+            match access_rx.try_recv() {
+                Ok(r) => {
+                    figures.access_records.fetch_add(1, Ordering::Relaxed);
+                    push_access(&mut records, &r, format, &identity);
+                }
+                Err(_) => break,
+            }
+        }
+        let due = Instant::now() >= deadline;
+        if records.len() >= batch_size || (due && !records.is_empty()) {
+            let batch = Batch {
+                records: std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
+                positions: tailer.positions(),
+            };
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+            deadline = Instant::now() + flush;
+            continue;
+        }
+        if due {
+            deadline = Instant::now() + flush;
+        }
+        if read > 0 || (has_files && tailer.behind()) {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // Idle: wake for an access record, the batch deadline or the next scan.
+        let wake = if has_files { next_scan.min(deadline) } else { deadline };
+        tokio::select! {
+            r = access_rx.recv() => match r {
+                Some(r) => {
+                    figures.access_records.fetch_add(1, Ordering::Relaxed);
+                    push_access(&mut records, &r, format, &identity);
+                }
+                None => return,
+            },
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+fn push_access(records: &mut Vec<Record>, r: &AccessRecord, format: outrider_policy::LogFormat, id: &Identity) {
+    let m = access::to_json(r, format, id);
+    records.push(Record {
+        unix_ms: r.unix_ms,
+        json: Value::Object(m).to_string(),
+    });
+}
+
+/// Fields of an app's JSON record named like a redacted header are masked too: an
+/// app that logs its request headers must not leak what the access log hides.
+fn redact_fields(m: &mut serde_json::Map<String, Value>, redact: &[String]) {
+    if redact.is_empty() {
+        return;
+    }
+    for (k, v) in m.iter_mut() {
+        if redact.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+            *v = access::REDACTED.into();
+        } else if let Value::Object(inner) = v {
+            for (k2, v2) in inner.iter_mut() {
+                if redact.iter().any(|r| r.eq_ignore_ascii_case(k2)) {
+                    *v2 = access::REDACTED.into();
+                }
+            }
+        }
+    }
+}
+
+async fn send_loop(
+    mut rx: mpsc::Receiver<Batch>,
+    mut spool: Spool,
+    sink: SinkClient,
+    state: Arc<SidecarState>,
+    checkpoint: PathBuf,
+) {
+    let figures = &state.logs.figures;
+    let mut attempt = 0u32;
+    let mut open = true;
+    loop {
+        figures.buffered_bytes.store(spool.bytes(), Ordering::Relaxed);
+        if spool.is_empty() {
+            if !open {
+                return;
+            }
+            let Some(batch) = rx.recv().await else { return };
+            figures.buffered_bytes.store(batch.bytes(), Ordering::Relaxed);
+            match deliver(&sink, &batch, figures, &checkpoint).await {
+                Ok(()) => attempt = 0,
+                Err(()) => {
+                    if let Err(e) = spool.push(&batch) {
+                        // Cannot buffer on disk: keep retrying this batch in hand
+                        // rather than lose it; the reader waits meanwhile.
+                        warn!(error = %e, "cannot spool a batch; retrying it from memory");
+                        retry_in_memory(&sink, batch, figures, &checkpoint).await;
+                    }
+                    attempt = 1;
+                }
+            }
+            continue;
+        }
+        // The sink failed recently: deliver the spool in order, oldest first.
+        let head = match spool.front() {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "dropping an unreadable spooled batch");
+                spool.pop_front();
+                continue;
+            }
+        };
+        if deliver(&sink, &head, figures, &checkpoint).await.is_ok() {
+            spool.pop_front();
+            if spool.is_empty() {
+                info!("log sink recovered; spool delivered");
+            }
+            attempt = 0;
+            continue;
+        }
+        attempt = attempt.saturating_add(1);
+        let wait = tokio::time::sleep(backoff(attempt));
+        tokio::pin!(wait);
+        // While waiting, take new batches into the spool as long as it has room;
+        // when it is full the reader blocks instead of memory growing.
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                b = rx.recv(), if open && spool.has_room(0) => match b {
+                    Some(b) => {
+                        if let Err(e) = spool.push(&b) {
+                            warn!(error = %e, "cannot spool a batch; retrying it from memory");
+                            retry_in_memory(&sink, b, figures, &checkpoint).await;
+                        }
+                        figures.buffered_bytes.store(spool.bytes(), Ordering::Relaxed);
+                    }
+                    None => open = false,
+                },
+            }
+        }
+    }
+}
+
+/// Sends one batch; on success checkpoints its positions.
+async fn deliver(sink: &SinkClient, batch: &Batch, figures: &Figures, checkpoint: &Path) -> Result<(), ()> {
+    let n = batch.records.len() as u64;
+    match sink.send(&batch.records).await {
+        Ok(()) => {
+            figures.shipped.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(SinkError::Refused(e)) => {
+            figures.sink_errors.fetch_add(1, Ordering::Relaxed);
+            figures.dropped.fetch_add(n, Ordering::Relaxed);
+            warn!(error = %e, records = n, "the sink refused a batch");
+        }
+        Err(e @ SinkError::Retry(_)) => {
+            figures.sink_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, records = n, "log delivery failed");
+            return Err(());
+        }
+    }
+    save_positions(checkpoint, &batch.positions);
+    Ok(())
+}
+
+async fn retry_in_memory(sink: &SinkClient, batch: Batch, figures: &Figures, checkpoint: &Path) {
+    let mut attempt = 1;
+    while deliver(sink, &batch, figures, checkpoint).await.is_err() {
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// Exponential backoff with full jitter.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = RETRY_BASE.saturating_mul(1u32 << attempt.min(16)).min(RETRY_CAP);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+fn load_positions(path: &Path) -> Vec<Position> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_positions(path: &Path, positions: &[Position]) {
+    let data = serde_json::to_vec(positions).unwrap_or_default();
+    let tmp = path.with_extension("tmp");
+    // No fsync: after a power loss an older checkpoint means duplicates, not loss.
+    let r = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        warn!(path = %path.display(), error = %e, "cannot save log positions");
+    }
+}
