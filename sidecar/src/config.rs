@@ -41,9 +41,25 @@ pub struct Config {
     /// Registration token (OUTRIDER_REGISTRATION_TOKEN on the control plane).
     #[arg(long, env = "OUTRIDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How the inbound proxy talks to the app: `http1` (pooled HTTP/1.1) or `h2c`
+    /// (HTTP/2 with prior knowledge, for gRPC apps: trailers reach the caller).
+    #[arg(long, env = "OUTRIDER_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
+    pub app_protocol: AppProtocol,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+}
+
+/// The protocol the app speaks on `OUTRIDER_APP_PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AppProtocol {
+    /// HTTP/1.1; requests that arrived over HTTP/2 are translated (trailers are lost).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge; every request reaches the app as
+    /// HTTP/2, so gRPC status trailers pass through. Upgrades (WebSocket) still use
+    /// HTTP/1.1, the only version they exist in.
+    H2c,
 }
 
 impl Config {
