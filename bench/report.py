@@ -18,7 +18,9 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-TARGETS = ["direct", "nginx", "sidecar"]
+TARGETS = ["direct", "nginx", "sidecar", "nginx-nginx", "sidecar-sidecar"]
+# (proxy path, its nginx baseline): one hop (inbound) and two hops (outbound → inbound).
+PAIRS = [("sidecar", "nginx"), ("sidecar-sidecar", "nginx-nginx")]
 
 
 def rps(wrk):
@@ -208,8 +210,8 @@ def summarize(records, clk_tck):
     return summary
 
 
-def ratios(summary):
-    d, n, s = (summary.get(t) for t in TARGETS)
+def compare(d, n, s):
+    """Ratios of one proxy path `s` and its nginx baseline `n` against direct `d`."""
     out = {}
     if d and n:
         out["nginxVsDirectThroughput"] = n["throughputRps"] / d["throughputRps"]
@@ -221,14 +223,22 @@ def ratios(summary):
         out["sidecarAddedP99Us"] = s["c1"]["p99Us"] - d["c1"]["p99Us"]
     if n and s:
         out["sidecarVsNginxThroughput"] = s["throughputRps"] / n["throughputRps"]
-        if out["nginxAddedP50Us"] > 0:
+        if out.get("nginxAddedP50Us", 0) > 0:
             out["sidecarVsNginxAddedP50"] = out["sidecarAddedP50Us"] / out["nginxAddedP50Us"]
-        if out["nginxAddedP99Us"] > 0:
+        if out.get("nginxAddedP99Us", 0) > 0:
             out["sidecarVsNginxAddedP99"] = out["sidecarAddedP99Us"] / out["nginxAddedP99Us"]
         if n.get("proxyCpuUsPerRequest") and s.get("proxyCpuUsPerRequest") is not None:
-            out["sidecarVsNginxCpuPerRequest"] = (
-                s["proxyCpuUsPerRequest"] / n["proxyCpuUsPerRequest"]
-            )
+            out["sidecarVsNginxCpuPerRequest"] = s["proxyCpuUsPerRequest"] / n["proxyCpuUsPerRequest"]
+    return out
+
+
+def ratios(summary):
+    """One-hop ratios at the top level (as before); the two-hop ones under `twoHops`."""
+    d = summary.get("direct")
+    out = compare(d, summary.get("nginx"), summary.get("sidecar"))
+    two = compare(d, summary.get("nginx-nginx"), summary.get("sidecar-sidecar"))
+    if two:
+        out["twoHops"] = two
     return out
 
 
@@ -340,25 +350,28 @@ def cmd_markdown(args):
     errs = {t: s["throughputErrors"] + s["c1"]["errors"] for t, s in summary.items()}
     if any(errs.values()):
         lines += ["", f"**Errors (socket errors or non-2xx) during the run:** {errs}"]
-    if "sidecarVsNginxThroughput" in r:
+    for (proxy, base), rr in zip(PAIRS, (r, r.get("twoHops", {}))):
+        if "sidecarVsNginxThroughput" not in rr or "sidecarAddedP50Us" not in rr:
+            continue
         lines += [
             "",
-            "| sidecar vs nginx | value |",
+            f"| {proxy} vs {base} | value |",
             "|---|--:|",
-            f"| throughput ratio (sidecar / nginx) | {r['sidecarVsNginxThroughput']:.2f} |",
-            f"| added p50 at c=1 (sidecar − direct vs nginx − direct) | "
-            f"{r['sidecarAddedP50Us']:+,.0f} µs vs {r['nginxAddedP50Us']:+,.0f} µs"
-            f" ({fmt(r.get('sidecarVsNginxAddedP50'), '.2f', '×')}) |",
-            f"| added p99 at c=1 | {r['sidecarAddedP99Us']:+,.0f} µs vs "
-            f"{r['nginxAddedP99Us']:+,.0f} µs ({fmt(r.get('sidecarVsNginxAddedP99'), '.2f', '×')}) |",
-            f"| proxy CPU per request (sidecar / nginx) | "
-            f"{fmt(r.get('sidecarVsNginxCpuPerRequest'), '.2f', '×')} |",
+            f"| throughput ratio ({proxy} / {base}) | {rr['sidecarVsNginxThroughput']:.2f} |",
+            f"| added p50 at c=1 ({proxy} − direct vs {base} − direct) | "
+            f"{rr['sidecarAddedP50Us']:+,.0f} µs vs {rr['nginxAddedP50Us']:+,.0f} µs"
+            f" ({fmt(rr.get('sidecarVsNginxAddedP50'), '.2f', '×')}) |",
+            f"| added p99 at c=1 | {rr['sidecarAddedP99Us']:+,.0f} µs vs "
+            f"{rr['nginxAddedP99Us']:+,.0f} µs ({fmt(rr.get('sidecarVsNginxAddedP99'), '.2f', '×')}) |",
+            f"| proxy CPU per request ({proxy} / {base}) | "
+            f"{fmt(rr.get('sidecarVsNginxCpuPerRequest'), '.2f', '×')} |",
         ]
     lines += [
         "",
         f"nginx: {p.get('BENCH_SERVER_THREADS') or 1} worker(s); sidecar: "
         f"OUTRIDER_WORKER_THREADS={p.get('BENCH_SERVER_THREADS') or 1}. RSS is VmRSS from /proc: the "
-        "sidecar process; nginx master + worker(s) (per process in the results JSON).",
+        "sidecar process; nginx master + worker(s) (per process in the results JSON). Two-hop paths "
+        "(nginx-nginx, sidecar-sidecar) count both proxies: CPU per request and RSS are the sums.",
     ]
     print("\n".join(lines))
 

@@ -3,11 +3,15 @@
 #   direct   wrk -> echo app
 #   nginx    wrk -> nginx (1 worker, keepalive upstream) -> echo app
 #   sidecar  wrk -> outrider-sidecar inbound (rate limiter active, never denying) -> echo app
+# With --outbound, also the outbound path (app -> sidecar -> sidecar -> app) and its baseline:
+#   nginx-nginx      wrk -> nginx -> nginx -> echo app (two nginx instances, keepalive hops)
+#   sidecar-sidecar  wrk -> caller sidecar's outbound (Host: bench) -> callee sidecar inbound -> echo app
 # For each: throughput (wrk -c$BENCH_CONNECTIONS), latency at concurrency 1, CPU time per
 # request of the proxy processes, and RSS (idle, after load, peak).
 #
-# Usage: bash bench/run.sh [--baseline-only]
-#   --baseline-only   skip the control plane and sidecar (direct and nginx only)
+# Usage: bash bench/run.sh [--baseline-only] [--outbound]
+#   --baseline-only   skip the control plane and sidecars (direct and nginx paths only)
+#   --outbound        add the two-hop paths nginx-nginx and sidecar-sidecar
 #
 # Knobs (environment):
 #   BENCH_DURATION=10s      length of each measured wrk run
@@ -33,9 +37,11 @@ PROFILE=${BENCH_PROFILE:-release}
 BIN="$ROOT/target/$PROFILE"
 
 BASELINE_ONLY=0
+OUTBOUND=0
 for arg in "$@"; do
   case "$arg" in
     --baseline-only) BASELINE_ONLY=1 ;;
+    --outbound) OUTBOUND=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
@@ -145,54 +151,73 @@ PIDS+=("$ECHO_PID")
 wait_http "http://127.0.0.1:$ECHO_PORT/healthz" 10 "$WORK/echo.log"
 
 # ---------------------------------------------------------------- peer proxy: nginx
-NGINX_PORT=$(free_port)
-mkdir -p "$WORK/nginx/tmp"
-chmod -R 777 "$WORK/nginx/tmp"
-cat >"$WORK/nginx/nginx.conf" <<EOF
+# start_nginx NAME LISTEN_PORT UPSTREAM_PORT: an nginx in $WORK/NAME proxying to
+# 127.0.0.1:UPSTREAM_PORT; sets NGINX_STARTED_PIDS to "master worker(s)".
+start_nginx() {
+  local name=$1 port=$2 upstream=$3 dir="$WORK/$1" master workers
+  mkdir -p "$dir/tmp"
+  chmod -R 777 "$dir/tmp"
+  cat >"$dir/nginx.conf" <<EOF
 # As many workers as the sidecar has runtime threads (default 1), on the same CPU(s).
 worker_processes $SERVER_THREADS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
   # Never close a benchmark connection because of a request count.
   keepalive_requests 1000000;
   keepalive_timeout 75s;
-  upstream echo {
-    server 127.0.0.1:$ECHO_PORT;
+  upstream next_hop {
+    server 127.0.0.1:$upstream;
     keepalive 64;
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$NGINX_PORT;
+    listen 127.0.0.1:$port;
     location / {
-      proxy_pass http://echo;
+      proxy_pass http://next_hop;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }
   }
 }
 EOF
-log "nginx on 127.0.0.1:$NGINX_PORT ($SERVER_THREADS worker(s), CPUs $BENCH_SERVER_CPUS)"
-taskset -c "$BENCH_SERVER_CPUS" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" \
-  -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_http "http://127.0.0.1:$NGINX_PORT/healthz" 10 "$WORK/nginx/error.log"
-NGINX_WORKERS=$(children "$NGINX_PID")
-[[ -n "$NGINX_WORKERS" ]] || { log "no nginx worker found"; exit 1; }
-NGINX_WORKERS=$(echo $NGINX_WORKERS)
+  log "$name on 127.0.0.1:$port -> 127.0.0.1:$upstream ($SERVER_THREADS worker(s), CPUs $BENCH_SERVER_CPUS)"
+  taskset -c "$BENCH_SERVER_CPUS" nginx -p "$dir" -e "$dir/error.log" \
+    -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
+  master=$!
+  PIDS+=("$master")
+  wait_http "http://127.0.0.1:$port/healthz" 10 "$dir/error.log"
+  workers=$(children "$master")
+  [[ -n "$workers" ]] || { log "no $name worker found"; exit 1; }
+  NGINX_STARTED_PIDS="$master $(echo $workers)"
+}
+
+NGINX_PORT=$(free_port)
+start_nginx nginx "$NGINX_PORT" "$ECHO_PORT"
+NGINX_PIDS=$NGINX_STARTED_PIDS
 
 # ---------------------------------------------------------------- Outrider
 TARGETS=(direct nginx)
 declare -A URL=([direct]="http://127.0.0.1:$ECHO_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/")
-declare -A PROXY_PIDS=([direct]="" [nginx]="$NGINX_PID $NGINX_WORKERS")
+declare -A PROXY_PIDS=([direct]="" [nginx]="$NGINX_PIDS")
+# The Host header a path needs (the outbound proxy routes by Host); none for the others.
+declare -A HOST_HEADER=()
+
+if ((OUTBOUND)); then
+  # The front nginx proxies to the first one, which proxies to the echo app.
+  NGINX2_PORT=$(free_port)
+  start_nginx nginx-front "$NGINX2_PORT" "$NGINX_PORT"
+  TARGETS+=(nginx-nginx)
+  URL[nginx-nginx]="http://127.0.0.1:$NGINX2_PORT/"
+  PROXY_PIDS[nginx-nginx]="$NGINX_STARTED_PIDS $NGINX_PIDS"
+fi
 
 if ((!BASELINE_ONLY)); then
   CP_GRPC=$(free_port); CP_HTTP=$(free_port)
@@ -205,7 +230,7 @@ if ((!BASELINE_ONLY)); then
   wait_http "http://127.0.0.1:$CP_HTTP/healthz" 30 "$WORK/cp.log"
 
   log "sidecar: inbound 127.0.0.1:$SC_IN, admin 127.0.0.1:$SC_ADMIN ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
-  OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench \
+  OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench OUTRIDER_POD_NAME=bench-1 \
     OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$SC_IN" \
     OUTRIDER_ADMIN_ADDR="127.0.0.1:$SC_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$SC_OUT" \
     OUTRIDER_STATE_DIR="$WORK/sidecar" OUTRIDER_CONFIG_DIR="$WORK/sidecar/config" \
@@ -235,19 +260,57 @@ if ((!BASELINE_ONLY)); then
   TARGETS+=(sidecar)
   URL[sidecar]="http://127.0.0.1:$SC_IN/"
   PROXY_PIDS[sidecar]="$SIDECAR_PID"
+
+  if ((OUTBOUND)); then
+    # The caller: a sidecar of another service whose app (the same echo process, idle
+    # here) calls `bench` through the outbound port, as an app in the mesh would.
+    CL_IN=$(free_port); CL_ADMIN=$(free_port); CL_OUT=$(free_port)
+    mkdir -p "$WORK/caller"
+    log "caller sidecar: outbound 127.0.0.1:$CL_OUT, admin 127.0.0.1:$CL_ADMIN ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
+    OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench-client \
+      OUTRIDER_POD_NAME=bench-client-1 \
+      OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$CL_IN" \
+      OUTRIDER_ADMIN_ADDR="127.0.0.1:$CL_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$CL_OUT" \
+      OUTRIDER_STATE_DIR="$WORK/caller" OUTRIDER_CONFIG_DIR="$WORK/caller/config" \
+      OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
+      taskset -c "$BENCH_SERVER_CPUS" "$BIN/outrider-sidecar" >"$WORK/caller.log" 2>&1 &
+    CALLER_PID=$!
+    PIDS+=("$CALLER_PID")
+    wait_http "http://127.0.0.1:$CL_ADMIN/readyz" 30 "$WORK/caller.log"
+    log "waiting for the caller to route Host: bench to the callee"
+    deadline=$((SECONDS + 30))
+    until curl -fsS -o /dev/null --max-time 1 -H 'Host: bench' "http://127.0.0.1:$CL_OUT/healthz" 2>/dev/null; do
+      if ((SECONDS >= deadline)); then
+        log "the caller never routed to bench:"; curl -sS -H 'Host: bench' "http://127.0.0.1:$CL_OUT/healthz" >&2 || true
+        tail -n 40 "$WORK/caller.log" >&2; exit 1
+      fi
+      sleep 0.2
+    done
+    curl -fsS "http://127.0.0.1:$CL_ADMIN/config_dump" >"$WORK/caller_config_dump.json"
+    TARGETS+=(sidecar-sidecar)
+    URL[sidecar-sidecar]="http://127.0.0.1:$CL_OUT/"
+    HOST_HEADER[sidecar-sidecar]="Host: bench"
+    PROXY_PIDS[sidecar-sidecar]="$CALLER_PID $SIDECAR_PID"
+  fi
 fi
 
 # ---------------------------------------------------------------- sanity: every path reaches the echo app
+# hdr_args TARGET: the -H arguments a path needs, one per line (none, or its Host).
+hdr_args() { if [[ -n "${HOST_HEADER[$1]:-}" ]]; then printf '%s\n' -H "${HOST_HEADER[$1]}"; fi; }
+
 for t in "${TARGETS[@]}"; do
-  hdrs=$(curl -sS -D - -o /dev/null -H 'x-request-id: bench-sanity' "${URL[$t]}")
+  mapfile -t H < <(hdr_args "$t")
+  hdrs=$(curl -sS -D - -o /dev/null -H 'x-request-id: bench-sanity' "${H[@]}" "${URL[$t]}")
   if ! grep -qi '^x-echo-name: bench-echo' <<<"$hdrs" || ! grep -q ' 200' <<<"$(head -n1 <<<"$hdrs")"; then
     log "$t (${URL[$t]}) does not reach the echo app with 200:"; printf '%s\n' "$hdrs" >&2; exit 1
   fi
   printf '%s' "$hdrs" >"$WORK/headers-$t.txt"
 done
-if [[ -n "${URL[sidecar]:-}" ]] && ! grep -qi '^ratelimit-policy:' "$WORK/headers-sidecar.txt"; then
-  log "WARNING: the sidecar's answer carries no RateLimit-Policy header; is the limiter active?"
-fi
+for t in sidecar sidecar-sidecar; do
+  if [[ -n "${URL[$t]:-}" ]] && ! grep -qi '^ratelimit-policy:' "$WORK/headers-$t.txt"; then
+    log "WARNING: the $t answer carries no RateLimit-Policy header; is the callee's limiter active?"
+  fi
+done
 
 # ---------------------------------------------------------------- measure
 # run_wrk TARGET KIND ROUND ARGS...: one measured wrk run, recorded with the proxy's CPU time.
@@ -261,7 +324,9 @@ run_wrk() {
   cpu0=$(server_cpu)
   all0=$(all_cpu)
   # `times` in the subshell prints wrk's CPU time (its children's line) after the run.
-  out=$(taskset -c "$BENCH_LOAD_CPUS" wrk -s "$BENCH/wrk-report.lua" "$@" "${URL[$target]}"; times)
+  local h
+  mapfile -t h < <(hdr_args "$target")
+  out=$(taskset -c "$BENCH_LOAD_CPUS" wrk -s "$BENCH/wrk-report.lua" "${h[@]}" "$@" "${URL[$target]}"; times)
   all1=$(all_cpu)
   alive
   cpu1=$(server_cpu)
@@ -288,7 +353,7 @@ alive() {
   for pid in "${PIDS[@]}"; do
     if ! kill -0 "$pid" 2>/dev/null; then
       log "process $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || echo gone)) died; logs in $WORK:"
-      tail -n 20 "$WORK"/*.log "$WORK"/nginx/error.log >&2 2>/dev/null || true
+      tail -n 20 "$WORK"/*.log "$WORK"/nginx*/error.log >&2 2>/dev/null || true
       BENCH_KEEP=1
       exit 1
     fi
@@ -322,7 +387,8 @@ for round in $(seq "$BENCH_ROUNDS"); do
     if awk -v b="$bg" 'BEGIN { exit !(b > 0.10) }'; then
       log "WARNING: CPUs $(awk -v b="$bg" 'BEGIN { printf "%.0f%%", b * 100 }') busy before load; something else is running, results will be noisy"
     fi
-    taskset -c "$BENCH_LOAD_CPUS" wrk -t1 -c"$BENCH_CONNECTIONS" -d"$BENCH_WARMUP" "${URL[$t]}" >/dev/null
+    mapfile -t H < <(hdr_args "$t")
+    taskset -c "$BENCH_LOAD_CPUS" wrk -t1 -c"$BENCH_CONNECTIONS" -d"$BENCH_WARMUP" "${H[@]}" "${URL[$t]}" >/dev/null
     run_wrk "$t" throughput "$round" -t1 -c"$BENCH_CONNECTIONS" -d"$BENCH_DURATION"
     record_rss "$t" loaded "$round"
     run_wrk "$t" latency "$round" -t1 -c1 -d"$BENCH_DURATION" --latency

@@ -48,9 +48,25 @@ pub struct Config {
     /// Bound of the on-disk log buffer used while the sink is down (bytes).
     #[arg(long, env = "OUTRIDER_LOG_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub log_buffer_bytes: u64,
+    /// How the inbound proxy talks to the app: `http1` (pooled HTTP/1.1) or `h2c`
+    /// (HTTP/2 with prior knowledge, for gRPC apps: trailers reach the caller).
+    #[arg(long, env = "OUTRIDER_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
+    pub app_protocol: AppProtocol,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+}
+
+/// The protocol the app speaks on `OUTRIDER_APP_PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AppProtocol {
+    /// HTTP/1.1; requests that arrived over HTTP/2 are translated (trailers are lost).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge; every request reaches the app as
+    /// HTTP/2, so gRPC status trailers pass through. Upgrades (WebSocket) still use
+    /// HTTP/1.1, the only version they exist in.
+    H2c,
 }
 
 impl Config {

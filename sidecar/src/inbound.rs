@@ -2,11 +2,15 @@
 //! instance's app, rate-limited by the service's `RateLimitPolicy`.
 //!
 //! One port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c); the app is reached
-//! over pooled HTTP/1.1 connections on localhost. Bodies stream both ways. A request
-//! goes through [`InboundProxy::handle`], which reads top to bottom: rate limit →
-//! rewrite for the app → forward → record metrics.
+//! over pooled connections on localhost, HTTP/1.1 or h2c (`OUTRIDER_APP_PROTOCOL`).
+//! Bodies and trailers stream both ways; HTTP/1.1 upgrades (WebSocket) are spliced
+//! through ([`upgrade`]). A request goes through [`InboundProxy::handle`], which reads
+//! top to bottom: rate limit → rewrite for the app → forward → record metrics.
 
 use crate::logship::access::Pending as PendingAccess;
+pub(crate) mod upgrade;
+
+use crate::config::AppProtocol;
 use crate::ratelimit::{Decision, RateLimitHeaders};
 use crate::state::SidecarState;
 use bytes::Bytes;
@@ -58,25 +62,39 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The inbound proxy for one app: its address, the shared state and the pool of
+/// The inbound proxy for one app: its address, the shared state and the pools of
 /// connections to it.
 pub struct InboundProxy {
     app_authority: Authority,
     state: Arc<SidecarState>,
+    /// HTTP/1.1 to the app: every request for an `http1` app, upgrades for any app.
     client: Client<HttpConnector, Incoming>,
     /// The app's address as access records name it.
     upstream: Arc<str>,
+    /// HTTP/2 to an `h2c` app (one multiplexed connection).
+    h2c: Option<Client<HttpConnector, Incoming>>,
+}
+
+fn app_client(http2: bool) -> Client<HttpConnector, Incoming> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .http2_only(http2)
+        .build(connector)
 }
 
 impl InboundProxy {
+    /// A proxy to an app that speaks HTTP/1.1.
     pub fn new(app_addr: SocketAddr, state: Arc<SidecarState>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        Self::with_app_protocol(app_addr, state, AppProtocol::Http1)
+    }
+
+    pub fn with_app_protocol(app_addr: SocketAddr, state: Arc<SidecarState>, protocol: AppProtocol) -> Self {
+        let client = app_client(false);
+        let h2c = (protocol == AppProtocol::H2c).then(|| app_client(true));
         // A `SocketAddr` always renders as a valid authority (`1.2.3.4:80`, `[::1]:80`).
         let app_authority = Authority::from_maybe_shared(Bytes::from(app_addr.to_string()))
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
@@ -85,6 +103,7 @@ impl InboundProxy {
             state,
             client,
             upstream: Arc::from(app_addr.to_string()),
+            h2c,
         }
     }
 
@@ -125,20 +144,20 @@ impl InboundProxy {
             }
         };
 
-        let upstream_req = self.rewrite(req, peer);
-        let response = match self.client.request(upstream_req).await {
+        // A header lookup, so plain requests pay nothing for upgrade support.
+        if upgrade::is_upgrade(&req) {
+            let response = self.upgrade(req, peer, limit_headers).await;
+            metrics.record_request(response.status().as_u16(), started.elapsed());
+            return response;
+        }
+        let (client, version) = match &self.h2c {
+            Some(h2c) => (h2c, Version::HTTP_2),
+            None => (&self.client, Version::HTTP_11),
+        };
+        let upstream_req = self.rewrite(req, peer, version);
+        let response = match client.request(upstream_req).await {
             Ok(response) => self.downstream_response(response, limit_headers),
-            Err(error) => {
-                metrics.record_upstream_error();
-                let status = upstream_error_status(&error);
-                warn!(%status, error = %ErrorChain(&error), "app unreachable");
-                let body = if status == StatusCode::SERVICE_UNAVAILABLE {
-                    "app did not accept the connection in time\n"
-                } else {
-                    "app unreachable\n"
-                };
-                text_response(status, body)
-            }
+            Err(error) => self.app_error(&error),
         };
         metrics.record_request(response.status().as_u16(), started.elapsed());
         if let Some(access) = access {
@@ -153,9 +172,22 @@ impl InboundProxy {
         response
     }
 
+    fn app_error(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+        self.state.metrics.record_upstream_error();
+        let status = upstream_error_status(error);
+        warn!(%status, error = %ErrorChain(error), "app unreachable");
+        let body = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "app did not accept the connection in time\n"
+        } else {
+            "app unreachable\n"
+        };
+        text_response(status, body)
+    }
+
     /// Turns a request from the world into one for the app: origin-form URI on the
-    /// app's address, HTTP/1.1, no hop-by-hop headers, forwarding headers added.
-    fn rewrite(&self, req: Request<Incoming>, peer: IpAddr) -> Request<Incoming> {
+    /// app's address, the app's HTTP `version`, no hop-by-hop headers, forwarding
+    /// headers added.
+    fn rewrite(&self, req: Request<Incoming>, peer: IpAddr, version: Version) -> Request<Incoming> {
         let (mut parts, body) = req.into_parts();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
 
@@ -190,7 +222,7 @@ impl InboundProxy {
             // Unreachable: scheme, authority and path are all set above.
             Uri::from_static("http://127.0.0.1/")
         });
-        parts.version = Version::HTTP_11;
+        parts.version = version;
         Request::from_parts(parts, body)
     }
 
@@ -241,7 +273,9 @@ pub async fn serve(
             let proxy = Arc::clone(&proxy);
             async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -388,6 +422,9 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod passthrough_tests;
 
 #[cfg(test)]
 mod tests {

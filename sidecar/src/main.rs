@@ -91,7 +91,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_addr))?;
         let inbound_port = inbound_listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
-        info!(inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, app = %cfg.app_addr(), "sidecar starting");
+        info!(
+            inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, app = %cfg.app_addr(),
+            app_protocol = ?cfg.app_protocol, "sidecar starting"
+        );
 
         let (stop_agent_tx, stop_agent) = watch::channel(false);
         let (stop_proxy_tx, stop_proxy) = watch::channel(false);
@@ -102,7 +105,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
 
-        let proxy = Arc::new(InboundProxy::new(cfg.app_addr(), state.clone()));
+        let proxy = Arc::new(InboundProxy::with_app_protocol(
+            cfg.app_addr(),
+            state.clone(),
+            cfg.app_protocol,
+        ));
         let inbound_task = tokio::spawn(inbound::serve(inbound_listener, proxy, when(&stop_proxy)).in_current_span());
         let outbound = Arc::new(OutboundProxy::new(state.clone()));
         let outbound_task =

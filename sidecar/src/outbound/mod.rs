@@ -13,6 +13,7 @@ pub mod budget;
 pub mod stats;
 pub mod table;
 
+use crate::inbound::upgrade;
 use crate::inbound::{remove_hop_by_hop, server_builder, ErrorChain, ProxyBody, CONNECT_TIMEOUT, DRAIN_TIMEOUT};
 use crate::state::SidecarState;
 use balance::EndpointState;
@@ -151,7 +152,7 @@ impl OutboundProxy {
             Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, why),
         };
 
-        if is_upgrade(&req) {
+        if upgrade::is_upgrade(&req) {
             let on_client = hyper::upgrade::on(&mut req);
             return self.upgrade(req, on_client, &dest, endpoints, started).await;
         }
@@ -298,14 +299,8 @@ impl OutboundProxy {
             .unwrap_or(PathAndQuery::from_static("/"));
         let mut upstream = build_request(&parts.method, &path, &parts.headers, &ep, false, Either::Left(body));
         // Keep exactly the hop-by-hop headers an upgrade needs.
-        let upgrade = parts.headers.get(header::UPGRADE).cloned();
         remove_hop_by_hop(upstream.headers_mut());
-        if let Some(u) = upgrade {
-            upstream.headers_mut().insert(header::UPGRADE, u);
-            upstream
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+        upgrade::restore_upgrade_headers(upstream.headers_mut(), parts.headers.get(header::UPGRADE).cloned());
         let mut response = match tokio::time::timeout(DEFAULT_TIMEOUT, self.http1.request(upstream)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -322,17 +317,7 @@ impl OutboundProxy {
         };
         ep.stats.record(response.status().is_server_error(), started.elapsed());
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let on_upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                match tokio::try_join!(on_client, on_upstream) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                    Err(e) => debug!(error = %e, "upgrade failed"),
-                }
-            });
+            upgrade::splice(on_client, hyper::upgrade::on(&mut response));
         }
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, Either::Left(body))
@@ -350,17 +335,6 @@ fn target_host(req: &Request<Incoming>) -> Option<&str> {
         .and_then(|h| h.to_str().ok())
         .map(str::trim)
         .filter(|h| !h.is_empty())
-}
-
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 /// The endpoints a request may go to: the route's weighted subset (falling back to

@@ -6,6 +6,8 @@
 //! - `/status/NNN` → answers with status NNN.
 //! - `?delay_ms=N` → waits N ms before answering (timeouts, retries).
 //! - `?headers=1` → the JSON body also lists the request headers.
+//! - `?trailers=1` → the body ends with gRPC-style trailers `grpc-status: 0` and
+//!   `x-echo-name` (HTTP/2 carries them; HTTP/1.1 only to a client that sent `TE: trailers`).
 //! - anything else → `200` with `{"name","method","path","query","version","requestId","bodyBytes"}`;
 //!   the request body is streamed and only counted. The `x-request-id` header is echoed back
 //!   and `x-echo-name` names the instance.
@@ -22,9 +24,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::WithTrailers;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -181,6 +184,10 @@ async fn shutdown_signal() {
     }
 }
 
+/// A plain body, or one followed by trailers.
+type EchoBody =
+    Either<Full<Bytes>, WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<HeaderMap, Infallible>>>>>;
+
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -188,7 +195,7 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
@@ -252,7 +259,16 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
     let mut body = serde_json::to_vec(&doc).expect("json");
     body.push(b'\n');
 
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let body = Full::new(Bytes::from(body));
+    let body = if query_param(query, "trailers").is_some_and(|v| v == "1" || v == "true") {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-echo-name", app.name_header.clone());
+        Either::Right(body.with_trailers(std::future::ready(Some(Ok(trailers)))))
+    } else {
+        Either::Left(body)
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -263,8 +279,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
     Ok(resp)
 }
 
-fn text(status: StatusCode, s: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(s.as_bytes())));
+fn text(status: StatusCode, s: &str) -> Response<EchoBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::copy_from_slice(s.as_bytes()))));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
