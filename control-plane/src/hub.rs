@@ -67,6 +67,9 @@ pub struct Hub {
     healthy: Mutex<HashMap<String, u32>>,
     /// The destination table shared by every snapshot (see `mesh.rs`).
     destinations: Mutex<Arc<DestinationTable>>,
+    /// Serializes destination rebuilds: a slow build that read the store earlier must
+    /// not overwrite a newer table.
+    destinations_build: tokio::sync::Mutex<()>,
     seen_revision: AtomicU64,
     events: broadcast::Sender<Event>,
 }
@@ -83,6 +86,7 @@ impl Hub {
             services: Mutex::default(),
             healthy: Mutex::default(),
             destinations: Mutex::default(),
+            destinations_build: tokio::sync::Mutex::new(()),
             seen_revision: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
         })
@@ -230,6 +234,7 @@ impl Hub {
     /// Rebuilds the destination table; true when it changed (and every service's
     /// snapshot must be rebuilt to carry it).
     async fn update_destinations(&self) -> Result<bool, StoreError> {
+        let _build = self.destinations_build.lock().await;
         let table = crate::mesh::build_destinations(&self.store, &self.timing).await?;
         let mut current = self.destinations.lock().unwrap();
         if **current == table {
