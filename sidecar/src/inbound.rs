@@ -247,6 +247,36 @@ pub async fn serve(
     proxy: Arc<InboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_proxy(listener, proxy, "inbound", shutdown).await
+}
+
+/// What a proxy listener calls for each request.
+pub(crate) trait ProxyHandler: Send + Sync + 'static {
+    fn serve_request(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send;
+}
+
+impl ProxyHandler for InboundProxy {
+    fn serve_request(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        self.handle(req, peer.ip())
+    }
+}
+
+/// The accept loop shared by the inbound and outbound listeners: HTTP/1.1 and h2c on
+/// one port, upgrades allowed, graceful drain on `shutdown`.
+pub(crate) async fn serve_proxy<H: ProxyHandler>(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<H>,
+    name: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let builder = server_builder();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -258,7 +288,7 @@ pub async fn serve(
                     // Accept errors are per-connection (aborted handshake) or
                     // resource exhaustion (EMFILE); neither should stop the proxy.
                     // Back off briefly so that exhaustion does not spin the loop.
-                    warn!(%error, "inbound accept failed");
+                    warn!(%error, listener = name, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -271,7 +301,7 @@ pub async fn serve(
         let proxy = Arc::clone(&proxy);
         let service = service_fn(move |req| {
             let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
+            async move { Ok::<_, Infallible>(proxy.serve_request(req, peer).await) }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -279,14 +309,14 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                debug!(%peer, error = %ErrorChain(&*error), "inbound connection ended with an error");
+                debug!(%peer, listener = name, error = %ErrorChain(&*error), "connection ended with an error");
             }
         });
     }
     drop(listener);
-    info!(connections = graceful.count(), "inbound proxy draining");
+    info!(connections = graceful.count(), listener = name, "proxy draining");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        warn!("inbound drain timed out; dropping remaining connections");
+        warn!(listener = name, "drain timed out; dropping remaining connections");
     }
     Ok(())
 }

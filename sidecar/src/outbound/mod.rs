@@ -14,7 +14,7 @@ pub mod stats;
 pub mod table;
 
 use crate::inbound::upgrade;
-use crate::inbound::{remove_hop_by_hop, server_builder, ErrorChain, ProxyBody, CONNECT_TIMEOUT, DRAIN_TIMEOUT};
+use crate::inbound::{remove_hop_by_hop, ErrorChain, ProxyBody, CONNECT_TIMEOUT};
 use crate::state::SidecarState;
 use balance::EndpointState;
 use bytes::Bytes;
@@ -23,17 +23,14 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use table::{Destination, Retry};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Bodies up to this size are buffered so that a failed attempt can be replayed;
 /// larger or streaming bodies get one attempt.
@@ -404,43 +401,17 @@ pub async fn serve(
     proxy: Arc<OutboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let builder = server_builder();
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    warn!(%error, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
-        let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%peer, error = %ErrorChain(&*error), "outbound connection ended with an error");
-            }
-        });
+    crate::inbound::serve_proxy(listener, proxy, "outbound", shutdown).await
+}
+
+impl crate::inbound::ProxyHandler for OutboundProxy {
+    fn serve_request(
+        &self,
+        req: Request<Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        self.handle(req)
     }
-    drop(listener);
-    info!(connections = graceful.count(), "outbound proxy draining");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        warn!("outbound drain timed out; dropping remaining connections");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
