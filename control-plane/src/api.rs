@@ -4,7 +4,6 @@
 //! call the store, then let the hub push the change. Every error goes through
 //! [`ApiError`], which renders `application/problem+json` with the right status.
 
-use crate::grpc::constant_time_eq;
 use crate::hub::Hub;
 use crate::store::{
     now_ms, Precondition, RevisionRecord, RevisionSummary, SidecarRow, SidecarStatus, Store, StoreError, StoredConfig,
@@ -54,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/revisions/{n}", get(get_revision))
         .route("/revisions/{n}/revert", post(revert))
         .route("/events", get(events))
+        .merge(crate::auth::routes())
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -81,6 +81,8 @@ pub enum ApiError {
     Body(String, StatusCode),
     #[error("a valid bearer token is required")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("store unavailable: {0}")]
     Store(StoreError),
 }
@@ -128,6 +130,7 @@ impl IntoResponse for ApiError {
             ApiError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "Stale write"),
             ApiError::Body(_, s) => (*s, "Unacceptable body"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 (StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
@@ -167,24 +170,15 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Clone)]
 struct Actor(String);
 
+/// Every `/api/v1` request passes here: who is it (401), may they (403); see `auth`.
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let actor = match &state.api_token {
-        None => "anonymous".to_owned(),
-        Some(token) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            match given {
-                Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => "admin".to_owned(),
-                _ => return ApiError::Unauthorized.into_response(),
-            }
+    match crate::auth::authorize(&state, req.method(), req.uri().path(), req.headers()).await {
+        Ok(p) => {
+            req.extensions_mut().insert(Actor(p.name));
+            next.run(req).await
         }
-    };
-    req.extensions_mut().insert(Actor(actor));
-    next.run(req).await
+        Err(e) => e.into_response(),
+    }
 }
 
 fn actor(req_actor: Option<axum::Extension<Actor>>) -> String {
@@ -193,7 +187,7 @@ fn actor(req_actor: Option<axum::Extension<Actor>>) -> String {
 
 // ---- helpers -------------------------------------------------------------------------
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -615,7 +609,14 @@ fn record_json(r: &RevisionRecord) -> Value {
 async fn list_revisions(State(state): State<AppState>, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let revs = state.store.list_revisions(q.service.as_deref(), limit).await?;
-    Ok(Json(json!(revs.iter().map(summary_json).collect::<Vec<_>>())))
+    let mut out: Vec<Value> = revs.iter().map(summary_json).collect();
+    if let (Some(newest), Some(oldest)) = (revs.first(), revs.last()) {
+        let prop = state.store.propagation_range(oldest.revision, newest.revision).await?;
+        for (v, r) in out.iter_mut().zip(&revs) {
+            v["propagation"] = crate::propagation::json(prop.get(&r.revision));
+        }
+    }
+    Ok(Json(json!(out)))
 }
 
 async fn get_revision(State(state): State<AppState>, Path(n): Path<u64>) -> ApiResult<Json<Value>> {
@@ -624,7 +625,9 @@ async fn get_revision(State(state): State<AppState>, Path(n): Path<u64>) -> ApiR
         .get_revision(n)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no revision {n}")))?;
-    Ok(Json(record_json(&r)))
+    let mut v = record_json(&r);
+    v["propagation"] = crate::propagation::json(Some(&state.store.propagation(n).await?));
+    Ok(Json(v))
 }
 
 async fn revert(

@@ -6,8 +6,10 @@
 //! service's snapshot once and `grpc` sessions forward it to each of its sidecars.
 
 pub mod api;
+pub mod auth;
 pub mod grpc;
 pub mod hub;
 pub mod metrics;
+pub mod propagation;
 pub mod server;
 pub mod store;

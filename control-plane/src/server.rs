@@ -25,10 +25,10 @@ pub struct Config {
     #[arg(long, env = "OUTRIDER_HTTP_ADDR", default_value = "0.0.0.0:18080")]
     pub http_addr: SocketAddr,
     /// PostgreSQL URL; without one the embedded SQLite store in --data-dir is used.
-    #[arg(long, env = "OUTRIDER_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "OUTRIDER_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Directory of the embedded store.
-    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data")]
+    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data", global = true)]
     pub data_dir: PathBuf,
     /// Bearer token required by the REST API.
     #[arg(long, env = "OUTRIDER_API_TOKEN", hide_env_values = true)]
