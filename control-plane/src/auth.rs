@@ -150,6 +150,7 @@ fn token_json(t: &TokenInfo) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, description = "every token: name, role, created, revoked (never secrets)"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let tokens = state.store.list_tokens().await?;
     Ok(Json(json!(tokens.iter().map(token_json).collect::<Vec<_>>())))
@@ -162,6 +163,7 @@ pub(crate) struct NewToken {
 }
 
 /// Creates a token; the answer is the only time the secret is shown.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body(content = serde_json::Value, description = "{\"name\": \"alice\", \"role\": \"viewer|editor|admin\"}", content_type = "application/json"), responses((status = 201, description = "created; `token` is shown this once"), (status = 422, description = "bad name or role, or the name is taken"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -197,6 +199,7 @@ pub(crate) async fn create_token(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name")), responses((status = 200, description = "revoked"), (status = 404, description = "no live token of that name"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod grpc;
 pub mod hub;
 pub mod metrics;
+pub mod openapi;
 pub mod propagation;
 pub mod server;
 pub mod store;
