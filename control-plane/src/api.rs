@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 
@@ -255,7 +256,7 @@ fn config_json(c: &StoredConfig) -> Value {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct SidecarView {
+pub(crate) struct SidecarView {
     id: String,
     service: String,
     version: String,
@@ -276,7 +277,7 @@ struct SidecarView {
     health: Option<Value>,
 }
 
-fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> SidecarView {
+pub(crate) fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> SidecarView {
     let t = hub.timing;
     let status = s.status(
         now,

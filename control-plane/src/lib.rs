@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
+pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod metrics;

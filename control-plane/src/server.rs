@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         store: store.clone(),
         api_token: cfg.api_token.clone().map(Into::into),
     };
+    let fleet = crate::fleet::spawn(state.clone(), stop_rx.clone());
     let app = api::router(state);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -165,6 +166,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     load.abort();
     let drain = async {
         let _ = background.await;
+        let _ = fleet.await;
         let g = grpc.await;
         let h = http.await;
         (g, h)

@@ -5,6 +5,7 @@
 //! one test suite proves the behaviours on each. Every write takes the next global
 //! revision and records the change in `revisions` inside the same transaction.
 
+mod fleet;
 mod propagation;
 mod tokens;
 mod types;
