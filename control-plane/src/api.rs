@@ -4,7 +4,6 @@
 //! call the store, then let the hub push the change. Every error goes through
 //! [`ApiError`], which renders `application/problem+json` with the right status.
 
-use crate::grpc::constant_time_eq;
 use crate::hub::Hub;
 use crate::store::{
     now_ms, Precondition, RevisionRecord, RevisionSummary, SidecarRow, SidecarStatus, Store, StoreError, StoredConfig,
@@ -60,14 +59,17 @@ pub fn router(state: AppState) -> Router {
         .route("/revisions/{n}", get(get_revision))
         .route("/revisions/{n}/revert", post(revert))
         .route("/events", get(events))
+        .merge(crate::auth::routes())
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 
@@ -87,6 +89,8 @@ pub enum ApiError {
     Body(String, StatusCode),
     #[error("a valid bearer token is required")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("store unavailable: {0}")]
     Store(StoreError),
 }
@@ -134,6 +138,7 @@ impl IntoResponse for ApiError {
             ApiError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "Stale write"),
             ApiError::Body(_, s) => (*s, "Unacceptable body"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 (StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
@@ -173,24 +178,15 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Clone)]
 struct Actor(String);
 
+/// Every `/api/v1` request passes here: who is it (401), may they (403); see `auth`.
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let actor = match &state.api_token {
-        None => "anonymous".to_owned(),
-        Some(token) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            match given {
-                Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => "admin".to_owned(),
-                _ => return ApiError::Unauthorized.into_response(),
-            }
+    match crate::auth::authorize(&state, req.method(), req.uri().path(), req.headers()).await {
+        Ok(p) => {
+            req.extensions_mut().insert(Actor(p.name));
+            next.run(req).await
         }
-    };
-    req.extensions_mut().insert(Actor(actor));
-    next.run(req).await
+        Err(e) => e.into_response(),
+    }
 }
 
 fn actor(req_actor: Option<axum::Extension<Actor>>) -> String {
@@ -199,7 +195,7 @@ fn actor(req_actor: Option<axum::Extension<Actor>>) -> String {
 
 // ---- helpers -------------------------------------------------------------------------
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -266,7 +262,7 @@ fn config_json(c: &StoredConfig) -> Value {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct SidecarView {
+pub(crate) struct SidecarView {
     id: String,
     service: String,
     version: String,
@@ -287,7 +283,7 @@ struct SidecarView {
     health: Option<Value>,
 }
 
-fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> SidecarView {
+pub(crate) fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> SidecarView {
     let t = hub.timing;
     let status = s.status(
         now,
@@ -338,6 +334,7 @@ async fn sidecar_views(state: &AppState, service: Option<&str>) -> ApiResult<Vec
 
 // ---- handlers: services --------------------------------------------------------------
 
+#[utoipa::path(get, path = "/api/v1/services", tag = "services", responses((status = 200, description = "services with instance counts per subset and health summary"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn list_services(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let names = state.store.list_services().await?;
     let sidecars = sidecar_views(&state, None).await?;
@@ -382,6 +379,7 @@ fn instance_summary(sidecars: &[&SidecarView]) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "service name")), responses((status = 200, description = "its policies, config documents and instances"), (status = 404, description = "unknown service"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn get_service(State(state): State<AppState>, Path(service): Path<String>) -> ApiResult<Json<Value>> {
     check_service(&service)?;
     if !state.store.service_exists(&service).await? {
@@ -430,6 +428,7 @@ async fn service_traffic(state: &AppState, service: &str) -> ApiResult<Vec<crate
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/services/{service}/policies/{kind}", tag = "policies", params(("service" = String, Path, description = "service name"), ("kind" = String, Path, description = "routing, rate-limit or logging")), responses((status = 200, description = "the policy with its revision; ETag"), (status = 404, description = "no such policy"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn get_policy(
     State(state): State<AppState>,
     Path((service, kind)): Path<(String, String)>,
@@ -444,6 +443,7 @@ async fn get_policy(
     Ok(with_etag(p.revision, policy_json(&p)))
 }
 
+#[utoipa::path(put, path = "/api/v1/services/{service}/policies/{kind}", tag = "policies", params(("service" = String, Path, description = "service name"), ("kind" = String, Path, description = "routing, rate-limit or logging"), ("dryRun" = Option<bool>, Query, description = "validate and report the sidecars that would change, store nothing"), ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")), request_body(content = serde_json::Value, description = "the policy document (DESIGN §4)", content_type = "application/json"), responses((status = 200, description = "stored (with its revision and ETag), or the dry-run report"), (status = 400, description = "malformed body"), (status = 404, description = "unknown kind"), (status = 412, description = "stale If-Match"), (status = 413, description = "body over 1 MiB"), (status = 422, description = "invalid document; `errors` names each field"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn put_policy(
     State(state): State<AppState>,
     Path((service, kind)): Path<(String, String)>,
@@ -472,6 +472,7 @@ async fn put_policy(
     Ok(with_etag(stored.revision, policy_json(&stored)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/services/{service}/policies/{kind}", tag = "policies", params(("service" = String, Path, description = "service name"), ("kind" = String, Path, description = "routing, rate-limit or logging"), ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")), responses((status = 200, description = "deleted; the revision of the deletion"), (status = 404, description = "no such policy"), (status = 412, description = "stale If-Match"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn delete_policy(
     State(state): State<AppState>,
     Path((service, kind)): Path<(String, String)>,
@@ -528,6 +529,7 @@ fn check_config_name(name: &str) -> ApiResult<()> {
     outrider_policy::validate_config_name(name).map_err(|m| ApiError::Invalid(vec![FieldError::new("name", m)]))
 }
 
+#[utoipa::path(get, path = "/api/v1/services/{service}/config/{name}", tag = "config", params(("service" = String, Path, description = "service name"), ("name" = String, Path, description = "config document name")), responses((status = 200, description = "the document as stored, with its content type; ETag"), (status = 404, description = "no such document"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn get_config(
     State(state): State<AppState>,
     Path((service, name)): Path<(String, String)>,
@@ -546,6 +548,7 @@ async fn get_config(
     Ok(r)
 }
 
+#[utoipa::path(put, path = "/api/v1/services/{service}/config/{name}", tag = "config", params(("service" = String, Path, description = "service name"), ("name" = String, Path, description = "config document name"), ("dryRun" = Option<bool>, Query, description = "validate and report the sidecars that would change, store nothing"), ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")), request_body(content = String, description = "the document (up to 1 MiB), any content type", content_type = "application/octet-stream"), responses((status = 200, description = "stored, or the dry-run report"), (status = 400, description = "malformed body"), (status = 404, description = "unknown kind"), (status = 412, description = "stale If-Match"), (status = 413, description = "body over 1 MiB"), (status = 422, description = "invalid document; `errors` names each field"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn put_config(
     State(state): State<AppState>,
     Path((service, name)): Path<(String, String)>,
@@ -589,6 +592,7 @@ async fn put_config(
     Ok(with_etag(stored.revision, config_json(&stored)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/services/{service}/config/{name}", tag = "config", params(("service" = String, Path, description = "service name"), ("name" = String, Path, description = "config document name"), ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")), responses((status = 200, description = "deleted"), (status = 404, description = "no such document"), (status = 412, description = "stale If-Match"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn delete_config(
     State(state): State<AppState>,
     Path((service, name)): Path<(String, String)>,
@@ -622,6 +626,7 @@ struct ServiceQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/sidecars", tag = "sidecars", params(("service" = Option<String>, Query, description = "only this service"), ("limit" = Option<u32>, Query, description = "at most this many (default 100, at most 1000)")), responses((status = 200, description = "every instance: status, applied and target revision, last NACK, last seen, health figures"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn list_sidecars(
     State(state): State<AppState>,
     Query(q): Query<ServiceQuery>,
@@ -642,21 +647,33 @@ fn record_json(r: &RevisionRecord) -> Value {
     v
 }
 
+#[utoipa::path(get, path = "/api/v1/revisions", tag = "revisions", params(("service" = Option<String>, Query, description = "only this service"), ("limit" = Option<u32>, Query, description = "at most this many (default 100, at most 1000)")), responses((status = 200, description = "history, newest first, with propagation (applied, pending, lastAckSeconds)"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn list_revisions(State(state): State<AppState>, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let revs = state.store.list_revisions(q.service.as_deref(), limit).await?;
-    Ok(Json(json!(revs.iter().map(summary_json).collect::<Vec<_>>())))
+    let mut out: Vec<Value> = revs.iter().map(summary_json).collect();
+    if let (Some(newest), Some(oldest)) = (revs.first(), revs.last()) {
+        let prop = state.store.propagation_range(oldest.revision, newest.revision).await?;
+        for (v, r) in out.iter_mut().zip(&revs) {
+            v["propagation"] = crate::propagation::json(prop.get(&r.revision));
+        }
+    }
+    Ok(Json(json!(out)))
 }
 
+#[utoipa::path(get, path = "/api/v1/revisions/{n}", tag = "revisions", params(("n" = u64, Path, description = "revision number")), responses((status = 200, description = "one change with its document before and after, and its propagation"), (status = 404, description = "no such revision"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn get_revision(State(state): State<AppState>, Path(n): Path<u64>) -> ApiResult<Json<Value>> {
     let r = state
         .store
         .get_revision(n)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no revision {n}")))?;
-    Ok(Json(record_json(&r)))
+    let mut v = record_json(&r);
+    v["propagation"] = crate::propagation::json(Some(&state.store.propagation(n).await?));
+    Ok(Json(v))
 }
 
+#[utoipa::path(post, path = "/api/v1/revisions/{n}/revert", tag = "revisions", params(("n" = u64, Path, description = "revision number")), responses((status = 200, description = "the new revision restoring the state before n"), (status = 404, description = "no such revision"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn revert(
     State(state): State<AppState>,
     Path(n): Path<u64>,
@@ -671,6 +688,7 @@ async fn revert(
     Ok(Json(record_json(&r)))
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", responses((status = 200, description = "server-sent events: `change` (snapshot, membership, sidecars row deltas) and `resync`", content_type = "text/event-stream"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let rx = state.hub.events();
     let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|e| {
@@ -686,6 +704,12 @@ async fn events(State(state): State<AppState>) -> impl IntoResponse {
 
 // ---- health and metrics --------------------------------------------------------------
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process is up")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "loaded and the store answers"), (status = 503, description = "loading or store unavailable")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.hub.is_loaded() {
         return (StatusCode::SERVICE_UNAVAILABLE, "loading state from the store").into_response();
@@ -696,6 +720,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus/OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut r = state.hub.metrics.render().into_response();
     r.headers_mut().insert(

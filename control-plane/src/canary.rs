@@ -117,6 +117,12 @@ async fn routing_policy(state: &crate::store::Store, service: &str) -> Result<Op
 }
 
 /// `POST /services/{service}/canary`: 201 with the rollout, 409 if one is running.
+#[utoipa::path(post, path = "/api/v1/services/{service}/canary", tag = "canary", params(("service" = String, Path, description = "service name")),
+    request_body(content = serde_json::Value, description = "the rollout: subset, steps, interval, maxErrorRate, maxP99, optional stable", content_type = "application/json"),
+    responses((status = 201, description = "the rollout started; the control plane drives it"),
+        (status = 400, description = "malformed JSON"), (status = 409, description = "a rollout is already running"),
+        (status = 422, description = "invalid rollout; `errors` names each field"),
+        (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
 pub async fn start(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -156,6 +162,9 @@ pub async fn start(
 }
 
 /// `GET /services/{service}/canary`: the latest rollout, whatever its state.
+#[utoipa::path(get, path = "/api/v1/services/{service}/canary", tag = "canary", params(("service" = String, Path, description = "service name")),
+    responses((status = 200, description = "the latest rollout: state, step, weight, reason"),
+        (status = 404, description = "no rollout for this service"), (status = 401, description = "no valid bearer token")))]
 pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> Result<Response, ApiError> {
     check_service(&service)?;
     match state.store.get_rollout(&service).await? {
@@ -166,6 +175,10 @@ pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> 
 
 /// `DELETE /services/{service}/canary`: aborts a running rollout and sends 100% to
 /// the stable subset.
+#[utoipa::path(delete, path = "/api/v1/services/{service}/canary", tag = "canary", params(("service" = String, Path, description = "service name")),
+    responses((status = 200, description = "aborted; 100% to the stable subset"),
+        (status = 404, description = "no running rollout"), (status = 401, description = "no valid bearer token"),
+        (status = 403, description = "the token's role does not allow this")))]
 pub async fn abort(State(state): State<AppState>, Path(service): Path<String>) -> Result<Response, ApiError> {
     check_service(&service)?;
     if !state.store.abort_rollout(&service, "aborted through the API").await? {

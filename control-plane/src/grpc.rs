@@ -171,6 +171,7 @@ impl Session {
                         let r = match m {
                             sidecar_message::Msg::Ack(a) => {
                                 self.hub.metrics.acks.inc();
+                                crate::propagation::on_ack(&self.hub, &self.reg.id, &self.reg.session, a.revision).await;
                                 store.record_ack(&self.reg.id, &self.reg.session, a.revision).await
                             }
                             sidecar_message::Msg::Nack(n) => {

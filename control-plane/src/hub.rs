@@ -47,6 +47,9 @@ pub enum Event {
     Snapshot { service: String, revision: u64 },
     /// The set of healthy instances of a service changed.
     Membership { service: String, healthy: u32 },
+    /// Sidecar rows (as in `GET /sidecars`) that changed in the last second: health
+    /// reports, ACKs, NACKs; see `fleet`.
+    Sidecars { sidecars: Vec<serde_json::Value> },
 }
 
 type SnapshotTx = watch::Sender<Option<Arc<Snapshot>>>;
@@ -102,6 +105,16 @@ impl Hub {
 
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Sends an event to every `/events` listener of this replica.
+    pub fn publish(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// How many `/events` listeners this replica has.
+    pub fn event_listeners(&self) -> usize {
+        self.events.receiver_count()
     }
 
     /// Reads what the hub needs from the store, retrying until the store answers.

@@ -6,11 +6,16 @@
 //! service's snapshot once and `grpc` sessions forward it to each of its sidecars.
 
 pub mod api;
+pub mod auth;
 pub mod canary;
+pub mod dashboard;
+pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod mesh;
 pub mod metrics;
+pub mod openapi;
+pub mod propagation;
 pub mod server;
 pub mod store;
 pub mod traffic;

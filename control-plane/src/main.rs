@@ -1,8 +1,11 @@
 //! `outrider-control-plane`: parses flags and environment, sets up logging and signal
-//! handling, and runs the server.
+//! handling, and runs the server — or, with `token …`, manages API tokens in the store.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use outrider_control_plane::auth::{generate_token, hash_token, validate_token_name};
 use outrider_control_plane::server::{self, Config};
+use outrider_control_plane::store::{Role, Store, StoreError};
+use std::path::Path;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -17,12 +20,46 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage REST API tokens (stored hashed; the secret is printed once, at creation).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (only now: the store keeps its hash).
+    Create {
+        /// Recorded as the actor of every change made with the token.
+        #[arg(long)]
+        name: String,
+        /// viewer (read only), editor (changes policy) or admin (also manages tokens).
+        #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
+        role: Role,
+    },
+    /// List tokens (names and roles, never secrets).
+    List,
+    /// Revoke a token at once, on every replica.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Some(Command::Token { action }) = cli.command {
+        return token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await;
+    }
     if cli.log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
@@ -30,6 +67,51 @@ async fn main() -> anyhow::Result<()> {
     }
     server::run(cli.config, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn token(action: TokenAction, database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<()> {
+    let store = Store::open(database_url, data_dir).await?;
+    let result = match action {
+        TokenAction::Create { name, role } => {
+            validate_token_name(&name).map_err(|m| anyhow::anyhow!("--name {name:?}: {m}"))?;
+            let token = generate_token();
+            match store.create_token(&name, role, &hash_token(&token)).await {
+                Err(StoreError::AlreadyExists) => Err(anyhow::anyhow!(
+                    "a token named {name:?} exists already (revoked names stay taken)"
+                )),
+                Err(e) => Err(e.into()),
+                Ok(_) => {
+                    eprintln!("created {role} token {name:?}; it is shown once:");
+                    println!("{token}");
+                    Ok(())
+                }
+            }
+        }
+        TokenAction::List => {
+            println!("{:<24} {:<8} {:<26} REVOKED", "NAME", "ROLE", "CREATED");
+            for t in store.list_tokens().await? {
+                println!(
+                    "{:<24} {:<8} {:<26} {}",
+                    t.name,
+                    t.role,
+                    outrider_control_plane::api::rfc3339(t.created_at_ms),
+                    t.revoked_at_ms
+                        .map_or_else(|| "-".to_owned(), outrider_control_plane::api::rfc3339)
+                );
+            }
+            Ok(())
+        }
+        TokenAction::Revoke { name } => match store.revoke_token(&name).await {
+            Err(StoreError::NotFound) => Err(anyhow::anyhow!("no live token named {name:?}")),
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                eprintln!("revoked {name:?}");
+                Ok(())
+            }
+        },
+    };
+    store.close().await;
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

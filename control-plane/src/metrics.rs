@@ -3,6 +3,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub struct Metrics {
@@ -14,6 +15,8 @@ pub struct Metrics {
     pub acks: Counter,
     pub nacks: Counter,
     pub policy_writes: Counter,
+    /// Write → ACK of each revision by each sidecar connected when it was written.
+    pub propagation_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -33,6 +36,7 @@ impl Metrics {
             acks: Counter::default(),
             nacks: Counter::default(),
             policy_writes: Counter::default(),
+            propagation_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             registry: Registry::default(),
         };
         registry.register(
@@ -57,6 +61,11 @@ impl Metrics {
             "policy_writes",
             "Policy and config writes through this replica's API",
             m.policy_writes.clone(),
+        );
+        registry.register(
+            "propagation_seconds",
+            "Seconds from a revision's write to its ACK by each sidecar connected at the time",
+            m.propagation_seconds.clone(),
         );
         Self { registry, ..m }
     }

@@ -25,10 +25,10 @@ pub struct Config {
     #[arg(long, env = "OUTRIDER_HTTP_ADDR", default_value = "0.0.0.0:18080")]
     pub http_addr: SocketAddr,
     /// PostgreSQL URL; without one the embedded SQLite store in --data-dir is used.
-    #[arg(long, env = "OUTRIDER_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "OUTRIDER_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Directory of the embedded store.
-    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data")]
+    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data", global = true)]
     pub data_dir: PathBuf,
     /// Bearer token required by the REST API.
     #[arg(long, env = "OUTRIDER_API_TOKEN", hide_env_values = true)]
@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         store: store.clone(),
         api_token: cfg.api_token.clone().map(Into::into),
     };
+    let fleet = crate::fleet::spawn(state.clone(), stop_rx.clone());
     let app = api::router(state);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -167,6 +168,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let drain = async {
         let _ = background.await;
         let _ = canary_driver.await;
+        let _ = fleet.await;
         let g = grpc.await;
         let h = http.await;
         (g, h)

@@ -6,13 +6,20 @@
 //! revision and records the change in `revisions` inside the same transaction.
 
 mod canary;
+mod fleet;
+mod propagation;
 mod routing;
+mod tokens;
 mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dashboard;
 
 pub use canary::RolloutRow;
+pub use propagation::Propagation;
+pub use tokens::{Role, TokenInfo};
 pub use types::*;
 
 use outrider_policy::PolicyKind;
@@ -45,6 +52,8 @@ pub enum StoreError {
     DataDir { path: String, source: std::io::Error },
     #[error("not found")]
     NotFound,
+    #[error("already exists")]
+    AlreadyExists,
     /// `If-Match` named a revision that is no longer current.
     #[error("precondition failed: current revision is {current:?}")]
     PreconditionFailed { current: Option<u64> },

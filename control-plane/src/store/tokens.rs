@@ -1,0 +1,138 @@
+//! API tokens: name, role and the SHA-256 of the secret (never the secret itself).
+
+use super::{now_ms, Store, StoreError};
+use serde::Serialize;
+use sqlx::Row;
+
+/// What a token may do. Ordered: each role can do everything the previous one can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything, changes nothing.
+    Viewer,
+    /// Also changes policies and config documents, and reverts revisions.
+    Editor,
+    /// Also manages tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "editor" => Ok(Role::Editor),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?}: expected viewer, editor or admin")),
+        }
+    }
+}
+
+/// A token as listed (without its hash).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    #[serde(skip)]
+    pub created_at_ms: i64,
+    #[serde(skip)]
+    pub revoked_at_ms: Option<i64>,
+}
+
+fn role_of(s: &str) -> Result<Role, StoreError> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+impl Store {
+    /// Stores a new token under `name`; `AlreadyExists` if the name is taken (revoked
+    /// names stay taken, so history actors stay unambiguous).
+    pub async fn create_token(&self, name: &str, role: Role, token_hash: &str) -> Result<TokenInfo, StoreError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "INSERT INTO api_tokens (name, role, token_hash, created_at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(token_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        Ok(TokenInfo {
+            name: name.to_owned(),
+            role,
+            created_at_ms: now,
+            revoked_at_ms: None,
+        })
+    }
+
+    /// The live (not revoked) token with this hash.
+    pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenInfo>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, role, created_at_ms, revoked_at_ms FROM api_tokens
+             WHERE token_hash = $1 AND revoked_at_ms IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    /// Whether any live token exists: then every request must present one.
+    pub async fn has_tokens(&self) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE revoked_at_ms IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Every token, revoked ones included, by name.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query("SELECT name, role, created_at_ms, revoked_at_ms FROM api_tokens ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes the token; `NotFound` if there is no live token of that name.
+    pub async fn revoke_token(&self, name: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE api_tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL")
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenInfo, StoreError> {
+    Ok(TokenInfo {
+        name: r.try_get("name")?,
+        role: role_of(&r.try_get::<String, _>("role")?)?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        revoked_at_ms: r.try_get("revoked_at_ms")?,
+    })
+}

@@ -1,0 +1,329 @@
+// Browser tests of the dashboard: headless Debian Chromium driven by playwright-core,
+// against a real control plane, real sidecars and echo apps (binaries from
+// target/debug, or OUTRIDER_BIN_DIR), all on free ports. Never downloads a browser.
+//
+//   cd dashboard/tests && npm ci && node run.mjs
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '../..');
+const BIN = process.env.OUTRIDER_BIN_DIR || join(root, 'target/debug');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+// Functional deadlines, generous for a busy two-core CI machine; nothing here measures speed.
+const SOON = 15_000;
+const BOOT = 'boot-admin-secret';
+
+const procs = [];
+const work = mkdtempSync(join(tmpdir(), 'outrider-dash-'));
+let browser;
+let base;
+let grpc;
+let editor;
+let viewer;
+let cpData;
+const sidecars = [];
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+function start(name, bin, args, env = {}) {
+  const log = openSync(join(work, `${name}.log`), 'w');
+  const p = spawn(join(BIN, bin), args, { env: { ...process.env, OUTRIDER_LOG: 'info', ...env }, stdio: ['ignore', log, log] });
+  p.logName = name;
+  procs.push(p);
+  return p;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, fn, timeout = SOON) {
+  const end = Date.now() + timeout;
+  let last;
+  while (Date.now() < end) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+async function apiGet(path, token = BOOT) {
+  const r = await fetch(`${base}/api/v1${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  return { status: r.status, body: r.headers.get('content-type')?.includes('json') ? await r.json() : await r.text() };
+}
+
+async function configDump(sc) {
+  const r = await fetch(`http://127.0.0.1:${sc.admin}/config_dump`);
+  return r.json();
+}
+
+function tokenCreate(name, role) {
+  return execFileSync(join(BIN, 'outrider-control-plane'), ['token', 'create', '--name', name, '--role', role, '--data-dir', cpData], {
+    env: { ...process.env, OUTRIDER_DATABASE_URL: '' },
+  })
+    .toString()
+    .trim();
+}
+
+async function startSidecar(pod, version) {
+  const app = await freePort();
+  const inbound = await freePort();
+  const admin = await freePort();
+  start(`${pod}-app`, 'outrider-echo', ['--listen', `127.0.0.1:${app}`, '--name', pod]);
+  const dir = join(work, pod);
+  mkdirSync(dir, { recursive: true });
+  start(`${pod}-sidecar`, 'outrider-sidecar', [], {
+    OUTRIDER_CONTROL_PLANE: grpc,
+    OUTRIDER_SERVICE: 'web',
+    OUTRIDER_VERSION: version,
+    OUTRIDER_POD_NAME: pod,
+    OUTRIDER_APP_PORT: String(app),
+    OUTRIDER_INBOUND_ADDR: `127.0.0.1:${inbound}`,
+    OUTRIDER_OUTBOUND_ADDR: `127.0.0.1:${await freePort()}`,
+    OUTRIDER_ADMIN_ADDR: `127.0.0.1:${admin}`,
+    OUTRIDER_STATE_DIR: join(dir, 'state'),
+    OUTRIDER_CONFIG_DIR: join(dir, 'config'),
+  });
+  const sc = { pod, inbound, admin };
+  sidecars.push(sc);
+  return sc;
+}
+
+async function signedIn(token) {
+  const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
+  await page.goto(base);
+  await page.getByLabel('API token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#view-fleet').waitFor();
+  return page;
+}
+
+async function openService(page, name) {
+  await page.evaluate((n) => { location.hash = `#/services/${n}`; }, name);
+  await page.locator('#rate-limit .result', { hasText: /revision|No rate-limit/ }).waitFor();
+  await page.locator('#routing .result', { hasText: /revision|No routing/ }).waitFor();
+}
+
+const rps = (page) => page.locator('#rate-limit [data-field="rules[0].requestsPerSecond"]');
+
+before(async () => {
+  const [g, h] = [await freePort(), await freePort()];
+  base = `http://127.0.0.1:${h}`;
+  grpc = `http://127.0.0.1:${g}`;
+  cpData = join(work, 'cp');
+  start('control-plane', 'outrider-control-plane', ['--grpc-addr', `127.0.0.1:${g}`, '--http-addr', `127.0.0.1:${h}`, '--data-dir', cpData], {
+    OUTRIDER_API_TOKEN: BOOT,
+    OUTRIDER_DATABASE_URL: '',
+  });
+  await waitFor('the control plane', async () => (await fetch(`${base}/readyz`)).ok);
+  editor = tokenCreate('alice', 'editor');
+  viewer = tokenCreate('vera', 'viewer');
+  await startSidecar('web-v1-a', 'v1');
+  await startSidecar('web-v1-b', 'v1');
+  await startSidecar('web-v2-a', 'v2');
+  await waitFor('three healthy sidecars', async () => {
+    const { body } = await apiGet('/sidecars');
+    return body.filter((s) => s.status === 'healthy').length === 3;
+  });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+    // playwright passes a fresh temporary --user-data-dir itself (it refuses ours).
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  for (const p of procs.reverse()) p.kill('SIGTERM');
+  await sleep(300);
+  for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+  if (process.exitCode) {
+    for (const p of procs.filter((p) => p.logName === 'control-plane')) {
+      console.error(readFileSync(join(work, `${p.logName}.log`), 'utf8').split('\n').slice(-40).join('\n'));
+    }
+  }
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('without a token the dashboard asks for one, and refuses a wrong one', async () => {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(base);
+  await page.getByLabel('API token').waitFor();
+  await page.getByLabel('API token').fill('ortk_not-a-token');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#login-error', { hasText: 'refused' }).waitFor();
+  assert.equal(await page.locator('#view-fleet').isHidden(), true);
+  await ctx.close();
+});
+
+test('the fleet view lists every sidecar with status and sync state, and is saved as docs/fleet.png', async () => {
+  // Some traffic so the figures are not all zero in the picture.
+  for (const sc of sidecars) for (let i = 0; i < 20; i++) await fetch(`http://127.0.0.1:${sc.inbound}/`);
+  const page = await signedIn(editor);
+  const rows = page.locator('#fleet tbody tr');
+  await waitFor('three rows', async () => (await rows.count()) === 3);
+  for (const pod of ['web-v1-a', 'web-v1-b', 'web-v2-a']) {
+    const row = page.locator('#fleet tbody tr', { hasText: pod });
+    await row.locator('td', { hasText: 'healthy' }).waitFor();
+    await row.locator('td', { hasText: 'in sync' }).waitFor();
+  }
+  await waitFor('request rates from health reports', async () =>
+    (await page.locator('#fleet tbody td.num').allTextContents()).some((t) => t !== '–' && Number(t) > 0));
+  mkdirSync(join(root, 'docs'), { recursive: true });
+  await page.setViewportSize({ width: 1400, height: 320 });
+  await page.screenshot({ path: process.env.FLEET_SCREENSHOT || join(root, 'docs/fleet.png') });
+  await page.context().close();
+});
+
+test('a rate limit edited in the form is applied by the sidecars and the fleet shows them in sync live', async () => {
+  const page = await signedIn(editor);
+  let fullFleetReads = 0;
+  page.on('request', (r) => { if (/\/api\/v1\/sidecars$/.test(r.url())) fullFleetReads++; });
+  await openService(page, 'web');
+  await rps(page).fill('7');
+  await page.locator('#rate-limit [data-action="dry-run"]').click();
+  await page.locator('#rate-limit .result', { hasText: 'would send a new snapshot to 3 sidecars' }).waitFor();
+  await page.locator('#rate-limit [data-action="save"]').click();
+  const saved = await page.locator('#rate-limit .result', { hasText: 'Saved as revision' }).textContent();
+  const revision = Number(saved.match(/revision (\d+)/)[1]);
+  for (const sc of sidecars) {
+    await waitFor(`${sc.pod} applying revision ${revision}`, async () => {
+      const d = await configDump(sc);
+      return d.revision >= revision && d.rateLimit?.rules?.[0]?.requestsPerSecond === 7;
+    });
+  }
+  const readsBefore = fullFleetReads;
+  await page.evaluate(() => { location.hash = '#/fleet'; });
+  // The hash change reads the fleet once; after that only events update it.
+  await waitFor('every row in sync at the new revision', async () =>
+    (await page.locator('#fleet tbody td', { hasText: `in sync (r${revision})` }).count()) === 3);
+  assert.ok(fullFleetReads - readsBefore <= 1, `the fleet was re-read ${fullFleetReads - readsBefore} times`);
+  await page.context().close();
+});
+
+test('an invalid value is refused with the error next to its field, and nothing is stored', async () => {
+  const page = await signedIn(editor);
+  await openService(page, 'web');
+  const before = (await apiGet('/revisions')).body[0].revision;
+  await rps(page).fill('-5');
+  await page.locator('#rate-limit [data-action="save"]').click();
+  const err = page.locator('#rate-limit [data-field="rules[0].requestsPerSecond"] + .field-error');
+  await err.waitFor();
+  assert.match(await err.textContent(), /greater than 0/);
+  assert.equal(await rps(page).getAttribute('aria-invalid'), 'true');
+  assert.equal((await apiGet('/revisions')).body[0].revision, before);
+  await page.context().close();
+});
+
+test('two sessions editing the same policy: the second save is refused as stale and its edit kept', async () => {
+  const a = await signedIn(editor);
+  const b = await signedIn(editor);
+  await openService(a, 'web');
+  await openService(b, 'web');
+  await rps(a).fill('8');
+  await a.locator('#rate-limit [data-action="save"]').click();
+  await a.locator('#rate-limit .result', { hasText: 'Saved as revision' }).waitFor();
+  await rps(b).fill('9');
+  await b.locator('#rate-limit [data-action="save"]').click();
+  await b.locator('#rate-limit .result', { hasText: 'someone else changed this rate-limit policy' }).waitFor();
+  assert.equal(await rps(b).inputValue(), '9', 'the refused edit is still in the form');
+  const stored = (await apiGet('/services/web/policies/rate-limit')).body;
+  assert.equal(stored.document.rules[0].requestsPerSecond, 8, 'the first save stands');
+  await a.context().close();
+  await b.context().close();
+});
+
+test('the canary slider splits the default route and a revert from history undoes it', async () => {
+  const page = await signedIn(editor);
+  await openService(page, 'web');
+  await page.locator('#canary-stable').selectOption('v1');
+  await page.locator('#canary-subset').selectOption('v2');
+  await page.locator('#canary-weight').fill('25');
+  await page.locator('#canary-output', { hasText: 'v2: 25%' }).waitFor();
+  await page.locator('#routing [data-action="save"]').click();
+  const saved = await page.locator('#routing .result', { hasText: 'Saved as revision' }).textContent();
+  const revision = Number(saved.match(/revision (\d+)/)[1]);
+  const routing = (await apiGet('/services/web/policies/routing')).body.document;
+  assert.deepEqual(routing.routes.at(-1).backends, [{ subset: 'v1', weight: 75 }, { subset: 'v2', weight: 25 }]);
+
+  await page.evaluate(() => { location.hash = '#/history'; });
+  const row = page.locator(`#history tr[data-revision="${revision}"]`);
+  await row.waitFor();
+  assert.match(await row.textContent(), /alice/);
+  await row.getByRole('button', { name: `Diff of revision ${revision}` }).click();
+  await page.locator('#diff .add', { hasText: '"weight": 25' }).first().waitFor();
+  page.once('dialog', (d) => d.accept());
+  await row.getByRole('button', { name: `Revert revision ${revision}` }).click();
+  await page.locator('#banner', { hasText: `Reverted revision ${revision}` }).waitFor();
+  assert.equal((await apiGet('/services/web/policies/routing')).status, 404, 'the routing policy did not exist before');
+  // Propagation figures appear in the history once the sidecars ACK.
+  await waitFor('propagation in the history', async () => {
+    await page.evaluate(() => { location.hash = '#/fleet'; location.hash = '#/history'; });
+    return /3 applied/.test(await page.locator(`#history tr[data-revision="${revision}"] .propagation`).textContent());
+  });
+  await page.context().close();
+});
+
+test('a viewer sees everything and can change nothing', async () => {
+  const page = await signedIn(viewer);
+  await waitFor('the fleet', async () => (await page.locator('#fleet tbody tr').count()) >= 3);
+  await openService(page, 'web');
+  const before = (await apiGet('/revisions')).body[0].revision;
+  await rps(page).fill('1');
+  await page.locator('#rate-limit [data-action="save"]').click();
+  await page.locator('#rate-limit .result', { hasText: 'Not allowed' }).waitFor();
+  assert.equal((await apiGet('/revisions')).body[0].revision, before);
+  await page.context().close();
+});
+
+test('with 500 more sidecars the fleet view renders them all and patches rows from events', async () => {
+  const sim = start('fleet-sim', 'outrider-fleet-sim', ['--control-plane', grpc, '--service', 'load', '--count', '500']);
+  await waitFor('500 simulated sidecars', async () => {
+    const { body } = await apiGet('/sidecars?service=load');
+    return body.filter((s) => s.status === 'healthy').length === 500;
+  }, 60_000);
+  const page = await signedIn(viewer);
+  const t0 = Date.now();
+  await waitFor('503 rows', async () => (await page.locator('#fleet tbody tr').count()) === 503, 30_000);
+  const rendered = Date.now() - t0;
+  let fullReads = 0;
+  page.on('request', (r) => { if (/\/api\/v1\/sidecars$/.test(r.url())) fullReads++; });
+  const cell = page.locator('#fleet tbody tr[data-id="sim/load-0007"] td').nth(8);
+  const first = await cell.textContent();
+  await waitFor('a simulated row to change through events', async () => (await cell.textContent()) !== first, 10_000);
+  // Measure how long a click on the filter takes to show its result with 503 rows.
+  const t1 = Date.now();
+  await page.locator('#fleet-filter').fill('load-0499');
+  await waitFor('the filter', async () => (await page.locator('#fleet tbody tr:visible').count()) === 1);
+  const filtered = Date.now() - t1;
+  assert.equal(fullReads, 0, 'live updates did not re-read the whole fleet');
+  console.log(`# 503 sidecars: fleet rendered in ${rendered} ms after sign-in; filter answered in ${filtered} ms`);
+  sim.kill('SIGTERM');
+  await page.context().close();
+});
