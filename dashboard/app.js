@@ -124,7 +124,14 @@ function errorRate(row, health) {
 
 // ---- fleet ---------------------------------------------------------------------------
 
-const FLEET_COLS = ['service', 'version', 'pod', 'status', 'revision', 'lastSeen', 'rate', 'errors', 'p99', 'limited'];
+const FLEET_COLS = ['service', 'version', 'pod', 'status', 'revision', 'lastSeen', 'rate', 'errors', 'p99', 'limited', 'logs'];
+
+// Log shipping at a glance: nothing configured, shipping, or buffering while the sink fails.
+function logsText(l) {
+  if (!l || (l.linesRead === 0 && l.accessRecords === 0 && l.shipped === 0 && l.bufferedBytes === 0)) return ['–', ''];
+  if (l.bufferedBytes > 0) return [`buffering ${Math.ceil(l.bufferedBytes / 1024)} KiB`, 'st-unhealthy'];
+  return [`${l.shipped} shipped${l.dropped > 0 ? `, ${l.dropped} dropped` : ''}`, ''];
+}
 
 function upsertRow(s) {
   let row = state.rows.get(s.id);
@@ -160,6 +167,8 @@ function upsertRow(s) {
   set('errors', pct(rate));
   set('p99', hl ? num(hl.p99Ms) : '–');
   set('limited', hl ? String(hl.rateLimitedTotal) : '–');
+  const [logs, logsCls] = logsText(hl && hl.logShipping);
+  set('logs', logs, logsCls);
   applyFilter(row);
   return fresh;
 }
