@@ -63,11 +63,15 @@ sleep 1
 cat <<MSG
 
 Outrider demo is running (logs in $DATA/demo/).
+  Dashboard:     http://127.0.0.1:18080/
   REST API:      curl http://127.0.0.1:18080/api/v1/sidecars
   Services:      curl http://127.0.0.1:18080/api/v1/services
   CLI:           $BIN/outriderctl get sidecars
   Through a sidecar (api, 5 req/s per client):
                  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} ' -H 'x-client-id: me' http://127.0.0.1:15406/; done
+  Outbound (api's sidecar calling web, v1 and v2):
+                 curl -H 'Host: web' http://127.0.0.1:15401/
+  Canary:        $BIN/outriderctl canary set web --subset v2 --weight 20 --stable v1
   Sidecar admin: curl http://127.0.0.1:15400/config_dump
 Press Ctrl-C to stop.
 MSG
