@@ -94,6 +94,11 @@ async fn a_put_document_lands_in_the_config_dir_and_is_served_with_an_etag_and_l
     wait_until(SOON, || async { !file.exists() })
         .await
         .expect("the file is removed");
-    let r = client().get(&admin).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    // The admin endpoint follows the same snapshot; it may answer a moment after the
+    // file is gone, so wait for it too rather than race it.
+    wait_until(SOON, || async {
+        client().get(&admin).send().await.unwrap().status() == 404
+    })
+    .await
+    .expect("the admin endpoint answers 404 for a deleted document");
 }
