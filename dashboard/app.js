@@ -376,7 +376,7 @@ async function showService(name) {
     instancesTable(data.sidecars),
     rateLimitEditor(name),
     routingEditor(name, subsets),
-    jsonPolicyEditor(name, 'logging', 'Logging', '{\n  "accessLog": {"enabled": true, "sampleRate": 1.0, "format": "json"},\n  "sink": {"type": "stdout"}\n}'),
+    loggingEditor(name),
     configEditor(name, data.configs),
   );
 }
@@ -425,7 +425,9 @@ function editorShell({ id, title, path, kindLabel }) {
   const showErrors = (errors) => {
     let n = 0;
     for (const err of errors) {
-      const input = !ed.rawMode && el.querySelector(`[data-field="${CSS.escape(err.field)}"]`);
+      const target = ed.rawMode ? null : el.querySelector(`[data-field="${CSS.escape(err.field)}"]`);
+      // A field the form hides (a sink field of another type) cannot show its message.
+      const input = target && !target.closest('[hidden]') ? target : null;
       const msgId = `${id}-err-${n++}`;
       const p = h('p', { class: 'field-error', id: msgId, text: input ? err.message : `${err.field}: ${err.message}` });
       if (input) {
@@ -521,6 +523,61 @@ function field(label, input) {
 }
 
 let uid = 0;
+// A form control bound to a document field: `data-field` is the path the API names in its
+// 422 errors (`rules[0].burst`, `sink.url`), so showErrors puts each message next to it.
+// `options` are values or [value, label] pairs; the value '' stands for "absent".
+function control(path, { tag = 'input', options = [], ...attrs } = {}, value) {
+  const el = h(tag, { id: `f-${++uid}`, 'data-field': path, ...attrs });
+  for (const o of options) {
+    const [v, label] = Array.isArray(o) ? o : [o, o];
+    el.append(h('option', { value: v, text: label }));
+  }
+  if (value !== undefined && value !== null) el.value = String(value);
+  return el;
+}
+
+// Writes a form value into a document; an empty value removes the key so the server's
+// default applies (and an unchanged document stays byte-identical to the stored one).
+function put(obj, key, value, conv = (v) => v) {
+  const v = String(value).trim();
+  if (v === '') delete obj[key];
+  else obj[key] = conv(v);
+}
+
+// Rows of a repeated document field (rate-limit rules, app logs) with add and remove.
+// `build(orig, i)` returns {inputs, row}; each entry keeps the document it came from so
+// fields the form does not show survive. Removing a row re-renders from the document so
+// every row's `data-field` index matches its position again.
+function rowList(ed, noun, build) {
+  const list = h('div', {});
+  const rows = [];
+  const add = (orig = {}) => {
+    const i = rows.length;
+    const { inputs, row } = build(orig, i);
+    const entry = { orig, inputs, row };
+    row.append(
+      h('button', {
+        type: 'button',
+        class: 'secondary',
+        text: 'Remove',
+        'aria-label': `Remove ${noun} ${i + 1}`,
+        onclick: () => {
+          rows.splice(rows.indexOf(entry), 1);
+          ed.fromDoc(ed.toDoc());
+        },
+      }),
+    );
+    rows.push(entry);
+    list.append(row);
+  };
+  const reset = (items) => {
+    rows.length = 0;
+    list.replaceChildren();
+    for (const item of items || []) add(item);
+  };
+  return { list, rows, add, reset };
+}
+
 function rateLimitEditor(service) {
   const ed = editorShell({
     id: 'rate-limit',
@@ -528,16 +585,8 @@ function rateLimitEditor(service) {
     path: `/services/${encodeURIComponent(service)}/policies/rate-limit`,
     kindLabel: 'rate-limit',
   });
-  const list = h('div', {});
-  const rules = []; // {orig, inputs}
-  const addRule = (r = {}) => {
-    const i = rules.length;
-    const mk = (name, { tag = 'input', options = [], ...attrs }, value) => {
-      const input = h(tag, { id: `rl-${++uid}`, 'data-field': `rules[${i}].${name}`, ...attrs });
-      for (const o of options) input.append(h('option', { value: o, text: o }));
-      if (value !== undefined && value !== null) input.value = value;
-      return input;
-    };
+  const rules = rowList(ed, 'rule', (r, i) => {
+    const mk = (name, attrs, value) => control(`rules[${i}].${name}`, attrs, value);
     const inputs = {
       name: mk('name', { type: 'text' }, r.name ?? (i === 0 ? 'all' : `rule-${i + 1}`)),
       pathPrefix: mk('match.pathPrefix', { type: 'text', placeholder: '/' }, r.match?.pathPrefix),
@@ -556,52 +605,27 @@ function rateLimitEditor(service) {
       field('Burst', inputs.burst),
       field('Scope', inputs.scope),
     );
-    const entry = { orig: r, inputs, row };
-    row.append(
-      h('button', {
-        type: 'button',
-        class: 'secondary',
-        text: 'Remove',
-        'aria-label': `Remove rule ${i + 1}`,
-        onclick: () => {
-          rules.splice(rules.indexOf(entry), 1);
-          ed.fromDoc(ed.toDoc());
-        },
-      }),
-    );
-    rules.push(entry);
-    list.append(row);
-  };
+    return { inputs, row };
+  });
   ed.fromDoc = (doc) => {
-    rules.length = 0;
-    list.replaceChildren();
-    for (const r of doc?.rules || []) addRule(r);
-    if (!rules.length) addRule();
+    rules.reset(doc?.rules);
+    if (!rules.rows.length) rules.add();
   };
   ed.toDoc = () => ({
-    rules: rules.map(({ orig, inputs }) => {
+    rules: rules.rows.map(({ orig, inputs }) => {
       const r = { ...orig, name: inputs.name.value };
-      const nums = (k) => {
-        const v = inputs[k].value.trim();
-        if (v === '') delete r[k];
-        else r[k] = Number(v);
-      };
-      nums('requestsPerSecond');
-      nums('burst');
-      const pp = inputs.pathPrefix.value.trim();
+      put(r, 'requestsPerSecond', inputs.requestsPerSecond.value, Number);
+      put(r, 'burst', inputs.burst.value, Number);
       const match = { ...(orig.match || {}) };
-      if (pp) match.pathPrefix = pp;
-      else delete match.pathPrefix;
+      put(match, 'pathPrefix', inputs.pathPrefix.value);
       if (Object.keys(match).length) r.match = match;
       else delete r.match;
-      const key = inputs.key.value.trim();
-      if (key) r.key = key;
-      else delete r.key;
+      put(r, 'key', inputs.key.value);
       r.scope = inputs.scope.value;
       return r;
     }),
   });
-  ed.form.append(list, h('button', { type: 'button', class: 'secondary', text: 'Add rule', onclick: () => addRule() }));
+  ed.form.append(rules.list, h('button', { type: 'button', class: 'secondary', text: 'Add rule', onclick: () => rules.add() }));
   ed.load().catch((e) => ed.say(e.message, false));
   return ed.el;
 }
@@ -671,15 +695,149 @@ function routingEditor(service, knownSubsets) {
   return ed.el;
 }
 
-// Logging: the JSON view is the form (DESIGN §4 documents every field).
-function jsonPolicyEditor(service, kind, title, example) {
-  const ed = editorShell({ id: kind, title, path: `/services/${encodeURIComponent(service)}/policies/${kind}`, kindLabel: kind });
-  const text = h('textarea', { id: `${kind}-doc`, 'aria-label': `${title} policy (JSON)`, spellcheck: 'false', 'data-field': '' });
-  ed.fromDoc = (d) => {
-    text.value = d ? JSON.stringify(d, null, 2) : example;
+// Logging (DESIGN §4): access log, the app's log files, and one sink. The form shows the
+// sink fields that matter for the chosen type; the others are left out of the document
+// but keep their values in the form, so switching the type back loses nothing.
+function loggingEditor(service) {
+  const ed = editorShell({
+    id: 'logging',
+    title: 'Logging',
+    path: `/services/${encodeURIComponent(service)}/policies/logging`,
+    kindLabel: 'logging',
+  });
+  const example = { accessLog: { enabled: true, sampleRate: 1.0, format: 'json' }, sink: { type: 'stdout' } };
+  let doc = null;
+  const enabled = control('accessLog.enabled', { type: 'checkbox' });
+  const sampleRate = control('accessLog.sampleRate', { type: 'number', step: 'any', min: '0', max: '1', placeholder: '1' });
+  const format = control('accessLog.format', { tag: 'select', options: ['json', 'common'] });
+  const redact = control('accessLog.redactHeaders', { type: 'text', placeholder: 'authorization, cookie' });
+  const appLogs = rowList(ed, 'app log', (l, i) => {
+    const mk = (name, attrs, value) => control(`appLogs[${i}].${name}`, attrs, value);
+    const inputs = {
+      path: mk('path', { type: 'text', placeholder: '/var/log/app/*.log' }, l.path),
+      parser: mk('parser', { tag: 'select', options: ['plain', 'json', 'regex'] }, l.parser || 'plain'),
+      pattern: mk('pattern', { type: 'text', placeholder: '(?P<level>\\w+) (?P<msg>.*)' }, l.pattern),
+      multilineStart: mk('multilineStart', { type: 'text', placeholder: '^\\d{4}-' }, l.multilineStart),
+    };
+    const row = h(
+      'div',
+      { class: 'rule', style: '--cols: 4' },
+      field('Path (glob)', inputs.path),
+      field('Parser', inputs.parser),
+      field('Pattern (regex parser)', inputs.pattern),
+      field('Multiline start (regex)', inputs.multilineStart),
+    );
+    return { inputs, row };
+  });
+  const sinkType = control('sink.type', { tag: 'select', options: ['stdout', 'file', 'http'] });
+  const sinkPath = control('sink.path', { type: 'text', placeholder: '/var/log/outrider/ship.ndjson' });
+  const sinkUrl = control('sink.url', { type: 'url', placeholder: 'http://collector:9880/ingest' });
+  const sinkFormat = control('sink.format', {
+    tag: 'select',
+    options: [['', 'default (ndjson)'], 'ndjson', 'elasticsearch-bulk', 'loki'],
+  });
+  const batchSize = control('sink.batchSize', { type: 'number', step: '1', min: '1', placeholder: '500' });
+  const flushInterval = control('sink.flushInterval', { type: 'text', placeholder: '1s' });
+  const compression = control('sink.compression', { tag: 'select', options: ['none', 'gzip'] });
+  const only = { path: ['file'], url: ['http'], format: ['http'], compression: ['http'] };
+  const sinkFields = {
+    path: field('File path', sinkPath),
+    url: field('URL', sinkUrl),
+    format: field('Format', sinkFormat),
+    compression: field('Compression', compression),
   };
-  ed.toDoc = () => JSON.parse(text.value);
-  ed.form.append(text);
+  const showSinkFields = () => {
+    for (const [k, types] of Object.entries(only)) sinkFields[k].hidden = !types.includes(sinkType.value);
+  };
+  sinkType.addEventListener('change', showSinkFields);
+
+  ed.fromDoc = (d) => {
+    doc = d || example;
+    const a = doc.accessLog || {};
+    enabled.checked = Boolean(a.enabled);
+    sampleRate.value = a.sampleRate ?? '';
+    format.value = a.format || 'json';
+    redact.value = (a.redactHeaders || []).join(', ');
+    appLogs.reset(doc.appLogs);
+    const s = doc.sink || {};
+    sinkType.value = s.type || 'stdout';
+    // A type-specific field absent from the document keeps what the form held, so
+    // switching the type in the raw view and back does not wipe it.
+    if (s.path !== undefined || sinkType.value === 'file') sinkPath.value = s.path ?? '';
+    if (s.url !== undefined || sinkType.value === 'http') sinkUrl.value = s.url ?? '';
+    if (s.format !== undefined || sinkType.value === 'http') sinkFormat.value = s.format ?? '';
+    compression.value = s.compression || 'none';
+    batchSize.value = s.batchSize ?? '';
+    flushInterval.value = s.flushInterval ?? '';
+    showSinkFields();
+  };
+  ed.toDoc = () => {
+    const d = JSON.parse(JSON.stringify(doc || example));
+    const a = { ...(d.accessLog || {}), enabled: enabled.checked, format: format.value };
+    put(a, 'sampleRate', sampleRate.value, Number);
+    const headers = redact.value.split(',').map((x) => x.trim()).filter(Boolean);
+    if (headers.length) a.redactHeaders = headers;
+    else delete a.redactHeaders;
+    d.accessLog = a;
+    const logs = appLogs.rows.map(({ orig, inputs }) => {
+      // The path is required: an empty one is sent so the server names the field.
+      const l = { ...orig, path: inputs.path.value.trim(), parser: inputs.parser.value };
+      put(l, 'pattern', inputs.pattern.value);
+      put(l, 'multilineStart', inputs.multilineStart.value);
+      return l;
+    });
+    if (logs.length) d.appLogs = logs;
+    else delete d.appLogs;
+    const s = { ...(d.sink || {}), type: sinkType.value };
+    const values = { path: sinkPath.value, url: sinkUrl.value, format: sinkFormat.value, compression: compression.value };
+    for (const [k, types] of Object.entries(only)) {
+      if (types.includes(s.type)) put(s, k, values[k]);
+      else delete s[k];
+    }
+    if (s.compression === 'none') delete s.compression;
+    put(s, 'batchSize', batchSize.value, Number);
+    put(s, 'flushInterval', flushInterval.value);
+    d.sink = s;
+    return d;
+  };
+  ed.form.append(
+    h(
+      'fieldset',
+      {},
+      h('legend', { text: 'Access log' }),
+      h(
+        'div',
+        { class: 'rule', style: '--cols: 4' },
+        field('Enabled', enabled),
+        field('Sample rate (0 to 1)', sampleRate),
+        field('Format', format),
+        field('Redacted headers (comma-separated)', redact),
+      ),
+    ),
+    h(
+      'fieldset',
+      {},
+      h('legend', { text: 'App log files' }),
+      appLogs.list,
+      h('button', { type: 'button', class: 'secondary', text: 'Add app log', onclick: () => appLogs.add() }),
+    ),
+    h(
+      'fieldset',
+      {},
+      h('legend', { text: 'Sink' }),
+      h(
+        'div',
+        { class: 'rule', style: '--cols: 7' },
+        field('Type', sinkType),
+        sinkFields.path,
+        sinkFields.url,
+        sinkFields.format,
+        field('Batch size', batchSize),
+        field('Flush interval', flushInterval),
+        sinkFields.compression,
+      ),
+    ),
+  );
   ed.load().catch((e) => ed.say(e.message, false));
   return ed.el;
 }
