@@ -11,6 +11,7 @@ pub mod config;
 pub mod configdocs;
 pub mod inbound;
 pub mod logship;
+pub mod matcher;
 pub mod metrics;
 pub mod outbound;
 pub mod persist;

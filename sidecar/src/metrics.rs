@@ -272,7 +272,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Res
 /// Estimates quantile `q` in seconds from per-bucket counts, interpolating linearly
 /// inside the bucket as Prometheus' `histogram_quantile` does. Observations in the
 /// `+Inf` bucket are reported at the highest finite bound.
-fn quantile(counts: &[u64; BUCKETS], q: f64) -> f64 {
+pub(crate) fn quantile(counts: &[u64; BUCKETS], q: f64) -> f64 {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return 0.0;

@@ -13,6 +13,7 @@
 //! `RateLimit-Policy: "<rule>";q=<quota>;w=<window>` and
 //! `RateLimit: "<rule>";r=<remaining>;t=<seconds>`, plus `Retry-After` on a denial.
 
+use crate::matcher::RequestMatcher;
 use bytes::{BufMut, BytesMut};
 use dashmap::DashMap;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
@@ -179,8 +180,7 @@ fn state_header(q: &Quota<'_>) -> Option<HeaderValue> {
 
 struct CompiledRule {
     info: RuleInfo,
-    path_prefix: Option<Box<str>>,
-    headers: Box<[(HeaderName, Box<[u8]>)]>,
+    matcher: RequestMatcher,
     /// GCRA emission interval `T = 1 / rate`, in nanoseconds.
     interval_ns: u64,
     /// GCRA tolerance `τ = burst × T`: how far the TAT may run ahead of now.
@@ -347,18 +347,6 @@ impl CompiledRule {
             _ => None,
         };
         let buckets = carried.unwrap_or_else(|| Arc::new(Buckets::new(&rule.key, key_header, max_keys)));
-        let headers = rule
-            .matches
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                // A name that does not parse can never be present: such a rule must
-                // never match, so keep an impossible requirement instead of dropping it.
-                let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .unwrap_or_else(|_| HeaderName::from_static("x-outrider-invalid-header-name"));
-                (name, value.as_bytes().into())
-            })
-            .collect();
         CompiledRule {
             info: RuleInfo {
                 name: rule.name.as_str().into(),
@@ -368,8 +356,7 @@ impl CompiledRule {
                 policy_header,
                 state_prefix,
             },
-            path_prefix: rule.matches.path_prefix.as_deref().map(Into::into),
-            headers,
+            matcher: RequestMatcher::compile(&rule.matches),
             interval_ns,
             tolerance_ns,
             buckets,
@@ -377,14 +364,7 @@ impl CompiledRule {
     }
 
     fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
-        if let Some(prefix) = &self.path_prefix {
-            if !path.starts_with(&**prefix) {
-                return false;
-            }
-        }
-        self.headers
-            .iter()
-            .all(|(name, want)| headers.get_all(name).iter().any(|v| v.as_bytes() == &**want))
+        self.matcher.matches(path, headers)
     }
 
     fn key_of<'r>(&self, headers: &'r HeaderMap, client_ip: IpAddr) -> Key<'r> {

@@ -2,7 +2,7 @@
 //! of each `service`/`subset` it called. Recorded on the request path with relaxed
 //! atomics; read by the health reporter, which alone keeps the window state.
 
-use crate::metrics::LATENCY_BUCKETS_SECONDS;
+use crate::metrics::{quantile, LATENCY_BUCKETS_SECONDS};
 use outrider_proto::v1::DestinationFigures;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -74,29 +74,6 @@ impl SubsetStats {
             window_requests: window.iter().sum(),
         }
     }
-}
-
-/// Linear interpolation inside the bucket holding the rank (seconds).
-fn quantile(counts: &[u64; BUCKETS], q: f64) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return 0.0;
-    }
-    let rank = q * total as f64;
-    let mut seen = 0u64;
-    for (i, &count) in counts.iter().enumerate() {
-        if count > 0 && (seen + count) as f64 >= rank {
-            let top = LATENCY_BUCKETS_SECONDS[LATENCY_BUCKETS_SECONDS.len() - 1];
-            let Some(&upper) = LATENCY_BUCKETS_SECONDS.get(i) else {
-                return top;
-            };
-            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS_SECONDS[i - 1] };
-            let within = ((rank - seen as f64) / count as f64).clamp(0.0, 1.0);
-            return lower + (upper - lower) * within;
-        }
-        seen += count;
-    }
-    LATENCY_BUCKETS_SECONDS[LATENCY_BUCKETS_SECONDS.len() - 1]
 }
 
 #[cfg(test)]

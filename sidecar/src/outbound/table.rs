@@ -6,7 +6,8 @@
 use super::balance::EndpointState;
 use super::budget::RetryBudget;
 use super::stats::SubsetStats;
-use http::header::{HeaderMap, HeaderName};
+use crate::matcher::RequestMatcher;
+use http::header::HeaderMap;
 use http::uri::Authority;
 use outrider_policy::{RetryOn, RoutingPolicy};
 use outrider_proto::v1::{DestinationFigures, DestinationTable};
@@ -32,8 +33,7 @@ pub struct Destination {
 
 pub struct CompiledRoute {
     pub name: Box<str>,
-    path_prefix: Option<Box<str>>,
-    headers: Vec<(HeaderName, Box<[u8]>)>,
+    matcher: RequestMatcher,
     /// (subset, weight) with weight > 0.
     backends: Vec<(Box<str>, u32)>,
     total_weight: u32,
@@ -230,19 +230,7 @@ fn compile_routes(p: &RoutingPolicy) -> Vec<CompiledRoute> {
                 .collect();
             CompiledRoute {
                 name: r.name.as_str().into(),
-                path_prefix: r.matches.path_prefix.as_deref().map(Into::into),
-                headers: r
-                    .matches
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        // Validation guarantees the name parses; an impossible name
-                        // would simply never match.
-                        let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                            .unwrap_or_else(|_| HeaderName::from_static("x-outrider-invalid-header-name"));
-                        (name, v.as_bytes().into())
-                    })
-                    .collect(),
+                matcher: RequestMatcher::compile(&r.matches),
                 total_weight: backends.iter().map(|(_, w)| w).sum(),
                 backends,
                 timeout: r.timeout.map(|t| t.as_std()),
@@ -260,14 +248,7 @@ fn compile_routes(p: &RoutingPolicy) -> Vec<CompiledRoute> {
 
 impl CompiledRoute {
     pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
-        if let Some(prefix) = &self.path_prefix {
-            if !path.starts_with(&**prefix) {
-                return false;
-            }
-        }
-        self.headers
-            .iter()
-            .all(|(name, want)| headers.get_all(name).iter().any(|v| v.as_bytes() == &**want))
+        self.matcher.matches(path, headers)
     }
 
     /// A subset by weight; `roll` is uniform in `0..total_weight`.
