@@ -467,7 +467,6 @@ async fn put_policy(
         .store
         .put_policy(&service, kind, &document, precondition(&headers), &actor(who))
         .await?;
-    state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
     Ok(with_etag(stored.revision, policy_json(&stored)))
 }
@@ -491,7 +490,6 @@ async fn delete_policy(
         }
         r => r?,
     };
-    state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
     Ok(Json(json!({"service": service, "kind": kind.as_str(), "revision": revision, "deleted": true})).into_response())
 }
@@ -499,6 +497,7 @@ async fn delete_policy(
 /// Pushes a committed change to this replica's sidecars at once; other replicas hear
 /// of it through the store (NOTIFY) or their periodic catch-up.
 async fn after_write(state: &AppState) {
+    state.hub.metrics.policy_writes.inc();
     if let Err(e) = state.hub.catch_up().await {
         tracing::warn!(error = %e, "catch-up after a write failed; the periodic sweep will retry");
     }
@@ -587,7 +586,6 @@ async fn put_config(
             &actor(who),
         )
         .await?;
-    state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
     Ok(with_etag(stored.revision, config_json(&stored)))
 }
@@ -613,7 +611,6 @@ async fn delete_config(
         }
         r => r?,
     };
-    state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
     Ok(Json(json!({"service": service, "name": name, "revision": revision, "deleted": true})).into_response())
 }
@@ -683,7 +680,6 @@ async fn revert(
         Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no revision {n}"))),
         r => r?,
     };
-    state.hub.metrics.policy_writes.inc();
     after_write(&state).await;
     Ok(Json(record_json(&r)))
 }
