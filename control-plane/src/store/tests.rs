@@ -81,12 +81,13 @@ macro_rules! store_test {
         }
     };
 }
+pub(crate) use store_test;
 
 fn rl(rps: f64) -> serde_json::Value {
     json!({"rules": [{"name": "all", "requestsPerSecond": rps, "burst": rps}]})
 }
 
-fn reg(id: &str, service: &str, session: &str) -> SidecarRegistration {
+pub(crate) fn reg(id: &str, service: &str, session: &str) -> SidecarRegistration {
     SidecarRegistration {
         id: id.into(),
         service: service.into(),

@@ -1,49 +1,8 @@
 //! Tokens and propagation, proven against both backends.
 
-use super::tests::TestStore;
+use super::tests::{reg, store_test, TestStore};
 use super::*;
 use serde_json::json;
-
-macro_rules! store_test {
-    ($name:ident, |$s:ident| $body:block) => {
-        mod $name {
-            use super::*;
-            async fn run($s: &Store) $body
-
-            #[tokio::test]
-            async fn postgres() {
-                let t = TestStore::postgres().await;
-                run(&t.store).await;
-                t.cleanup().await;
-            }
-
-            #[tokio::test]
-            async fn sqlite() {
-                let t = TestStore::sqlite().await;
-                run(&t.store).await;
-                t.cleanup().await;
-            }
-        }
-    };
-}
-
-fn reg(id: &str, service: &str, session: &str) -> SidecarRegistration {
-    SidecarRegistration {
-        id: id.into(),
-        service: service.into(),
-        version: "v1".into(),
-        namespace: "default".into(),
-        pod: id.into(),
-        address: "127.0.0.1".into(),
-        inbound_port: 15006,
-        outbound_port: 15001,
-        admin_port: 15000,
-        build_version: "test".into(),
-        session: session.into(),
-        replica: "r1".into(),
-        held_revision: 0,
-    }
-}
 
 fn rl(rps: f64) -> serde_json::Value {
     json!({"rules": [{"name": "all", "requestsPerSecond": rps}]})
