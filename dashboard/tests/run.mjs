@@ -32,15 +32,24 @@ let viewer;
 let cpData;
 const sidecars = [];
 
-function freePort() {
-  return new Promise((res, rej) => {
+// A port below the kernel's ephemeral range (32768+), where no outgoing connection of
+// the processes under test can take it between this check and the server's bind.
+const handedOut = new Set();
+function tryListen(port) {
+  return new Promise((res) => {
     const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
+    s.once('error', () => res(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => res(true)));
   });
+}
+async function freePort() {
+  for (;;) {
+    const port = 10000 + Math.floor(Math.random() * 22000);
+    if (!handedOut.has(port) && (await tryListen(port))) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
 
 function start(name, bin, args, env = {}) {

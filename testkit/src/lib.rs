@@ -67,10 +67,36 @@ fn default_bin_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts.
 ///
-/// Another process can take it before you bind it again; good enough for tests.
+/// Ports are picked below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// from `bind(0)` comes from that range, and any outgoing connection made by the many
+/// processes of a test run could take it before the server binds it. No port is handed
+/// out twice in one test process.
 pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low);
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = handed.get_or_insert_with(HashSet::new);
+    if high > low + 1000 {
+        let random = RandomState::new();
+        for attempt in 0u32..10_000 {
+            let port = low + (random.hash_one((std::process::id(), attempt)) % u64::from(high - low)) as u16;
+            if !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed.insert(port);
+                return port;
+            }
+        }
+    }
+    // An unusual port range: fall back to what the kernel hands out.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
