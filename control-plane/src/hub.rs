@@ -52,6 +52,12 @@ pub enum Event {
     Sidecars { sidecars: Vec<serde_json::Value> },
 }
 
+#[derive(Clone, Copy)]
+enum Rebuild {
+    FromStore,
+    Restamp,
+}
+
 type SnapshotTx = watch::Sender<Option<Arc<Snapshot>>>;
 
 struct ServiceEntry {
@@ -172,8 +178,20 @@ impl Hub {
         rx
     }
 
-    /// Rebuilds and publishes the service's snapshot if any sidecar listens for it.
+    /// Rebuilds the service's snapshot from the store and publishes it, if any sidecar
+    /// listens for it.
     pub async fn refresh(&self, service: &str) {
+        self.rebuild(service, Rebuild::FromStore).await
+    }
+
+    /// Re-issues the service's snapshot with the current destination table and healthy
+    /// count, without reading the store: all a membership or routing change elsewhere
+    /// needs. Falls back to a full build when there is no snapshot yet.
+    async fn restamp(&self, service: &str) {
+        self.rebuild(service, Rebuild::Restamp).await
+    }
+
+    async fn rebuild(&self, service: &str, how: Rebuild) {
         let mut loaded = self.loaded.subscribe();
         if loaded.wait_for(|l| *l).await.is_err() {
             return;
@@ -186,7 +204,16 @@ impl Hub {
             }
         };
         let _guard = lock.lock().await;
-        match self.build(service).await {
+        let current = tx.borrow().clone();
+        let built = match (how, current) {
+            (Rebuild::Restamp, Some(current)) => {
+                let mut snap = (*current).clone();
+                self.stamp(&mut snap, current.revision);
+                Ok(snap)
+            }
+            _ => self.build(service).await,
+        };
+        match built {
             Ok(snap) => {
                 debug!(service, revision = snap.revision, "snapshot built");
                 self.metrics.snapshots_built.inc();
@@ -206,11 +233,6 @@ impl Hub {
         let policies = self.store.list_policies(service).await?;
         let configs = self.store.list_configs(service).await?;
         let revision = self.store.service_revision(service).await?;
-        let healthy = self.healthy.lock().unwrap().get(service).copied().unwrap_or(0);
-        let destinations = self.destinations();
-        // A routing change anywhere changes what this sidecar enforces, so it counts
-        // in the revision it acknowledges.
-        let revision = revision.max(destinations.routing_revision);
         let doc = |k: PolicyKind| {
             policies
                 .iter()
@@ -218,9 +240,7 @@ impl Hub {
                 .map(|p| p.document.to_string())
                 .unwrap_or_default()
         };
-        Ok(Snapshot {
-            revision,
-            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        let mut snap = Snapshot {
             service: service.to_owned(),
             rate_limit: doc(PolicyKind::RateLimit),
             logging: doc(PolicyKind::Logging),
@@ -233,10 +253,24 @@ impl Hub {
                     revision: c.revision,
                 })
                 .collect(),
-            service_share: 1.0 / f64::from(healthy.max(1)),
-            healthy_instances: healthy,
-            destinations: Some((*destinations).clone()),
-        })
+            ..Snapshot::default()
+        };
+        self.stamp(&mut snap, revision);
+        Ok(snap)
+    }
+
+    /// Sets what comes from the hub's memory rather than the service's documents: a new
+    /// nonce, the split of `scope: service` limits, the destination table, and the
+    /// revision — `own_revision` raised to the newest routing revision, since a routing
+    /// change anywhere changes what the sidecar enforces.
+    fn stamp(&self, snap: &mut Snapshot, own_revision: u64) {
+        let healthy = self.healthy.lock().unwrap().get(&snap.service).copied().unwrap_or(0);
+        let destinations = self.destinations();
+        snap.revision = own_revision.max(destinations.routing_revision);
+        snap.nonce = uuid::Uuid::new_v4().simple().to_string();
+        snap.service_share = 1.0 / f64::from(healthy.max(1));
+        snap.healthy_instances = healthy;
+        snap.destinations = Some((*destinations).clone());
     }
 
     /// The current destination table (endpoints and routing of every service).
@@ -257,11 +291,16 @@ impl Hub {
         Ok(true)
     }
 
-    /// Rebuilds the snapshot of every service that has subscribers here.
-    async fn refresh_all(&self) {
+    /// After a destination-table change: rebuilds the services whose own documents
+    /// changed (`from_store`) and re-stamps every other service subscribed here.
+    async fn refresh_all(&self, from_store: &[String]) {
         let services: Vec<String> = self.services.lock().unwrap().keys().cloned().collect();
         for s in services {
-            self.refresh(&s).await;
+            if from_store.contains(&s) {
+                self.refresh(&s).await;
+            } else {
+                self.restamp(&s).await;
+            }
         }
     }
 
@@ -283,7 +322,7 @@ impl Hub {
             self.metrics.latest_revision.set(newest as i64);
         }
         if newest > after && self.update_destinations().await? {
-            self.refresh_all().await;
+            self.refresh_all(&services).await;
             return Ok(());
         }
         for s in services {
@@ -317,12 +356,13 @@ impl Hub {
                 service: service.clone(),
                 healthy: n,
             });
+            // A new split needs no store read.
             if !mesh_changed {
-                self.refresh(&service).await;
+                self.restamp(&service).await;
             }
         }
         if mesh_changed {
-            self.refresh_all().await;
+            self.refresh_all(&[]).await;
         }
         Ok(())
     }
