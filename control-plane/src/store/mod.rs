@@ -167,15 +167,21 @@ impl Store {
         Ok(tx)
     }
 
-    async fn notify(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, payload: &str) -> Result<(), StoreError> {
+    /// Commits a write that took `revision`, telling the other replicas (PostgreSQL).
+    async fn commit_revision(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        revision: u64,
+    ) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
             // Delivered at commit, so listeners never see a change before it is visible.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
-                .bind(payload)
-                .execute(&mut **tx)
+                .bind(format!("revision:{revision}"))
+                .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -252,8 +258,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        self.notify(&mut tx, &format!("revision:{revision}")).await?;
-        tx.commit().await?;
+        self.commit_revision(tx, revision).await?;
         Ok(StoredPolicy {
             service: service.to_owned(),
             kind,
@@ -298,8 +303,7 @@ impl Store {
             .bind(kind.as_str())
             .execute(&mut *tx)
             .await?;
-        self.notify(&mut tx, &format!("revision:{revision}")).await?;
-        tx.commit().await?;
+        self.commit_revision(tx, revision).await?;
         Ok(revision)
     }
 
@@ -385,8 +389,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        self.notify(&mut tx, &format!("revision:{revision}")).await?;
-        tx.commit().await?;
+        self.commit_revision(tx, revision).await?;
         Ok(StoredConfig {
             service: service.to_owned(),
             name: name.to_owned(),
@@ -436,8 +439,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        self.notify(&mut tx, &format!("revision:{revision}")).await?;
-        tx.commit().await?;
+        self.commit_revision(tx, revision).await?;
         Ok(revision)
     }
 
