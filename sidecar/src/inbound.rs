@@ -111,17 +111,17 @@ impl InboundProxy {
     pub async fn handle(&self, mut req: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let metrics = &self.state.metrics;
-        // `None` (no allocation) unless the policy asks for access logs.
-        let access = PendingAccess::begin(&self.state, &mut req, peer, new_request_id);
-
-        // Rate limit. The guard is a lock-free arc_swap load and is dropped before
-        // any `.await`; only the owned header values outlive it.
-        let limit_headers = {
+        // One lock-free load of the applied snapshot serves the access log and the
+        // rate limit; the guard is dropped before any `.await`, only owned values
+        // (the pending record, the header values) outlive it.
+        let (access, limit_headers) = {
             let applied = self.state.applied.load();
+            // `None` (no allocation) unless the policy asks for access logs.
+            let access = PendingAccess::begin(applied.as_deref(), &mut req, peer, new_request_id);
             match applied.as_deref() {
                 // Nothing applied yet (first start, control plane unreachable, no
                 // persisted snapshot): there is no policy to enforce, so fail open.
-                None => None,
+                None => (access, None),
                 Some(applied) => {
                     let decision = applied.limiter.check(req.uri().path(), req.headers(), peer, started);
                     if let Decision::Deny {
@@ -139,7 +139,7 @@ impl InboundProxy {
                         }
                         return response;
                     }
-                    decision.headers()
+                    (access, decision.headers())
                 }
             }
         };
@@ -338,8 +338,9 @@ pub(crate) fn server_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-fn text_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+/// A small plain-text answer of the proxy's own (`&'static str` bodies are not copied).
+pub(crate) fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(body.into())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

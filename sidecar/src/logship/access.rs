@@ -5,7 +5,7 @@
 //! the few fields a record has, and never for a header named in `redactHeaders`.
 
 use super::{clf_time, rfc3339_millis, Identity};
-use crate::state::SidecarState;
+use crate::state::{Applied, SidecarState};
 use http::{HeaderMap, Method, Request, Version};
 use outrider_policy::{AccessLog, LogFormat};
 use serde_json::{Map, Value};
@@ -43,25 +43,25 @@ pub struct Pending {
 impl Pending {
     /// `None` unless access logs are on and this request is sampled. Gives the
     /// request an `x-request-id` if it has none, so the app and the record agree.
+    /// `applied` is the snapshot the proxy already loaded for this request.
     pub fn begin<B>(
-        state: &SidecarState,
+        applied: Option<&Applied>,
         req: &mut Request<B>,
         peer: IpAddr,
         new_request_id: impl FnOnce() -> http::HeaderValue,
     ) -> Option<Self> {
-        Self::begin_direction(state, req, peer, new_request_id, "inbound")
+        Self::begin_direction(applied, req, peer, new_request_id, "inbound")
     }
 
     /// Like [`Pending::begin`] for a request in `direction` (`inbound`, `outbound`).
     pub fn begin_direction<B>(
-        state: &SidecarState,
+        applied: Option<&Applied>,
         req: &mut Request<B>,
         peer: IpAddr,
         new_request_id: impl FnOnce() -> http::HeaderValue,
         direction: &'static str,
     ) -> Option<Self> {
-        let applied = state.applied.load();
-        let policy = &applied.as_deref()?.logging.as_ref()?.access_log;
+        let policy = &applied?.logging.as_ref()?.access_log;
         if !policy.enabled || !(policy.sample_rate >= 1.0 || rand::random::<f64>() < policy.sample_rate) {
             return None;
         }
@@ -217,7 +217,7 @@ mod tests {
     fn disabled_access_logs_capture_nothing() {
         let state = state_with(r#"{"enabled":false}"#);
         let mut req = Request::get("/x").body(()).unwrap();
-        assert!(Pending::begin(&state, &mut req, [127, 0, 0, 1].into(), id).is_none());
+        assert!(Pending::begin(state.applied.load().as_deref(), &mut req, [127, 0, 0, 1].into(), id).is_none());
         assert!(!req.headers().contains_key("x-request-id"));
     }
 
@@ -230,7 +230,7 @@ mod tests {
             .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
             .body(())
             .unwrap();
-        let pending = Pending::begin(&state, &mut req, [10, 0, 0, 9].into(), id).unwrap();
+        let pending = Pending::begin(state.applied.load().as_deref(), &mut req, [10, 0, 0, 9].into(), id).unwrap();
         assert_eq!(req.headers()["x-request-id"], "generated");
         let mut head = HeaderMap::new();
         head.insert("content-length", http::HeaderValue::from_static("42"));
@@ -279,7 +279,7 @@ mod tests {
         let state = state_with(r#"{"enabled":true,"sampleRate":0}"#);
         for _ in 0..100 {
             let mut req = Request::get("/").body(()).unwrap();
-            assert!(Pending::begin(&state, &mut req, [127, 0, 0, 1].into(), id).is_none());
+            assert!(Pending::begin(state.applied.load().as_deref(), &mut req, [127, 0, 0, 1].into(), id).is_none());
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod stats;
 pub mod table;
 
 use crate::inbound::upgrade;
-use crate::inbound::{remove_hop_by_hop, ErrorChain, ProxyBody, CONNECT_TIMEOUT};
+use crate::inbound::{remove_hop_by_hop, text_response, ErrorChain, ProxyBody, CONNECT_TIMEOUT};
 use crate::state::SidecarState;
 use balance::EndpointState;
 use bytes::Bytes;
@@ -102,7 +102,7 @@ impl OutboundProxy {
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let access = crate::logship::access::Pending::begin_direction(
-            &self.state,
+            self.state.applied.load().as_deref(),
             &mut req,
             std::net::IpAddr::from([127, 0, 0, 1]),
             crate::inbound::new_request_id,
@@ -125,16 +125,16 @@ impl OutboundProxy {
     async fn route(&self, mut req: Request<Incoming>, started: Instant) -> Response<ProxyBody> {
         let dest = {
             let Some(host) = target_host(&req) else {
-                return text(
+                return text_response(
                     StatusCode::BAD_REQUEST,
-                    "the outbound proxy routes by Host: send `Host: <service>` or an absolute-form URI\n".into(),
+                    "the outbound proxy routes by Host: send `Host: <service>` or an absolute-form URI\n",
                 );
             };
             let applied = self.state.applied.load();
             match applied.as_ref().and_then(|a| a.destinations.resolve(host)) {
                 Some(d) => Arc::clone(d),
                 None => {
-                    return text(
+                    return text_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n"),
                     )
@@ -146,7 +146,7 @@ impl OutboundProxy {
         let timeout = route.and_then(|r| r.timeout).unwrap_or(DEFAULT_TIMEOUT);
         let endpoints = match choose_endpoints(&dest, route) {
             Ok(e) => e,
-            Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, why),
+            Err(why) => return text_response(StatusCode::SERVICE_UNAVAILABLE, why),
         };
 
         if upgrade::is_upgrade(&req) {
@@ -179,7 +179,7 @@ impl OutboundProxy {
             match body.collect().await {
                 Ok(b) => Some(b.to_bytes()),
                 Err(e) => {
-                    return text(
+                    return text_response(
                         StatusCode::BAD_REQUEST,
                         format!("could not read the request body: {e}\n"),
                     );
@@ -197,7 +197,7 @@ impl OutboundProxy {
         let (outcome, ep) = loop {
             let now_ms = self.now_ms();
             let Some(ep) = balance::pick(endpoints, now_ms, tried.as_deref(), &mut rand::rng()).cloned() else {
-                return text(
+                return text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("no healthy instance of {}\n", dest.name),
                 );
@@ -249,20 +249,20 @@ impl OutboundProxy {
                 remove_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Either::Left(body))
             }
-            Outcome::Timeout => text(
+            Outcome::Timeout => text_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("{} (pod {}) did not answer in time\n", dest.name, ep.pod),
             ),
             Outcome::ConnectFailure(e) => {
                 debug!(error = %ErrorChain(&e), "connect failed");
-                text(
+                text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("no instance of {} accepted the connection\n", dest.name),
                 )
             }
             Outcome::Reset(e) => {
                 debug!(error = %ErrorChain(&e), "upstream failed");
-                text(
+                text_response(
                     StatusCode::BAD_GATEWAY,
                     format!("{} (pod {}) closed the connection: {e}\n", dest.name, ep.pod),
                 )
@@ -283,7 +283,7 @@ impl OutboundProxy {
         started: Instant,
     ) -> Response<ProxyBody> {
         let Some(ep) = balance::pick(endpoints, self.now_ms(), None, &mut rand::rng()).cloned() else {
-            return text(
+            return text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no healthy instance of {}\n", dest.name),
             );
@@ -302,11 +302,11 @@ impl OutboundProxy {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 ep.stats.record(true, started.elapsed());
-                return text(StatusCode::BAD_GATEWAY, format!("{}: {}\n", dest.name, ErrorChain(&e)));
+                return text_response(StatusCode::BAD_GATEWAY, format!("{}: {}\n", dest.name, ErrorChain(&e)));
             }
             Err(_) => {
                 ep.stats.record(true, started.elapsed());
-                return text(
+                return text_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("{} did not answer in time\n", dest.name),
                 );
@@ -383,16 +383,6 @@ fn build_request(
     *req.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
     *req.headers_mut() = headers.clone();
     req
-}
-
-fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// Serves the outbound proxy until `shutdown` resolves, then drains like the inbound.
