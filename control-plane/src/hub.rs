@@ -18,26 +18,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
-/// Liveness timing shared by the stream, the API and the membership check.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// How often sidecars send a health report.
-    pub report_interval: Duration,
-    /// Silence after which a sidecar counts as unhealthy (and leaves the split).
-    pub unhealthy_after: Duration,
-    /// Silence after which a sidecar counts as disconnected.
-    pub disconnected_after: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            report_interval: Duration::from_secs(1),
-            unhealthy_after: Duration::from_secs(5),
-            disconnected_after: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::timing::Timing;
 
 /// What the dashboard and `/api/v1/events` hear about.
 #[derive(Debug, Clone, serde::Serialize)]

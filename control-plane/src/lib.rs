@@ -18,4 +18,5 @@ pub mod openapi;
 pub mod propagation;
 pub mod server;
 pub mod store;
+pub mod timing;
 pub mod traffic;

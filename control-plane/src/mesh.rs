@@ -6,8 +6,8 @@
 //! at build time (as the API does), so an instance that stops reporting drops out on
 //! the next membership check and one that closes its stream drops out at once.
 
-use crate::hub::Timing;
 use crate::store::{now_ms, SidecarStatus, Store, StoreError};
+use crate::timing::Timing;
 use outrider_proto::v1::{DestinationService, DestinationTable, Endpoint};
 use std::collections::BTreeMap;
 
