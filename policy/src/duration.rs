@@ -1,5 +1,11 @@
+use crate::FieldError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+
+/// Longest timeout a document may set: a request held longer is better failed.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Longest interval a document may set (flushes, rollout steps).
+pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A duration written as a string: `"250ms"`, `"2s"`, `"1m30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -11,6 +17,17 @@ impl Duration {
     }
     pub fn as_std(self) -> std::time::Duration {
         self.0
+    }
+
+    /// Pushes an error for `field` unless `0 < self <= max`: a zero would spin and a
+    /// huge value overflows the clock arithmetic of whoever enforces it.
+    pub(crate) fn check(self, field: impl Into<String>, max: std::time::Duration, errors: &mut Vec<FieldError>) {
+        if self.0.is_zero() || self.0 > max {
+            errors.push(FieldError::new(
+                field,
+                format!("must be greater than 0 and at most {}", humantime::format_duration(max)),
+            ));
+        }
     }
 }
 
@@ -62,5 +79,21 @@ mod tests {
         assert_eq!(Duration::from_millis(250).to_string(), "250ms");
         assert_eq!(Duration::from_millis(2000).to_string(), "2s");
         assert!("fast".parse::<Duration>().is_err());
+    }
+
+    #[test]
+    fn check_refuses_zero_and_values_past_the_maximum() {
+        let mut errors = Vec::new();
+        Duration::from_millis(1).check("a", MAX_TIMEOUT, &mut errors);
+        Duration(MAX_TIMEOUT).check("b", MAX_TIMEOUT, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        Duration::from_millis(0).check("c", MAX_TIMEOUT, &mut errors);
+        "18446744073709551615s"
+            .parse::<Duration>()
+            .unwrap()
+            .check("d", MAX_TIMEOUT, &mut errors);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["c", "d"]);
+        assert_eq!(errors[0].message, "must be greater than 0 and at most 1h");
     }
 }

@@ -7,6 +7,7 @@
 pub mod canary;
 mod duration;
 mod error;
+mod json;
 mod logging;
 mod names;
 mod ratelimit;
@@ -79,10 +80,16 @@ pub trait Validate {
 
 /// Parses and validates one document of type `T` from JSON bytes.
 ///
-/// Malformed JSON is [`PolicyError::Malformed`]; a wrong type or unknown field is
+/// Malformed JSON is [`PolicyError::Malformed`]; a key written twice, a wrong type or unknown field is
 /// [`PolicyError::Invalid`] naming the field's path; then every semantic problem is
 /// reported at once.
 pub fn parse_document<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, PolicyError> {
+    if let Some(path) = json::duplicate_key(bytes).map_err(|e| PolicyError::Malformed(e.to_string()))? {
+        return Err(PolicyError::Invalid(vec![FieldError::new(
+            path,
+            "key appears more than once",
+        )]));
+    }
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| PolicyError::Malformed(e.to_string()))?;
     from_value(value)
 }

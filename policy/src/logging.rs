@@ -1,3 +1,4 @@
+use crate::duration::MAX_INTERVAL;
 use crate::{Duration, FieldError, Validate};
 use serde::{Deserialize, Serialize};
 
@@ -191,9 +192,7 @@ impl Validate for LoggingPolicy {
         if s.batch_size == 0 || s.batch_size > 100_000 {
             errors.push(FieldError::new("sink.batchSize", "must be between 1 and 100000"));
         }
-        if s.flush_interval.0.is_zero() {
-            errors.push(FieldError::new("sink.flushInterval", "must be greater than 0"));
-        }
+        s.flush_interval.check("sink.flushInterval", MAX_INTERVAL, errors);
     }
 }
 

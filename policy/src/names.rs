@@ -1,3 +1,36 @@
+use crate::FieldError;
+use std::collections::HashSet;
+
+/// Longest route or rule name. Names travel in response headers (`RateLimit-Policy`)
+/// and metric labels on every request, so they stay short.
+pub const MAX_ITEM_NAME_LEN: usize = 63;
+
+/// Checks the name of a route or rule (`what`): present, unique within its document,
+/// short, and free of what a quoted header value cannot hold.
+pub(crate) fn check_item_name<'a>(
+    name: &'a str,
+    field: String,
+    what: &str,
+    seen: &mut HashSet<&'a str>,
+    errors: &mut Vec<FieldError>,
+) {
+    if name.trim().is_empty() {
+        errors.push(FieldError::new(field, "must not be empty"));
+    } else if name.len() > MAX_ITEM_NAME_LEN {
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {MAX_ITEM_NAME_LEN} bytes long"),
+        ));
+    } else if !name
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        errors.push(FieldError::new(field, "must be printable ASCII without '\"' or '\\'"));
+    } else if !seen.insert(name) {
+        errors.push(FieldError::new(field, format!("duplicate {what} name {name:?}")));
+    }
+}
+
 /// Service names are DNS labels (RFC 1123): what Kubernetes allows for a Service.
 pub fn validate_service_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -70,6 +103,30 @@ mod tests {
         for bad in ["", "Web", "-web", "web-", "a/b", &"x".repeat(64)] {
             assert!(validate_service_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn item_names_are_short_unique_and_header_safe() {
+        let mut seen = HashSet::new();
+        let mut errors = Vec::new();
+        let long = "x".repeat(MAX_ITEM_NAME_LEN + 1);
+        for (i, name) in ["per client", "per client", "", "a\"b", "tab\there", long.as_str()]
+            .iter()
+            .enumerate()
+        {
+            check_item_name(name, format!("rules[{i}].name"), "rule", &mut seen, &mut errors);
+        }
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "rules[1].name",
+                "rules[2].name",
+                "rules[3].name",
+                "rules[4].name",
+                "rules[5].name"
+            ]
+        );
     }
 
     #[test]

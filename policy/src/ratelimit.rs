@@ -1,4 +1,4 @@
-use crate::names::valid_header_name;
+use crate::names::{check_item_name, valid_header_name};
 use crate::{FieldError, Validate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -125,25 +125,20 @@ pub enum Scope {
 
 /// Guards against values that would make a bucket meaningless or overflow arithmetic.
 const MAX_RATE: f64 = 1e9;
+/// One request an hour: a slower rate would tell clients to retry after days
+/// (`Retry-After`), which no client honours.
+const MIN_RATE: f64 = 1.0 / 3600.0;
 
 impl Validate for RateLimitPolicy {
     fn validate(&self, errors: &mut Vec<FieldError>) {
         let mut names = HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let at = format!("rules[{i}]");
-            if r.name.trim().is_empty() {
-                errors.push(FieldError::new(format!("{at}.name"), "must not be empty"));
-            } else if !names.insert(r.name.as_str()) {
-                errors.push(FieldError::new(
-                    format!("{at}.name"),
-                    format!("duplicate rule name {:?}", r.name),
-                ));
-            }
-            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0 && r.requests_per_second <= MAX_RATE)
-            {
+            check_item_name(&r.name, format!("{at}.name"), "rule", &mut names, errors);
+            if !(r.requests_per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r.requests_per_second)) {
                 errors.push(FieldError::new(
                     format!("{at}.requestsPerSecond"),
-                    format!("must be a number greater than 0 and at most {MAX_RATE}"),
+                    format!("must be a number from {MIN_RATE:.6} (one request an hour) to {MAX_RATE}"),
                 ));
             }
             if let Some(b) = r.burst {
@@ -188,6 +183,10 @@ mod tests {
         assert_eq!(
             errors(r#"{"rules":[{"name":"a","requestsPerSecond":-1,"burst":0}]}"#),
             ["rules[0].requestsPerSecond", "rules[0].burst"]
+        );
+        assert_eq!(
+            errors(r#"{"rules":[{"name":"a","requestsPerSecond":1e-300}]}"#),
+            ["rules[0].requestsPerSecond"]
         );
     }
 

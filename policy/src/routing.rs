@@ -1,3 +1,5 @@
+use crate::duration::MAX_TIMEOUT;
+use crate::names::check_item_name;
 use crate::{Duration, FieldError, RouteMatch, Validate};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -58,14 +60,7 @@ impl Validate for RoutingPolicy {
         let mut names = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if r.name.trim().is_empty() {
-                errors.push(FieldError::new(format!("{at}.name"), "must not be empty"));
-            } else if !names.insert(r.name.as_str()) {
-                errors.push(FieldError::new(
-                    format!("{at}.name"),
-                    format!("duplicate route name {:?}", r.name),
-                ));
-            }
+            check_item_name(&r.name, format!("{at}.name"), "route", &mut names, errors);
             r.matches.validate(&format!("{at}.match"), errors);
             if r.backends.is_empty() {
                 errors.push(FieldError::new(format!("{at}.backends"), "needs at least one backend"));
@@ -90,24 +85,24 @@ impl Validate for RoutingPolicy {
                     ));
                 }
             }
-            if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0) {
+            // Weights are percentages: a route whose weights add up to anything else
+            // would send a share nobody wrote down.
+            let total: u64 = r.backends.iter().map(|b| u64::from(b.weight)).sum();
+            if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight <= 100) && total != 100 {
                 errors.push(FieldError::new(
                     format!("{at}.backends"),
-                    "at least one backend needs a weight above 0",
+                    format!("weights must add up to 100 (they add up to {total})"),
                 ));
             }
-            if r.timeout.is_some_and(|t| t.0.is_zero()) {
-                errors.push(FieldError::new(format!("{at}.timeout"), "must be greater than 0"));
+            if let Some(t) = r.timeout {
+                t.check(format!("{at}.timeout"), MAX_TIMEOUT, errors);
             }
             if let Some(rt) = &r.retries {
                 if rt.attempts > 10 {
                     errors.push(FieldError::new(format!("{at}.retries.attempts"), "must be at most 10"));
                 }
-                if rt.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
-                    errors.push(FieldError::new(
-                        format!("{at}.retries.perTryTimeout"),
-                        "must be greater than 0",
-                    ));
+                if let Some(t) = rt.per_try_timeout {
+                    t.check(format!("{at}.retries.perTryTimeout"), MAX_TIMEOUT, errors);
                 }
             }
         }
@@ -140,5 +135,43 @@ mod tests {
                 .unwrap_err();
         let PolicyError::Invalid(e) = err else { panic!() };
         assert_eq!(e[0].field, "routes[0].backends[0].weight");
+    }
+
+    fn fields(json: &str) -> Vec<String> {
+        match parse_document::<RoutingPolicy>(json.as_bytes()) {
+            Err(PolicyError::Invalid(e)) => e.into_iter().map(|e| e.field).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn weights_must_add_up_to_100() {
+        assert_eq!(
+            fields(r#"{"routes":[{"name":"d","backends":[{"subset":"v1","weight":60},{"subset":"v2","weight":60}]}]}"#),
+            ["routes[0].backends"]
+        );
+        assert_eq!(
+            fields(r#"{"routes":[{"name":"d","backends":[{"subset":"v1","weight":0}]}]}"#),
+            ["routes[0].backends"]
+        );
+    }
+
+    #[test]
+    fn timeouts_past_an_hour_are_refused_before_they_overflow_a_clock() {
+        assert_eq!(
+            fields(
+                r#"{"routes":[{"name":"d","backends":[{"subset":"v1","weight":100}],"timeout":"18446744073709551615s",
+                   "retries":{"attempts":1,"perTryTimeout":"2h"}}]}"#
+            ),
+            ["routes[0].timeout", "routes[0].retries.perTryTimeout"]
+        );
+    }
+
+    #[test]
+    fn a_key_written_twice_is_named() {
+        assert_eq!(
+            fields(r#"{"routes":[{"name":"d","name":"e","backends":[{"subset":"v1","weight":100}]}]}"#),
+            ["routes[0].name"]
+        );
     }
 }
