@@ -419,3 +419,107 @@ async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>, mut shutdown
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Precondition, SidecarRegistration};
+    use serde_json::json;
+
+    async fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        (Hub::new(store, Timing::default(), Arc::new(Metrics::new())), dir)
+    }
+
+    async fn next(rx: &mut watch::Receiver<Option<Arc<Snapshot>>>) -> Arc<Snapshot> {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a snapshot within 10 s")
+            .unwrap();
+        rx.borrow_and_update().clone().expect("a published snapshot")
+    }
+
+    fn registration(service: &str, pod: &str, address: &str) -> SidecarRegistration {
+        SidecarRegistration {
+            id: format!("default/{pod}"),
+            service: service.into(),
+            version: "v1".into(),
+            namespace: "default".into(),
+            pod: pod.into(),
+            address: address.into(),
+            inbound_port: 15006,
+            outbound_port: 15001,
+            admin_port: 15000,
+            build_version: "test".into(),
+            session: format!("s-{pod}"),
+            replica: "test".into(),
+            held_revision: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn no_snapshot_is_built_before_the_hub_has_loaded() {
+        let (hub, _dir) = hub().await;
+        let mut rx = hub.subscribe("web");
+        tokio::task::yield_now().await;
+        assert!(rx.borrow_and_update().is_none());
+        assert!(!hub.is_loaded());
+        hub.load().await;
+        let snap = next(&mut rx).await;
+        assert_eq!(snap.service, "web");
+    }
+
+    #[tokio::test]
+    async fn a_write_rebuilds_only_the_written_service() {
+        let (hub, _dir) = hub().await;
+        hub.load().await;
+        let mut web = hub.subscribe("web");
+        let mut api = hub.subscribe("api");
+        let web0 = next(&mut web).await;
+        let api0 = next(&mut api).await;
+
+        let doc = json!({"rules": [{"name": "all", "requestsPerSecond": 5}]});
+        let stored = hub
+            .store()
+            .put_policy("web", PolicyKind::RateLimit, &doc, Precondition::None, "test")
+            .await
+            .unwrap();
+        hub.catch_up().await.unwrap();
+
+        let web1 = next(&mut web).await;
+        assert_eq!(web1.revision, stored.revision);
+        assert!(web1.revision > web0.revision);
+        assert!(web1.rate_limit.contains("requestsPerSecond"));
+        assert!(!api.has_changed().unwrap(), "api's snapshot must not be rebuilt");
+        assert_eq!(hub.current_revision("api"), Some(api0.revision));
+    }
+
+    #[tokio::test]
+    async fn a_new_healthy_instance_re_splits_service_limits_and_joins_the_destinations() {
+        let (hub, _dir) = hub().await;
+        hub.load().await;
+        let mut web = hub.subscribe("web");
+        let first = next(&mut web).await;
+        assert_eq!(first.healthy_instances, 0);
+
+        for (pod, addr) in [("web-1", "10.0.0.1"), ("web-2", "10.0.0.2")] {
+            hub.store()
+                .register_sidecar(&registration("web", pod, addr))
+                .await
+                .unwrap();
+        }
+        hub.check_membership().await.unwrap();
+
+        let snap = next(&mut web).await;
+        assert_eq!(snap.healthy_instances, 2);
+        assert_eq!(snap.service_share, 0.5);
+        let table = snap.destinations.as_ref().unwrap();
+        let web_dest = table.services.iter().find(|s| s.service == "web").unwrap();
+        let addrs: Vec<_> = web_dest.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2"]);
+        // A membership change re-stamps the same documents with a fresh nonce.
+        assert_ne!(snap.nonce, first.nonce);
+        assert_eq!(snap.rate_limit, first.rate_limit);
+    }
+}
