@@ -229,3 +229,203 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    //! The control stream over a real loopback socket, against a real SQLite store.
+    use super::*;
+    use crate::hub::Timing;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+    use outrider_proto::v1::control_plane_client::ControlPlaneClient;
+    use outrider_proto::v1::{Ack, Identity, Nack, Snapshot};
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    struct Fixture {
+        hub: Arc<Hub>,
+        endpoint: String,
+        _stop: watch::Sender<bool>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn control_plane(token: Option<&str>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        let hub = Hub::new(store, Timing::default(), Arc::new(Metrics::new()));
+        hub.load().await;
+        let (stop, shutdown) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let svc = ControlService::new(hub.clone(), token.map(str::to_owned), shutdown).into_server();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Fixture {
+            hub,
+            endpoint,
+            _stop: stop,
+            _dir: dir,
+        }
+    }
+
+    fn hello(pod: &str, token: &str) -> SidecarMessage {
+        SidecarMessage {
+            msg: Some(sidecar_message::Msg::Hello(Hello {
+                identity: Some(Identity {
+                    service: "web".into(),
+                    version: "v2".into(),
+                    namespace: "default".into(),
+                    pod: pod.into(),
+                    address: "10.1.0.7".into(),
+                    inbound_port: 15006,
+                    outbound_port: 15001,
+                    admin_port: 15000,
+                }),
+                token: token.into(),
+                build_version: "test".into(),
+                held_revision: 0,
+            })),
+        }
+    }
+
+    struct Stream {
+        tx: mpsc::Sender<SidecarMessage>,
+        rx: Streaming<ControlMessage>,
+    }
+
+    async fn open(endpoint: &str, first: SidecarMessage) -> Result<Stream, Status> {
+        let mut client = ControlPlaneClient::connect(endpoint.to_owned()).await.unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(first).await.unwrap();
+        let rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Stream { tx, rx })
+    }
+
+    async fn next_snapshot(s: &mut Stream) -> Snapshot {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
+                .await
+                .expect("a message within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            if let Some(control_message::Msg::Snapshot(snap)) = msg.msg {
+                return snap;
+            }
+        }
+    }
+
+    /// Polls the store until `pred` holds for the sidecar's row (the session records
+    /// messages asynchronously).
+    async fn row_until(hub: &Hub, pred: impl Fn(&crate::store::SidecarRow) -> bool) -> crate::store::SidecarRow {
+        for _ in 0..200 {
+            let rows = hub.store().list_sidecars(Some("web")).await.unwrap();
+            if let Some(r) = rows.into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the sidecar row never reached the expected state");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_registration_token_is_refused_before_registering() {
+        let cp = control_plane(Some("sekret")).await;
+        let err = open(&cp.endpoint, hello("web-1", "guess"))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(cp.hub.store().list_sidecars(None).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_first_message_must_be_hello() {
+        let cp = control_plane(None).await;
+        let ack = SidecarMessage {
+            msg: Some(sidecar_message::Msg::Ack(Ack::default())),
+        };
+        let err = open(&cp.endpoint, ack).await.err().expect("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn hello_gets_the_services_snapshot_and_acks_and_nacks_are_recorded() {
+        let cp = control_plane(Some("sekret")).await;
+        let mut s = open(&cp.endpoint, hello("web-1", "sekret")).await.unwrap();
+        let snap = next_snapshot(&mut s).await;
+        assert_eq!(snap.service, "web");
+
+        let registered = row_until(&cp.hub, |r| r.pod == "web-1").await;
+        assert_eq!(
+            (registered.version.as_str(), registered.address.as_str()),
+            ("v2", "10.1.0.7")
+        );
+
+        let nack = Nack {
+            revision: snap.revision,
+            nonce: snap.nonce.clone(),
+            error: "rules[0]: bad".into(),
+        };
+        s.tx.send(SidecarMessage {
+            msg: Some(sidecar_message::Msg::Nack(nack)),
+        })
+        .await
+        .unwrap();
+        let row = row_until(&cp.hub, |r| r.last_nack.is_some()).await;
+        assert_eq!(row.last_nack.as_deref(), Some("rules[0]: bad"));
+
+        // A write reaches the open stream as a new snapshot; its Ack is recorded.
+        let doc = serde_json::json!({"rules": [{"name": "all", "requestsPerSecond": 5}]});
+        let stored = cp
+            .hub
+            .store()
+            .put_policy(
+                "web",
+                outrider_policy::PolicyKind::RateLimit,
+                &doc,
+                crate::store::Precondition::None,
+                "test",
+            )
+            .await
+            .unwrap();
+        cp.hub.catch_up().await.unwrap();
+        let snap = next_snapshot(&mut s).await;
+        assert_eq!(snap.revision, stored.revision);
+        let ack = Ack {
+            revision: snap.revision,
+            nonce: snap.nonce,
+        };
+        s.tx.send(SidecarMessage {
+            msg: Some(sidecar_message::Msg::Ack(ack)),
+        })
+        .await
+        .unwrap();
+        row_until(&cp.hub, |r| r.applied_revision == stored.revision).await;
+    }
+
+    #[tokio::test]
+    async fn a_cleanly_closed_stream_leaves_the_destinations() {
+        let cp = control_plane(None).await;
+        let mut s = open(&cp.endpoint, hello("web-1", "")).await.unwrap();
+        next_snapshot(&mut s).await;
+        row_until(&cp.hub, |r| r.connected).await;
+        let in_table = |hub: &Hub| {
+            hub.destinations()
+                .services
+                .iter()
+                .any(|d| d.service == "web" && !d.endpoints.is_empty())
+        };
+        assert!(in_table(&cp.hub));
+        drop(s.tx);
+        row_until(&cp.hub, |r| !r.connected).await;
+        for _ in 0..200 {
+            if !in_table(&cp.hub) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the closed sidecar stayed in the destination table");
+    }
+}
