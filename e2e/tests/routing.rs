@@ -7,6 +7,8 @@ use common::*;
 use outrider_testkit::{echo_with, free_port, wait_until, Proc};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An echo app and its sidecar: one instance of a service.
@@ -187,8 +189,10 @@ async fn instances_join_within_a_second_and_leave_every_caller() {
 
     // kill -9 of an instance (app and sidecar, no deregistration) under load costs the
     // caller at most a handful of errors, and the instance leaves the table.
+    let sent = Arc::new(AtomicU32::new(0));
     let load = {
         let c = c.clone();
+        let sent = sent.clone();
         let port = m.client.sidecar.outbound_port;
         tokio::spawn(async move {
             let mut errors = 0;
@@ -202,11 +206,15 @@ async fn instances_join_within_a_second_and_leave_every_caller() {
                 if !r.is_ok_and(|r| r.status() == 200) {
                     errors += 1;
                 }
+                sent.fetch_add(1, Ordering::Relaxed);
             }
             errors
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill only once traffic flows through both instances' connections.
+    wait_until(SOON, || async { sent.load(Ordering::Relaxed) >= 100 })
+        .await
+        .expect("the load is running");
     m.v2.app.kill9();
     m.v2.sidecar.proc.kill9();
     let errors = load.await.unwrap();
