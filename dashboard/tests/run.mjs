@@ -3,10 +3,13 @@
 // target/debug, or OUTRIDER_BIN_DIR), all on free ports. Never downloads a browser.
 //
 //   cd dashboard/tests && npm ci && node run.mjs
+//
+// The browser-free unit tests (*.test.mjs: the event-stream parser) run first, in their
+// own `node --test` process, so CI runs them with the rest.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -178,6 +181,18 @@ after(async () => {
     }
   }
   rmSync(work, { recursive: true, force: true });
+});
+
+test('the unit tests of the dashboard modules pass under node --test', () => {
+  const files = readdirSync(here).filter((f) => f.endsWith('.test.mjs')).map((f) => join(here, f));
+  assert.ok(files.length > 0, 'no unit test files found');
+  try {
+    // Without the parent's test context, so the child reports to us, not to a runner above.
+    const { NODE_TEST_CONTEXT, ...env } = process.env;
+    execFileSync(process.execPath, ['--test', ...files], { stdio: 'pipe', env });
+  } catch (e) {
+    assert.fail(`node --test failed:\n${e.stdout}${e.stderr}`);
+  }
 });
 
 test('without a token the dashboard asks for one, and refuses a wrong one', async () => {
