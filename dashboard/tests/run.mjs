@@ -208,8 +208,25 @@ test('without a token the dashboard asks for one, and refuses a wrong one', asyn
 });
 
 test('the fleet view lists every sidecar with status and sync state, and is saved as docs/fleet.png', async () => {
-  // Some traffic so the figures are not all zero in the picture.
-  for (const sc of sidecars) for (let i = 0; i < 20; i++) await fetch(`http://127.0.0.1:${sc.inbound}/`);
+  // Traffic until the picture is taken, so the figures are not all zero in it: a health
+  // report's rate covers only the last report interval, and traffic that ended before a
+  // slow sign-in finished would show as 0.0 by then.
+  let traffic = true;
+  const sending = (async () => {
+    while (traffic) {
+      for (const sc of sidecars) await fetch(`http://127.0.0.1:${sc.inbound}/`).catch(() => {});
+      await sleep(50);
+    }
+  })();
+  try {
+    await fleetPicture();
+  } finally {
+    traffic = false;
+    await sending;
+  }
+});
+
+async function fleetPicture() {
   const page = await signedIn(editor);
   const rows = page.locator('#fleet tbody tr');
   await waitFor('three rows', async () => (await rows.count()) === 3);
@@ -224,7 +241,7 @@ test('the fleet view lists every sidecar with status and sync state, and is save
   await page.setViewportSize({ width: 1400, height: 320 });
   await page.screenshot({ path: process.env.FLEET_SCREENSHOT || join(root, 'docs/fleet.png') });
   await page.context().close();
-});
+}
 
 test('a rate limit edited in the form is applied by the sidecars and the fleet shows them in sync live', async () => {
   const page = await signedIn(editor);
