@@ -4,8 +4,8 @@
 //
 //   cd dashboard/tests && npm ci && node run.mjs
 //
-// The browser-free unit tests (*.test.mjs: the event-stream parser) run first, in their
-// own `node --test` process, so CI runs them with the rest.
+// The browser-free unit tests (*.test.mjs: the event-stream parser, the history diff)
+// run first, in their own `node --test` process, so CI runs them with the rest.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
