@@ -3,10 +3,13 @@
 // target/debug, or OUTRIDER_BIN_DIR), all on free ports. Never downloads a browser.
 //
 //   cd dashboard/tests && npm ci && node run.mjs
+//
+// The browser-free unit tests (*.test.mjs: the event-stream parser, the history diff)
+// run first, in their own `node --test` process, so CI runs them with the rest.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -180,6 +183,18 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+test('the unit tests of the dashboard modules pass under node --test', () => {
+  const files = readdirSync(here).filter((f) => f.endsWith('.test.mjs')).map((f) => join(here, f));
+  assert.ok(files.length > 0, 'no unit test files found');
+  try {
+    // Without the parent's test context, so the child reports to us, not to a runner above.
+    const { NODE_TEST_CONTEXT, ...env } = process.env;
+    execFileSync(process.execPath, ['--test', ...files], { stdio: 'pipe', env });
+  } catch (e) {
+    assert.fail(`node --test failed:\n${e.stdout}${e.stderr}`);
+  }
+});
+
 test('without a token the dashboard asks for one, and refuses a wrong one', async () => {
   const ctx = await browser.newContext();
   const page = await ctx.newPage();
@@ -193,8 +208,25 @@ test('without a token the dashboard asks for one, and refuses a wrong one', asyn
 });
 
 test('the fleet view lists every sidecar with status and sync state, and is saved as docs/fleet.png', async () => {
-  // Some traffic so the figures are not all zero in the picture.
-  for (const sc of sidecars) for (let i = 0; i < 20; i++) await fetch(`http://127.0.0.1:${sc.inbound}/`);
+  // Traffic until the picture is taken, so the figures are not all zero in it: a health
+  // report's rate covers only the last report interval, and traffic that ended before a
+  // slow sign-in finished would show as 0.0 by then.
+  let traffic = true;
+  const sending = (async () => {
+    while (traffic) {
+      for (const sc of sidecars) await fetch(`http://127.0.0.1:${sc.inbound}/`).catch(() => {});
+      await sleep(50);
+    }
+  })();
+  try {
+    await fleetPicture();
+  } finally {
+    traffic = false;
+    await sending;
+  }
+});
+
+async function fleetPicture() {
   const page = await signedIn(editor);
   const rows = page.locator('#fleet tbody tr');
   await waitFor('three rows', async () => (await rows.count()) === 3);
@@ -209,7 +241,7 @@ test('the fleet view lists every sidecar with status and sync state, and is save
   await page.setViewportSize({ width: 1400, height: 320 });
   await page.screenshot({ path: process.env.FLEET_SCREENSHOT || join(root, 'docs/fleet.png') });
   await page.context().close();
-});
+}
 
 test('a rate limit edited in the form is applied by the sidecars and the fleet shows them in sync live', async () => {
   const page = await signedIn(editor);
