@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p outrider-control-plane -p outrider-sidecar -p outrider-testkit -p outriderctl
-BIN=target/release
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to the repository root,
+# as for cargo, which runs from here too).
+BIN=${CARGO_TARGET_DIR:-target}/release
 DATA=${OUTRIDER_DATA_DIR:-./outrider-data}
 mkdir -p "$DATA/demo"
 
@@ -22,11 +24,34 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+cp_log="$DATA/demo/control-plane.log"
 "$BIN/outrider-control-plane" --data-dir "$DATA" --grpc-addr 127.0.0.1:18000 --http-addr 127.0.0.1:18080 \
-  >"$DATA/demo/control-plane.log" 2>&1 &
+  >"$cp_log" 2>&1 &
 cp_pid=$!
-for _ in $(seq 50); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.2; done
-curl -sf http://127.0.0.1:18080/readyz >/dev/null || { echo "control plane did not start; see $DATA/demo/control-plane.log"; exit 1; }
+
+# The end of the control plane's log (without terminal colour codes, and without the
+# stack trace that RUST_BACKTRACE adds after the error), then a non-zero exit.
+start_failed() {
+  echo "control plane did not start: $1; the end of $cp_log:" >&2
+  sed '/^Stack backtrace:/,$d' "$cp_log" | tail -n 20 | sed 's/\x1b\[[0-9;]*m//g' >&2
+  exit 1
+}
+# Ready when /readyz answers 200 *and* our process is still alive (so an answer from
+# another program already on port 18080 does not count). A process that died (port
+# taken, bad --data-dir) fails at once instead of after the whole wait.
+ready=
+for _ in $(seq 70); do # about 10 s
+  kill -0 "$cp_pid" 2>/dev/null || { wait "$cp_pid" 2>/dev/null || true; start_failed "it exited"; }
+  if curl -sf -m 1 http://127.0.0.1:18080/readyz >/dev/null && kill -0 "$cp_pid" 2>/dev/null; then
+    ready=1
+    break
+  fi
+  sleep 0.15
+done
+if [ -z "$ready" ]; then
+  kill -TERM "$cp_pid" 2>/dev/null || true
+  start_failed "not ready after 10 s"
+fi
 
 # name service version app-port inbound-port admin-port
 fleet=(
