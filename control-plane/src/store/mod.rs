@@ -58,8 +58,13 @@ pub enum Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Any other database failure; [`StoreError::is_unavailable`] tells an unreachable
+    /// or overloaded database (worth retrying) from a failed statement.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+    /// A write collided with a unique key someone else holds.
+    #[error("conflicting write: {0}")]
+    Conflict(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create data directory {path}: {source}")]
@@ -73,6 +78,67 @@ pub enum StoreError {
     PreconditionFailed { current: Option<u64> },
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let unique = matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation());
+        if unique {
+            StoreError::Conflict(e)
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+impl StoreError {
+    /// True when the database could not be reached or did not answer in time (pool
+    /// timeout, I/O, a closed connection or pool, a server shutting down or refusing
+    /// connections, a busy SQLite file, a lock timeout): the request may succeed later,
+    /// so the API answers 503. Everything else is a failure of the statement itself.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => sqlx_unavailable(e),
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => sqlx_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        // The conversation with the server broke (a closed or reset connection shows
+        // up as I/O or protocol errors): a fresh connection may well work.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => {
+            if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                pg_unavailable(pg.code())
+            } else if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // BUSY (5) and LOCKED (6), possibly extended (the low byte is the code).
+                d.code()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that mean "not now" rather than "not this": connection exceptions (08),
+/// insufficient resources (53), operator intervention (57: shutdown, cancelled on
+/// timeout) and transactions rolled back by contention (40001, 40P01, 55P03).
+fn pg_unavailable(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || matches!(code, "40001" | "40P01" | "55P03")
 }
 
 /// The database handle. Cheap to clone.

@@ -1,4 +1,4 @@
-//! Reverts, proven against both backends.
+//! Reverts and error classification, proven against both backends.
 
 use super::tests::{store_test, TestStore};
 use super::*;
@@ -93,4 +93,29 @@ store_test!(a_revert_that_cannot_apply_leaves_no_revision, |s| {
     assert!(matches!(s.revert(1, "ops").await, Err(StoreError::NotFound)));
     assert_eq!(s.latest_revision().await.unwrap(), 2);
     assert!(matches!(s.revert(99, "ops").await, Err(StoreError::NotFound)));
+});
+
+store_test!(store_errors_tell_an_unavailable_database_from_a_failed_statement, |s| {
+    let dup = "INSERT INTO api_tokens (name, role, token_hash, created_at_ms) VALUES ('t', 'viewer', 'h', 0)";
+    sqlx::query(dup).execute(&s.pool).await.unwrap();
+    let err = StoreError::from(sqlx::query(dup).execute(&s.pool).await.unwrap_err());
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(!err.is_unavailable());
+    let err = StoreError::from(
+        sqlx::query("SELECT nope FROM nowhere")
+            .execute(&s.pool)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, StoreError::Db(_)) && !err.is_unavailable(), "{err:?}");
+    for err in [
+        StoreError::NotFound,
+        StoreError::AlreadyExists,
+        StoreError::Corrupt("x".into()),
+    ] {
+        assert!(!err.is_unavailable(), "{err:?}");
+    }
+    s.close().await;
+    let err = s.ping().await.unwrap_err();
+    assert!(err.is_unavailable(), "a closed pool is unavailable: {err:?}");
 });
