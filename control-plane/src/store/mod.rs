@@ -23,13 +23,17 @@ mod tests;
 mod tests_dashboard;
 #[cfg(test)]
 mod tests_revisions;
+#[cfg(test)]
+mod tests_sidecars;
 
 pub use canary::RolloutRow;
 pub use configs::StoredConfig;
 pub use policies::StoredPolicy;
 pub use propagation::Propagation;
 pub use revisions::{RevisionRecord, RevisionSummary};
-pub use sidecars::{SidecarRegistration, SidecarRow, SidecarStatus};
+pub use sidecars::{
+    SidecarCursor, SidecarFilter, SidecarPage, SidecarRegistration, SidecarRow, SidecarStatus, StatusFilter,
+};
 pub use tokens::{Role, TokenInfo};
 
 use sqlx::any::AnyPoolOptions;

@@ -2,7 +2,7 @@
 //! disconnect, and the reads behind membership, `GET /sidecars` and the live fleet view.
 
 use super::{now_ms, Backend, Store, StoreError, CHANGES_CHANNEL};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// What a sidecar's `Hello` registers.
@@ -76,6 +76,84 @@ impl SidecarRow {
             SidecarStatus::Unhealthy
         } else {
             SidecarStatus::Healthy
+        }
+    }
+}
+
+/// Which sidecars [`Store::list_sidecars_page`] lists; `None` does not filter.
+#[derive(Debug, Clone, Default)]
+pub struct SidecarFilter {
+    pub service: Option<String>,
+    pub status: Option<StatusFilter>,
+    /// A case-insensitive (ASCII) substring of the id, service, version, pod or address.
+    pub text: Option<String>,
+}
+
+/// Sidecars whose [`SidecarRow::status`] at `now_ms` with these windows is `status`,
+/// decided by the database from the same times.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusFilter {
+    pub status: SidecarStatus,
+    pub now_ms: i64,
+    pub unhealthy_after_ms: i64,
+    pub disconnected_after_ms: i64,
+}
+
+/// Where a page ended: the sort key (service, version, pod, id) of its last row, so
+/// the next page starts after it even if that row has been pruned meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidecarCursor {
+    pub service: String,
+    pub version: String,
+    pub pod: String,
+    pub id: String,
+}
+
+/// One page of sidecars, and where the next one starts (`None`: this was the last).
+#[derive(Debug, Clone)]
+pub struct SidecarPage {
+    pub rows: Vec<SidecarRow>,
+    pub next: Option<SidecarCursor>,
+}
+
+impl SidecarRow {
+    pub fn cursor(&self) -> SidecarCursor {
+        SidecarCursor {
+            service: self.service.clone(),
+            version: self.version.clone(),
+            pod: self.pod.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// `%text%` for LIKE … ESCAPE '\', with the text's own wildcards taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// The SQL twin of [`SidecarRow::status`], over the cut-offs `$9` (disconnected
+/// before) and `$10` (unhealthy before). `health` is stored as compact JSON
+/// (`serde_json::to_string`), so an app reported unhealthy reads `"appHealthy":false`.
+fn status_condition(status: SidecarStatus) -> &'static str {
+    match status {
+        SidecarStatus::Disconnected => "(connected = 0 OR last_seen_ms < $9)",
+        SidecarStatus::Unhealthy => {
+            "(connected = 1 AND last_seen_ms >= $9
+              AND (last_seen_ms < $10 OR COALESCE(health, '') LIKE '%\"appHealthy\":false%'))"
+        }
+        SidecarStatus::Healthy => {
+            "(connected = 1 AND last_seen_ms >= $9 AND last_seen_ms >= $10
+              AND COALESCE(health, '') NOT LIKE '%\"appHealthy\":false%')"
         }
     }
 }
@@ -280,5 +358,64 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected())
+    }
+
+    /// Up to `limit` sidecars matching `filter`, ordered by service, version, pod and
+    /// id, starting after `after`: filtered and paged by the database, so a large fleet
+    /// is never read whole.
+    pub async fn list_sidecars_page(
+        &self,
+        filter: &SidecarFilter,
+        limit: u32,
+        after: Option<&SidecarCursor>,
+    ) -> Result<SidecarPage, StoreError> {
+        let text = filter.text.as_deref().filter(|t| !t.is_empty()).map(like_pattern);
+        let status = filter.status.map_or("1 = 1", |f| status_condition(f.status));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM sidecars
+             WHERE ($1 = '' OR service = $1)
+               AND ($2 = '' OR LOWER(id) LIKE $2 ESCAPE '\\' OR LOWER(service) LIKE $2 ESCAPE '\\'
+                    OR LOWER(version) LIKE $2 ESCAPE '\\' OR LOWER(pod) LIKE $2 ESCAPE '\\'
+                    OR LOWER(address) LIKE $2 ESCAPE '\\')
+               AND ($3 = 0 OR (service, version, pod, id) > ($4, $5, $6, $7))
+               AND {status}
+             ORDER BY service, version, pod, id LIMIT $8"
+        );
+        let empty = SidecarCursor {
+            service: String::new(),
+            version: String::new(),
+            pod: String::new(),
+            id: String::new(),
+        };
+        let cursor = after.unwrap_or(&empty);
+        let mut q = sqlx::query_as::<_, DbRow>(&sql)
+            .bind(filter.service.as_deref().unwrap_or(""))
+            .bind(text.as_deref().unwrap_or(""))
+            .bind(i64::from(after.is_some()))
+            .bind(&cursor.service)
+            .bind(&cursor.version)
+            .bind(&cursor.pod)
+            .bind(&cursor.id)
+            // One more than asked for says whether another page follows.
+            .bind(i64::from(limit) + 1);
+        if let Some(f) = filter.status {
+            q = q
+                .bind(f.now_ms - f.disconnected_after_ms)
+                .bind(f.now_ms - f.unhealthy_after_ms);
+        }
+        let mut rows: Vec<SidecarRow> = q
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(SidecarRow::from)
+            .collect();
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = if more {
+            rows.last().map(SidecarRow::cursor)
+        } else {
+            None
+        };
+        Ok(SidecarPage { rows, next })
     }
 }
