@@ -1,8 +1,6 @@
 //! Store access for automated canary rollouts (`canary_rollouts`, migration 0002).
 
-use super::{now_ms, Store, StoreError};
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use super::{now_ms, parse_json, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutRow {
@@ -22,21 +20,39 @@ pub struct RolloutRow {
 const COLUMNS: &str = "service, spec, state, step, reason, step_started_ms, baseline_requests, baseline_errors,
     started_ms, updated_ms, lease_owner";
 
-fn rollout_from_row(r: &AnyRow) -> Result<RolloutRow, StoreError> {
-    let spec: String = r.try_get("spec")?;
-    Ok(RolloutRow {
-        service: r.try_get("service")?,
-        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        state: r.try_get("state")?,
-        step: r.try_get::<i64, _>("step")? as u64,
-        reason: r.try_get("reason")?,
-        step_started_ms: r.try_get("step_started_ms")?,
-        baseline_requests: r.try_get::<i64, _>("baseline_requests")? as u64,
-        baseline_errors: r.try_get::<i64, _>("baseline_errors")? as u64,
-        started_ms: r.try_get("started_ms")?,
-        updated_ms: r.try_get("updated_ms")?,
-        lease_owner: r.try_get("lease_owner")?,
-    })
+/// A `canary_rollouts` row as both backends decode it.
+#[derive(sqlx::FromRow)]
+struct DbRow {
+    service: String,
+    spec: String,
+    state: String,
+    step: i64,
+    reason: String,
+    step_started_ms: i64,
+    baseline_requests: i64,
+    baseline_errors: i64,
+    started_ms: i64,
+    updated_ms: i64,
+    lease_owner: String,
+}
+
+impl TryFrom<DbRow> for RolloutRow {
+    type Error = StoreError;
+    fn try_from(r: DbRow) -> Result<Self, StoreError> {
+        Ok(RolloutRow {
+            spec: parse_json(&r.spec)?,
+            service: r.service,
+            state: r.state,
+            step: r.step as u64,
+            reason: r.reason,
+            step_started_ms: r.step_started_ms,
+            baseline_requests: r.baseline_requests as u64,
+            baseline_errors: r.baseline_errors as u64,
+            started_ms: r.started_ms,
+            updated_ms: r.updated_ms,
+            lease_owner: r.lease_owner,
+        })
+    }
 }
 
 impl Store {
@@ -68,20 +84,23 @@ impl Store {
     }
 
     pub async fn get_rollout(&self, service: &str) -> Result<Option<RolloutRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM canary_rollouts WHERE service = $1"))
+        sqlx::query_as::<_, DbRow>(&format!("SELECT {COLUMNS} FROM canary_rollouts WHERE service = $1"))
             .bind(service)
             .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| rollout_from_row(&r)).transpose()
+            .await?
+            .map(RolloutRow::try_from)
+            .transpose()
     }
 
     pub async fn running_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
-        let rows = sqlx::query(&format!(
+        sqlx::query_as::<_, DbRow>(&format!(
             "SELECT {COLUMNS} FROM canary_rollouts WHERE state = 'running' ORDER BY service"
         ))
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rollout_from_row).collect()
+        .await?
+        .into_iter()
+        .map(RolloutRow::try_from)
+        .collect()
     }
 
     /// Takes or renews the lease on a running rollout; true when `owner` holds it, so

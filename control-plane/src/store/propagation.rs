@@ -4,7 +4,6 @@
 
 use super::{now_ms, Store, StoreError};
 use serde::Serialize;
-use sqlx::Row;
 
 /// How far one revision has spread.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,7 +24,7 @@ impl Store {
     /// Must run before [`Store::record_ack`] moves `applied_revision` forward.
     pub async fn record_propagation(&self, id: &str, session: &str, revision: u64) -> Result<Vec<i64>, StoreError> {
         let now = now_ms();
-        let rows = sqlx::query(
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT r.revision, r.created_at_ms FROM revisions r JOIN sidecars s ON s.service = r.service
              WHERE s.id = $1 AND s.session = $2 AND r.revision > s.applied_revision AND r.revision <= $3
                AND r.created_at_ms >= s.connected_at_ms",
@@ -36,9 +35,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut delays = Vec::with_capacity(rows.len());
-        for r in rows {
-            let rev: i64 = r.try_get("revision")?;
-            let created: i64 = r.try_get("created_at_ms")?;
+        for (rev, created) in rows {
             let inserted = sqlx::query(
                 "INSERT INTO revision_acks (revision, sidecar_id, acked_at_ms) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
@@ -63,7 +60,7 @@ impl Store {
         to: u64,
     ) -> Result<std::collections::HashMap<u64, Propagation>, StoreError> {
         let mut out = std::collections::HashMap::new();
-        let acked = sqlx::query(
+        let acked: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT a.revision, COUNT(*) AS n, MAX(a.acked_at_ms) - MIN(r.created_at_ms) AS took
              FROM revision_acks a JOIN revisions r ON r.revision = a.revision
              WHERE a.revision BETWEEN $1 AND $2 GROUP BY a.revision",
@@ -72,17 +69,17 @@ impl Store {
         .bind(to as i64)
         .fetch_all(&self.pool)
         .await?;
-        for r in acked {
+        for (revision, n, took) in acked {
             out.insert(
-                r.try_get::<i64, _>("revision")? as u64,
+                revision as u64,
                 Propagation {
-                    applied: r.try_get::<i64, _>("n")? as u64,
+                    applied: n as u64,
                     pending: 0,
-                    last_ack_seconds: Some(r.try_get::<i64, _>("took")?.max(0) as f64 / 1000.0),
+                    last_ack_seconds: Some(took.max(0) as f64 / 1000.0),
                 },
             );
         }
-        let pending = sqlx::query(
+        let pending: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT r.revision, COUNT(*) AS n FROM revisions r JOIN sidecars s ON s.service = r.service
              WHERE r.revision BETWEEN $1 AND $2 AND s.connected = 1 AND s.connected_at_ms <= r.created_at_ms
                AND s.applied_revision < r.revision
@@ -92,15 +89,13 @@ impl Store {
         .bind(to as i64)
         .fetch_all(&self.pool)
         .await?;
-        for r in pending {
-            let e = out
-                .entry(r.try_get::<i64, _>("revision")? as u64)
-                .or_insert(Propagation {
-                    applied: 0,
-                    pending: 0,
-                    last_ack_seconds: None,
-                });
-            e.pending = r.try_get::<i64, _>("n")? as u64;
+        for (revision, n) in pending {
+            let e = out.entry(revision as u64).or_insert(Propagation {
+                applied: 0,
+                pending: 0,
+                last_ack_seconds: None,
+            });
+            e.pending = n as u64;
         }
         Ok(out)
     }

@@ -2,17 +2,15 @@
 //! routing change, which the hub folds into the one destination table all sidecars share.
 
 use super::{Store, StoreError};
-use sqlx::Row;
 
 impl Store {
     /// Every stored RoutingPolicy as `(service, document JSON)`, ordered by service.
     pub async fn list_routing_policies(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT service, document FROM policies WHERE kind = 'routing' ORDER BY service")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("service")?, r.try_get("document")?)))
-            .collect()
+        Ok(
+            sqlx::query_as("SELECT service, document FROM policies WHERE kind = 'routing' ORDER BY service")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// The newest revision that put or deleted any RoutingPolicy (0 when none).

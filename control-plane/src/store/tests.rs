@@ -3,6 +3,7 @@
 //! fresh SQLite file.
 
 use super::*;
+use outrider_policy::PolicyKind;
 use serde_json::json;
 
 /// A store on a database of its own; the PostgreSQL one is dropped afterwards.

@@ -2,6 +2,7 @@
 
 use super::tests::{reg, store_test, TestStore};
 use super::*;
+use outrider_policy::PolicyKind;
 use serde_json::json;
 
 fn rl(rps: f64) -> serde_json::Value {

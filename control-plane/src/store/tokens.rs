@@ -2,7 +2,6 @@
 
 use super::{now_ms, Store, StoreError};
 use serde::Serialize;
-use sqlx::Row;
 
 /// What a token may do. Ordered: each role can do everything the previous one can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -56,8 +55,25 @@ pub struct TokenInfo {
     pub revoked_at_ms: Option<i64>,
 }
 
-fn role_of(s: &str) -> Result<Role, StoreError> {
-    s.parse().map_err(StoreError::Corrupt)
+/// An `api_tokens` row (without the hash) as both backends decode it.
+#[derive(sqlx::FromRow)]
+struct DbRow {
+    name: String,
+    role: String,
+    created_at_ms: i64,
+    revoked_at_ms: Option<i64>,
+}
+
+impl TryFrom<DbRow> for TokenInfo {
+    type Error = StoreError;
+    fn try_from(r: DbRow) -> Result<Self, StoreError> {
+        Ok(TokenInfo {
+            role: r.role.parse().map_err(StoreError::Corrupt)?,
+            name: r.name,
+            created_at_ms: r.created_at_ms,
+            revoked_at_ms: r.revoked_at_ms,
+        })
+    }
 }
 
 impl Store {
@@ -88,14 +104,15 @@ impl Store {
 
     /// The live (not revoked) token with this hash.
     pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenInfo>, StoreError> {
-        let row = sqlx::query(
+        sqlx::query_as::<_, DbRow>(
             "SELECT name, role, created_at_ms, revoked_at_ms FROM api_tokens
              WHERE token_hash = $1 AND revoked_at_ms IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| token_from_row(&r)).transpose()
+        .await?
+        .map(TokenInfo::try_from)
+        .transpose()
     }
 
     /// Whether any live token exists: then every request must present one.
@@ -108,10 +125,12 @@ impl Store {
 
     /// Every token, revoked ones included, by name.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
-        let rows = sqlx::query("SELECT name, role, created_at_ms, revoked_at_ms FROM api_tokens ORDER BY name")
+        sqlx::query_as::<_, DbRow>("SELECT name, role, created_at_ms, revoked_at_ms FROM api_tokens ORDER BY name")
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(token_from_row).collect()
+            .await?
+            .into_iter()
+            .map(TokenInfo::try_from)
+            .collect()
     }
 
     /// Revokes the token; `NotFound` if there is no live token of that name.
@@ -126,13 +145,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-fn token_from_row(r: &sqlx::any::AnyRow) -> Result<TokenInfo, StoreError> {
-    Ok(TokenInfo {
-        name: r.try_get("name")?,
-        role: role_of(&r.try_get::<String, _>("role")?)?,
-        created_at_ms: r.try_get("created_at_ms")?,
-        revoked_at_ms: r.try_get("revoked_at_ms")?,
-    })
 }

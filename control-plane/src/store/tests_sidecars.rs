@@ -1,0 +1,149 @@
+//! Paged, filtered sidecar listings, proven against both backends.
+
+use super::tests::{reg, store_test, TestStore};
+use super::*;
+use serde_json::json;
+
+fn ids(rows: &[SidecarRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// Every page of `filter`, `limit` at a time, as ids.
+async fn all_pages(s: &Store, filter: &SidecarFilter, limit: u32) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.list_sidecars_page(filter, limit, after.as_ref()).await.unwrap();
+        pages.push(page.rows.iter().map(|r| r.id.clone()).collect());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return pages,
+        }
+    }
+}
+
+store_test!(sidecar_pages_follow_each_other_in_order_without_gaps, |s| {
+    for (id, service) in [
+        ("default/web-2", "web"),
+        ("default/api-1", "api"),
+        ("default/web-1", "web"),
+    ] {
+        s.register_sidecar(&reg(id, service, id)).await.unwrap();
+    }
+    let pages = all_pages(s, &SidecarFilter::default(), 2).await;
+    assert_eq!(
+        pages,
+        [vec!["default/api-1", "default/web-1"], vec!["default/web-2"]],
+        "ordered by service, version, pod"
+    );
+    let whole = s.list_sidecars(None).await.unwrap();
+    assert_eq!(pages.concat(), ids(&whole), "the same rows as the unpaged listing");
+    // A page that ends exactly at the last row says there is no next one.
+    let page = s.list_sidecars_page(&SidecarFilter::default(), 3, None).await.unwrap();
+    assert_eq!((page.rows.len(), page.next), (3, None));
+    // The cursor is a sort key, so it still works once its row is gone.
+    let first = s.list_sidecars_page(&SidecarFilter::default(), 1, None).await.unwrap();
+    s.disconnect_sidecar("default/api-1", "default/api-1", "api")
+        .await
+        .unwrap();
+    s.prune_sidecars(now_ms() + 1).await.unwrap();
+    let rest = s
+        .list_sidecars_page(&SidecarFilter::default(), 10, first.next.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest.rows), ["default/web-1", "default/web-2"]);
+});
+
+store_test!(sidecar_pages_filter_by_service_and_text_in_the_database, |s| {
+    for (id, service) in [
+        ("default/web-1", "web"),
+        ("default/api-1", "api"),
+        ("prod/Web_x", "shop"),
+    ] {
+        s.register_sidecar(&reg(id, service, id)).await.unwrap();
+    }
+    let by_service = SidecarFilter {
+        service: Some("web".into()),
+        ..Default::default()
+    };
+    assert_eq!(all_pages(s, &by_service, 10).await, [vec!["default/web-1"]]);
+    let text = |t: &str| SidecarFilter {
+        text: Some(t.into()),
+        ..Default::default()
+    };
+    // Case-insensitive, over id, service, version, pod and address.
+    assert_eq!(
+        all_pages(s, &text("WEB"), 10).await,
+        [vec!["prod/Web_x", "default/web-1"]],
+        "shop before web"
+    );
+    assert_eq!(all_pages(s, &text("shop"), 10).await, [vec!["prod/Web_x"]]);
+    // LIKE wildcards in the text are taken literally.
+    assert_eq!(all_pages(s, &text("b_x"), 10).await, [vec!["prod/Web_x"]]);
+    assert_eq!(all_pages(s, &text("%"), 10).await, [Vec::<String>::new()]);
+    assert_eq!(
+        all_pages(s, &text(""), 10).await[0].len(),
+        3,
+        "empty text does not filter"
+    );
+});
+
+store_test!(sidecar_pages_filter_by_the_status_rows_derive, |s| {
+    for id in ["default/web-1", "default/web-2", "default/web-3", "default/web-4"] {
+        s.register_sidecar(&reg(id, "web", id)).await.unwrap();
+    }
+    s.disconnect_sidecar("default/web-2", "default/web-2", "web")
+        .await
+        .unwrap();
+    s.record_health("default/web-3", "default/web-3", &json!({"appHealthy": false}))
+        .await
+        .unwrap();
+    s.record_health("default/web-4", "default/web-4", &json!({"appHealthy": true}))
+        .await
+        .unwrap();
+    let at = |now: i64, status| SidecarFilter {
+        status: Some(StatusFilter {
+            status,
+            now_ms: now,
+            unhealthy_after_ms: 5_000,
+            disconnected_after_ms: 30_000,
+        }),
+        ..Default::default()
+    };
+    let now = now_ms();
+    let listed = |pages: Vec<Vec<String>>| pages.concat();
+    assert_eq!(
+        listed(all_pages(s, &at(now, SidecarStatus::Healthy), 1).await),
+        ["default/web-1", "default/web-4"]
+    );
+    assert_eq!(
+        listed(all_pages(s, &at(now, SidecarStatus::Unhealthy), 1).await),
+        ["default/web-3"]
+    );
+    assert_eq!(
+        listed(all_pages(s, &at(now, SidecarStatus::Disconnected), 1).await),
+        ["default/web-2"]
+    );
+    // Silence: later, the connected ones are unhealthy, then disconnected.
+    assert_eq!(
+        listed(all_pages(s, &at(now + 10_000, SidecarStatus::Unhealthy), 10).await),
+        ["default/web-1", "default/web-3", "default/web-4"]
+    );
+    assert_eq!(
+        listed(all_pages(s, &at(now + 60_000, SidecarStatus::Disconnected), 10).await).len(),
+        4
+    );
+    // The database and SidecarRow::status agree on every row.
+    for later in [0, 10_000, 60_000] {
+        for status in [
+            SidecarStatus::Healthy,
+            SidecarStatus::Unhealthy,
+            SidecarStatus::Disconnected,
+        ] {
+            let page = s.list_sidecars_page(&at(now + later, status), 10, None).await.unwrap();
+            for r in &page.rows {
+                assert_eq!(r.status(now + later, 5_000, 30_000), status, "{}", r.id);
+            }
+        }
+    }
+});
