@@ -1,6 +1,6 @@
 //! Store access for automated canary rollouts (`canary_rollouts`, migration 0002).
 
-use super::{now_ms, parse_json, Store, StoreError};
+use super::db::{now_ms, parse_json, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutRow {

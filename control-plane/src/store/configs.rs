@@ -1,7 +1,7 @@
 //! Config documents: named files (any bytes, with a content type) per service, and
 //! how they appear in the history (text stays readable, other bytes are base64).
 
-use super::{Change, Precondition, Store, StoreError, WriteTx, Writer, CONFIG_KIND};
+use super::db::{Change, Precondition, Store, StoreError, WriteTx, Writer, CONFIG_KIND};
 use base64::Engine;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +127,7 @@ pub(super) async fn put_in(
     by.expect.check(before.as_ref().map(|r| r.revision as u64))?;
     let before = before.map(|r| history_doc(&r.content_type, &r.content));
     let after = history_doc(content.content_type, content.bytes);
-    let now = super::now_ms();
+    let now = super::db::now_ms();
     let revision = Store::insert_revision(
         tx,
         &Change {
@@ -175,7 +175,7 @@ pub(super) async fn delete_in(tx: &mut WriteTx, service: &str, name: &str, by: W
         tx,
         &Change {
             by,
-            now: super::now_ms(),
+            now: super::db::now_ms(),
             kind: CONFIG_KIND,
             service,
             name,

@@ -1,7 +1,7 @@
 //! Policy documents (routing, rate-limit, logging), one per service and kind, stored
 //! as JSON: reads, and the writes that take a revision for every put or delete.
 
-use super::{parse_json, Change, Precondition, Store, StoreError, WriteTx, Writer};
+use super::db::{parse_json, Change, Precondition, Store, StoreError, WriteTx, Writer};
 use outrider_policy::PolicyKind;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +118,7 @@ pub(super) async fn put_in(
     let before = current(tx, service, kind).await?;
     by.expect.check(before.as_ref().map(|r| r.revision as u64))?;
     let after = document.to_string();
-    let now = super::now_ms();
+    let now = super::db::now_ms();
     let revision = Store::insert_revision(
         tx,
         &Change {
@@ -166,7 +166,7 @@ pub(super) async fn delete_in(
     let revision = Store::insert_revision(
         tx,
         &Change {
-            now: super::now_ms(),
+            now: super::db::now_ms(),
             by,
             kind: kind.as_str(),
             service,

@@ -2,7 +2,7 @@
 //! each revision of its service, so any replica can say how many applied it and how
 //! long the last one took.
 
-use super::{now_ms, Store, StoreError};
+use super::db::{now_ms, Store, StoreError};
 use serde::Serialize;
 
 /// How far one revision has spread.

@@ -2,7 +2,8 @@
 //! reads that follow it (catch-up, per-service revision) and revert, which writes the
 //! inverse of a change as a new revision in one transaction.
 
-use super::{configs, parse_json, policies, Precondition, Store, StoreError, WriteTx, Writer, CONFIG_KIND};
+use super::db::{parse_json, Precondition, Store, StoreError, WriteTx, Writer, CONFIG_KIND};
+use super::{configs, policies};
 use outrider_policy::PolicyKind;
 use serde::Serialize;
 

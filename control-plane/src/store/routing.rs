@@ -1,7 +1,7 @@
 //! Store reads for outbound routing: every service's RoutingPolicy and the newest
 //! routing change, which the hub folds into the one destination table all sidecars share.
 
-use super::{Store, StoreError};
+use super::db::{Store, StoreError};
 
 impl Store {
     /// Every stored RoutingPolicy as `(service, document JSON)`, ordered by service.

@@ -1,7 +1,7 @@
 //! Services are not stored on their own: a service exists while something names it
 //! (a policy, a config document, a sidecar or a line of history).
 
-use super::{Store, StoreError};
+use super::db::{Store, StoreError};
 
 impl Store {
     /// Every service the store knows of: with a policy, a config document or a sidecar.

@@ -1,7 +1,7 @@
 //! Sidecar instances: registration by a control stream, liveness, health, ACK/NACK,
 //! disconnect, and the reads behind membership, `GET /sidecars` and the live fleet view.
 
-use super::{now_ms, Backend, Store, StoreError, CHANGES_CHANNEL};
+use super::db::{now_ms, Backend, Store, StoreError, CHANGES_CHANNEL};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

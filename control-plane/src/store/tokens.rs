@@ -1,6 +1,6 @@
 //! API tokens: name, role and the SHA-256 of the secret (never the secret itself).
 
-use super::{now_ms, Store, StoreError};
+use super::db::{now_ms, Store, StoreError};
 use serde::Serialize;
 
 /// What a token may do. Ordered: each role can do everything the previous one can.
