@@ -1,5 +1,5 @@
 //! The compiled destination table: for each service, its routes (RoutingPolicy,
-//! DESIGN §4) and its healthy endpoints grouped by subset. Compiled once per snapshot;
+//! see `docs/reference.md`) and its healthy endpoints grouped by subset. Compiled once per snapshot;
 //! endpoint state, subset figures and retry budgets carry over from the previous table
 //! so that an update never resets load, ejections or counters.
 
