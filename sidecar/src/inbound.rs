@@ -1,89 +1,37 @@
-//! The inbound proxy (DESIGN §2, `0.0.0.0:15006`): traffic from the world to this
-//! instance's app, rate-limited by the service's `RateLimitPolicy`.
+//! The inbound proxy (`0.0.0.0:15006`, see `docs/reference.md`): traffic from the world
+//! to this instance's app, rate-limited by the service's `RateLimitPolicy`.
 //!
 //! One port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c); the app is reached
 //! over pooled connections on localhost, HTTP/1.1 or h2c (`OUTRIDER_APP_PROTOCOL`).
 //! Bodies and trailers stream both ways; HTTP/1.1 upgrades (WebSocket) are spliced
-//! through ([`upgrade`]). A request goes through [`InboundProxy::handle`], which reads
-//! top to bottom: rate limit → rewrite for the app → forward → record metrics.
+//! through. The request path is [`InboundProxy::stack`], read top to bottom.
 
-use crate::logship::access::Pending as PendingAccess;
-pub(crate) mod upgrade;
+mod forward;
+pub mod metrics;
+pub mod rate_limit;
 
 use crate::config::AppProtocol;
-use crate::ratelimit::{Decision, RateLimitHeaders};
+use crate::proxy::access_log::{AccessLogLayer, Upstream};
+use crate::proxy::snapshot::LoadSnapshotLayer;
+use crate::proxy::trace::TraceLayer;
+use crate::proxy::{Call, ProxyBody};
 use crate::state::SidecarState;
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use forward::ToApp;
+use http::Response;
+use metrics::MetricsLayer;
+use rate_limit::RateLimitLayer;
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tower::{Service, ServiceBuilder};
 
-/// How long to wait for the app to accept a TCP connection. Localhost either
-/// accepts or refuses at once; hanging here means the app is wedged (→ 503).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Largest request head (request line and headers) accepted over HTTP/1.1. Larger
-/// heads get `431 Request Header Fields Too Large` from hyper. 64 KiB matches what
-/// common proxies accept (Envoy's default is 60 KiB) while bounding per-connection
-/// memory.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Slow clients must send their whole request head within this time (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Idle pooled connections to the app are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// After shutdown starts, in-flight connections get this long to finish; the rest
-/// are dropped. Below Kubernetes' default 30 s grace period.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
-
-/// Responses carry either the app's streamed body or a small local one.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The inbound proxy for one app: its address, the shared state and the pools of
-/// connections to it.
+/// The inbound proxy for one app: the shared state and the app it forwards to.
 pub struct InboundProxy {
-    app_authority: Authority,
     state: Arc<SidecarState>,
-    /// HTTP/1.1 to the app: every request for an `http1` app, upgrades for any app.
-    client: Client<HttpConnector, Incoming>,
+    app: ToApp,
     /// The app's address as access records name it.
     upstream: Arc<str>,
-    /// HTTP/2 to an `h2c` app (one multiplexed connection).
-    h2c: Option<Client<HttpConnector, Incoming>>,
-}
-
-fn app_client(http2: bool) -> Client<HttpConnector, Incoming> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .http2_only(http2)
-        .build(connector)
 }
 
 impl InboundProxy {
@@ -93,365 +41,43 @@ impl InboundProxy {
     }
 
     pub fn with_app_protocol(app_addr: SocketAddr, state: Arc<SidecarState>, protocol: AppProtocol) -> Self {
-        let client = app_client(false);
-        let h2c = (protocol == AppProtocol::H2c).then(|| app_client(true));
-        // A `SocketAddr` always renders as a valid authority (`1.2.3.4:80`, `[::1]:80`).
-        let app_authority = Authority::from_maybe_shared(Bytes::from(app_addr.to_string()))
-            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         InboundProxy {
-            app_authority,
             state,
-            client,
+            app: ToApp::new(app_addr, protocol),
             upstream: Arc::from(app_addr.to_string()),
-            h2c,
         }
     }
 
-    /// Handles one request from `peer`. Never fails: every error becomes a response.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let metrics = &self.state.metrics;
-        // One lock-free load of the applied snapshot serves the access log and the
-        // rate limit; the guard is dropped before any `.await`, only owned values
-        // (the pending record, the header values) outlive it.
-        let (access, limit_headers) = {
-            let applied = self.state.applied.load();
-            // `None` (no allocation) unless the policy asks for access logs.
-            let access = PendingAccess::begin(applied.as_deref(), &mut req, peer, new_request_id);
-            match applied.as_deref() {
-                // Nothing applied yet (first start, control plane unreachable, no
-                // persisted snapshot): there is no policy to enforce, so fail open.
-                None => (access, None),
-                Some(applied) => {
-                    let decision = applied.limiter.check(req.uri().path(), req.headers(), peer, started);
-                    if let Decision::Deny {
-                        quota,
-                        retry_after_secs,
-                    } = decision
-                    {
-                        debug!(rule = quota.rule.name(), retry_after_secs, "rate limited");
-                        let mut response = text_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded\n");
-                        decision.write_headers(response.headers_mut());
-                        metrics.record_rate_limited();
-                        metrics.record_request(response.status().as_u16(), started.elapsed());
-                        if let Some(access) = access {
-                            access.finish(&self.state, 429, response.headers(), None, started);
-                        }
-                        return response;
-                    }
-                    (access, decision.headers())
-                }
-            }
-        };
-
-        // A header lookup, so plain requests pay nothing for upgrade support.
-        if upgrade::is_upgrade(&req) {
-            let response = self.upgrade(req, peer, limit_headers).await;
-            metrics.record_request(response.status().as_u16(), started.elapsed());
-            return response;
-        }
-        let (client, version) = match &self.h2c {
-            Some(h2c) => (h2c, Version::HTTP_2),
-            None => (&self.client, Version::HTTP_11),
-        };
-        let upstream_req = self.rewrite(req, peer, version);
-        let response = match client.request(upstream_req).await {
-            Ok(response) => self.downstream_response(response, limit_headers),
-            Err(error) => self.app_error(&error),
-        };
-        metrics.record_request(response.status().as_u16(), started.elapsed());
-        if let Some(access) = access {
-            access.finish(
-                &self.state,
-                response.status().as_u16(),
-                response.headers(),
-                Some(&self.upstream),
-                started,
-            );
-        }
-        response
-    }
-
-    fn app_error(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-        self.state.metrics.record_upstream_error();
-        let status = upstream_error_status(error);
-        warn!(%status, error = %ErrorChain(error), "app unreachable");
-        let body = if status == StatusCode::SERVICE_UNAVAILABLE {
-            "app did not accept the connection in time\n"
-        } else {
-            "app unreachable\n"
-        };
-        text_response(status, body)
-    }
-
-    /// Turns a request from the world into one for the app: origin-form URI on the
-    /// app's address, the app's HTTP `version`, no hop-by-hop headers, forwarding
-    /// headers added.
-    fn rewrite(&self, req: Request<Incoming>, peer: IpAddr, version: Version) -> Request<Incoming> {
-        let (mut parts, body) = req.into_parts();
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-
-        // HTTP/2 carries the authority in the URI, not in `Host`; keep it for the app,
-        // which would otherwise see the sidecar's own target address.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(authority) = &uri.authority {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, host);
-                }
-            }
-        }
-        remove_hop_by_hop(&mut parts.headers);
-        append_forwarded_for(&mut parts.headers, peer);
-        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            parts
-                .headers
-                .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        }
-        if !parts.headers.contains_key(&X_REQUEST_ID) {
-            parts.headers.insert(X_REQUEST_ID.clone(), new_request_id());
-        }
-
-        // The client sends origin-form on the wire; it needs scheme and authority to
-        // pick the pooled connection.
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(self.app_authority.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| {
-            // Unreachable: scheme, authority and path are all set above.
-            Uri::from_static("http://127.0.0.1/")
-        });
-        parts.version = version;
-        Request::from_parts(parts, body)
-    }
-
-    fn downstream_response(
+    /// The request path, outermost first. Every layer sees every request and every
+    /// answer, including the 429s and 502s produced below it.
+    pub fn stack(
         &self,
-        response: Response<Incoming>,
-        limit: Option<RateLimitHeaders>,
-    ) -> Response<ProxyBody> {
-        let (mut parts, body) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        if let Some(limit) = limit {
-            limit.write_to(&mut parts.headers);
-        }
-        Response::from_parts(parts, Either::Left(body))
+    ) -> impl Service<Call, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static
+    {
+        ServiceBuilder::new()
+            // One load of the applied snapshot serves every layer below.
+            .layer(LoadSnapshotLayer::new(Arc::clone(&self.state)))
+            .layer(TraceLayer::new("inbound"))
+            .layer(MetricsLayer::new(Arc::clone(&self.state)))
+            .layer(AccessLogLayer::new(
+                Arc::clone(&self.state),
+                "inbound",
+                Upstream::Fixed(Arc::clone(&self.upstream)),
+            ))
+            .layer(RateLimitLayer)
+            .service(self.app.clone())
     }
 }
 
 /// Serves the inbound proxy on `listener` until `shutdown` resolves; then stops
-/// accepting, lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]) and returns.
+/// accepting, lets in-flight requests finish (up to [`crate::proxy::DRAIN_TIMEOUT`])
+/// and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     proxy: Arc<InboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_proxy(listener, proxy, "inbound", shutdown).await
-}
-
-/// What a proxy listener calls for each request.
-pub(crate) trait ProxyHandler: Send + Sync + 'static {
-    fn serve_request(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send;
-}
-
-impl ProxyHandler for InboundProxy {
-    fn serve_request(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send {
-        self.handle(req, peer.ip())
-    }
-}
-
-/// The accept loop shared by the inbound and outbound listeners: HTTP/1.1 and h2c on
-/// one port, upgrades allowed, graceful drain on `shutdown`.
-pub(crate) async fn serve_proxy<H: ProxyHandler>(
-    listener: tokio::net::TcpListener,
-    proxy: Arc<H>,
-    name: &'static str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let builder = server_builder();
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Accept errors are per-connection (aborted handshake) or
-                    // resource exhaustion (EMFILE); neither should stop the proxy.
-                    // Back off briefly so that exhaustion does not spin the loop.
-                    warn!(%error, listener = name, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%error, "set_nodelay failed");
-        }
-        let proxy = Arc::clone(&proxy);
-        let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.serve_request(req, peer).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%peer, listener = name, error = %ErrorChain(&*error), "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    info!(connections = graceful.count(), listener = name, "proxy draining");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        warn!(listener = name, "drain timed out; dropping remaining connections");
-    }
-    Ok(())
-}
-
-pub(crate) fn server_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        // hyper has no separate head limit in the auto builder; the read buffer
-        // bound is what turns an oversized head into 431.
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX));
-    builder
-}
-
-/// A small plain-text answer of the proxy's own (`&'static str` bodies are not copied).
-pub(crate) fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(body.into())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// Connection-scoped headers (RFC 9110 §7.6.1) must not be forwarded: the
-/// `Connection` header itself, every header it names, and the classic list. `TE`
-/// survives only as `trailers`, which asks about the end-to-end body.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry none of these.
-    let has_connection = headers.contains_key(header::CONNECTION);
-    if has_connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            // `Connection: te` must not take `te: trailers` away from the app, but
-            // everything else it lists goes.
-            if name != header::TE {
-                headers.remove(&name);
-            }
-        }
-        headers.remove(header::CONNECTION);
-    }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::TRAILER);
-    if let Some(te) = headers.get(header::TE) {
-        let trailers_only = te
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-        if trailers_only {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        } else {
-            headers.remove(header::TE);
-        }
-    }
-}
-
-/// Appends the peer to `X-Forwarded-For` (RFC 7239's de-facto predecessor): the app
-/// sees the whole chain, the peer last.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let peer = peer.to_canonical();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => HeaderValue::from_str(&format!("{existing}, {peer}")),
-        _ => HeaderValue::from_str(&peer.to_string()),
-    };
-    if let Ok(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-}
-
-/// A random UUID v4, hex-encoded straight into a stack buffer.
-pub(crate) fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Version nibble 4 and variant bits 10 (RFC 9562).
-    let bits = (rand::random::<u128>() & !(0xf000_u128 << 64) & !(0xc000_u128 << 48))
-        | (0x4000_u128 << 64)
-        | (0x8000_u128 << 48);
-    let mut id = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, slot) in id.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
-    }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
-}
-
-/// 503 when the app did not accept the connection within [`CONNECT_TIMEOUT`] (it is
-/// up but wedged, or its backlog is full): a transient state worth retrying. 502 for
-/// everything else: refused (app down), reset, malformed response.
-fn upstream_error_status(error: &(dyn StdError + 'static)) -> StatusCode {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return StatusCode::SERVICE_UNAVAILABLE;
-            }
-        }
-        source = e.source();
-    }
-    StatusCode::BAD_GATEWAY
-}
-
-/// Displays an error with its sources, `a: b: c`, for one-line logs.
-pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
+    crate::proxy::serve(listener, proxy.stack(), "inbound", shutdown).await
 }
 
 #[cfg(test)]
@@ -460,10 +86,23 @@ mod passthrough_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::{CONNECT_TIMEOUT, MAX_HEADER_BYTES};
     use crate::state::Source;
+    use bytes::Bytes;
+    use forward::upstream_error_status;
+    use http::header::HeaderMap;
+    use http::{Request, Response, StatusCode, Version};
+    use http_body_util::Full;
     use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use outrider_proto::v1::Snapshot;
+    use std::convert::Infallible;
+    use std::error::Error as StdError;
+    use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::oneshot;
@@ -789,32 +428,5 @@ mod tests {
         assert_eq!(upstream_error_status(&timed_out), StatusCode::SERVICE_UNAVAILABLE);
         let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
         assert_eq!(upstream_error_status(&refused), StatusCode::BAD_GATEWAY);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-private, te"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        h.insert("proxy-authorization", HeaderValue::from_static("secret"));
-        h.insert("te", HeaderValue::from_static("gzip, trailers"));
-        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
-        remove_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["te", "x-end-to-end"]);
-        assert_eq!(h["te"], "trailers");
-    }
-
-    #[test]
-    fn request_ids_are_uuid_v4() {
-        let id = new_request_id();
-        let id = id.to_str().unwrap();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
-        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(new_request_id(), new_request_id());
     }
 }

@@ -15,5 +15,6 @@ pub mod matcher;
 pub mod metrics;
 pub mod outbound;
 pub mod persist;
+pub mod proxy;
 pub mod ratelimit;
 pub mod state;

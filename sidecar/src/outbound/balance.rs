@@ -4,11 +4,20 @@
 //!
 //! Endpoint state survives snapshot updates (it is carried over by address), so a
 //! new endpoint list does not re-admit a failing instance or forget load.
+//! [`BalanceLayer`] applies this to each attempt and feeds its outcome back.
 
 use super::stats::SubsetStats;
-use http::uri::Authority;
+use super::{Attempt, Clock, Dispatch, Outcome, Refused, Tried};
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tower::{Layer, Service};
+use tracing::warn;
 
 /// Consecutive failures (5xx, connection failures, timeouts) that eject an endpoint.
 pub const EJECT_AFTER_FAILURES: u32 = 5;
@@ -157,6 +166,123 @@ pub fn pick<'a>(
     Some(if eb.cost(now_ms) < ea.cost(now_ms) { eb } else { ea })
 }
 
+/// Picks the endpoint of each attempt, counts it in flight while the attempt runs,
+/// and records the outcome in its failure score and ejection state.
+#[derive(Clone, Copy)]
+pub struct BalanceLayer {
+    clock: Clock,
+}
+
+impl BalanceLayer {
+    pub fn new(clock: Clock) -> Self {
+        Self { clock }
+    }
+}
+
+impl<S> Layer<S> for BalanceLayer {
+    type Service = Balance<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Balance {
+            clock: self.clock,
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Balance<S> {
+    clock: Clock,
+    inner: S,
+}
+
+impl<S, B, RB> Service<Attempt<B>> for Balance<S>
+where
+    S: Service<Dispatch<B>, Response = Outcome<RB>, Error = std::convert::Infallible>,
+{
+    type Response = Tried<RB>;
+    type Error = Refused;
+    type Future = BalanceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map(|_| Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt<B>) -> Self::Future {
+        let Attempt {
+            mut req,
+            path,
+            endpoints,
+            avoid,
+            per_try,
+            on_client,
+        } = attempt;
+        let now_ms = self.clock.now_ms();
+        let Some(endpoint) = pick(&endpoints, now_ms, avoid.as_deref(), &mut rand::rng()).cloned() else {
+            return BalanceFuture::NoInstance;
+        };
+        tracing::Span::current().record("pod", &*endpoint.pod);
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(path);
+        // Unreachable fallback: scheme, authority and path are all set.
+        *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("http://127.0.0.1/"));
+        let in_flight = endpoint.start();
+        BalanceFuture::Sent {
+            inner: self.inner.call(Dispatch {
+                req,
+                per_try,
+                on_client,
+            }),
+            endpoint: Some((endpoint, in_flight)),
+            clock: self.clock,
+        }
+    }
+}
+
+pin_project! {
+    #[project = Projected]
+    pub enum BalanceFuture<F> {
+        NoInstance,
+        Sent {
+            #[pin]
+            inner: F,
+            endpoint: Option<(Arc<EndpointState>, InFlight)>,
+            clock: Clock,
+        },
+    }
+}
+
+impl<F, RB> Future for BalanceFuture<F>
+where
+    F: Future<Output = Result<Outcome<RB>, std::convert::Infallible>>,
+{
+    type Output = Result<Tried<RB>, Refused>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (inner, endpoint, clock) = match self.project() {
+            Projected::NoInstance => return Poll::Ready(Err(Refused::NoInstance)),
+            Projected::Sent { inner, endpoint, clock } => (inner, endpoint, clock),
+        };
+        let Ok(outcome) = ready!(inner.poll(cx));
+        // Polled again after completion: a caller bug, answered without panicking.
+        let Some((endpoint, in_flight)) = endpoint.take() else {
+            return Poll::Ready(Err(Refused::NoInstance));
+        };
+        drop(in_flight);
+        match &outcome {
+            Outcome::Answered(_) => endpoint.record_success(clock.now_ms()),
+            _ => {
+                if endpoint.record_failure(clock.now_ms()) {
+                    warn!(service = %endpoint.stats.service, pod = %endpoint.pod, "ejecting an instance after consecutive failures");
+                }
+            }
+        }
+        Poll::Ready(Ok(Tried { outcome, endpoint }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +374,55 @@ mod tests {
                 .as_ref(),
             "p0"
         );
+    }
+
+    mod layer {
+        use super::super::super::testing::{attempt, destination};
+        use super::super::*;
+        use bytes::Bytes;
+        use http_body_util::Empty;
+        use std::convert::Infallible;
+        use std::time::Duration;
+        use tower::{service_fn, ServiceExt};
+
+        /// An inner stack whose attempts all time out, recording where they went.
+        fn timing_out(
+            seen: Arc<std::sync::Mutex<Vec<String>>>,
+        ) -> impl Service<Dispatch<Empty<Bytes>>, Response = Outcome<()>, Error = Infallible> + Clone {
+            service_fn(move |d: Dispatch<Empty<Bytes>>| {
+                seen.lock().unwrap().push(d.req.uri().to_string());
+                async { Ok(Outcome::Timeout) }
+            })
+        }
+
+        #[tokio::test]
+        async fn failed_attempts_eject_the_endpoint_they_went_to() {
+            let dest = destination(1);
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let balance = BalanceLayer::new(Clock::new()).layer(timing_out(Arc::clone(&seen)));
+            for _ in 0..EJECT_AFTER_FAILURES {
+                let tried = balance
+                    .clone()
+                    .oneshot(attempt(&dest, Empty::new(), Duration::from_secs(1)))
+                    .await
+                    .unwrap();
+                assert_eq!(&*tried.endpoint.pod, "web-0");
+            }
+            assert_eq!(*seen.lock().unwrap(), vec!["http://127.0.0.1:10000/x"; 5]);
+            assert!(dest.all[0].is_ejected(Clock::new().now_ms()));
+            assert_eq!(dest.all[0].outstanding(), 0, "nothing is left in flight");
+        }
+
+        #[tokio::test]
+        async fn no_endpoint_is_refused_without_calling_inward() {
+            let dest = destination(0);
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let balance = BalanceLayer::new(Clock::new()).layer(timing_out(Arc::clone(&seen)));
+            let refused = balance
+                .oneshot(attempt(&dest, Empty::new(), Duration::from_secs(1)))
+                .await;
+            assert!(matches!(refused, Err(Refused::NoInstance)));
+            assert!(seen.lock().unwrap().is_empty());
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Per destination subset traffic figures (DESIGN §3 step 4): what this sidecar saw
+//! Per destination subset traffic figures (reported to the control plane): what this sidecar saw
 //! of each `service`/`subset` it called. Recorded on the request path with relaxed
 //! atomics; read by the health reporter, which alone keeps the window state.
 

@@ -1,5 +1,5 @@
 //! The compiled destination table: for each service, its routes (RoutingPolicy,
-//! DESIGN §4) and its healthy endpoints grouped by subset. Compiled once per snapshot;
+//! see `docs/reference.md`) and its healthy endpoints grouped by subset. Compiled once per snapshot;
 //! endpoint state, subset figures and retry budgets carry over from the previous table
 //! so that an update never resets load, ejections or counters.
 
@@ -21,12 +21,17 @@ pub struct Destinations {
     services: HashMap<Box<str>, Arc<Destination>>,
 }
 
+/// A set of endpoints a request may be balanced over.
+pub type Endpoints = Arc<[Arc<EndpointState>]>;
+
 pub struct Destination {
     pub name: Box<str>,
     /// Empty without a RoutingPolicy: every request spreads over all endpoints.
     pub routes: Vec<CompiledRoute>,
-    pub all: Vec<Arc<EndpointState>>,
-    pub subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>>,
+    /// Shared slices, so that a request holds the set it was routed to with one
+    /// reference count.
+    pub all: Endpoints,
+    pub subsets: HashMap<Box<str>, Endpoints>,
     pub budget: Arc<RetryBudget>,
     pub policy: Option<RoutingPolicy>,
 }
@@ -142,8 +147,8 @@ impl Destinations {
                 Arc::new(Destination {
                     name: d.service.as_str().into(),
                     routes,
-                    all,
-                    subsets,
+                    all: all.into(),
+                    subsets: subsets.into_iter().map(|(k, v)| (k, v.into())).collect(),
                     budget: old.map(|o| o.budget.clone()).unwrap_or_default(),
                     policy,
                 }),
@@ -281,7 +286,7 @@ impl Destination {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use outrider_proto::v1::{DestinationService, Endpoint};
 

@@ -2,14 +2,23 @@
 
 use super::*;
 use crate::state::Source;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::Full;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use outrider_proto::v1::{DestinationService, DestinationTable, Endpoint, Snapshot};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

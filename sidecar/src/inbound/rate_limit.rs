@@ -1,0 +1,160 @@
+//! The inbound rate-limit layer: checks the applied snapshot's limiter, answers 429
+//! with `Retry-After` itself on a denial, and adds the `RateLimit` headers to the
+//! app's answer otherwise.
+
+use crate::proxy::respond::local;
+use crate::proxy::{Call, Local, ProxyBody};
+use crate::ratelimit::{Decision, RateLimitHeaders};
+use http::{Response, StatusCode};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tower::{Layer, Service};
+use tracing::debug;
+
+#[derive(Clone, Copy, Default)]
+pub struct RateLimitLayer;
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Call<B>> for RateLimit<S>
+where
+    S: Service<Call<B>, Response = Response<ProxyBody>>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = S::Error;
+    type Future = RateLimitFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call<B>) -> Self::Future {
+        // Nothing applied yet (first start, control plane unreachable, no persisted
+        // snapshot): there is no policy to enforce, so fail open.
+        let limit = match &call.applied {
+            None => None,
+            Some(applied) => {
+                let decision =
+                    applied
+                        .limiter
+                        .check(call.req.uri().path(), call.req.headers(), call.peer.ip(), call.started);
+                if let Decision::Deny {
+                    quota,
+                    retry_after_secs,
+                } = decision
+                {
+                    debug!(rule = quota.rule.name(), retry_after_secs, "rate limited");
+                    let mut response = local(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate limit exceeded\n",
+                        Local::RateLimited,
+                    );
+                    decision.write_headers(response.headers_mut());
+                    return RateLimitFuture::Denied {
+                        response: Some(response),
+                    };
+                }
+                decision.headers()
+            }
+        };
+        RateLimitFuture::Allowed {
+            inner: self.inner.call(call),
+            limit,
+        }
+    }
+}
+
+pin_project! {
+    #[project = Projected]
+    pub enum RateLimitFuture<F> {
+        Denied { response: Option<Response<ProxyBody>> },
+        Allowed { #[pin] inner: F, limit: Option<RateLimitHeaders> },
+    }
+}
+
+impl<F, E> Future for RateLimitFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projected::Denied { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after completion: a caller bug, answered without panicking.
+                None => Poll::Pending,
+            },
+            Projected::Allowed { inner, limit } => {
+                let mut result = ready!(inner.poll(cx));
+                if let (Ok(response), Some(limit)) = (&mut result, limit.take()) {
+                    limit.write_to(response.headers_mut());
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{SidecarState, Source};
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::{Either, Empty, Full};
+    use outrider_proto::v1::Snapshot;
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::{service_fn, ServiceExt};
+
+    #[tokio::test]
+    async fn a_denied_request_never_reaches_the_app_and_an_allowed_one_gets_headers() {
+        let state = SidecarState::new();
+        let snapshot = Snapshot {
+            revision: 1,
+            nonce: "n".into(),
+            service: "web".into(),
+            rate_limit: r#"{"rules":[{"name":"all","requestsPerSecond":0.01,"burst":1}]}"#.into(),
+            service_share: 1.0,
+            ..Default::default()
+        };
+        state.apply(&snapshot, Source::ControlPlane).unwrap();
+        let reached = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let reached = Arc::clone(&reached);
+            service_fn(move |_: Call<Empty<Bytes>>| {
+                reached.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(Response::new(Either::Right(Full::new(Bytes::new())))) }
+            })
+        };
+        let limited = RateLimitLayer.layer(app);
+        let call = || {
+            let mut call = Call::new(Request::new(Empty::new()), ([127, 0, 0, 1], 9).into());
+            call.applied = state.applied.load_full();
+            call
+        };
+        let allowed = limited.clone().oneshot(call()).await.unwrap();
+        assert_eq!(allowed.status(), StatusCode::OK);
+        assert!(allowed.headers().contains_key("ratelimit"), "{:?}", allowed.headers());
+        let denied = limited.oneshot(call()).await.unwrap();
+        assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(denied.headers().contains_key("retry-after"));
+        assert_eq!(crate::proxy::respond::local_reason(&denied), Some(Local::RateLimited));
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+    }
+}

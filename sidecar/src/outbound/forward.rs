@@ -1,0 +1,98 @@
+//! The innermost outbound layer: sends an attempt to the endpoint in its URI over a
+//! pooled connection (HTTP/2 when the caller spoke it) and says how it ended; an
+//! upgrade's `101` splices the caller's connection to the instance's.
+
+use super::{Dispatch, Outcome, UpstreamBody};
+use crate::proxy::{client, upgrade};
+use http::{StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use pin_project_lite::pin_project;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tower::Service;
+
+/// The pools of connections to other instances' inbound ports. Cloning shares them.
+#[derive(Clone)]
+pub struct Forward {
+    clients: Arc<Clients>,
+}
+
+struct Clients {
+    http1: Client<HttpConnector, UpstreamBody>,
+    http2: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Forward {
+    pub fn new() -> Self {
+        Forward {
+            clients: Arc::new(Clients {
+                http1: client::pooled(false),
+                http2: client::pooled(true),
+            }),
+        }
+    }
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Service<Dispatch> for Forward {
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = ForwardFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pools open connections on demand; there is nothing to wait for.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dispatch: Dispatch) -> Self::Future {
+        let client = if dispatch.req.version() == Version::HTTP_2 {
+            &self.clients.http2
+        } else {
+            &self.clients.http1
+        };
+        ForwardFuture {
+            inner: client.request(dispatch.req),
+            on_client: dispatch.on_client,
+        }
+    }
+}
+
+pin_project! {
+    pub struct ForwardFuture {
+        #[pin]
+        inner: ResponseFuture,
+        on_client: Option<OnUpgrade>,
+    }
+}
+
+impl Future for ForwardFuture {
+    type Output = Result<Outcome<Incoming>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Err(e) if e.is_connect() => Outcome::ConnectFailure(e),
+            Err(e) => Outcome::Reset(e),
+            Ok(r) if r.status().is_server_error() => Outcome::ServerError(r),
+            Ok(mut r) => {
+                if let Some(on_client) = this.on_client.take() {
+                    if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        upgrade::splice(on_client, hyper::upgrade::on(&mut r));
+                    }
+                }
+                Outcome::Answered(r)
+            }
+        }))
+    }
+}

@@ -1,0 +1,212 @@
+//! The route layer: resolves the service a request names (Host or absolute-form)
+//! in the destination table, picks its route and the endpoint set by the route's
+//! weights, and sets the request's retry policy and deadline.
+
+use super::table::{CompiledRoute, Destination, Endpoints, Retry};
+use super::{Routed, DEFAULT_TIMEOUT};
+use crate::proxy::headers::target_host;
+use crate::proxy::respond::local;
+use crate::proxy::{upgrade, Call, Local, ProxyBody};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+#[derive(Clone, Copy, Default)]
+pub struct RouteLayer;
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Route { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Route<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Call<B>> for Route<S>
+where
+    S: Service<Routed<B>, Response = Response<ProxyBody>>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = S::Error;
+    type Future = RouteFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call<B>) -> Self::Future {
+        match route(call) {
+            Ok(routed) => RouteFuture::Routed {
+                inner: self.inner.call(routed),
+            },
+            Err((status, body)) => RouteFuture::Local {
+                response: Some(local(status, body, Local::Refused)),
+            },
+        }
+    }
+}
+
+/// The routed request, or the status and body of the proxy's refusal.
+fn route<B>(call: Call<B>) -> Result<Routed<B>, (StatusCode, Bytes)> {
+    let Some(host) = target_host(&call.req) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"the outbound proxy routes by Host: send `Host: <service>` or an absolute-form URI\n"),
+        ));
+    };
+    let Some(dest) = call.applied.as_ref().and_then(|a| a.destinations.resolve(host)) else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n").into(),
+        ));
+    };
+    let dest = Arc::clone(dest);
+    tracing::Span::current().record("service", &*dest.name);
+    let route = dest.route(call.req.uri().path(), call.req.headers());
+    let (retry, timeout) = if upgrade::is_upgrade(&call.req) {
+        // An upgrade is one attempt: its body is the tunnel, never replayable.
+        (
+            Retry {
+                attempts: 0,
+                per_try_timeout: None,
+                ..Retry::DEFAULT
+            },
+            DEFAULT_TIMEOUT,
+        )
+    } else {
+        (
+            route.and_then(|r| r.retry).unwrap_or(Retry::DEFAULT),
+            route.and_then(|r| r.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        )
+    };
+    let endpoints =
+        choose_endpoints(&dest, route).map_err(|why| (StatusCode::SERVICE_UNAVAILABLE, Bytes::from(why)))?;
+    let deadline = call.started + timeout;
+    Ok(Routed {
+        call,
+        dest,
+        endpoints,
+        retry,
+        deadline,
+    })
+}
+
+/// The endpoints a request may go to: the route's weighted subset (falling back to
+/// the route's other subsets when that one has no healthy instance), or every
+/// healthy instance without a policy or when no route matches.
+fn choose_endpoints(dest: &Destination, route: Option<&CompiledRoute>) -> Result<Endpoints, String> {
+    let Some(route) = route else {
+        return if dest.all.is_empty() {
+            Err(format!("no healthy instance of {}\n", dest.name))
+        } else {
+            Ok(Arc::clone(&dest.all))
+        };
+    };
+    let roll = rand::random_range(0..route.total_weight().max(1));
+    let chosen = route.subset_for(roll);
+    let has = |s: &str| dest.subsets.get(s).filter(|v| !v.is_empty());
+    if let Some(eps) = chosen.and_then(has) {
+        return Ok(Arc::clone(eps));
+    }
+    route.subsets().find_map(has).map(Arc::clone).ok_or_else(|| {
+        format!(
+            "no healthy instance of {} in subsets {:?} (route {:?})\n",
+            dest.name,
+            route.subsets().collect::<Vec<_>>(),
+            &*route.name
+        )
+    })
+}
+
+pin_project! {
+    #[project = Projected]
+    pub enum RouteFuture<F> {
+        Local { response: Option<Response<ProxyBody>> },
+        Routed { #[pin] inner: F },
+    }
+}
+
+impl<F, E> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projected::Local { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after completion: a caller bug, answered without panicking.
+                None => Poll::Pending,
+            },
+            Projected::Routed { inner } => inner.poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::table::tests::table;
+    use crate::state::{SidecarState, Source};
+    use http::Request;
+    use http_body_util::{Either, Empty, Full};
+    use outrider_proto::v1::Snapshot;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use tower::{service_fn, ServiceExt};
+
+    /// Routes `req` with the test table applied; the inner service answers 200 and
+    /// remembers which subset each request was routed to.
+    async fn route_one(req: Request<Empty<Bytes>>, routing: &str) -> (StatusCode, Vec<Box<str>>) {
+        let state = SidecarState::new();
+        let snapshot = Snapshot {
+            revision: 1,
+            nonce: "n".into(),
+            service: "client".into(),
+            service_share: 1.0,
+            destinations: Some(table(routing)),
+            ..Default::default()
+        };
+        state.apply(&snapshot, Source::ControlPlane).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let inner = {
+            let seen = Arc::clone(&seen);
+            service_fn(move |r: Routed<Empty<Bytes>>| {
+                seen.lock().unwrap().push(r.endpoints[0].subset.clone());
+                async { Ok::<_, Infallible>(Response::new(Either::Right(Full::new(Bytes::new())))) }
+            })
+        };
+        let mut call = Call::new(req, ([127, 0, 0, 1], 9).into());
+        call.applied = state.applied.load_full();
+        let response = RouteLayer.layer(inner).oneshot(call).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        (response.status(), seen)
+    }
+
+    #[tokio::test]
+    async fn a_header_route_pins_its_subset_and_unknown_hosts_are_answered_here() {
+        let routing = r#"{"routes":[
+            {"name":"beta","match":{"headers":{"x-canary":"always"}},"backends":[{"subset":"v2","weight":100}]}]}"#;
+        let pinned = Request::get("/").header("host", "web").header("x-canary", "always");
+        let (status, seen) = route_one(pinned.body(Empty::new()).unwrap(), routing).await;
+        assert_eq!((status, seen), (StatusCode::OK, vec!["v2".into()]));
+
+        let unknown = Request::get("/").header("host", "nope").body(Empty::new()).unwrap();
+        let (status, seen) = route_one(unknown, routing).await;
+        assert_eq!((status, seen.len()), (StatusCode::SERVICE_UNAVAILABLE, 0));
+
+        let (status, _) = route_one(Request::get("/").body(Empty::new()).unwrap(), routing).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}

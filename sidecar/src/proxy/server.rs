@@ -1,0 +1,112 @@
+//! The accept loop both proxy listeners run: HTTP/1.1 and h2c on one port, upgrades
+//! allowed, each request handed to the proxy's tower stack, graceful drain on shutdown.
+
+use super::{Call, ErrorChain, ProxyBody};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::time::Duration;
+use tower::Service;
+use tracing::{debug, info, warn, Instrument};
+
+/// Largest request head (request line and headers) accepted over HTTP/1.1. Larger
+/// heads get `431 Request Header Fields Too Large` from hyper. 64 KiB matches what
+/// common proxies accept (Envoy's default is 60 KiB) while bounding per-connection
+/// memory.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Slow clients must send their whole request head within this time (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After shutdown starts, in-flight connections get this long to finish; the rest
+/// are dropped. Below Kubernetes' default 30 s grace period.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Serves `stack` on `listener` until `shutdown` resolves; then stops accepting, lets
+/// in-flight requests finish (up to [`DRAIN_TIMEOUT`]) and returns. `name` labels the
+/// listener in logs.
+///
+/// The stack is cloned per request, so its services hold their state behind `Arc`s;
+/// it never fails (every error is already a response).
+pub async fn serve<S>(
+    listener: tokio::net::TcpListener,
+    stack: S,
+    name: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: Service<Call, Response = Response<ProxyBody>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = server_builder();
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Accept errors are per-connection (aborted handshake) or
+                    // resource exhaustion (EMFILE); neither should stop the proxy.
+                    // Back off briefly so that exhaustion does not spin the loop.
+                    warn!(%error, listener = name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "set_nodelay failed");
+        }
+        let stack = stack.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let mut stack = stack.clone();
+            async move {
+                poll_fn(|cx| stack.poll_ready(cx)).await?;
+                stack.call(Call::new(req, peer)).await
+            }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        // The connection task keeps the caller's span (the sidecar's service and pod).
+        tokio::spawn(
+            async move {
+                if let Err(error) = connection.await {
+                    debug!(%peer, listener = name, error = %ErrorChain(&*error), "connection ended with an error");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    drop(listener);
+    info!(connections = graceful.count(), listener = name, "proxy draining");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        warn!(listener = name, "drain timed out; dropping remaining connections");
+    }
+    Ok(())
+}
+
+fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper has no separate head limit in the auto builder; the read buffer
+        // bound is what turns an oversized head into 431.
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX));
+    builder
+}
