@@ -12,6 +12,7 @@ pub mod agent;
 pub mod config;
 pub mod configdocs;
 pub mod inbound;
+pub mod loghub;
 pub mod logship;
 pub mod matcher;
 pub mod metrics;

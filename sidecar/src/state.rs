@@ -3,7 +3,7 @@
 //! The request path reads [`SidecarState::applied`] with one lock-free load
 //! (`arc_swap`); the agent replaces it when a snapshot is accepted.
 
-use crate::logship::LogHub;
+use crate::loghub::LogHub;
 use crate::metrics::Metrics;
 use crate::outbound::table::{Destinations, TableError};
 use crate::ratelimit::RateLimiter;
@@ -67,7 +67,7 @@ pub enum ApplyError {
 pub struct SidecarState {
     pub applied: ArcSwapOption<Applied>,
     pub metrics: Metrics,
-    /// Access-log channel and log-shipping figures (`logship`).
+    /// Access-log queue and log-shipping figures, shared with the shipper (`loghub`).
     pub logs: LogHub,
     connected: AtomicBool,
     /// Bumped after every swap, so that background owners (config documents, log
