@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests that run the real binaries over real sockets:
 //! locating built binaries, free ports, child processes that die with the test, and pollers.
 //!
+//! [`fake_control_plane`] serves the control stream for sidecar tests that script what
+//! the control plane sends and check what the sidecar answers.
+//!
 //! ```no_run
 //! # async fn t() -> anyhow::Result<()> {
 //! use outrider_testkit::*;
@@ -10,6 +13,8 @@
 //! wait_for_http_ok(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
+
+pub mod fake_control_plane;
 
 use std::fs::File;
 use std::future::Future;
@@ -220,10 +225,10 @@ impl Proc {
     /// Sends a signal (e.g. `libc::SIGTERM`, `libc::SIGSTOP`) unless the process has exited.
     pub fn signal(&mut self, sig: i32) {
         if self.try_wait().is_none() {
-            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own
-            // un-reaped child, so it cannot have been recycled.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, sig);
+            // The pid is our own un-reaped child, so it cannot have been recycled.
+            let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
+            if let (Some(pid), Some(sig)) = (pid, rustix::process::Signal::from_named_raw(sig)) {
+                let _ = rustix::process::kill_process(pid, sig);
             }
         }
     }

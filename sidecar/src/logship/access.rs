@@ -6,7 +6,7 @@
 
 use super::{clf_time, rfc3339_millis, Identity};
 use crate::state::{Applied, SidecarState};
-use http::{HeaderMap, Method, Request, Version};
+use http::{HeaderMap, Request, Version};
 use outrider_policy::{AccessLog, LogFormat};
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -16,24 +16,7 @@ use std::time::Instant;
 /// What replaces the value of a header named in `redactHeaders` in a record.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// One request, as the shipper receives it.
-#[derive(Debug, Clone, Default)]
-pub struct AccessRecord {
-    pub unix_ms: u64,
-    pub method: Method,
-    pub path: String,
-    pub protocol: &'static str,
-    pub status: u16,
-    pub duration_us: u64,
-    /// The response's `Content-Length`, when it has one.
-    pub bytes: Option<u64>,
-    pub upstream: Option<Arc<str>>,
-    pub request_id: Option<String>,
-    pub trace_id: Option<String>,
-    pub client_ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
-    pub direction: &'static str,
-}
+pub use crate::loghub::AccessRecord;
 
 /// A request being served whose record will be written.
 pub struct Pending {

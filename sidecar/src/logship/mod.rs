@@ -22,16 +22,10 @@ pub mod sink;
 pub mod spool;
 pub mod tail;
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use tokio::sync::mpsc;
-
+// The hand-off types live in a leaf module so that the state can hold the hub
+// without importing this module (which imports the state).
+pub use crate::loghub::{FigureValues, Figures, LogHub, ACCESS_QUEUE};
 pub use pipeline::Shipper;
-
-/// Room for access records between the proxy and the shipper. At ~300 bytes a
-/// record this bounds the queue at a few MiB.
-pub const ACCESS_QUEUE: usize = 8192;
 
 /// Who this instance is; every shipped record carries these fields.
 #[derive(Debug, Clone, Default)]
@@ -40,133 +34,6 @@ pub struct Identity {
     pub version: String,
     pub namespace: String,
     pub pod: String,
-}
-
-/// Shared between the proxy (sender side) and the shipper (receiver side).
-pub struct LogHub {
-    access_tx: mpsc::Sender<access::AccessRecord>,
-    access_rx: Mutex<Option<mpsc::Receiver<access::AccessRecord>>>,
-    pub figures: Figures,
-}
-
-impl Default for LogHub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LogHub {
-    pub fn new() -> Self {
-        let (tx, rx) = mpsc::channel(ACCESS_QUEUE);
-        Self {
-            access_tx: tx,
-            access_rx: Mutex::new(Some(rx)),
-            figures: Figures::default(),
-        }
-    }
-
-    /// Hands a finished record to the shipper without waiting.
-    pub fn push_access(&self, record: access::AccessRecord) {
-        match self.access_tx.try_send(record) {
-            Ok(()) => {}
-            Err(_) => {
-                self.figures.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// The receiving end; the one shipper takes it once.
-    pub fn take_access_receiver(&self) -> Option<mpsc::Receiver<access::AccessRecord>> {
-        self.access_rx.lock().ok()?.take()
-    }
-}
-
-/// Shipping figures for `/metrics` and the health report (DESIGN §3 step 4).
-#[derive(Debug, Default)]
-pub struct Figures {
-    /// Lines read from app log files.
-    pub lines_read: AtomicU64,
-    /// Access records accepted from the proxy.
-    pub access_records: AtomicU64,
-    /// Records the sink accepted.
-    pub shipped: AtomicU64,
-    /// Records dropped: access queue full, or a batch the sink refused for good (4xx).
-    pub dropped: AtomicU64,
-    /// Bytes waiting for the sink: in the on-disk spool plus the batch in hand.
-    pub buffered_bytes: AtomicU64,
-    /// Failed deliveries (each is retried unless it was refused for good).
-    pub sink_errors: AtomicU64,
-}
-
-/// A copy of [`Figures`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FigureValues {
-    pub lines_read: u64,
-    pub access_records: u64,
-    pub shipped: u64,
-    pub dropped: u64,
-    pub buffered_bytes: u64,
-    pub sink_errors: u64,
-}
-
-impl Figures {
-    pub fn values(&self) -> FigureValues {
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        FigureValues {
-            lines_read: r(&self.lines_read),
-            access_records: r(&self.access_records),
-            shipped: r(&self.shipped),
-            dropped: r(&self.dropped),
-            buffered_bytes: r(&self.buffered_bytes),
-            sink_errors: r(&self.sink_errors),
-        }
-    }
-
-    /// Prometheus text, appended to the sidecar's `/metrics`.
-    pub fn render(&self) -> String {
-        let v = self.values();
-        let mut out = String::with_capacity(1024);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-        };
-        metric(
-            "outrider_sidecar_log_lines_read_total",
-            "counter",
-            "Lines read from the app's log files.",
-            v.lines_read,
-        );
-        metric(
-            "outrider_sidecar_access_records_total",
-            "counter",
-            "Access records taken from the proxy for shipping.",
-            v.access_records,
-        );
-        metric(
-            "outrider_sidecar_log_records_shipped_total",
-            "counter",
-            "Log records the sink accepted.",
-            v.shipped,
-        );
-        metric(
-            "outrider_sidecar_log_records_dropped_total",
-            "counter",
-            "Log records dropped (access queue full, or refused by the sink for good).",
-            v.dropped,
-        );
-        metric(
-            "outrider_sidecar_log_buffered_bytes",
-            "gauge",
-            "Bytes waiting for the sink (on-disk spool and the batch in hand).",
-            v.buffered_bytes,
-        );
-        metric(
-            "outrider_sidecar_log_sink_errors_total",
-            "counter",
-            "Failed deliveries to the sink.",
-            v.sink_errors,
-        );
-        out
-    }
 }
 
 /// RFC 3339 UTC with milliseconds, from a Unix time in milliseconds; no calendar
@@ -220,14 +87,5 @@ mod tests {
         assert_eq!(rfc3339_millis(971_186_136_123), "2000-10-10T13:55:36.123Z");
         assert_eq!(clf_time(971_186_136_000), "10/Oct/2000:13:55:36 +0000");
         assert_eq!(rfc3339_millis(1_709_210_096_000), "2024-02-29T12:34:56.000Z");
-    }
-
-    #[test]
-    fn a_full_access_queue_drops_and_counts() {
-        let hub = LogHub::new();
-        for _ in 0..ACCESS_QUEUE + 3 {
-            hub.push_access(access::AccessRecord::default());
-        }
-        assert_eq!(hub.figures.values().dropped, 3);
     }
 }
