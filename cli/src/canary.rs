@@ -2,69 +2,15 @@
 //! (`set`, `promote`, `abort`), their figures (`status`), and automated rollouts that
 //! the control plane drives (`run`), so they survive this CLI exiting.
 
-use crate::args::Output;
-use crate::client::{Body, Client};
-use crate::commands::api;
+use crate::args::{CanaryCommand, Run};
+use crate::client::{api, Body, Client};
 use crate::error::CliError;
+use crate::format::Output;
 use crate::output::{self, Table};
-use clap::{Args, Subcommand};
 use outrider_policy::canary::{self, CanaryError};
 use outrider_policy::RoutingPolicy;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-#[derive(Debug, Subcommand)]
-pub enum CanaryCommand {
-    /// Send WEIGHT% of SERVICE's traffic to a subset, the rest to the stable one.
-    Set {
-        service: String,
-        #[arg(long)]
-        subset: String,
-        /// Percentage for the canary subset, 0–100.
-        #[arg(long)]
-        weight: u32,
-        /// The stable subset (default: the current one, else v1).
-        #[arg(long)]
-        stable: Option<String>,
-    },
-    /// Weights, per-subset success rate and latency, and any automated rollout.
-    Status { service: String },
-    /// Make the canary the stable subset with 100% of the traffic.
-    Promote { service: String },
-    /// Stop any rollout and send 100% to the stable subset, whatever the state.
-    Abort {
-        service: String,
-        /// The stable subset when the policy does not say (default v1).
-        #[arg(long)]
-        stable: Option<String>,
-    },
-    /// Start an automated rollout in the control plane and follow its progress.
-    Run(Run),
-}
-
-#[derive(Debug, Args)]
-pub struct Run {
-    pub service: String,
-    #[arg(long)]
-    pub subset: String,
-    #[arg(long)]
-    pub stable: Option<String>,
-    /// Canary weights to step through, in percent.
-    #[arg(long, value_delimiter = ',', default_value = "5,25,50,100")]
-    pub steps: Vec<u32>,
-    /// How long each step runs before its figures are judged.
-    #[arg(long, default_value = "30s")]
-    pub interval: String,
-    /// Roll back when the canary's error rate over a step exceeds this fraction.
-    #[arg(long, default_value_t = 0.01)]
-    pub max_error_rate: f64,
-    /// Roll back when the canary's p99 latency exceeds this.
-    #[arg(long)]
-    pub max_p99: Option<String>,
-    /// Start the rollout and return without following it.
-    #[arg(long)]
-    pub detach: bool,
-}
 
 fn policy_path(service: &str) -> Vec<&str> {
     api(&["services", service, "policies", "routing"])

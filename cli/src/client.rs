@@ -1,4 +1,4 @@
-//! A thin client of the REST API (DESIGN §5): builds URLs, sends the bearer token,
+//! A thin client of the REST API (`docs/reference.md`): builds URLs, sends the bearer token,
 //! and turns transport failures and `application/problem+json` answers into
 //! [`CliError`]s that say what to do.
 
@@ -7,6 +7,13 @@ use outrider_policy::FieldError;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use std::time::Duration;
+
+const API: [&str; 2] = ["api", "v1"];
+
+/// The path segments of a REST resource: `/api/v1` followed by `rest`.
+pub fn api<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    API.iter().copied().chain(rest.iter().copied()).collect()
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,9 +1,10 @@
 //! What each command does: the REST calls, in order, and what is printed.
 
-use crate::args::{Apply, Cli, Command, Delete, Get, Global, Output};
-use crate::client::{Body, Client};
+use crate::args::{Apply, Cli, Command, Delete, Get, Global};
+use crate::client::{api, Body, Client};
 use crate::envelope::{parse_documents, Document};
 use crate::error::{one_line, CliError};
+use crate::format::Output;
 use crate::output::{self, emit, Table};
 use clap::CommandFactory;
 use outrider_policy::PolicyKind;
@@ -11,12 +12,6 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
-
-const API: [&str; 2] = ["api", "v1"];
-
-pub(crate) fn api<'a>(rest: &[&'a str]) -> Vec<&'a str> {
-    API.iter().copied().chain(rest.iter().copied()).collect()
-}
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let Global { server, token, output } = cli.global;

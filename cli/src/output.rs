@@ -2,8 +2,8 @@
 //! scripts. Table builders are pure functions of the API's JSON so they can be tested
 //! without a server.
 
-use crate::args::Output;
 use crate::error::CliError;
+use crate::format::Output;
 use serde_json::Value;
 use std::io::Write;
 use std::time::SystemTime;
