@@ -1,7 +1,8 @@
-//! The command line (DESIGN §6), as clap derive structs. Flags and environment
-//! variables share one definition each.
+//! The command line as clap derive structs (`docs/reference.md` lists the commands).
+//! Flags and environment variables share one definition each; no command logic here.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::format::Output;
+use clap::{Args, Parser, Subcommand};
 use outrider_policy::PolicyKind;
 use std::path::PathBuf;
 
@@ -37,13 +38,6 @@ pub struct Global {
     pub output: Output,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-    Yaml,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List services, sidecars or policies.
@@ -69,7 +63,7 @@ pub enum Command {
     },
     /// Canary releases: shift traffic between subsets by hand or automatically.
     #[command(subcommand)]
-    Canary(crate::canary::CanaryCommand),
+    Canary(CanaryCommand),
     /// Diagnose the control plane, its store and the sidecar fleet; exits 1 on problems.
     Check,
     /// Print a shell completion script.
@@ -114,6 +108,59 @@ pub struct Apply {
     /// Validate on the server and show which sidecars would change; store nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CanaryCommand {
+    /// Send WEIGHT% of SERVICE's traffic to a subset, the rest to the stable one.
+    Set {
+        service: String,
+        #[arg(long)]
+        subset: String,
+        /// Percentage for the canary subset, 0–100.
+        #[arg(long)]
+        weight: u32,
+        /// The stable subset (default: the current one, else v1).
+        #[arg(long)]
+        stable: Option<String>,
+    },
+    /// Weights, per-subset success rate and latency, and any automated rollout.
+    Status { service: String },
+    /// Make the canary the stable subset with 100% of the traffic.
+    Promote { service: String },
+    /// Stop any rollout and send 100% to the stable subset, whatever the state.
+    Abort {
+        service: String,
+        /// The stable subset when the policy does not say (default v1).
+        #[arg(long)]
+        stable: Option<String>,
+    },
+    /// Start an automated rollout in the control plane and follow its progress.
+    Run(Run),
+}
+
+#[derive(Debug, Args)]
+pub struct Run {
+    pub service: String,
+    #[arg(long)]
+    pub subset: String,
+    #[arg(long)]
+    pub stable: Option<String>,
+    /// Canary weights to step through, in percent.
+    #[arg(long, value_delimiter = ',', default_value = "5,25,50,100")]
+    pub steps: Vec<u32>,
+    /// How long each step runs before its figures are judged.
+    #[arg(long, default_value = "30s")]
+    pub interval: String,
+    /// Roll back when the canary's error rate over a step exceeds this fraction.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_error_rate: f64,
+    /// Roll back when the canary's p99 latency exceeds this.
+    #[arg(long)]
+    pub max_p99: Option<String>,
+    /// Start the rollout and return without following it.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// Accepts the REST names (`rate-limit`) and the envelope names (`RateLimitPolicy`).

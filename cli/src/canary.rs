@@ -2,88 +2,35 @@
 //! (`set`, `promote`, `abort`), their figures (`status`), and automated rollouts that
 //! the control plane drives (`run`), so they survive this CLI exiting.
 
-use crate::args::Output;
-use crate::client::{Body, Client};
-use crate::commands::api;
+use crate::args::{CanaryCommand, Run};
+use crate::client::Client;
 use crate::error::CliError;
-use crate::output::{self, Table};
-use clap::{Args, Subcommand};
-use outrider_policy::canary::{self, CanaryError};
-use outrider_policy::RoutingPolicy;
-use serde_json::{json, Value};
+use crate::format::Output;
+use crate::output::{self, value_or_line, Table};
+use outrider_api::{PolicyRecord, RolloutRequest, RolloutState, RolloutStatus, ServiceDetail, SubsetTraffic};
+use outrider_policy::canary::{self, CanaryError, CanaryWeights};
+use outrider_policy::{PolicyKind, RoutingPolicy};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Subcommand)]
-pub enum CanaryCommand {
-    /// Send WEIGHT% of SERVICE's traffic to a subset, the rest to the stable one.
-    Set {
-        service: String,
-        #[arg(long)]
-        subset: String,
-        /// Percentage for the canary subset, 0–100.
-        #[arg(long)]
-        weight: u32,
-        /// The stable subset (default: the current one, else v1).
-        #[arg(long)]
-        stable: Option<String>,
-    },
-    /// Weights, per-subset success rate and latency, and any automated rollout.
-    Status { service: String },
-    /// Make the canary the stable subset with 100% of the traffic.
-    Promote { service: String },
-    /// Stop any rollout and send 100% to the stable subset, whatever the state.
-    Abort {
-        service: String,
-        /// The stable subset when the policy does not say (default v1).
-        #[arg(long)]
-        stable: Option<String>,
-    },
-    /// Start an automated rollout in the control plane and follow its progress.
-    Run(Run),
-}
-
-#[derive(Debug, Args)]
-pub struct Run {
-    pub service: String,
-    #[arg(long)]
-    pub subset: String,
-    #[arg(long)]
-    pub stable: Option<String>,
-    /// Canary weights to step through, in percent.
-    #[arg(long, value_delimiter = ',', default_value = "5,25,50,100")]
-    pub steps: Vec<u32>,
-    /// How long each step runs before its figures are judged.
-    #[arg(long, default_value = "30s")]
-    pub interval: String,
-    /// Roll back when the canary's error rate over a step exceeds this fraction.
-    #[arg(long, default_value_t = 0.01)]
-    pub max_error_rate: f64,
-    /// Roll back when the canary's p99 latency exceeds this.
-    #[arg(long)]
-    pub max_p99: Option<String>,
-    /// Start the rollout and return without following it.
-    #[arg(long)]
-    pub detach: bool,
-}
-
-fn policy_path(service: &str) -> Vec<&str> {
-    api(&["services", service, "policies", "routing"])
+/// The stored RoutingPolicy read through the policy model.
+fn routing(record: &PolicyRecord, service: &str) -> Result<RoutingPolicy, CliError> {
+    outrider_policy::from_value(record.document.clone())
+        .map_err(|e| CliError::Invalid(format!("the stored routing policy of {service} is invalid: {e}")))
 }
 
 /// The current RoutingPolicy, `None` when the service has none.
 async fn current(client: &Client, service: &str) -> Result<Option<RoutingPolicy>, CliError> {
-    match client.get(&policy_path(service), &[]).await {
-        Ok(v) => outrider_policy::from_value(v["document"].clone())
-            .map(Some)
-            .map_err(|e| CliError::Invalid(format!("the stored routing policy of {service} is invalid: {e}"))),
-        Err(CliError::Api(e)) if e.status == 404 => Ok(None),
-        Err(e) => Err(e),
+    match client.find_policy(service, PolicyKind::Routing).await? {
+        Some(record) => routing(&record, service).map(Some),
+        None => Ok(None),
     }
 }
 
-async fn write(client: &Client, service: &str, p: &RoutingPolicy) -> Result<Value, CliError> {
+async fn write(client: &Client, service: &str, p: &RoutingPolicy) -> Result<PolicyRecord, CliError> {
     let doc = serde_json::to_value(p).map_err(|e| CliError::Invalid(e.to_string()))?;
-    client.put(&policy_path(service), &[], Body::Json(doc)).await
+    client.put_policy(service, PolicyKind::Routing, doc).await
 }
 
 fn canary_err(e: CanaryError) -> CliError {
@@ -115,48 +62,36 @@ pub async fn run(client: &Client, format: Output, cmd: CanaryCommand) -> Result<
             }
             let p = current(client, &service).await?;
             let next = canary::set_weight(p.as_ref(), &subset, weight, stable.as_deref()).map_err(canary_err)?;
-            let v = write(client, &service, &next).await?;
-            done(
-                format,
-                &v,
-                &format!("{service}: {} (revision {})\n", weights_line(&next), v["revision"]),
-            )
+            let stored = write(client, &service, &next).await?;
+            let line = format!("{service}: {} (revision {})\n", weights_line(&next), stored.revision);
+            value_or_line(format, &stored, &line)
         }
         CanaryCommand::Promote { service } => {
             check(&service)?;
             let p = current(client, &service).await?;
             let next = canary::promote(p.as_ref()).map_err(canary_err)?;
-            let v = write(client, &service, &next).await?;
-            done(
-                format,
-                &v,
-                &format!(
-                    "{service}: promoted, {} (revision {})\n",
-                    weights_line(&next),
-                    v["revision"]
-                ),
-            )
+            let stored = write(client, &service, &next).await?;
+            let line = format!(
+                "{service}: promoted, {} (revision {})\n",
+                weights_line(&next),
+                stored.revision
+            );
+            value_or_line(format, &stored, &line)
         }
         CanaryCommand::Abort { service, stable } => {
             check(&service)?;
-            // Stop an automated rollout first so it cannot step the weight up again.
-            match client.delete(&api(&["services", &service, "canary"])).await {
-                Ok(_) => {}
-                Err(CliError::Api(e)) if e.status == 404 => {}
-                Err(e) => return Err(e),
-            }
+            // Stop an automated rollout first so it cannot step the weight up again;
+            // none running is fine.
+            client.abort_rollout(&service).await?;
             let p = current(client, &service).await?;
             let next = canary::abort(p.as_ref(), stable.as_deref()).map_err(canary_err)?;
-            let v = write(client, &service, &next).await?;
-            done(
-                format,
-                &v,
-                &format!(
-                    "{service}: aborted, {} (revision {})\n",
-                    weights_line(&next),
-                    v["revision"]
-                ),
-            )
+            let stored = write(client, &service, &next).await?;
+            let line = format!(
+                "{service}: aborted, {} (revision {})\n",
+                weights_line(&next),
+                stored.revision
+            );
+            value_or_line(format, &stored, &line)
         }
         CanaryCommand::Status { service } => status(client, format, &service).await,
         CanaryCommand::Run(r) => run_rollout(client, format, r).await,
@@ -167,49 +102,58 @@ fn check(service: &str) -> Result<(), CliError> {
     outrider_policy::validate_service_name(service).map_err(CliError::Invalid)
 }
 
-fn done(format: Output, v: &Value, line: &str) -> Result<(), CliError> {
-    match output::structured(format, v)? {
-        Some(s) => output::write_stdout(&s),
-        None => output::write_stdout(line),
-    }
-}
-
-async fn rollout(client: &Client, service: &str) -> Result<Option<Value>, CliError> {
-    match client.get(&api(&["services", service, "canary"]), &[]).await {
-        Ok(v) => Ok(Some(v)),
-        Err(CliError::Api(e)) if e.status == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
+/// `canary status -o json|yaml`.
+#[derive(Debug, Serialize)]
+struct StatusReport<'a> {
+    service: &'a str,
+    /// Subset → percent of the managed route; `null` without one.
+    weights: Option<BTreeMap<String, u32>>,
+    stable: Option<String>,
+    traffic: &'a [SubsetTraffic],
+    rollout: Option<&'a RolloutStatus>,
 }
 
 async fn status(client: &Client, format: Output, service: &str) -> Result<(), CliError> {
     check(service)?;
-    let svc = client.get(&api(&["services", service]), &[]).await?;
-    let policy: Option<RoutingPolicy> = svc["policies"]["routing"]
-        .get("document")
-        .and_then(|d| outrider_policy::from_value(d.clone()).ok());
-    let rollout = rollout(client, service).await?;
+    let svc = client.service(service).await?;
+    // A routing document this CLI cannot read shows as no policy rather than failing
+    // the figures.
+    let policy = svc
+        .policies
+        .get(PolicyKind::Routing.as_str())
+        .and_then(|r| routing(r, service).ok());
+    let rollout = client.rollout(service).await?;
     let weights = policy.as_ref().and_then(canary::weights);
-    let report = json!({
-        "service": service,
-        "weights": weights.as_ref().map(|w| {
-            let mut m = serde_json::Map::new();
-            m.insert(w.stable.0.clone(), json!(w.stable.1));
-            if let Some((c, cw)) = &w.canary { m.insert(c.clone(), json!(cw)); }
-            Value::Object(m)
+    let report = StatusReport {
+        service,
+        weights: weights.as_ref().map(|w| {
+            let mut m = BTreeMap::from([w.stable.clone()]);
+            m.extend(w.canary.clone());
+            m
         }),
-        "stable": weights.as_ref().map(|w| w.stable.0.clone()),
-        "traffic": svc["traffic"],
-        "rollout": rollout,
-    });
+        stable: weights.as_ref().map(|w| w.stable.0.clone()),
+        traffic: &svc.traffic,
+        rollout: rollout.as_ref(),
+    };
     if let Some(s) = output::structured(format, &report)? {
         return output::write_stdout(&s);
     }
-    let mut out = match &policy {
+    output::write_stdout(&status_text(service, policy.as_ref(), &svc, rollout.as_ref()))
+}
+
+/// `canary status` for people: the weights, a table of each subset's figures, and
+/// the automated rollout if there is one.
+fn status_text(
+    service: &str,
+    policy: Option<&RoutingPolicy>,
+    svc: &ServiceDetail,
+    rollout: Option<&RolloutStatus>,
+) -> String {
+    let mut out = match policy {
         Some(p) => format!("{service}: {}\n", weights_line(p)),
         None => format!("{service}: no routing policy (traffic spreads over all healthy instances)\n"),
     };
-    let mut t = Table::new(&["SUBSET", "WEIGHT", "REQUESTS", "SUCCESS", "P50", "P99"]);
+    let weights: Option<CanaryWeights> = policy.and_then(canary::weights);
     let weight_of = |s: &str| -> String {
         weights
             .as_ref()
@@ -221,15 +165,15 @@ async fn status(client: &Client, format: Output, service: &str) -> Result<(), Cl
             })
             .unwrap_or_else(|| "-".into())
     };
-    for f in svc["traffic"].as_array().into_iter().flatten() {
-        let subset = f["subset"].as_str().unwrap_or("?");
+    let mut t = Table::new(&["SUBSET", "WEIGHT", "REQUESTS", "SUCCESS", "P50", "P99"]);
+    for f in &svc.traffic {
         t.row(vec![
-            subset.to_owned(),
-            weight_of(subset),
-            f["requests"].to_string(),
-            format!("{:.2}%", f["successRate"].as_f64().unwrap_or(1.0) * 100.0),
-            format!("{:.1}ms", f["p50Ms"].as_f64().unwrap_or(0.0)),
-            format!("{:.1}ms", f["p99Ms"].as_f64().unwrap_or(0.0)),
+            f.subset.clone(),
+            weight_of(&f.subset),
+            f.requests.to_string(),
+            format!("{:.2}%", f.success_rate * 100.0),
+            format!("{:.1}ms", f.p50_ms),
+            format!("{:.1}ms", f.p99_ms),
         ]);
     }
     if t.is_empty() {
@@ -238,43 +182,51 @@ async fn status(client: &Client, format: Output, service: &str) -> Result<(), Cl
         out.push_str(&t.render());
     }
     if let Some(r) = rollout {
-        out.push_str(&rollout_line(&r));
+        out.push_str(&rollout_line(r));
     }
-    output::write_stdout(&out)
+    out
 }
 
-fn rollout_line(r: &Value) -> String {
-    let reason = r["reason"].as_str().filter(|s| !s.is_empty());
+fn rollout_line(r: &RolloutStatus) -> String {
+    let reason = Some(r.reason.as_str()).filter(|s| !s.is_empty());
     format!(
         "rollout of {}: {} at step {}/{} ({}% to {}){}\n",
-        r["subset"].as_str().unwrap_or("?"),
-        r["state"].as_str().unwrap_or("?"),
-        r["step"].as_u64().unwrap_or(0) + 1,
-        r["steps"].as_array().map_or(0, Vec::len),
-        r["weight"],
-        r["subset"].as_str().unwrap_or("?"),
+        r.subset,
+        r.state,
+        r.step + 1,
+        r.steps.len(),
+        r.weight,
+        r.subset,
         reason.map(|s| format!(": {s}")).unwrap_or_default(),
     )
 }
 
-async fn run_rollout(client: &Client, format: Output, r: Run) -> Result<(), CliError> {
-    check(&r.service)?;
+/// The rollout as the control plane takes it; durations are read here so a typo
+/// fails before anything is sent.
+fn rollout_request(r: &Run) -> Result<RolloutRequest, CliError> {
     if let Some(bad) = r.steps.iter().find(|w| **w > 100) {
         return Err(canary_err(CanaryError::Weight(*bad)));
     }
-    let mut body = json!({
-        "subset": r.subset, "steps": r.steps, "interval": r.interval, "maxErrorRate": r.max_error_rate,
-    });
-    if let Some(s) = &r.stable {
-        body["stable"] = json!(s);
-    }
-    if let Some(p) = &r.max_p99 {
-        body["maxP99"] = json!(p);
-    }
-    let path = api(&["services", &r.service, "canary"]);
-    let mut v = client.post_json(&path, body).await?;
+    let duration = |flag: &str, s: &str| {
+        s.parse::<outrider_policy::Duration>()
+            .map_err(|e| CliError::Invalid(format!("invalid --{flag}: {e}")))
+    };
+    Ok(RolloutRequest {
+        subset: r.subset.clone(),
+        stable: r.stable.clone(),
+        steps: r.steps.clone(),
+        interval: duration("interval", &r.interval)?,
+        max_error_rate: r.max_error_rate,
+        max_p99: r.max_p99.as_deref().map(|p| duration("max-p99", p)).transpose()?,
+    })
+}
+
+async fn run_rollout(client: &Client, format: Output, r: Run) -> Result<(), CliError> {
+    check(&r.service)?;
+    let request = rollout_request(&r)?;
+    let mut v = client.start_rollout(&r.service, &request).await?;
     if r.detach {
-        return done(format, &v, &rollout_line(&v));
+        return value_or_line(format, &v, &rollout_line(&v));
     }
     let mut last = String::new();
     loop {
@@ -283,27 +235,141 @@ async fn run_rollout(client: &Client, format: Output, r: Run) -> Result<(), CliE
             output::write_stdout(&line)?;
             last = line;
         }
-        match v["state"].as_str() {
-            Some("running") => {}
-            Some("succeeded") => return done_structured(format, &v),
-            _ => {
+        match v.state {
+            // Holding waits for traffic; the control plane keeps driving it.
+            RolloutState::Running | RolloutState::Holding => {}
+            RolloutState::Succeeded => return done_structured(format, &v),
+            RolloutState::RolledBack | RolloutState::Aborted => {
                 let _ = done_structured(format, &v);
+                let reason = Some(v.reason.as_str()).filter(|s| !s.is_empty());
                 return Err(CliError::Invalid(format!(
                     "rollout of {} {}: {}",
                     r.subset,
-                    v["state"].as_str().unwrap_or("ended"),
-                    v["reason"].as_str().unwrap_or("no reason given")
+                    v.state,
+                    reason.unwrap_or("no reason given")
                 )));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        v = client.get(&path, &[]).await?;
+        v = client
+            .rollout(&r.service)
+            .await?
+            .ok_or_else(|| CliError::Invalid(format!("the rollout of {} disappeared", r.subset)))?;
     }
 }
 
-fn done_structured(format: Output, v: &Value) -> Result<(), CliError> {
+fn done_structured(format: Output, v: &RolloutStatus) -> Result<(), CliError> {
     match output::structured(format, v)? {
         Some(s) => output::write_stdout(&s),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_api::InstanceSummary;
+    use serde_json::json;
+
+    fn rollout(state: RolloutState, reason: &str) -> RolloutStatus {
+        RolloutStatus {
+            service: "web".into(),
+            subset: "v2".into(),
+            stable: Some("v1".into()),
+            steps: vec![5, 25, 50, 100],
+            interval: "30s".into(),
+            max_error_rate: 0.01,
+            max_p99: None,
+            state,
+            step: 1,
+            weight: 25,
+            reason: reason.into(),
+            started_at_ms: 1,
+            updated_at_ms: 2,
+            driver: "cp-1".into(),
+        }
+    }
+
+    fn routing_policy(v1: u32, v2: u32) -> RoutingPolicy {
+        outrider_policy::from_value(json!({"routes": [{"name": "default",
+            "backends": [{"subset": "v1", "weight": v1}, {"subset": "v2", "weight": v2}]}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn rollout_line_counts_steps_from_one_and_gives_the_reason() {
+        assert_eq!(
+            rollout_line(&rollout(RolloutState::Running, "")),
+            "rollout of v2: running at step 2/4 (25% to v2)\n"
+        );
+        assert_eq!(
+            rollout_line(&rollout(RolloutState::RolledBack, "error rate 0.2 over 0.01")),
+            "rollout of v2: rolled-back at step 2/4 (25% to v2): error rate 0.2 over 0.01\n"
+        );
+    }
+
+    #[test]
+    fn status_shows_weights_figures_and_the_rollout() {
+        let svc = ServiceDetail {
+            name: "web".into(),
+            revision: 3,
+            policies: BTreeMap::new(),
+            configs: vec![],
+            instances: InstanceSummary::default(),
+            sidecars: vec![],
+            traffic: vec![SubsetTraffic {
+                subset: "v2".into(),
+                requests: 40,
+                errors: 1,
+                success_rate: 0.975,
+                p50_ms: 1.25,
+                p99_ms: 9.0,
+                window_requests: 10,
+            }],
+        };
+        let p = routing_policy(90, 10);
+        let text = status_text("web", Some(&p), &svc, Some(&rollout(RolloutState::Running, "")));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "web: v1 90%, v2 10%");
+        assert_eq!(lines[1], "SUBSET   WEIGHT   REQUESTS   SUCCESS   P50     P99");
+        assert_eq!(lines[2], "v2       10%      40         97.50%    1.2ms   9.0ms");
+        assert_eq!(lines[3], "rollout of v2: running at step 2/4 (25% to v2)");
+
+        let idle = ServiceDetail { traffic: vec![], ..svc };
+        let text = status_text("web", None, &idle, None);
+        assert_eq!(
+            text,
+            "web: no routing policy (traffic spreads over all healthy instances)\nno traffic figures yet\n"
+        );
+    }
+
+    fn run_args(interval: &str, steps: Vec<u32>) -> Run {
+        Run {
+            service: "web".into(),
+            subset: "v2".into(),
+            stable: None,
+            steps,
+            interval: interval.into(),
+            max_error_rate: 0.01,
+            max_p99: Some("250ms".into()),
+            detach: false,
+        }
+    }
+
+    #[test]
+    fn a_rollout_request_carries_the_flags_as_the_api_expects() {
+        let req = rollout_request(&run_args("30s", vec![5, 100])).unwrap();
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"subset": "v2", "steps": [5, 100], "interval": "30s", "maxErrorRate": 0.01, "maxP99": "250ms"})
+        );
+    }
+
+    #[test]
+    fn bad_rollout_flags_fail_before_anything_is_sent() {
+        let e = rollout_request(&run_args("soon", vec![5])).unwrap_err().to_string();
+        assert!(e.starts_with("invalid --interval: invalid duration \"soon\""), "{e}");
+        let e = rollout_request(&run_args("30s", vec![5, 150])).unwrap_err().to_string();
+        assert!(e.contains("150"), "{e}");
     }
 }

@@ -1,12 +1,27 @@
-//! A thin client of the REST API (DESIGN §5): builds URLs, sends the bearer token,
-//! and turns transport failures and `application/problem+json` answers into
-//! [`CliError`]s that say what to do.
+//! A typed client of the REST API (`docs/reference.md`): one method per call, answers
+//! read into the `outrider-api` types; failures and problem+json become [`CliError`]s.
+//!
+//! It builds URLs segment by segment, sends the bearer token, and says what to do
+//! when the server cannot be reached or answers something it cannot read.
 
 use crate::error::{one_line, ApiError, CliError};
-use outrider_policy::FieldError;
+use outrider_api::{
+    ConfigMeta, DryRunReport, PolicyDeleted, PolicyRecord, RevisionDetail, RevisionSummary, RolloutRequest,
+    RolloutStatus, ServiceDetail, ServiceSummary, Sidecar,
+};
+use outrider_policy::{FieldError, PolicyKind};
 use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
+
+const API: [&str; 2] = ["api", "v1"];
+
+/// The path segments of a REST resource: `/api/v1` followed by `rest`.
+pub fn api<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    API.iter().copied().chain(rest.iter().copied()).collect()
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,27 +96,145 @@ impl Client {
         url
     }
 
-    pub async fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Value, CliError> {
+    /// `GET /services`.
+    pub async fn list_services(&self) -> Result<Vec<ServiceSummary>, CliError> {
+        self.get(&api(&["services"]), &[]).await
+    }
+
+    /// `GET /services/{service}`: its policies, configs, instances and traffic.
+    pub async fn service(&self, service: &str) -> Result<ServiceDetail, CliError> {
+        self.get(&api(&["services", service]), &[]).await
+    }
+
+    /// `GET /sidecars`, optionally only one service's.
+    pub async fn list_sidecars(&self, service: Option<&str>) -> Result<Vec<Sidecar>, CliError> {
+        let query: Vec<(&str, &str)> = service.map(|s| ("service", s)).into_iter().collect();
+        self.get(&api(&["sidecars"]), &query).await
+    }
+
+    /// `GET …/policies/{kind}`; a missing policy is the server's 404.
+    pub async fn policy(&self, service: &str, kind: PolicyKind) -> Result<PolicyRecord, CliError> {
+        self.get(&policy_path(service, kind), &[]).await
+    }
+
+    /// Like [`Client::policy`], with `None` for a service that has no such policy.
+    pub async fn find_policy(&self, service: &str, kind: PolicyKind) -> Result<Option<PolicyRecord>, CliError> {
+        not_found_is_none(self.policy(service, kind).await)
+    }
+
+    /// `PUT …/policies/{kind}`: stores `document` (already validated by the caller).
+    pub async fn put_policy(&self, service: &str, kind: PolicyKind, document: Value) -> Result<PolicyRecord, CliError> {
+        self.json(
+            Method::PUT,
+            &policy_path(service, kind),
+            &[],
+            Some(Body::Json(document)),
+        )
+        .await
+    }
+
+    /// `PUT …/policies/{kind}?dryRun=true`: validates and reports, stores nothing.
+    pub async fn dry_run_policy(
+        &self,
+        service: &str,
+        kind: PolicyKind,
+        document: Value,
+    ) -> Result<DryRunReport, CliError> {
+        self.json(
+            Method::PUT,
+            &policy_path(service, kind),
+            DRY_RUN,
+            Some(Body::Json(document)),
+        )
+        .await
+    }
+
+    /// `DELETE …/policies/{kind}`.
+    pub async fn delete_policy(&self, service: &str, kind: PolicyKind) -> Result<PolicyDeleted, CliError> {
+        self.json(Method::DELETE, &policy_path(service, kind), &[], None).await
+    }
+
+    /// `GET …/config/{name}` as it is, 404 included: the caller compares bytes.
+    pub async fn config(&self, service: &str, name: &str) -> Result<RawResponse, CliError> {
+        self.raw(&api(&["services", service, "config", name])).await
+    }
+
+    /// `PUT …/config/{name}` with the document in its own content type.
+    pub async fn put_config(
+        &self,
+        service: &str,
+        name: &str,
+        content_type: &str,
+        content: &[u8],
+    ) -> Result<ConfigMeta, CliError> {
+        let body = Body::bytes(content_type, content);
+        self.json(
+            Method::PUT,
+            &api(&["services", service, "config", name]),
+            &[],
+            Some(body),
+        )
+        .await
+    }
+
+    /// `PUT …/config/{name}?dryRun=true`.
+    pub async fn dry_run_config(
+        &self,
+        service: &str,
+        name: &str,
+        content_type: &str,
+        content: &[u8],
+    ) -> Result<DryRunReport, CliError> {
+        let body = Body::bytes(content_type, content);
+        self.json(
+            Method::PUT,
+            &api(&["services", service, "config", name]),
+            DRY_RUN,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /revisions`, newest first.
+    pub async fn revisions(&self, service: Option<&str>, limit: u32) -> Result<Vec<RevisionSummary>, CliError> {
+        let limit = limit.to_string();
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        self.get(&api(&["revisions"]), &query).await
+    }
+
+    /// `POST /revisions/{n}/revert`: the new revision that undoes `n`.
+    pub async fn revert(&self, revision: u64) -> Result<RevisionDetail, CliError> {
+        let n = revision.to_string();
+        self.json(Method::POST, &api(&["revisions", &n, "revert"]), &[], None)
+            .await
+    }
+
+    /// `GET …/canary`: the latest rollout, `None` when the service never had one.
+    pub async fn rollout(&self, service: &str) -> Result<Option<RolloutStatus>, CliError> {
+        not_found_is_none(self.get(&rollout_path(service), &[]).await)
+    }
+
+    /// `POST …/canary`: starts a rollout that the control plane drives.
+    pub async fn start_rollout(&self, service: &str, request: &RolloutRequest) -> Result<RolloutStatus, CliError> {
+        let body = serde_json::to_value(request).map_err(|e| CliError::Invalid(e.to_string()))?;
+        self.json(Method::POST, &rollout_path(service), &[], Some(Body::Json(body)))
+            .await
+    }
+
+    /// `DELETE …/canary`: stops a running rollout; `None` when none was running.
+    pub async fn abort_rollout(&self, service: &str) -> Result<Option<RolloutStatus>, CliError> {
+        not_found_is_none(self.json(Method::DELETE, &rollout_path(service), &[], None).await)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<T, CliError> {
         self.json(Method::GET, segments, query, None).await
     }
 
-    pub async fn put(&self, segments: &[&str], query: &[(&str, &str)], body: Body) -> Result<Value, CliError> {
-        self.json(Method::PUT, segments, query, Some(body)).await
-    }
-
-    pub async fn delete(&self, segments: &[&str]) -> Result<Value, CliError> {
-        self.json(Method::DELETE, segments, &[], None).await
-    }
-
-    pub async fn post(&self, segments: &[&str]) -> Result<Value, CliError> {
-        self.json(Method::POST, segments, &[], None).await
-    }
-
-    pub async fn post_json(&self, segments: &[&str], body: Value) -> Result<Value, CliError> {
-        self.json(Method::POST, segments, &[], Some(Body::Json(body))).await
-    }
-
-    /// Any answer, error statuses included; only transport failures are errors.
+    /// Any answer, error statuses included; only transport failures are errors
+    /// (`/healthz`, `/readyz`, config documents).
     pub async fn raw(&self, segments: &[&str]) -> Result<RawResponse, CliError> {
         let resp = self.send(Method::GET, self.url(segments, &[]), None).await?;
         let status = resp.status();
@@ -124,25 +257,24 @@ impl Client {
         })
     }
 
-    async fn json(
+    /// Sends a request and reads the answer as `T`, or the error answer as an
+    /// [`ApiError`].
+    async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         segments: &[&str],
         query: &[(&str, &str)],
         body: Option<Body>,
-    ) -> Result<Value, CliError> {
+    ) -> Result<T, CliError> {
         let resp = self.send(method, self.url(segments, query), body).await?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !status.is_success() {
             return Err(problem(status, &bytes).into());
         }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
         serde_json::from_slice(&bytes).map_err(|e| CliError::Transport {
             server: self.server(),
-            reason: format!("the answer is not JSON ({e}); is --server the control plane's HTTP address?"),
+            reason: unreadable(&e),
         })
     }
 
@@ -181,9 +313,47 @@ impl Client {
     }
 }
 
-pub enum Body {
+enum Body {
     Json(Value),
     Bytes { content_type: String, bytes: Vec<u8> },
+}
+
+impl Body {
+    fn bytes(content_type: &str, bytes: &[u8]) -> Self {
+        Body::Bytes {
+            content_type: content_type.to_owned(),
+            bytes: bytes.to_vec(),
+        }
+    }
+}
+
+const DRY_RUN: &[(&str, &str)] = &[("dryRun", "true")];
+
+fn policy_path(service: &str, kind: PolicyKind) -> Vec<&str> {
+    api(&["services", service, "policies", kind.as_str()])
+}
+
+fn rollout_path(service: &str) -> Vec<&str> {
+    api(&["services", service, "canary"])
+}
+
+/// A 404 answer as `None`: the resource does not exist, which is no failure here.
+fn not_found_is_none<T>(r: Result<T, CliError>) -> Result<Option<T>, CliError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(CliError::Api(e)) if e.status == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why a success answer could not be read: not JSON at all (something else listens
+/// at --server), or JSON of another shape (a control plane of another version).
+fn unreadable(e: &serde_json::Error) -> String {
+    if e.is_data() {
+        format!("the answer is not what this outriderctl expects ({e}); is the control plane the same version?")
+    } else {
+        format!("the answer is not JSON ({e}); is --server the control plane's HTTP address?")
+    }
 }
 
 /// The innermost cause, which says "connection refused" where reqwest's own message
@@ -203,28 +373,39 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     one_line(&cur.to_string())
 }
 
+/// The parts of a problem+json body the CLI shows. Every field is optional: a proxy
+/// in between may send problem details with less than the control plane's
+/// [`outrider_api::Problem`], and they should still read.
+#[derive(Deserialize)]
+struct ProblemBody {
+    title: Option<String>,
+    detail: Option<String>,
+    #[serde(default)]
+    errors: Vec<ProblemField>,
+}
+
+#[derive(Deserialize)]
+struct ProblemField {
+    #[serde(default)]
+    field: String,
+    #[serde(default)]
+    message: String,
+}
+
 /// Reads an error answer: `application/problem+json` when the control plane sent it,
 /// the status and the start of the body otherwise (a proxy in between, say).
 pub fn problem(status: StatusCode, body: &[u8]) -> ApiError {
     let title = status.canonical_reason().unwrap_or("error").to_owned();
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) if v.is_object() => ApiError {
+    match serde_json::from_slice::<ProblemBody>(body) {
+        Ok(p) => ApiError {
             status: status.as_u16(),
-            title: v["title"].as_str().map(str::to_owned).unwrap_or(title),
-            detail: v["detail"].as_str().map(str::to_owned),
-            errors: v["errors"]
-                .as_array()
-                .map(|errs| {
-                    errs.iter()
-                        .map(|e| {
-                            FieldError::new(
-                                e["field"].as_str().unwrap_or_default(),
-                                e["message"].as_str().unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            title: p.title.unwrap_or(title),
+            detail: p.detail,
+            errors: p
+                .errors
+                .into_iter()
+                .map(|e| FieldError::new(e.field, e.message))
+                .collect(),
         },
         _ => {
             let text = one_line(&String::from_utf8_lossy(body));

@@ -1,22 +1,19 @@
 //! What each command does: the REST calls, in order, and what is printed.
+//! Answers arrive typed from `client`; `output` turns them into tables or JSON/YAML.
 
-use crate::args::{Apply, Cli, Command, Delete, Get, Global, Output};
-use crate::client::{Body, Client};
+use crate::args::{Apply, Cli, Command, Delete, Get, Global};
+use crate::client::Client;
 use crate::envelope::{parse_documents, Document};
 use crate::error::{one_line, CliError};
-use crate::output::{self, emit, Table};
+use crate::format::Output;
+use crate::output::{self, emit, value_or_line, Table};
 use clap::CommandFactory;
+use outrider_api::{ConfigMeta, DryRunReport, PolicyRecord, Sidecar, SidecarStatus};
 use outrider_policy::PolicyKind;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
-
-const API: [&str; 2] = ["api", "v1"];
-
-pub(crate) fn api<'a>(rest: &[&'a str]) -> Vec<&'a str> {
-    API.iter().copied().chain(rest.iter().copied()).collect()
-}
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let Global { server, token, output } = cli.global;
@@ -28,65 +25,47 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let client = Client::new(&server, token.as_deref())?;
     match cli.command {
         Command::Get(Get::Services) => {
-            let v = client.get(&api(&["services"]), &[]).await?;
-            emit(output, &v, "No services found.", output::services_table)
+            let services = client.list_services().await?;
+            emit(output, &services, "No services found.", |s| output::services_table(s))
         }
         Command::Get(Get::Sidecars { service }) => {
-            let query: Vec<(&str, &str)> = service.as_deref().map(|s| ("service", s)).into_iter().collect();
-            let v = client.get(&api(&["sidecars"]), &query).await?;
-            emit(output, &v, "No sidecars found.", |v| {
-                output::sidecars_table(v, SystemTime::now())
+            let sidecars = client.list_sidecars(service.as_deref()).await?;
+            emit(output, &sidecars, "No sidecars found.", |s| {
+                output::sidecars_table(s, SystemTime::now())
             })
         }
         Command::Get(Get::Policy { service, kind }) => get_policy(&client, output, &service, kind).await,
         Command::Apply(a) => apply(&client, output, &a).await,
         Command::Delete(Delete::Policy { service, kind }) => {
             check_service(&service)?;
-            let v = client
-                .delete(&api(&["services", &service, "policies", kind.as_str()]))
-                .await?;
-            let line = format!("deleted the {kind} policy of {service} (revision {})\n", v["revision"]);
-            print_or_line(output, &v, &line)
+            let deleted = client.delete_policy(&service, kind).await?;
+            let line = format!(
+                "deleted the {kind} policy of {service} (revision {})\n",
+                deleted.revision
+            );
+            value_or_line(output, &deleted, &line)
         }
         Command::History { service, limit } => {
-            let limit = limit.to_string();
-            let mut query = vec![("limit", limit.as_str())];
-            if let Some(s) = &service {
-                query.push(("service", s));
-            }
-            let v = client.get(&api(&["revisions"]), &query).await?;
-            emit(output, &v, "No revisions found.", output::history_table)
+            let revisions = client.revisions(service.as_deref(), limit).await?;
+            emit(output, &revisions, "No revisions found.", |r| output::history_table(r))
         }
         Command::Revert { revision } => {
-            let n = revision.to_string();
-            let v = client.post(&api(&["revisions", &n, "revert"])).await?;
-            let service = v["service"].as_str().unwrap_or("?");
-            let target = match (v["kind"].as_str(), v["name"].as_str()) {
-                (Some("config"), Some(name)) => format!("config document {name} of {service}"),
-                (Some(kind), _) => format!("{kind} policy of {service}"),
-                _ => format!("document of {service}"),
+            let r = client.revert(revision).await?;
+            let target = match (r.kind.as_str(), r.name.as_deref()) {
+                ("config", Some(name)) => format!("config document {name} of {}", r.service),
+                ("", _) => format!("document of {}", r.service),
+                (kind, _) => format!("{kind} policy of {}", r.service),
             };
-            let verb = if v["operation"] == "delete" {
-                "removes"
-            } else {
-                "restores"
-            };
+            let verb = if r.operation == "delete" { "removes" } else { "restores" };
             let line = format!(
                 "reverted revision {revision}: revision {} {verb} the {target}\n",
-                v["revision"]
+                r.revision
             );
-            print_or_line(output, &v, &line)
+            value_or_line(output, &r, &line)
         }
         Command::Canary(c) => crate::canary::run(&client, output, c).await,
         Command::Check => check(&client, output).await,
         Command::Completions { .. } => unreachable!("handled above"),
-    }
-}
-
-fn print_or_line(format: Output, v: &Value, line: &str) -> Result<(), CliError> {
-    match output::structured(format, v)? {
-        Some(s) => output::write_stdout(&s),
-        None => output::write_stdout(line),
     }
 }
 
@@ -96,31 +75,26 @@ fn check_service(service: &str) -> Result<(), CliError> {
 
 async fn get_policy(client: &Client, format: Output, service: &str, kind: Option<PolicyKind>) -> Result<(), CliError> {
     check_service(service)?;
-    let list = match kind {
+    let list: Vec<PolicyRecord> = match kind {
         Some(kind) => {
-            let v = client
-                .get(&api(&["services", service, "policies", kind.as_str()]), &[])
-                .await?;
+            let record = client.policy(service, kind).await?;
+            // One policy prints as itself, not as a list of one.
             if format != Output::Table {
-                return print_or_line(format, &v, "");
+                return value_or_line(format, &record, "");
             }
-            json!([v])
+            vec![record]
         }
         None => {
-            let svc = client.get(&api(&["services", service]), &[]).await?;
-            let policies: Vec<Value> = PolicyKind::ALL
+            let mut svc = client.service(service).await?;
+            PolicyKind::ALL
                 .iter()
-                .filter_map(|k| svc["policies"].get(k.as_str()).cloned())
-                .collect();
-            Value::Array(policies)
+                .filter_map(|k| svc.policies.remove(k.as_str()))
+                .collect()
         }
     };
-    emit(
-        format,
-        &list,
-        &format!("Service {service} has no policies."),
-        output::policies_table,
-    )
+    emit(format, &list, &format!("Service {service} has no policies."), |l| {
+        output::policies_table(l)
+    })
 }
 
 /// Reads the whole `apply` input: a file, or stdin for `-`.
@@ -141,6 +115,40 @@ fn read_input(path: &Path) -> Result<(String, String), CliError> {
         message: format!("cannot read: {}", one_line(&e.to_string())),
     })?;
     Ok((name, text))
+}
+
+/// What `apply` reports per document under `-o json|yaml`: the API's answer, as the
+/// server sent it (untagged, so each prints as its own object).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Applied {
+    Policy(PolicyRecord),
+    Config(ConfigMeta),
+    /// A config document the server already had: what its GET said, without a write.
+    SameConfig(SameConfig),
+    DryRun(TaggedDryRun),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SameConfig {
+    service: String,
+    name: String,
+    content_type: String,
+    size: usize,
+    /// From the ETag; `null` if the server sent none.
+    revision: Option<u64>,
+}
+
+/// A dry-run report tagged with its target, so a list of them reads alone.
+#[derive(Debug, Serialize)]
+struct TaggedDryRun {
+    #[serde(flatten)]
+    report: DryRunReport,
+    kind: String,
+    service: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
 
 async fn apply(client: &Client, format: Output, a: &Apply) -> Result<(), CliError> {
@@ -168,32 +176,29 @@ async fn apply(client: &Client, format: Output, a: &Apply) -> Result<(), CliErro
         }
         results.push(value);
     }
-    match output::structured(format, &Value::Array(results))? {
+    match output::structured(format, &results)? {
         Some(s) => output::write_stdout(&s),
         None => Ok(()),
     }
 }
 
 /// Writes one document unless the server already has exactly it, so re-applying a
-/// file adds no revisions. Returns the API's JSON and a line for people.
-async fn apply_one(client: &Client, doc: &Document) -> Result<(Value, String), CliError> {
+/// file adds no revisions. Returns the API's answer and a line for people.
+async fn apply_one(client: &Client, doc: &Document) -> Result<(Applied, String), CliError> {
     let what = doc.describe();
     match doc {
         Document::Policy { service, policy } => {
-            let path = api(&["services", service, "policies", policy.kind().as_str()]);
+            let kind = policy.kind();
             let document = policy.to_json();
-            let current = match client.get(&path, &[]).await {
-                Ok(v) => Some(v),
-                Err(CliError::Api(e)) if e.status == 404 => None,
-                Err(e) => return Err(e),
-            };
-            if let Some(cur) = current.as_ref().filter(|c| c["document"] == document) {
-                return Ok((cur.clone(), format!("{what} unchanged (revision {})", cur["revision"])));
+            let current = client.find_policy(service, kind).await?;
+            if let Some(cur) = current.as_ref().filter(|c| c.document == document) {
+                let line = format!("{what} unchanged (revision {})", cur.revision);
+                return Ok((Applied::Policy(cur.clone()), line));
             }
-            let v = client.put(&path, &[], Body::Json(document)).await?;
+            let stored = client.put_policy(service, kind, document).await?;
             let verb = if current.is_some() { "configured" } else { "created" };
-            let line = format!("{what} {verb} (revision {})", v["revision"]);
-            Ok((v, line))
+            let line = format!("{what} {verb} (revision {})", stored.revision);
+            Ok((Applied::Policy(stored), line))
         }
         Document::Config {
             service,
@@ -201,65 +206,64 @@ async fn apply_one(client: &Client, doc: &Document) -> Result<(Value, String), C
             content_type,
             content,
         } => {
-            let path = api(&["services", service, "config", name]);
-            let current = client.raw(&path).await?;
+            let current = client.config(service, name).await?;
             let exists = current.status.is_success();
             if exists && current.body == content.as_bytes() && current.content_type.as_deref() == Some(content_type) {
                 let revision = current.etag.as_deref().and_then(|r| r.parse::<u64>().ok());
-                let v = json!({"service": service, "name": name, "contentType": content_type,
-                               "size": content.len(), "revision": revision});
-                let line = format!("{what} unchanged (revision {})", v["revision"]);
-                return Ok((v, line));
+                let line = format!(
+                    "{what} unchanged (revision {})",
+                    revision.map_or_else(|| "null".into(), |r| r.to_string())
+                );
+                let same = SameConfig {
+                    service: service.clone(),
+                    name: name.clone(),
+                    content_type: content_type.clone(),
+                    size: content.len(),
+                    revision,
+                };
+                return Ok((Applied::SameConfig(same), line));
             }
-            let body = Body::Bytes {
-                content_type: content_type.clone(),
-                bytes: content.clone().into_bytes(),
-            };
-            let v = client.put(&path, &[], body).await?;
+            let stored = client
+                .put_config(service, name, content_type, content.as_bytes())
+                .await?;
             let verb = if exists { "configured" } else { "created" };
-            let line = format!("{what} {verb} (revision {})", v["revision"]);
-            Ok((v, line))
+            let line = format!("{what} {verb} (revision {})", stored.revision);
+            Ok((Applied::Config(stored), line))
         }
     }
 }
 
 /// `?dryRun=true`: the server validates and says which sidecars would get a new
-/// snapshot. The answer is tagged with the target so a list of them reads alone.
-async fn dry_run_one(client: &Client, doc: &Document) -> Result<(Value, String), CliError> {
-    let query = [("dryRun", "true")];
-    let mut v = match doc {
-        Document::Policy { service, policy } => {
-            let path = api(&["services", service, "policies", policy.kind().as_str()]);
-            let mut v = client.put(&path, &query, Body::Json(policy.to_json())).await?;
-            v["kind"] = json!(policy.kind().as_str());
-            v
-        }
+/// snapshot.
+async fn dry_run_one(client: &Client, doc: &Document) -> Result<(Applied, String), CliError> {
+    let tagged = match doc {
+        Document::Policy { service, policy } => TaggedDryRun {
+            report: client.dry_run_policy(service, policy.kind(), policy.to_json()).await?,
+            kind: policy.kind().as_str().into(),
+            service: service.clone(),
+            name: None,
+        },
         Document::Config {
             service,
             name,
             content_type,
             content,
-        } => {
-            let path = api(&["services", service, "config", name]);
-            let body = Body::Bytes {
-                content_type: content_type.clone(),
-                bytes: content.clone().into_bytes(),
-            };
-            let mut v = client.put(&path, &query, body).await?;
-            v["kind"] = json!("config");
-            v["name"] = json!(name);
-            v
-        }
+        } => TaggedDryRun {
+            report: client
+                .dry_run_config(service, name, content_type, content.as_bytes())
+                .await?,
+            kind: "config".into(),
+            service: service.clone(),
+            name: Some(name.clone()),
+        },
     };
-    v["service"] = json!(doc.service());
-    let sidecars: Vec<&str> = v["sidecars"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let what = doc.describe();
-    let line = if v["changed"] == false {
+    let line = dry_run_line(&doc.describe(), &tagged.report);
+    Ok((Applied::DryRun(tagged), line))
+}
+
+fn dry_run_line(what: &str, report: &DryRunReport) -> String {
+    let sidecars = &report.sidecars;
+    if !report.changed {
         format!("{what} valid, unchanged (dry run)")
     } else if sidecars.is_empty() {
         format!("{what} valid, would change; no connected sidecars would be updated (dry run)")
@@ -270,56 +274,110 @@ async fn dry_run_one(client: &Client, doc: &Document) -> Result<(Value, String),
             "{what} valid, would update {n} sidecar{plural}: {} (dry run)",
             sidecars.join(", ")
         )
-    };
-    Ok((v, line))
+    }
+}
+
+/// One line of `check`.
+#[derive(Debug, Clone, Serialize)]
+struct CheckLine {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+impl CheckLine {
+    fn new(name: &str, ok: bool, detail: String) -> Self {
+        CheckLine {
+            name: name.into(),
+            ok,
+            detail,
+        }
+    }
+}
+
+/// `check -o json|yaml`. The fleet part is absent when the sidecars could not be listed.
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    server: String,
+    healthy: bool,
+    checks: Vec<CheckLine>,
+    #[serde(flatten)]
+    fleet: Option<FleetReport>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+struct FleetReport {
+    sidecars: FleetCounts,
+    nacks: Vec<NackLine>,
+    behind: Vec<BehindLine>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+struct FleetCounts {
+    total: usize,
+    healthy: usize,
+    unhealthy: usize,
+    disconnected: usize,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+struct NackLine {
+    id: String,
+    revision: Option<u64>,
+    error: String,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BehindLine {
+    id: String,
+    applied_revision: u64,
+    target_revision: u64,
 }
 
 /// `check`: the control plane's liveness and readiness (which includes its store),
 /// then the fleet: sidecar status, NACKs, sidecars behind their target revision.
 async fn check(client: &Client, format: Output) -> Result<(), CliError> {
-    let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let mut checks: Vec<CheckLine> = Vec::new();
     let healthz = client.raw(&["healthz"]).await?;
-    checks.push((
-        "control plane".into(),
+    checks.push(CheckLine::new(
+        "control plane",
         healthz.status.is_success(),
         format!("{} answered {} on /healthz", client.server(), healthz.status.as_u16()),
     ));
     let readyz = client.raw(&["readyz"]).await?;
     let ready_text = one_line(&String::from_utf8_lossy(&readyz.body));
-    checks.push((
-        "store".into(),
+    checks.push(CheckLine::new(
+        "store",
         readyz.status.is_success(),
         format!("/readyz: {ready_text}"),
     ));
 
-    let mut report = json!({"server": client.server()});
-    match client.get(&api(&["sidecars"]), &[]).await {
-        Ok(sidecars) => fleet_checks(&sidecars, &mut checks, &mut report),
-        Err(e) => checks.push(("sidecars".into(), false, format!("cannot list sidecars: {e}"))),
-    }
+    let fleet = match client.list_sidecars(None).await {
+        Ok(sidecars) => {
+            let (fleet, lines) = fleet_checks(&sidecars);
+            checks.extend(lines);
+            Some(fleet)
+        }
+        Err(e) => {
+            checks.push(CheckLine::new("sidecars", false, format!("cannot list sidecars: {e}")));
+            None
+        }
+    };
     let problems: Vec<String> = checks
         .iter()
-        .filter(|(_, ok, _)| !ok)
-        .map(|(name, _, detail)| format!("{name}: {detail}"))
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
-    report["healthy"] = json!(problems.is_empty());
-    report["checks"] = json!(checks
-        .iter()
-        .map(|(n, ok, d)| json!({"name": n, "ok": ok, "detail": d}))
-        .collect::<Vec<_>>());
+    let report = CheckReport {
+        server: client.server(),
+        healthy: problems.is_empty(),
+        checks,
+        fleet,
+    };
     match output::structured(format, &report)? {
         Some(s) => output::write_stdout(&s)?,
-        None => {
-            let mut t = Table::new(&["CHECK", "STATUS", "DETAIL"]);
-            for (name, ok, detail) in &checks {
-                t.row(vec![
-                    name.clone(),
-                    if *ok { "ok" } else { "FAIL" }.into(),
-                    detail.clone(),
-                ]);
-            }
-            output::write_stdout(&t.render())?;
-        }
+        None => output::write_stdout(&check_table(&report.checks).render())?,
     }
     if problems.is_empty() {
         Ok(())
@@ -333,45 +391,70 @@ async fn check(client: &Client, format: Output) -> Result<(), CliError> {
     }
 }
 
-fn fleet_checks(sidecars: &Value, checks: &mut Vec<(String, bool, String)>, report: &mut Value) {
-    let list = sidecars.as_array().map(Vec::as_slice).unwrap_or_default();
-    let count = |st: &str| list.iter().filter(|s| s["status"] == st).count();
-    let (healthy, unhealthy, disconnected) = (count("healthy"), count("unhealthy"), count("disconnected"));
-    checks.push((
-        "sidecars".into(),
-        unhealthy == 0,
+fn check_table(checks: &[CheckLine]) -> Table {
+    let mut t = Table::new(&["CHECK", "STATUS", "DETAIL"]);
+    for c in checks {
+        t.row(vec![
+            c.name.clone(),
+            if c.ok { "ok" } else { "FAIL" }.into(),
+            c.detail.clone(),
+        ]);
+    }
+    t
+}
+
+/// The fleet's part of `check`: counts by status, then whether every connected
+/// sidecar runs its latest revision (NACKs and laggards named).
+fn fleet_checks(list: &[Sidecar]) -> (FleetReport, Vec<CheckLine>) {
+    let count = |st: SidecarStatus| list.iter().filter(|s| s.status == st).count();
+    let counts = FleetCounts {
+        total: list.len(),
+        healthy: count(SidecarStatus::Healthy),
+        unhealthy: count(SidecarStatus::Unhealthy),
+        disconnected: count(SidecarStatus::Disconnected),
+    };
+    let mut lines = vec![CheckLine::new(
+        "sidecars",
+        counts.unhealthy == 0,
         format!(
-            "{} total: {healthy} healthy, {unhealthy} unhealthy, {disconnected} disconnected",
-            list.len()
+            "{} total: {} healthy, {} unhealthy, {} disconnected",
+            counts.total, counts.healthy, counts.unhealthy, counts.disconnected
         ),
-    ));
-    let connected = list.iter().filter(|s| s["status"] != "disconnected");
-    let nacks: Vec<&Value> = connected.clone().filter(|s| !s["lastNack"].is_null()).collect();
-    let behind: Vec<&Value> = connected
-        .filter(|s| s["lastNack"].is_null() && s["inSync"] == false)
+    )];
+    let connected = || list.iter().filter(|s| s.status != SidecarStatus::Disconnected);
+    let nacks: Vec<NackLine> = connected()
+        .filter_map(|s| {
+            s.last_nack.as_ref().map(|n| NackLine {
+                id: s.id.clone(),
+                revision: n.revision,
+                error: n.error.clone(),
+            })
+        })
+        .collect();
+    let behind: Vec<BehindLine> = connected()
+        .filter(|s| s.last_nack.is_none() && !s.in_sync)
+        .map(|s| BehindLine {
+            id: s.id.clone(),
+            applied_revision: s.applied_revision,
+            target_revision: s.target_revision,
+        })
         .collect();
     let mut sync_detail: Vec<String> = nacks
         .iter()
-        .map(|s| {
-            format!(
-                "{} NACK at revision {}: {}",
-                s["id"].as_str().unwrap_or("?"),
-                s["lastNack"]["revision"],
-                one_line(s["lastNack"]["error"].as_str().unwrap_or(""))
-            )
+        .map(|n| {
+            let revision = n.revision.map_or_else(|| "null".into(), |r| r.to_string());
+            format!("{} NACK at revision {revision}: {}", n.id, one_line(&n.error))
         })
         .collect();
-    sync_detail.extend(behind.iter().map(|s| {
+    sync_detail.extend(behind.iter().map(|b| {
         format!(
             "{} behind (applied {}, target {})",
-            s["id"].as_str().unwrap_or("?"),
-            s["appliedRevision"],
-            s["targetRevision"]
+            b.id, b.applied_revision, b.target_revision
         )
     }));
     let in_sync = sync_detail.is_empty();
-    checks.push((
-        "config sync".into(),
+    lines.push(CheckLine::new(
+        "config sync",
         in_sync,
         if in_sync {
             "every connected sidecar runs its latest revision".into()
@@ -379,14 +462,143 @@ fn fleet_checks(sidecars: &Value, checks: &mut Vec<(String, bool, String)>, repo
             sync_detail.join("; ")
         },
     ));
-    report["sidecars"] =
-        json!({"total": list.len(), "healthy": healthy, "unhealthy": unhealthy, "disconnected": disconnected});
-    report["nacks"] = json!(nacks
-        .iter()
-        .map(|s| json!({"id": s["id"], "revision": s["lastNack"]["revision"], "error": s["lastNack"]["error"]}))
-        .collect::<Vec<_>>());
-    report["behind"] = json!(behind
-        .iter()
-        .map(|s| json!({"id": s["id"], "appliedRevision": s["appliedRevision"], "targetRevision": s["targetRevision"]}))
-        .collect::<Vec<_>>());
+    (
+        FleetReport {
+            sidecars: counts,
+            nacks,
+            behind,
+        },
+        lines,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_api::LastNack;
+    use serde_json::json;
+
+    fn sidecar(id: &str, status: SidecarStatus, applied: u64, nack: Option<(Option<u64>, &str)>) -> Sidecar {
+        Sidecar {
+            id: id.into(),
+            service: "web".into(),
+            version: "v1".into(),
+            namespace: "default".into(),
+            pod: id.into(),
+            address: "10.0.0.1".into(),
+            inbound_port: 15006,
+            admin_port: 15000,
+            status,
+            applied_revision: applied,
+            target_revision: 7,
+            in_sync: applied == 7 && nack.is_none(),
+            last_nack: nack.map(|(revision, error)| LastNack {
+                revision,
+                error: error.into(),
+            }),
+            last_seen: "2026-01-01T00:00:00Z".into(),
+            connected_at: "2026-01-01T00:00:00Z".into(),
+            replica: "cp-1".into(),
+            build_version: "0.1.0".into(),
+            health: None,
+        }
+    }
+
+    #[test]
+    fn fleet_check_names_nacks_and_laggards_but_not_disconnected_sidecars() {
+        let list = [
+            sidecar("a", SidecarStatus::Healthy, 7, None),
+            sidecar("b", SidecarStatus::Healthy, 6, Some((Some(7), "bad\nroute"))),
+            sidecar("c", SidecarStatus::Unhealthy, 5, None),
+            sidecar("d", SidecarStatus::Disconnected, 1, None),
+        ];
+        let (report, lines) = fleet_checks(&list);
+        assert_eq!(lines[0].name, "sidecars");
+        assert!(!lines[0].ok, "an unhealthy sidecar fails the check");
+        assert_eq!(lines[0].detail, "4 total: 2 healthy, 1 unhealthy, 1 disconnected");
+        assert_eq!(lines[1].name, "config sync");
+        assert_eq!(
+            lines[1].detail,
+            "b NACK at revision 7: bad route; c behind (applied 5, target 7)"
+        );
+        assert_eq!(report.nacks.len(), 1);
+        assert_eq!(report.behind.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_fleet_is_in_sync() {
+        let (report, lines) = fleet_checks(&[]);
+        assert!(lines.iter().all(|l| l.ok));
+        assert_eq!(lines[1].detail, "every connected sidecar runs its latest revision");
+        assert_eq!(report, FleetReport::default());
+    }
+
+    #[test]
+    fn check_report_json_keeps_its_shape() {
+        let (fleet, lines) = fleet_checks(&[sidecar("b", SidecarStatus::Healthy, 6, Some((None, "x")))]);
+        let report = CheckReport {
+            server: "http://cp".into(),
+            healthy: false,
+            checks: lines,
+            fleet: Some(fleet),
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            v["sidecars"],
+            json!({"total": 1, "healthy": 1, "unhealthy": 0, "disconnected": 0})
+        );
+        assert_eq!(v["nacks"], json!([{"id": "b", "revision": null, "error": "x"}]));
+        assert_eq!(v["behind"], json!([]));
+        assert_eq!(v["checks"][1]["ok"], false);
+        let without_fleet = CheckReport { fleet: None, ..report };
+        let v = serde_json::to_value(&without_fleet).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["checks", "healthy", "server"]);
+    }
+
+    #[test]
+    fn dry_run_lines_say_what_would_change() {
+        let report = |changed: bool, sidecars: &[&str]| DryRunReport {
+            dry_run: true,
+            valid: true,
+            changed,
+            sidecars: sidecars.iter().map(|s| (*s).to_owned()).collect(),
+            document: json!({}),
+        };
+        let what = "RateLimitPolicy web";
+        assert_eq!(
+            dry_run_line(what, &report(false, &[])),
+            "RateLimitPolicy web valid, unchanged (dry run)"
+        );
+        assert_eq!(
+            dry_run_line(what, &report(true, &[])),
+            "RateLimitPolicy web valid, would change; no connected sidecars would be updated (dry run)"
+        );
+        assert_eq!(
+            dry_run_line(what, &report(true, &["default/web-1", "default/web-2"])),
+            "RateLimitPolicy web valid, would update 2 sidecars: default/web-1, default/web-2 (dry run)"
+        );
+    }
+
+    #[test]
+    fn a_tagged_dry_run_prints_the_report_with_its_target() {
+        let tagged = Applied::DryRun(TaggedDryRun {
+            report: DryRunReport {
+                dry_run: true,
+                valid: true,
+                changed: true,
+                sidecars: vec![],
+                document: json!({"name": "app.yaml", "size": 5}),
+            },
+            kind: "config".into(),
+            service: "web".into(),
+            name: Some("app.yaml".into()),
+        });
+        assert_eq!(
+            serde_json::to_value(&tagged).unwrap(),
+            json!({"dryRun": true, "valid": true, "changed": true, "sidecars": [],
+                   "document": {"name": "app.yaml", "size": 5},
+                   "kind": "config", "service": "web", "name": "app.yaml"})
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! `apply` input: envelopes (DESIGN §4) in YAML (documents separated by `---`) or
+//! `apply` input: envelopes (`docs/reference.md`) in YAML (documents separated by `---`) or
 //! JSON (one object, an array, or several objects in a row), parsed and validated
 //! with `outrider-policy` so that a bad file sends nothing.
 
@@ -7,7 +7,7 @@ use outrider_policy::{FieldError, Policy, PolicyError, PolicyKind};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// Largest config document the control plane accepts (DESIGN §4).
+/// Largest config document the control plane accepts (`docs/reference.md`).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
 const CONFIG_KIND: &str = "ConfigDocument";

@@ -1,8 +1,10 @@
-//! `outriderctl`: the operator CLI, a client of the control plane's REST API (DESIGN §6).
+//! `outriderctl`: the operator CLI, a client of the control plane's REST API only
+//! (`docs/reference.md` lists its commands). Every failure is one [`CliError`].
 //!
-//! `args` is the command line, `envelope` parses and validates `apply` files before
-//! anything is sent, `client` speaks HTTP, `output` renders tables/JSON/YAML and
-//! `commands` ties them together. Every failure is one [`CliError`].
+//! Modules, from the bottom up: `format` (the `-o` enum) and `error`; `args` (the
+//! command line) and `envelope` (parses and validates `apply` files before anything is
+//! sent); `client` (HTTP) and `output` (tables, JSON, YAML); `canary` and `commands`
+//! (what each command does). Nothing imports a module above it.
 
 pub mod args;
 pub mod canary;
@@ -10,6 +12,7 @@ pub mod client;
 pub mod commands;
 pub mod envelope;
 pub mod error;
+pub mod format;
 pub mod output;
 
 pub use args::Cli;

@@ -1,10 +1,11 @@
 //! Rendering: aligned tables for people, the API's JSON (or the same as YAML) for
-//! scripts. Table builders are pure functions of the API's JSON so they can be tested
-//! without a server.
+//! scripts. Table builders are pure functions of the typed answers, testable without a server.
 
-use crate::args::Output;
 use crate::error::CliError;
-use serde_json::Value;
+use crate::format::Output;
+use outrider_api::{PolicyRecord, RevisionSummary, ServiceSummary, Sidecar, SidecarStatus};
+use outrider_policy::{Policy, PolicyKind, Scope, SinkType};
+use serde::Serialize;
 use std::io::Write;
 use std::time::SystemTime;
 
@@ -72,15 +73,23 @@ pub fn write_stdout(text: &str) -> Result<(), CliError> {
 }
 
 /// JSON or YAML of `value`; `None` for table output, which each command renders itself.
-pub fn structured(format: Output, value: &Value) -> Result<Option<String>, CliError> {
+///
+/// The value goes through `serde_json::Value` first, so objects print with their keys
+/// sorted, exactly as the API's JSON printed before it was typed: scripts that read
+/// `-o json` see the same text.
+pub fn structured<T: Serialize + ?Sized>(format: Output, value: &T) -> Result<Option<String>, CliError> {
+    if format == Output::Table {
+        return Ok(None);
+    }
+    let value = serde_json::to_value(value).map_err(|e| CliError::Output(e.to_string()))?;
     match format {
         Output::Table => Ok(None),
         Output::Json => {
-            let mut s = serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))?;
+            let mut s = serde_json::to_string_pretty(&value).map_err(|e| CliError::Output(e.to_string()))?;
             s.push('\n');
             Ok(Some(s))
         }
-        Output::Yaml => serde_yaml_ng::to_string(value)
+        Output::Yaml => serde_yaml_ng::to_string(&value)
             .map(Some)
             .map_err(|e| CliError::Output(e.to_string())),
     }
@@ -88,7 +97,12 @@ pub fn structured(format: Output, value: &Value) -> Result<Option<String>, CliEr
 
 /// Prints `value` as asked; for tables, `table()` builds the table and `empty` is
 /// what to say when it has no rows.
-pub fn emit(format: Output, value: &Value, empty: &str, table: impl FnOnce(&Value) -> Table) -> Result<(), CliError> {
+pub fn emit<T: Serialize + ?Sized>(
+    format: Output,
+    value: &T,
+    empty: &str,
+    table: impl FnOnce(&T) -> Table,
+) -> Result<(), CliError> {
     if let Some(s) = structured(format, value)? {
         return write_stdout(&s);
     }
@@ -100,58 +114,73 @@ pub fn emit(format: Output, value: &Value, empty: &str, table: impl FnOnce(&Valu
     write_stdout(&t.render())
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        // Policy numbers are floats in the model; `10` reads better than `10.0`.
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
-            _ => n.to_string(),
-        },
-        v => v.to_string(),
+/// Prints `value` as JSON/YAML when asked, else the line for people.
+pub fn value_or_line<T: Serialize + ?Sized>(format: Output, value: &T, line: &str) -> Result<(), CliError> {
+    match structured(format, value)? {
+        Some(s) => write_stdout(&s),
+        None => write_stdout(line),
     }
 }
 
-fn items(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or_default()
+/// A cell: `-` for an empty text, so a column never looks shifted.
+fn cell(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Policy numbers are floats in the model; `10` reads better than `10.0`.
+fn number(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64)
+    } else {
+        f.to_string()
+    }
+}
+
+/// The wire name of a sidecar's status (`healthy`, `unhealthy`, `disconnected`).
+pub fn status_name(s: SidecarStatus) -> &'static str {
+    match s {
+        SidecarStatus::Healthy => "healthy",
+        SidecarStatus::Unhealthy => "unhealthy",
+        SidecarStatus::Disconnected => "disconnected",
+    }
 }
 
 /// `GET /services`.
-pub fn services_table(v: &Value) -> Table {
+pub fn services_table(services: &[ServiceSummary]) -> Table {
     let mut t = Table::new(&["NAME", "REVISION", "INSTANCES", "SUBSETS", "POLICIES", "CONFIGS"]);
-    for svc in items(v) {
-        let inst = &svc["instances"];
-        let subsets = inst["subsets"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(name, c)| format!("{name} {}/{}", s(&c["healthy"]), s(&c["total"])))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .filter(|x| !x.is_empty())
-            .unwrap_or_else(|| "-".into());
-        let policies: Vec<String> = items(&svc["policies"]).iter().map(s).collect();
+    for svc in services {
+        let inst = &svc.instances;
+        let subsets: Vec<String> = inst
+            .subsets
+            .iter()
+            .map(|(name, c)| format!("{name} {}/{}", c.healthy, c.total))
+            .collect();
         t.row(vec![
-            s(&svc["name"]),
-            s(&svc["revision"]),
-            format!("{}/{} healthy", s(&inst["healthy"]), s(&inst["total"])),
-            subsets,
-            if policies.is_empty() {
+            cell(&svc.name),
+            svc.revision.to_string(),
+            format!("{}/{} healthy", inst.healthy, inst.total),
+            if subsets.is_empty() {
                 "-".into()
             } else {
-                policies.join(",")
+                subsets.join(", ")
             },
-            s(&svc["configs"]),
+            if svc.policies.is_empty() {
+                "-".into()
+            } else {
+                svc.policies.iter().map(|p| cell(p)).collect::<Vec<_>>().join(",")
+            },
+            svc.configs.to_string(),
         ]);
     }
     t
 }
 
 /// `GET /sidecars`.
-pub fn sidecars_table(v: &Value, now: SystemTime) -> Table {
+pub fn sidecars_table(sidecars: &[Sidecar], now: SystemTime) -> Table {
     let mut t = Table::new(&[
         "ID",
         "SERVICE",
@@ -162,111 +191,108 @@ pub fn sidecars_table(v: &Value, now: SystemTime) -> Table {
         "SYNC",
         "LAST SEEN",
     ]);
-    for sc in items(v) {
-        let sync = if !sc["lastNack"].is_null() {
-            format!("NACK: {}", s(&sc["lastNack"]["error"]))
-        } else if sc["inSync"].as_bool() == Some(true) {
-            "synced".into()
-        } else {
-            "behind".into()
+    for sc in sidecars {
+        let sync = match &sc.last_nack {
+            Some(nack) => format!("NACK: {}", cell(&nack.error)),
+            None if sc.in_sync => "synced".into(),
+            None => "behind".into(),
         };
         t.row(vec![
-            s(&sc["id"]),
-            s(&sc["service"]),
-            s(&sc["version"]),
-            format!("{}:{}", s(&sc["address"]), s(&sc["inboundPort"])),
-            s(&sc["status"]),
-            format!("{}/{}", s(&sc["appliedRevision"]), s(&sc["targetRevision"])),
+            cell(&sc.id),
+            cell(&sc.service),
+            cell(&sc.version),
+            format!("{}:{}", cell(&sc.address), sc.inbound_port),
+            status_name(sc.status).into(),
+            format!("{}/{}", sc.applied_revision, sc.target_revision),
             sync,
-            sc["lastSeen"]
-                .as_str()
-                .map(|t| age(t, now))
-                .unwrap_or_else(|| "-".into()),
+            age(&sc.last_seen, now),
         ]);
     }
     t
 }
 
-/// A list of policies in the API's form (`{service, kind, revision, updatedAt, document}`).
-pub fn policies_table(v: &Value) -> Table {
+/// A list of stored policies (`get policy`).
+pub fn policies_table(policies: &[PolicyRecord]) -> Table {
     let mut t = Table::new(&["SERVICE", "KIND", "REVISION", "UPDATED", "SUMMARY"]);
-    for p in items(v) {
-        let kind = p["kind"].as_str().unwrap_or_default();
+    for p in policies {
         t.row(vec![
-            s(&p["service"]),
-            s(&p["kind"]),
-            s(&p["revision"]),
-            s(&p["updatedAt"]),
-            policy_summary(kind, &p["document"]),
+            cell(&p.service),
+            cell(&p.kind),
+            p.revision.to_string(),
+            cell(&p.updated_at),
+            record_summary(p),
         ]);
     }
     t
+}
+
+/// The summary of a stored policy, read through the policy model; `-` for a kind or
+/// a document this CLI does not know (a newer server's).
+fn record_summary(p: &PolicyRecord) -> String {
+    p.kind
+        .parse::<PolicyKind>()
+        .ok()
+        .and_then(|kind| Policy::from_value(kind, p.document.clone()).ok())
+        .map_or_else(|| "-".into(), |policy| policy_summary(&policy))
 }
 
 /// One line about a policy document, so the table says more than "it exists".
-pub fn policy_summary(kind: &str, doc: &Value) -> String {
-    let named = |list: &[Value], what: &str, detail: &dyn Fn(&Value) -> String| {
-        let parts: Vec<String> = list
-            .iter()
-            .map(|x| format!("{} {}", s(&x["name"]), detail(x)))
-            .collect();
+pub fn policy_summary(policy: &Policy) -> String {
+    fn named<T>(list: &[T], what: &str, describe: impl Fn(&T) -> String) -> String {
+        let parts: Vec<String> = list.iter().map(describe).collect();
         let noun = if list.len() == 1 {
             what.to_owned()
         } else {
             format!("{what}s")
         };
         format!("{} {noun}: {}", list.len(), parts.join(", "))
-    };
-    match kind {
-        "rate-limit" => named(items(&doc["rules"]), "rule", &|r| {
-            let burst = if r["burst"].is_null() {
-                String::new()
-            } else {
-                format!(" burst {}", s(&r["burst"]))
+    }
+    match policy {
+        Policy::RateLimit(p) => named(&p.rules, "rule", |r| {
+            let burst = r.burst.map(|b| format!(" burst {}", number(b))).unwrap_or_default();
+            let scope = match r.scope {
+                Scope::Instance => "instance",
+                Scope::Service => "service",
             };
-            let scope = r["scope"].as_str().unwrap_or("instance");
-            format!("{}/s{burst} ({scope})", s(&r["requestsPerSecond"]))
+            format!("{} {}/s{burst} ({scope})", cell(&r.name), number(r.requests_per_second))
         }),
-        "routing" => named(items(&doc["routes"]), "route", &|r| {
-            let backends: Vec<String> = items(&r["backends"])
+        Policy::Routing(p) => named(&p.routes, "route", |r| {
+            let backends: Vec<String> = r
+                .backends
                 .iter()
-                .map(|b| format!("{}={}", s(&b["subset"]), s(&b["weight"])))
+                .map(|b| format!("{}={}", cell(&b.subset), b.weight))
                 .collect();
-            format!("[{}]", backends.join(" "))
+            format!("{} [{}]", cell(&r.name), backends.join(" "))
         }),
-        "logging" => {
-            let access = if doc["accessLog"]["enabled"].as_bool() == Some(true) {
-                "on"
-            } else {
-                "off"
+        Policy::Logging(p) => {
+            let access = if p.access_log.enabled { "on" } else { "off" };
+            let sink = match p.sink.kind {
+                SinkType::Stdout => "stdout",
+                SinkType::File => "file",
+                SinkType::Http => "http",
             };
-            format!(
-                "access log {access}, {} app log(s), sink {}",
-                items(&doc["appLogs"]).len(),
-                s(&doc["sink"]["type"])
-            )
+            format!("access log {access}, {} app log(s), sink {sink}", p.app_logs.len())
         }
-        _ => "-".into(),
     }
 }
 
 /// `GET /revisions`.
-pub fn history_table(v: &Value) -> Table {
+pub fn history_table(revisions: &[RevisionSummary]) -> Table {
     let mut t = Table::new(&["REVISION", "TIME", "ACTOR", "SERVICE", "KIND", "OPERATION"]);
-    for r in items(v) {
-        let mut kind = s(&r["kind"]);
-        if let Some(name) = r["name"].as_str().filter(|n| !n.is_empty()) {
+    for r in revisions {
+        let mut kind = cell(&r.kind);
+        if let Some(name) = r.name.as_deref().filter(|n| !n.is_empty()) {
             kind = format!("{kind} {name}");
         }
-        let mut op = s(&r["operation"]);
-        if let Some(n) = r["reverts"].as_u64() {
+        let mut op = cell(&r.operation);
+        if let Some(n) = r.reverts {
             op = format!("{op} (reverts {n})");
         }
         t.row(vec![
-            s(&r["revision"]),
-            s(&r["time"]),
-            s(&r["actor"]),
-            s(&r["service"]),
+            r.revision.to_string(),
+            cell(&r.time),
+            cell(&r.actor),
+            cell(&r.service),
             kind,
             op,
         ]);
@@ -291,8 +317,39 @@ pub fn age(rfc3339: &str, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outrider_api::{InstanceSummary, LastNack, SubsetInstances};
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
+
+    fn policy(kind: PolicyKind, doc: serde_json::Value) -> Policy {
+        Policy::from_value(kind, doc).unwrap()
+    }
+
+    fn sidecar(id: &str, version: &str, applied: u64, nack: Option<&str>, last_seen: &str) -> Sidecar {
+        Sidecar {
+            id: id.into(),
+            service: "web".into(),
+            version: version.into(),
+            namespace: "default".into(),
+            pod: id.rsplit('/').next().unwrap_or_default().into(),
+            address: "10.0.0.1".into(),
+            inbound_port: 15006,
+            admin_port: 15000,
+            status: SidecarStatus::Healthy,
+            applied_revision: applied,
+            target_revision: 5,
+            in_sync: applied == 5 && nack.is_none(),
+            last_nack: nack.map(|e| LastNack {
+                revision: Some(5),
+                error: e.into(),
+            }),
+            last_seen: last_seen.into(),
+            connected_at: last_seen.into(),
+            replica: "cp-1".into(),
+            build_version: "0.1.0".into(),
+            health: None,
+        }
+    }
 
     #[test]
     fn columns_are_aligned_and_lines_not_padded() {
@@ -304,10 +361,24 @@ mod tests {
 
     #[test]
     fn services_table_shows_health_and_subsets() {
-        let v = json!([{"name": "web", "revision": 4, "policies": ["rate-limit", "routing"], "configs": 1,
-            "instances": {"total": 3, "healthy": 2, "unhealthy": 1, "disconnected": 0,
-                          "subsets": {"v1": {"total": 2, "healthy": 2}, "v2": {"total": 1, "healthy": 0}}}}]);
-        let out = services_table(&v).render();
+        let services = [ServiceSummary {
+            name: "web".into(),
+            revision: 4,
+            policies: vec!["rate-limit".into(), "routing".into()],
+            configs: 1,
+            instances: InstanceSummary {
+                total: 3,
+                healthy: 2,
+                unhealthy: 1,
+                disconnected: 0,
+                subsets: [
+                    ("v1".to_owned(), SubsetInstances { total: 2, healthy: 2 }),
+                    ("v2".to_owned(), SubsetInstances { total: 1, healthy: 0 }),
+                ]
+                .into(),
+            },
+        }];
+        let out = services_table(&services).render();
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
@@ -320,25 +391,46 @@ mod tests {
     }
 
     #[test]
+    fn a_service_without_instances_or_policies_shows_dashes() {
+        let services = [ServiceSummary {
+            name: "idle".into(),
+            revision: 1,
+            policies: vec![],
+            configs: 0,
+            instances: InstanceSummary::default(),
+        }];
+        let out = services_table(&services).render();
+        assert_eq!(
+            out.lines().nth(1),
+            Some("idle   1          0/0 healthy   -         -          0")
+        );
+    }
+
+    #[test]
     fn sidecars_table_flags_nacks_and_lag() {
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let seen = humantime::format_rfc3339_millis(now - Duration::from_secs(90)).to_string();
-        let v = json!([
-            {"id": "default/web-1", "service": "web", "version": "v1", "address": "10.0.0.1", "inboundPort": 15006,
-             "status": "healthy", "appliedRevision": 5, "targetRevision": 5, "inSync": true, "lastNack": null, "lastSeen": seen},
-            {"id": "default/web-2", "service": "web", "version": "v2", "address": "10.0.0.2", "inboundPort": 15006,
-             "status": "healthy", "appliedRevision": 4, "targetRevision": 5, "inSync": false,
-             "lastNack": {"revision": 5, "error": "bad route"}, "lastSeen": seen},
-        ]);
-        let out = sidecars_table(&v, now).render();
+        let mut behind = sidecar("default/web-3", "v2", 4, None, &seen);
+        behind.status = SidecarStatus::Disconnected;
+        behind.version = String::new();
+        let list = [
+            sidecar("default/web-1", "v1", 5, None, &seen),
+            sidecar("default/web-2", "v2", 4, Some("bad route"), &seen),
+            behind,
+        ];
+        let out = sidecars_table(&list, now).render();
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[1],
-            "default/web-1   web       v1        10.0.0.1:15006   healthy   5/5        synced            1m"
+            "default/web-1   web       v1        10.0.0.1:15006   healthy        5/5        synced            1m"
         );
         assert_eq!(
             lines[2],
-            "default/web-2   web       v2        10.0.0.2:15006   healthy   4/5        NACK: bad route   1m"
+            "default/web-2   web       v2        10.0.0.1:15006   healthy        4/5        NACK: bad route   1m"
+        );
+        assert_eq!(
+            lines[3],
+            "default/web-3   web       -         10.0.0.1:15006   disconnected   4/5        behind            1m"
         );
     }
 
@@ -346,28 +438,98 @@ mod tests {
     fn policy_summaries_name_rules_and_backends() {
         let rl = json!({"rules": [{"name": "all", "requestsPerSecond": 10.0, "burst": 20, "scope": "instance"}]});
         assert_eq!(
-            policy_summary("rate-limit", &rl),
+            policy_summary(&policy(PolicyKind::RateLimit, rl)),
             "1 rule: all 10/s burst 20 (instance)"
         );
         let rl = json!({"rules": [{"name": "a", "requestsPerSecond": 2.5}, {"name": "b", "requestsPerSecond": 1, "scope": "service"}]});
         assert_eq!(
-            policy_summary("rate-limit", &rl),
+            policy_summary(&policy(PolicyKind::RateLimit, rl)),
             "2 rules: a 2.5/s (instance), b 1/s (service)"
         );
         let rt = json!({"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}]});
-        assert_eq!(policy_summary("routing", &rt), "1 route: default [v1=90 v2=10]");
+        assert_eq!(
+            policy_summary(&policy(PolicyKind::Routing, rt)),
+            "1 route: default [v1=90 v2=10]"
+        );
+        let lg = json!({"accessLog": {"enabled": true}, "sink": {"type": "stdout"}});
+        assert_eq!(
+            policy_summary(&policy(PolicyKind::Logging, lg)),
+            "access log on, 0 app log(s), sink stdout"
+        );
+    }
+
+    #[test]
+    fn policies_table_reads_the_stored_document() {
+        let record = PolicyRecord {
+            service: "web".into(),
+            kind: "rate-limit".into(),
+            revision: 3,
+            updated_at: "2026-01-02T03:04:05.000Z".into(),
+            document: json!({"rules": [{"name": "all", "requestsPerSecond": 5, "burst": null, "scope": "instance"}]}),
+        };
+        let mut unknown = record.clone();
+        unknown.kind = "quota".into();
+        let out = policies_table(&[record, unknown]).render();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SERVICE   KIND         REVISION   UPDATED                    SUMMARY"
+        );
+        assert_eq!(
+            lines[1],
+            "web       rate-limit   3          2026-01-02T03:04:05.000Z   1 rule: all 5/s (instance)"
+        );
+        assert!(lines[2].ends_with("   -"), "{out}");
     }
 
     #[test]
     fn history_marks_reverts_and_config_names() {
-        let v = json!([{"revision": 9, "time": "t", "actor": "admin", "kind": "config", "service": "web",
-                        "name": "app.yaml", "operation": "put", "reverts": 7}]);
-        let out = history_table(&v).render();
+        let revisions = [RevisionSummary {
+            revision: 9,
+            time: "t".into(),
+            actor: "admin".into(),
+            kind: "config".into(),
+            service: "web".into(),
+            name: Some("app.yaml".into()),
+            operation: "put".into(),
+            reverts: Some(7),
+            propagation: None,
+        }];
+        let out = history_table(&revisions).render();
         assert!(out.contains("config app.yaml   put (reverts 7)"), "{out}");
     }
 
     #[test]
+    fn structured_output_prints_keys_sorted_as_the_api_json_did() {
+        let revision: RevisionSummary = serde_json::from_value(json!({"revision": 2, "time": "t", "actor": "a",
+            "kind": "routing", "service": "web", "operation": "put",
+            "propagation": {"applied": 1, "pending": 0, "lastAckSeconds": null}}))
+        .unwrap();
+        let out = structured(Output::Json, &revision).unwrap().unwrap();
+        let keys: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("  \""))
+            .map(|l| l.trim().split('"').nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "actor",
+                "kind",
+                "operation",
+                "propagation",
+                "revision",
+                "service",
+                "time"
+            ]
+        );
+        assert!(structured(Output::Table, &revision).unwrap().is_none());
+        let yaml = structured(Output::Yaml, &revision).unwrap().unwrap();
+        assert!(yaml.starts_with("actor: a\n"), "{yaml}");
+    }
+
+    #[test]
     fn empty_table_is_detected() {
-        assert!(services_table(&json!([])).is_empty());
+        assert!(services_table(&[]).is_empty());
     }
 }

@@ -155,6 +155,66 @@ async fn applied_rate_limit_policy_is_returned_by_get() {
     assert!(table.stdout.contains("1 rule: per-client"), "{}", table.stdout);
 }
 
+/// The API's own JSON for `path`, read without outriderctl.
+async fn api_json(server: &str, path: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .get(format!("{server}/api/v1/{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("GET answered");
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    resp.json().await.expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn json_output_is_the_servers_json_unchanged() {
+    let cp = start_control_plane().await;
+    let text = format!(
+        "{RATE_LIMIT}---\nkind: LoggingPolicy\nservice: web\nspec:\n  sink: {{type: stdout}}\n\
+         ---\nkind: ConfigDocument\nservice: web\nname: app.yaml\ncontent: \"a: 1\\n\"\n"
+    );
+    let file = write_file(cp.dir.path(), "all.yaml", &text);
+    let run = ctl(&cp.url, &["apply", "-f", &file], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let newest = ctl(&cp.url, &["history", "-o", "json"], None).json()[0]["revision"]
+        .as_u64()
+        .expect("a revision number");
+    assert_eq!(ctl(&cp.url, &["revert", &newest.to_string()], None).code, 0);
+
+    for (args, path) in [
+        (&["get", "services"][..], "services"),
+        (&["get", "sidecars"][..], "sidecars"),
+        (
+            &["get", "policy", "web", "rate-limit"][..],
+            "services/web/policies/rate-limit",
+        ),
+        (&["history", "--limit", "10"][..], "revisions?limit=10"),
+    ] {
+        let expected = api_json(&cp.url, path).await;
+        let run = ctl(&cp.url, &[args, &["-o", "json"]].concat(), None);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        assert_eq!(run.json(), expected, "{args:?} -o json");
+        // Byte for byte as serde_json prints the API's value, so text tools see no change.
+        let mut pretty = serde_json::to_string_pretty(&expected).unwrap();
+        pretty.push('\n');
+        assert_eq!(run.stdout, pretty, "{args:?} -o json text");
+        let yaml = ctl(&cp.url, &[args, &["-o", "yaml"]].concat(), None);
+        let from_yaml: Value = serde_yaml_ng::from_str(&yaml.stdout).expect("YAML output parses");
+        assert_eq!(from_yaml, expected, "{args:?} -o yaml");
+    }
+
+    // Without a kind, `get policy` lists the service's policies in kind order.
+    let detail = api_json(&cp.url, "services/web").await;
+    let expected: Vec<Value> = ["routing", "rate-limit", "logging"]
+        .iter()
+        .filter_map(|k| detail["policies"].get(*k).cloned())
+        .collect();
+    assert_eq!(expected.len(), 2, "{detail}");
+    let run = ctl(&cp.url, &["get", "policy", "web", "-o", "json"], None);
+    assert_eq!(run.json(), Value::Array(expected));
+}
+
 #[tokio::test]
 async fn reapplying_the_same_file_adds_no_revision() {
     let cp = start_control_plane().await;
