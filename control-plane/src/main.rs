@@ -94,9 +94,9 @@ async fn token(action: TokenAction, database_url: Option<&str>, data_dir: &Path)
                     "{:<24} {:<8} {:<26} {}",
                     t.name,
                     t.role,
-                    outrider_control_plane::api::rfc3339(t.created_at_ms),
+                    outrider_control_plane::api::format::rfc3339(t.created_at_ms),
                     t.revoked_at_ms
-                        .map_or_else(|| "-".to_owned(), outrider_control_plane::api::rfc3339)
+                        .map_or_else(|| "-".to_owned(), outrider_control_plane::api::format::rfc3339)
                 );
             }
             Ok(())

@@ -132,7 +132,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         api_token: cfg.api_token.clone().map(Into::into),
     };
     let fleet = crate::fleet::spawn(state.clone(), stop_rx.clone());
-    let app = api::router(state);
+    let app = api::app(state);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, app)
