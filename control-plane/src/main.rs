@@ -65,7 +65,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    server::run(cli.config, shutdown_signal()).await?;
+    let listeners = server::bind(&cli.config).await?;
+    server::run(cli.config, listeners, shutdown_signal()).await?;
     Ok(())
 }
 
