@@ -46,7 +46,7 @@ fn check_service(service: &str) -> ApiResult<()> {
 }
 
 #[utoipa::path(post, path = "/services/{service}/canary", tag = "canary",
-    params(("service" = String, Path, description = "service name")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     request_body(content = RolloutRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "the rollout started; the control plane drives it", body = RolloutStatus),
@@ -91,7 +91,7 @@ pub async fn start(
 }
 
 #[utoipa::path(get, path = "/services/{service}/canary", tag = "canary",
-    params(("service" = String, Path, description = "service name")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     responses(
         (status = 200, description = "the latest rollout, whatever its state: step, weight, reason", body = RolloutStatus),
         (status = 404, description = "no rollout for this service", body = Problem, content_type = "application/problem+json"),
@@ -107,7 +107,7 @@ pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> 
 }
 
 #[utoipa::path(delete, path = "/services/{service}/canary", tag = "canary",
-    params(("service" = String, Path, description = "service name")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     responses(
         (status = 200, description = "aborted; 100% to the stable subset", body = RolloutStatus),
         (status = 404, description = "no running rollout", body = Problem, content_type = "application/problem+json"),

@@ -26,7 +26,7 @@ pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
 }
 
 #[utoipa::path(get, path = "/services/{service}/config/{name}", tag = "config",
-    params(("service" = String, Path, description = "service name"), ("name" = String, Path, description = "config document name")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$")),
     responses(
         (status = 200, description = "the document as stored, in its own content type; ETag", content_type = "application/octet-stream", body = Vec<u8>,
             headers(("ETag" = String, description = "the revision, quoted"))),
@@ -52,7 +52,7 @@ pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(Str
 }
 
 #[utoipa::path(put, path = "/services/{service}/config/{name}", tag = "config",
-    params(("service" = String, Path, description = "service name"), ("name" = String, Path, description = "config document name"),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     request_body(content = Vec<u8>, description = "the document (up to 1 MiB), any content type; served back with it", content_type = "application/octet-stream"),
@@ -108,7 +108,7 @@ pub async fn put(
 }
 
 #[utoipa::path(delete, path = "/services/{service}/config/{name}", tag = "config",
-    params(("service" = String, Path, description = "service name"), ("name" = String, Path, description = "config document name"),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     responses(
         (status = 200, description = "deleted; the revision of the deletion", body = ConfigDeleted),

@@ -80,7 +80,7 @@ async fn service_traffic(state: &AppState, service: &str) -> ApiResult<Vec<Subse
 }
 
 #[utoipa::path(get, path = "/services/{service}", tag = "services",
-    params(("service" = String, Path, description = "service name")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     responses(
         (status = 200, description = "its policies, config documents, instances and traffic", body = ServiceDetail),
         (status = 404, description = "unknown service", body = Problem, content_type = "application/problem+json"),
