@@ -3,7 +3,7 @@
 //! binary serves it. It is a client of the REST API like any other, with its token in
 //! the browser's session storage.
 
-use crate::api::AppState;
+use crate::api::state::AppState;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;

@@ -4,7 +4,7 @@
 //! sidecars streaming to other replicas are included.
 
 use crate::api::sidecars::sidecar_view;
-use crate::api::AppState;
+use crate::api::state::AppState;
 use crate::hub::{stopped, Event};
 use crate::store::{now_ms, StoreError};
 use std::collections::HashMap;

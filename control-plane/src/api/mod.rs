@@ -19,7 +19,7 @@ mod policies;
 mod revisions;
 mod services;
 pub mod sidecars;
-mod state;
+pub mod state;
 mod tokens;
 
 pub use error::ApiError;
