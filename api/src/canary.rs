@@ -9,18 +9,21 @@ use utoipa::ToSchema;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutRequest {
     /// The subset being rolled out (`v2`).
+    #[schema(pattern = "\\S")]
     pub subset: String,
     /// The subset that keeps the rest of the traffic; the current RoutingPolicy's
     /// stable subset (or `v1`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<String>,
     /// The canary's weight at each step, 0 to 100 (`[10, 50, 100]`).
+    #[schema(min_items = 1)]
     pub steps: Vec<u32>,
     /// How long each step lasts (`"30s"`).
     #[schema(value_type = String, example = "30s")]
     pub interval: outrider_policy::Duration,
     /// Highest error rate (0 to 1) of the canary over a step before it rolls back.
     #[serde(default = "default_max_error_rate")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub max_error_rate: f64,
     /// Highest p99 latency of the canary before it rolls back (`"250ms"`).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxP99")]

@@ -40,3 +40,11 @@ pub struct ConfigDeleted {
     /// Always `true`.
     pub deleted: bool,
 }
+
+/// What a `PUT …/config/{name}` answers: the stored metadata, or the dry-run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ConfigPutResponse {
+    Stored(ConfigMeta),
+    DryRun(crate::policies::DryRunReport),
+}

@@ -60,3 +60,11 @@ pub struct WriteQuery {
     #[serde(default)]
     pub dry_run: bool,
 }
+
+/// What a `PUT …/policies/{kind}` answers: the stored policy, or the dry-run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PolicyPutResponse {
+    Stored(PolicyRecord),
+    DryRun(DryRunReport),
+}

@@ -19,7 +19,7 @@ pub struct RevisionSummary {
     /// A config document's name (absent for policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `put`, `delete` or `revert`.
+    /// `put` or `delete` (a revert is either, with `reverts` set).
     pub operation: String,
     /// The revision a revert undid (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,9 +33,10 @@ pub struct TokenInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewToken {
     /// 1 to 64 letters, digits, `-`, `_`, `.`, `@`; recorded as the actor of its changes.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// `viewer`, `editor` or `admin`.
-    #[schema(example = "viewer")]
+    #[schema(example = "viewer", pattern = "^(viewer|editor|admin)$")]
     pub role: String,
 }
 

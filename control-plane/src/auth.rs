@@ -5,16 +5,9 @@
 //! `admin`. When neither exists the API is open (the server refuses non-loopback
 //! listeners in that case), and the caller is `anonymous`.
 
-use crate::api::{ApiError, AppState};
-use crate::store::{Role, StoreError, TokenInfo};
-use axum::extract::{Path, State};
-use axum::http::{header, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use crate::store::{Role, Store, StoreError};
+use axum::http::{header, HeaderMap, Method};
 use rand::RngCore;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// Name recorded for the bootstrap token (`OUTRIDER_API_TOKEN`).
@@ -27,6 +20,17 @@ pub const ANONYMOUS: &str = "anonymous";
 pub struct Principal {
     pub name: String,
     pub role: Role,
+}
+
+/// Why a request is refused before it reaches a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A fresh token: 256 random bits, hex, with a prefix that secret scanners can spot.
@@ -80,23 +84,28 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     }
 }
 
-/// Identifies the caller from the `Authorization` header.
-pub async fn authenticate(state: &AppState, authorization: Option<&str>) -> Result<Principal, ApiError> {
+/// Identifies the caller from the `Authorization` header. `bootstrap` is
+/// `OUTRIDER_API_TOKEN`, if set.
+pub async fn authenticate(
+    store: &Store,
+    bootstrap: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Principal, AuthError> {
     let given = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(given) = given else {
         // No token: fine only while no token exists anywhere.
-        if state.api_token.is_some() || state.store.has_tokens().await? {
-            return Err(ApiError::Unauthorized);
+        if bootstrap.is_some() || store.has_tokens().await? {
+            return Err(AuthError::Unauthorized);
         }
         return Ok(Principal {
             name: ANONYMOUS.into(),
             role: Role::Admin,
         });
     };
-    if let Some(bootstrap) = &state.api_token {
+    if let Some(bootstrap) = bootstrap {
         if crate::grpc::constant_time_eq(given.as_bytes(), bootstrap.as_bytes()) {
             return Ok(Principal {
                 name: BOOTSTRAP_NAME.into(),
@@ -104,113 +113,33 @@ pub async fn authenticate(state: &AppState, authorization: Option<&str>) -> Resu
             });
         }
     }
-    match state.store.token_by_hash(&hash_token(given)).await? {
+    match store.token_by_hash(&hash_token(given)).await? {
         Some(t) => Ok(Principal {
             name: t.name,
             role: t.role,
         }),
-        None => Err(ApiError::Unauthorized),
+        None => Err(AuthError::Unauthorized),
     }
 }
 
-/// Authenticates, then checks the role the request needs.
+/// Authenticates, then checks the role the request (method, path below `/api/v1`) needs.
 pub async fn authorize(
-    state: &AppState,
+    store: &Store,
+    bootstrap: Option<&str>,
     method: &Method,
     path: &str,
-    headers: &axum::http::HeaderMap,
-) -> Result<Principal, ApiError> {
+    headers: &HeaderMap,
+) -> Result<Principal, AuthError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let p = authenticate(state, auth).await?;
+    let p = authenticate(store, bootstrap, auth).await?;
     let need = required_role(method, path);
     if p.role < need {
-        return Err(ApiError::Forbidden(format!(
+        return Err(AuthError::Forbidden(format!(
             "token {:?} has role {}; this needs {need}",
             p.name, p.role
         )));
     }
     Ok(p)
-}
-
-// ---- token management over the API (admin) ------------------------------------------
-
-/// `/tokens` routes, merged into `/api/v1`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{name}", delete(revoke_token))
-}
-
-fn token_json(t: &TokenInfo) -> Value {
-    json!({
-        "name": t.name,
-        "role": t.role,
-        "createdAt": crate::api::rfc3339(t.created_at_ms),
-        "revokedAt": t.revoked_at_ms.map(crate::api::rfc3339),
-    })
-}
-
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, description = "every token: name, role, created, revoked (never secrets)"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
-pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let tokens = state.store.list_tokens().await?;
-    Ok(Json(json!(tokens.iter().map(token_json).collect::<Vec<_>>())))
-}
-
-#[derive(Deserialize)]
-pub(crate) struct NewToken {
-    name: String,
-    role: String,
-}
-
-/// Creates a token; the answer is the only time the secret is shown.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body(content = serde_json::Value, description = "{\"name\": \"alice\", \"role\": \"viewer|editor|admin\"}", content_type = "application/json"), responses((status = 201, description = "created; `token` is shown this once"), (status = 422, description = "bad name or role, or the name is taken"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
-pub(crate) async fn create_token(
-    State(state): State<AppState>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body: NewToken = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::BadRequest(format!("expected {{\"name\": …, \"role\": …}}: {e}")))?;
-    let mut errors = Vec::new();
-    if let Err(m) = validate_token_name(&body.name) {
-        errors.push(outrider_policy::FieldError::new("name", m));
-    }
-    let role = body.role.parse::<Role>();
-    if let Err(m) = &role {
-        errors.push(outrider_policy::FieldError::new("role", m.clone()));
-    }
-    let Ok(role) = role else {
-        return Err(ApiError::Invalid(errors));
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    let token = generate_token();
-    let info = match state.store.create_token(&body.name, role, &hash_token(&token)).await {
-        Err(StoreError::AlreadyExists) => {
-            return Err(ApiError::Invalid(vec![outrider_policy::FieldError::new(
-                "name",
-                "a token with this name exists (revoked names stay taken)",
-            )]))
-        }
-        r => r?,
-    };
-    let mut v = token_json(&info);
-    v["token"] = json!(token);
-    Ok((StatusCode::CREATED, Json(v)).into_response())
-}
-
-#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name")), responses((status = 200, description = "revoked"), (status = 404, description = "no live token of that name"), (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
-pub(crate) async fn revoke_token(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    match state.store.revoke_token(&name).await {
-        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("no live token named {name:?}"))),
-        r => {
-            r?;
-            Ok(Json(json!({"name": name, "revoked": true})))
-        }
-    }
 }
 
 #[cfg(test)]

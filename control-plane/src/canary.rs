@@ -1,5 +1,5 @@
-//! Automated canary rollouts: `POST/GET/DELETE /api/v1/services/{service}/canary` and
-//! the task that drives them.
+//! Automated canary rollouts: the task that drives them (the REST routes are in
+//! `api::canary`).
 //!
 //! The rollout lives in the store (`canary_rollouts`), so it survives the CLI exiting
 //! and a control-plane restart; a lease row makes exactly one replica drive each
@@ -9,17 +9,11 @@
 //! to 100% stable at once, with the reason; otherwise the next step follows after
 //! the interval, and a final step of 100 promotes the canary.
 
-use crate::api::{ApiError, AppState};
 use crate::hub::Hub;
-use crate::store::{now_ms, Precondition, RolloutRow, StoreError};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use crate::store::{now_ms, Precondition, RolloutRow, Store, StoreError};
+use outrider_api::RolloutRequest as RolloutSpec;
 use outrider_policy::canary;
 use outrider_policy::{FieldError, PolicyKind, RoutingPolicy};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -34,166 +28,42 @@ const LEASE_MS: i64 = 3_000;
 const MIN_REQUESTS: u64 = 10;
 const ACTOR: &str = "canary-controller";
 
-/// What `POST /canary` takes (and what the rollout row keeps as `spec`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RolloutSpec {
-    pub subset: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stable: Option<String>,
-    pub steps: Vec<u32>,
-    pub interval: outrider_policy::Duration,
-    #[serde(default = "default_error_rate")]
-    pub max_error_rate: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxP99")]
-    pub max_p99: Option<outrider_policy::Duration>,
-}
-
-fn default_error_rate() -> f64 {
-    0.01
-}
-
-impl RolloutSpec {
-    fn validate(&self) -> Vec<FieldError> {
-        let mut e = Vec::new();
-        if self.subset.trim().is_empty() {
-            e.push(FieldError::new("subset", "must not be empty"));
-        }
-        if self.stable.as_deref() == Some(self.subset.as_str()) {
-            e.push(FieldError::new("stable", "must differ from subset"));
-        }
-        if self.steps.is_empty() {
-            e.push(FieldError::new("steps", "needs at least one weight"));
-        }
-        for (i, w) in self.steps.iter().enumerate() {
-            if *w > 100 {
-                e.push(FieldError::new(format!("steps[{i}]"), "must be between 0 and 100"));
-            }
-        }
-        if self.interval.0.is_zero() {
-            e.push(FieldError::new("interval", "must be greater than 0"));
-        }
-        if !(0.0..=1.0).contains(&self.max_error_rate) {
-            e.push(FieldError::new("maxErrorRate", "must be between 0 and 1"));
-        }
-        e
+/// The semantic checks of a rollout request, one error per bad field.
+pub fn validate(spec: &RolloutSpec) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    if spec.subset.trim().is_empty() {
+        e.push(FieldError::new("subset", "must not be empty"));
     }
+    if spec.stable.as_deref() == Some(spec.subset.as_str()) {
+        e.push(FieldError::new("stable", "must differ from subset"));
+    }
+    if spec.steps.is_empty() {
+        e.push(FieldError::new("steps", "needs at least one weight"));
+    }
+    for (i, w) in spec.steps.iter().enumerate() {
+        if *w > 100 {
+            e.push(FieldError::new(format!("steps[{i}]"), "must be between 0 and 100"));
+        }
+    }
+    if spec.interval.0.is_zero() {
+        e.push(FieldError::new("interval", "must be greater than 0"));
+    }
+    if !(0.0..=1.0).contains(&spec.max_error_rate) {
+        e.push(FieldError::new("maxErrorRate", "must be between 0 and 1"));
+    }
+    e
 }
 
-fn rollout_json(r: &RolloutRow) -> Value {
-    let steps = r.spec["steps"].as_array().cloned().unwrap_or_default();
-    let weight = if r.step_started_ms == 0 && r.state == "running" {
-        json!(0)
-    } else {
-        steps.get(r.step as usize).cloned().unwrap_or(json!(0))
-    };
-    json!({
-        "service": r.service,
-        "subset": r.spec["subset"],
-        "stable": r.spec["stable"],
-        "steps": steps,
-        "interval": r.spec["interval"],
-        "maxErrorRate": r.spec["maxErrorRate"],
-        "maxP99": r.spec.get("maxP99"),
-        "state": r.state,
-        "step": r.step,
-        "weight": weight,
-        "reason": r.reason,
-        "startedAtMs": r.started_ms,
-        "updatedAtMs": r.updated_ms,
-        "driver": r.lease_owner,
-    })
-}
-
-fn check_service(service: &str) -> Result<(), ApiError> {
-    outrider_policy::validate_service_name(service).map_err(ApiError::NotFound)
-}
-
-async fn routing_policy(state: &crate::store::Store, service: &str) -> Result<Option<RoutingPolicy>, StoreError> {
-    Ok(state
+/// The service's RoutingPolicy, if it has a readable one.
+pub async fn routing_policy(store: &Store, service: &str) -> Result<Option<RoutingPolicy>, StoreError> {
+    Ok(store
         .get_policy(service, PolicyKind::Routing)
         .await?
         .and_then(|p| outrider_policy::from_value(p.document).ok()))
 }
 
-/// `POST /services/{service}/canary`: 201 with the rollout, 409 if one is running.
-#[utoipa::path(post, path = "/api/v1/services/{service}/canary", tag = "canary", params(("service" = String, Path, description = "service name")),
-    request_body(content = serde_json::Value, description = "the rollout: subset, steps, interval, maxErrorRate, maxP99, optional stable", content_type = "application/json"),
-    responses((status = 201, description = "the rollout started; the control plane drives it"),
-        (status = 400, description = "malformed JSON"), (status = 409, description = "a rollout is already running"),
-        (status = 422, description = "invalid rollout; `errors` names each field"),
-        (status = 401, description = "no valid bearer token"), (status = 403, description = "the token's role does not allow this")))]
-pub async fn start(
-    State(state): State<AppState>,
-    Path(service): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    check_service(&service)?;
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    let mut spec: RolloutSpec =
-        serde_json::from_value(value).map_err(|e| ApiError::Invalid(vec![FieldError::new("", e.to_string())]))?;
-    let errors = spec.validate();
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    if spec.stable.is_none() {
-        let current = routing_policy(&state.store, &service).await?;
-        let stable = current
-            .as_ref()
-            .and_then(canary::weights)
-            .map(|w| w.stable.0)
-            .filter(|s| *s != spec.subset)
-            .unwrap_or_else(|| "v1".into());
-        spec.stable = Some(stable);
-    }
-    let doc = serde_json::to_value(&spec).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match state.store.start_rollout(&service, &doc).await? {
-        Some(r) => {
-            info!(service, subset = %spec.subset, "canary rollout started");
-            Ok((StatusCode::CREATED, Json(rollout_json(&r))).into_response())
-        }
-        None => Ok(ApiError::Body(
-            format!("a canary rollout of {service} is already running; abort it first"),
-            StatusCode::CONFLICT,
-        )
-        .into_response()),
-    }
-}
-
-/// `GET /services/{service}/canary`: the latest rollout, whatever its state.
-#[utoipa::path(get, path = "/api/v1/services/{service}/canary", tag = "canary", params(("service" = String, Path, description = "service name")),
-    responses((status = 200, description = "the latest rollout: state, step, weight, reason"),
-        (status = 404, description = "no rollout for this service"), (status = 401, description = "no valid bearer token")))]
-pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> Result<Response, ApiError> {
-    check_service(&service)?;
-    match state.store.get_rollout(&service).await? {
-        Some(r) => Ok(Json(rollout_json(&r)).into_response()),
-        None => Err(ApiError::NotFound(format!("no canary rollout for {service}"))),
-    }
-}
-
-/// `DELETE /services/{service}/canary`: aborts a running rollout and sends 100% to
-/// the stable subset.
-#[utoipa::path(delete, path = "/api/v1/services/{service}/canary", tag = "canary", params(("service" = String, Path, description = "service name")),
-    responses((status = 200, description = "aborted; 100% to the stable subset"),
-        (status = 404, description = "no running rollout"), (status = 401, description = "no valid bearer token"),
-        (status = 403, description = "the token's role does not allow this")))]
-pub async fn abort(State(state): State<AppState>, Path(service): Path<String>) -> Result<Response, ApiError> {
-    check_service(&service)?;
-    if !state.store.abort_rollout(&service, "aborted through the API").await? {
-        return Err(ApiError::NotFound(format!("no running canary rollout for {service}")));
-    }
-    let r = state.store.get_rollout(&service).await?.ok_or(StoreError::NotFound)?;
-    let stable = r.spec["stable"].as_str().map(str::to_owned);
-    let current = routing_policy(&state.store, &service).await?;
-    if let Ok(p) = canary::abort(current.as_ref(), stable.as_deref()) {
-        write_policy(&state.hub, &service, &p).await?;
-    }
-    Ok(Json(rollout_json(&r)).into_response())
-}
-
-async fn write_policy(hub: &Hub, service: &str, p: &RoutingPolicy) -> Result<u64, StoreError> {
+/// Writes the RoutingPolicy as the canary controller and pushes it at once.
+pub async fn write_policy(hub: &Hub, service: &str, p: &RoutingPolicy) -> Result<u64, StoreError> {
     let doc = serde_json::to_value(p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let rev = hub
         .store()

@@ -4,7 +4,7 @@
 //! It is a client of the REST API like any other, with its token in the browser's
 //! session storage (`docs/reference.md` describes what it shows).
 
-use crate::api::AppState;
+use crate::api::state::AppState;
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

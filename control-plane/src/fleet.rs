@@ -3,7 +3,8 @@
 //! patches those rows instead of re-reading the fleet. The read goes to the store, so
 //! sidecars streaming to other replicas are included.
 
-use crate::api::{sidecar_view, AppState};
+use crate::api::sidecars::sidecar_view;
+use crate::api::state::AppState;
 use crate::hub::{stopped, Event};
 use crate::store::{now_ms, StoreError};
 use std::collections::HashMap;

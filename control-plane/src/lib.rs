@@ -14,7 +14,6 @@ pub mod grpc;
 pub mod hub;
 pub mod mesh;
 pub mod metrics;
-pub mod openapi;
 pub mod propagation;
 pub mod server;
 pub mod store;

@@ -59,7 +59,8 @@ async fn main() -> anyhow::Result<()> {
         return token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await;
     }
     outrider_runtime::tracing::init(cli.log_format)?;
-    server::run(cli.config, shutdown_signal()).await?;
+    let listeners = server::bind(&cli.config).await?;
+    server::run(cli.config, listeners, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -88,9 +89,9 @@ async fn token(action: TokenAction, database_url: Option<&str>, data_dir: &Path)
                     "{:<24} {:<8} {:<26} {}",
                     t.name,
                     t.role,
-                    outrider_control_plane::api::rfc3339(t.created_at_ms),
+                    outrider_control_plane::api::format::rfc3339(t.created_at_ms),
                     t.revoked_at_ms
-                        .map_or_else(|| "-".to_owned(), outrider_control_plane::api::rfc3339)
+                        .map_or_else(|| "-".to_owned(), outrider_control_plane::api::format::rfc3339)
                 );
             }
             Ok(())

@@ -18,11 +18,12 @@ pub async fn on_ack(hub: &Hub, id: &str, session: &str, revision: u64) {
     }
 }
 
-/// The API's view: `{"applied", "pending", "lastAckSeconds"}` (zeros when no sidecar
-/// was connected to the service at the time).
-pub fn json(p: Option<&crate::store::Propagation>) -> serde_json::Value {
-    match p {
-        Some(p) => serde_json::to_value(p).unwrap_or_default(),
-        None => serde_json::json!({"applied": 0, "pending": 0, "lastAckSeconds": null}),
-    }
+/// The API's view of a revision's spread (zeros when no sidecar was connected to the
+/// service at the time).
+pub fn view(p: Option<&crate::store::Propagation>) -> outrider_api::Propagation {
+    p.map_or_else(outrider_api::Propagation::default, |p| outrider_api::Propagation {
+        applied: p.applied,
+        pending: p.pending,
+        last_ack_seconds: p.last_ack_seconds,
+    })
 }

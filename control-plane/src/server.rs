@@ -1,5 +1,5 @@
-//! Configuration and the process lifecycle: bind, open the store, load, serve gRPC and
-//! HTTP, and drain on shutdown.
+//! Configuration and the process lifecycle: [`bind`] the listeners, then [`run`]:
+//! open the store, load, serve gRPC and HTTP on the listeners given, drain on shutdown.
 
 use crate::api::{self, AppState};
 use crate::grpc::ControlService;
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Every setting is a flag and an environment variable (DESIGN §2).
+/// Every setting is a flag and an environment variable (see `docs/reference.md`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// gRPC listener for sidecars.
@@ -77,19 +77,24 @@ pub enum ServerError {
 impl Config {
     /// Security by default: no public listener without the token that protects it.
     pub fn check_security(&self) -> Result<(), ServerError> {
+        self.check_addresses(self.http_addr, self.grpc_addr)
+    }
+
+    /// The same check for the addresses actually listened on.
+    fn check_addresses(&self, http: SocketAddr, grpc: SocketAddr) -> Result<(), ServerError> {
         if self.insecure {
             return Ok(());
         }
-        if !self.http_addr.ip().is_loopback() && self.api_token.is_none() {
+        if !http.ip().is_loopback() && self.api_token.is_none() {
             return Err(ServerError::Insecure {
-                addr: self.http_addr,
+                addr: http,
                 what: "REST API",
                 token: "OUTRIDER_API_TOKEN",
             });
         }
-        if !self.grpc_addr.ip().is_loopback() && self.registration_token.is_none() {
+        if !grpc.ip().is_loopback() && self.registration_token.is_none() {
             return Err(ServerError::Insecure {
-                addr: self.grpc_addr,
+                addr: grpc,
                 what: "sidecar registration",
                 token: "OUTRIDER_REGISTRATION_TOKEN",
             });
@@ -98,22 +103,52 @@ impl Config {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+/// The control plane's two listeners, bound by the caller: [`bind`] from the config
+/// in `main`, any loopback port in tests.
+pub struct Listeners {
+    /// The control stream for sidecars.
+    pub grpc: TcpListener,
+    /// REST API, dashboard, `/metrics`, `/healthz`, `/readyz`.
+    pub http: TcpListener,
 }
 
-/// Runs the control plane until `shutdown` resolves, then drains and returns.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+/// Checks the configured addresses (no public listener without its token), then
+/// binds them.
+pub async fn bind(cfg: &Config) -> Result<Listeners, ServerError> {
     cfg.check_security()?;
-    let grpc_listener = bind(cfg.grpc_addr).await?;
-    let http_listener = bind(cfg.http_addr).await?;
+    let bind_one = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    Ok(Listeners {
+        grpc: bind_one(cfg.grpc_addr).await?,
+        http: bind_one(cfg.http_addr).await?,
+    })
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+    l.local_addr().map_err(ServerError::Http)
+}
+
+/// Runs the control plane on `listeners` until `shutdown` resolves, then drains and
+/// returns. The listeners' addresses pass the same security check as the config's.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+    } = listeners;
+    let (http_addr, grpc_addr) = (local_addr(&http_listener)?, local_addr(&grpc_listener)?);
+    cfg.check_addresses(http_addr, grpc_addr)?;
     let store = open_store(&cfg).await?;
     info!(
         backend = ?store.backend(),
-        grpc = %cfg.grpc_addr,
-        http = %cfg.http_addr,
+        grpc = %grpc_addr,
+        http = %http_addr,
         "control plane starting"
     );
     let timing = Timing {
@@ -132,7 +167,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         api_token: cfg.api_token.clone().map(Into::into),
     };
     let fleet = crate::fleet::spawn(state.clone(), stop_rx.clone());
-    let app = api::router(state);
+    let app = api::app(state);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, app)

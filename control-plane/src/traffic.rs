@@ -4,7 +4,6 @@
 
 use crate::store::SidecarRow;
 use outrider_proto::v1::DestinationFigures;
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -23,21 +22,8 @@ pub fn figures_json(f: &[DestinationFigures]) -> Value {
     )
 }
 
-/// One subset of a service as all its callers saw it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubsetTraffic {
-    pub subset: String,
-    /// Since each caller started, summed over callers.
-    pub requests: u64,
-    pub errors: u64,
-    /// `1 - errors / requests` (1.0 without requests).
-    pub success_rate: f64,
-    /// Over the callers' last report interval: request-weighted median, worst p99.
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub window_requests: u64,
-}
+/// One subset of a service as all its callers saw it: the API's own type.
+pub use outrider_api::SubsetTraffic;
 
 /// Aggregates the figures every sidecar in `rows` reported about `service`.
 /// `recent` says whether a row's last report is fresh enough for its window figures.

@@ -1,0 +1,144 @@
+//! `GET PUT DELETE /services/{service}/config/{name}`: config documents, stored as
+//! given with their content type (up to 1 MiB each).
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{check_config_name, check_service, Actor, Body, IfMatch, Path, Query};
+use super::format::{etag, rfc3339, Written};
+use super::sidecars::would_receive;
+use super::state::AppState;
+use crate::store::{StoreError, StoredConfig};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use outrider_api::{ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, DryRunReport, Problem, WriteQuery};
+
+/// A stored config document's metadata as the API shows it.
+pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
+    ConfigMeta {
+        service: c.service.clone(),
+        name: c.name.clone(),
+        content_type: c.content_type.clone(),
+        size: c.content.len() as u64,
+        revision: c.revision,
+        updated_at: rfc3339(c.updated_at_ms),
+    }
+}
+
+#[utoipa::path(get, path = "/services/{service}/config/{name}", tag = "config",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$")),
+    responses(
+        (status = 200, description = "the document as stored, in its own content type; ETag", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("ETag" = String, description = "the revision, quoted"))),
+        (status = 404, description = "no such document", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(String, String)>) -> ApiResult<Response> {
+    check_service(&service)?;
+    check_config_name(&name)?;
+    let c = state
+        .store
+        .get_config(&service, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("service {service:?} has no config document {name:?}")))?;
+    let ct = HeaderValue::from_str(&c.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok((
+        [(header::CONTENT_TYPE, ct), (header::ETAG, etag(c.revision))],
+        c.content,
+    )
+        .into_response())
+}
+
+#[utoipa::path(put, path = "/services/{service}/config/{name}", tag = "config",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
+        WriteQuery,
+        ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
+    request_body(content = Vec<u8>, description = "the document (up to 1 MiB), any content type; served back with it", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "stored (ETag), or the dry-run report", body = ConfigPutResponse),
+        (status = 400, description = "malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn put(
+    State(state): State<AppState>,
+    Path((service, name)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
+    Actor(actor): Actor,
+    IfMatch(precondition): IfMatch,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Written<ConfigMeta>> {
+    check_service(&service)?;
+    check_config_name(&name)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    if q.dry_run {
+        let current = state.store.get_config(&service, &name).await?;
+        let changed = current.is_none_or(|c| c.content != body.as_ref() || c.content_type != content_type);
+        let document = ConfigSize {
+            name,
+            size: body.len() as u64,
+        };
+        return Ok(Written::DryRun(DryRunReport {
+            dry_run: true,
+            valid: true,
+            changed,
+            sidecars: would_receive(&state, Some(&service), changed).await?,
+            document: serde_json::to_value(document).map_err(ApiError::internal)?,
+        }));
+    }
+    let stored = state
+        .store
+        .put_config(&service, &name, &content_type, &body, precondition, &actor)
+        .await?;
+    state.after_write().await;
+    Ok(Written::Stored {
+        revision: stored.revision,
+        body: config_meta(&stored),
+    })
+}
+
+#[utoipa::path(delete, path = "/services/{service}/config/{name}", tag = "config",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
+        ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
+    responses(
+        (status = 200, description = "deleted; the revision of the deletion", body = ConfigDeleted),
+        (status = 404, description = "no such document", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((service, name)): Path<(String, String)>,
+    Actor(actor): Actor,
+    IfMatch(precondition): IfMatch,
+) -> ApiResult<Json<ConfigDeleted>> {
+    check_service(&service)?;
+    check_config_name(&name)?;
+    let revision = match state.store.delete_config(&service, &name, precondition, &actor).await {
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::NotFound(format!(
+                "service {service:?} has no config document {name:?}"
+            )))
+        }
+        r => r?,
+    };
+    state.after_write().await;
+    Ok(Json(ConfigDeleted {
+        service,
+        name,
+        revision,
+        deleted: true,
+    }))
+}

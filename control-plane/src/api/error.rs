@@ -1,0 +1,169 @@
+//! The one error type of the HTTP layer. Every error renders as
+//! `application/problem+json` ([`outrider_api::Problem`]) with the right status.
+//!
+//! Converting an error into a response does not log: a server-side failure carries
+//! its internal cause in a response extension ([`InternalCause`]), which the
+//! [`log_internal_errors`] layer logs and removes, so clients only ever read
+//! "store unavailable" or "internal error", never a database's text.
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use outrider_api::{FieldError, Problem, PROBLEM_JSON};
+use outrider_policy::PolicyError;
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid document")]
+    Invalid(Vec<FieldError>),
+    #[error("the document changed since you read it (current revision: {current:?}); reload and retry")]
+    Stale { current: Option<u64> },
+    /// The request is fine but clashes with the current state (a rollout is running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body could not be read: too large (413), or the connection failed.
+    #[error("{0}")]
+    Body(String, StatusCode),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    /// The store cannot be reached; the cause is for the server's log only.
+    #[error("store unavailable")]
+    Unavailable(String),
+    /// Anything else that is the server's fault; the cause is for the log only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// For a cause that is the server's fault and tells the client nothing.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
+
+    fn status_and_title(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid document"),
+            ApiError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "Stale write"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Body(_, s) => (*s, "Unacceptable body"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Store unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        }
+    }
+}
+
+/// Store errors that mean "cannot reach the database right now" (503, worth a
+/// retry), as opposed to a fault in a query or the data (500).
+fn store_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLite busy/locked; PostgreSQL connection exceptions (08…), shutdowns
+        // (57P0…) and too many connections (53300).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| matches!(c.as_ref(), "5" | "6" | "53300") || c.starts_with("08") || c.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("not found".into()),
+            StoreError::PreconditionFailed { current } => ApiError::Stale { current },
+            StoreError::AlreadyExists => ApiError::Conflict("it exists already".into()),
+            StoreError::Db(ref db) if store_unreachable(db) => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized => ApiError::Unauthorized,
+            AuthError::Forbidden(m) => ApiError::Forbidden(m),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Malformed(m) => ApiError::BadRequest(format!("malformed JSON: {m}")),
+            PolicyError::Invalid(errs) => ApiError::Invalid(errs.into_iter().map(FieldError::from).collect()),
+            PolicyError::UnknownKind(k) => ApiError::NotFound(format!(
+                "unknown policy kind {k:?}: expected routing, rate-limit or logging"
+            )),
+        }
+    }
+}
+
+/// A server-side error's cause, riding on its response to [`log_internal_errors`].
+#[derive(Debug, Clone)]
+pub struct InternalCause(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, title) = self.status_and_title();
+        let mut problem = Problem::new(status.as_u16(), title, self.to_string());
+        let mut cause = None;
+        match self {
+            ApiError::Invalid(errs) => {
+                problem.detail = errs
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                problem.errors = Some(errs);
+            }
+            ApiError::Stale { current } => problem.current_revision = current,
+            ApiError::Unavailable(c) | ApiError::Internal(c) => cause = Some(c),
+            _ => {}
+        }
+        let mut resp = (status, Json(problem)).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(c) = cause {
+            resp.extensions_mut().insert(InternalCause(c));
+        }
+        resp
+    }
+}
+
+/// The layer that logs server-side errors with their cause (and strips the cause, so
+/// nothing further out can send it).
+pub async fn log_internal_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = next.run(req).await;
+    if let Some(InternalCause(cause)) = resp.extensions_mut().remove::<InternalCause>() {
+        tracing::error!(%method, path, status = resp.status().as_u16(), error = %cause, "request failed");
+    }
+    resp
+}

@@ -1,0 +1,180 @@
+//! Inputs handlers take again and again, as extractors whose rejections are
+//! [`ApiError`]s (so even a bad query string answers problem+json): the body within
+//! its size limit, a JSON body with 400/422, path and query parameters, `If-Match`,
+//! and the actor of a change. Also the layer that authenticates every request.
+
+use super::error::{ApiError, ApiResult};
+use super::state::AppState;
+use crate::auth::Principal;
+use crate::store::Precondition;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use outrider_api::FieldError;
+use serde::de::DeserializeOwned;
+use std::convert::Infallible;
+
+/// Largest policy or config document accepted (see `docs/reference.md`).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the body is larger than {MAX_BODY} bytes")
+        } else {
+            r.body_text()
+        };
+        ApiError::Body(detail, status)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        match r {
+            // A path that matched a route but not its parameters' types (`/revisions/x`).
+            PathRejection::FailedToDeserializePathParams(e) => ApiError::BadRequest(e.body_text()),
+            // Only a handler routed without its path parameters gets here: our bug.
+            other => ApiError::internal(other.body_text()),
+        }
+    }
+}
+
+/// The raw body, at most [`MAX_BODY`] bytes (413 beyond).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Body(Bytes::from_request(req, state).await?))
+    }
+}
+
+/// A JSON body of type `T`: 400 if it is not JSON at all, 422 naming the field
+/// (`steps[0]`) if it is JSON of the wrong shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(bytes) = Body::from_request(req, state).await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        serde_path_to_error::deserialize(value).map(JsonBody).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ApiError::Invalid(vec![FieldError {
+                field,
+                message: e.into_inner().to_string(),
+            }])
+        })
+    }
+}
+
+/// Path parameters; a malformed one is a 400 problem.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(t) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(t))
+    }
+}
+
+/// Query parameters; a malformed one is a 400 problem.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(t) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(t))
+    }
+}
+
+/// `If-Match` → what the write expects. A value that names no revision can match
+/// nothing, so it fails the write like a stale one.
+pub struct IfMatch(pub Precondition);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(v) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(Precondition::None));
+        };
+        let s = v.to_str().unwrap_or("").trim();
+        if s == "*" {
+            return Ok(IfMatch(Precondition::Exists));
+        }
+        let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+        Ok(IfMatch(Precondition::Revision(s.parse().unwrap_or(u64::MAX))))
+    }
+}
+
+/// Who makes a change, for the history: the authenticated token's name.
+pub struct Actor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let name = parts
+            .extensions
+            .get::<Principal>()
+            .map_or_else(|| crate::auth::ANONYMOUS.to_owned(), |p| p.name.clone());
+        Ok(Actor(name))
+    }
+}
+
+/// Every `/api/v1` request passes here: who is it (401), may they (403); see `auth`.
+/// The principal rides on the request for [`Actor`].
+pub async fn authenticate(Extension(state): Extension<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let path = path.strip_prefix(outrider_api::API_PREFIX).unwrap_or(path);
+    match crate::auth::authorize(
+        &state.store,
+        state.api_token.as_deref(),
+        req.method(),
+        path,
+        req.headers(),
+    )
+    .await
+    {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A service name from the path: 422 naming `service` when it cannot be one.
+pub fn check_service(service: &str) -> ApiResult<()> {
+    outrider_policy::validate_service_name(service).map_err(|m| {
+        ApiError::Invalid(vec![FieldError {
+            field: "service".into(),
+            message: m,
+        }])
+    })
+}
+
+/// A config document name from the path: 422 naming `name` when it cannot be one.
+pub fn check_config_name(name: &str) -> ApiResult<()> {
+    outrider_policy::validate_config_name(name).map_err(|m| {
+        ApiError::Invalid(vec![FieldError {
+            field: "name".into(),
+            message: m,
+        }])
+    })
+}

@@ -1,0 +1,57 @@
+//! The OpenAPI 3.1 document of the REST API (`GET /api/v1/openapi.json`). Its paths
+//! come from the router itself (`utoipa-axum` registers each handler and its
+//! `#[utoipa::path]` together); this module adds the title and the bearer scheme.
+
+use axum::body::Bytes;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Extension;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{Modify, OpenApi};
+
+/// What the document says before the routes add their paths.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Outrider control plane",
+        description = "Policies, config documents, sidecars, history and live events of an Outrider mesh \
+                       (see docs/reference.md). Errors are application/problem+json. Bearer tokens: viewers \
+                       read, editors change policy, admins also manage tokens."
+    ),
+    modifiers(&BearerToken),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses(
+        (status = 200, description = "the OpenAPI document of this API", body = Object, content_type = "application/json"),
+        (status = 401, description = "no valid bearer token", body = outrider_api::Problem, content_type = "application/problem+json")))]
+pub async fn openapi_json(Extension(doc): Extension<DocumentJson>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
+}
+
+/// The document, serialized once when the router is built (it cannot change after).
+#[derive(Clone)]
+pub struct DocumentJson(pub Bytes);
+
+impl DocumentJson {
+    pub fn new(doc: &Document) -> Self {
+        // A document of plain strings and maps always serializes.
+        DocumentJson(Bytes::from(serde_json::to_vec(doc).unwrap_or_default()))
+    }
+}

@@ -1,0 +1,138 @@
+//! `GET PUT DELETE /services/{service}/policies/{kind}`: policy documents, validated
+//! by `outrider-policy` before anything is stored (422 naming every bad field).
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{check_service, Actor, Body, IfMatch, Path, Query};
+use super::format::{etag, rfc3339, Written};
+use super::sidecars::would_receive;
+use super::state::AppState;
+use crate::store::{StoreError, StoredPolicy};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use outrider_api::{DryRunReport, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery};
+use outrider_policy::{Policy, PolicyKind};
+
+/// A stored policy as the API shows it.
+pub fn policy_record(p: &StoredPolicy) -> PolicyRecord {
+    PolicyRecord {
+        service: p.service.clone(),
+        kind: p.kind.as_str().to_owned(),
+        revision: p.revision,
+        updated_at: rfc3339(p.updated_at_ms),
+        document: p.document.clone(),
+    }
+}
+
+fn parse_kind(kind: &str) -> ApiResult<PolicyKind> {
+    Ok(kind.parse::<PolicyKind>()?)
+}
+
+#[utoipa::path(get, path = "/services/{service}/policies/{kind}", tag = "policies",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging")),
+    responses(
+        (status = 200, description = "the policy with its revision; ETag", body = PolicyRecord,
+            headers(("ETag" = String, description = "the revision, quoted"))),
+        (status = 404, description = "no such policy, or an unknown kind", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path((service, kind)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    check_service(&service)?;
+    let kind = parse_kind(&kind)?;
+    let p = state
+        .store
+        .get_policy(&service, kind)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("service {service:?} has no {kind} policy")))?;
+    Ok(([(header::ETAG, etag(p.revision))], Json(policy_record(&p))))
+}
+
+#[utoipa::path(put, path = "/services/{service}/policies/{kind}", tag = "policies",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging"),
+        WriteQuery,
+        ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
+    request_body(content = Object, description = "the policy document (see docs/reference.md)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "stored (with its revision and ETag), or the dry-run report", body = PolicyPutResponse),
+        (status = 400, description = "malformed JSON or query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown kind", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid document; `errors` names each field", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn put(
+    State(state): State<AppState>,
+    Path((service, kind)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
+    Actor(actor): Actor,
+    IfMatch(precondition): IfMatch,
+    Body(body): Body,
+) -> ApiResult<Written<PolicyRecord>> {
+    check_service(&service)?;
+    let kind = parse_kind(&kind)?;
+    let policy = Policy::parse(kind, &body)?;
+    let document = policy.to_json();
+    if q.dry_run {
+        let current = state.store.get_policy(&service, kind).await?;
+        let changed = current.as_ref().map(|c| &c.document) != Some(&document);
+        let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
+        return Ok(Written::DryRun(DryRunReport {
+            dry_run: true,
+            valid: true,
+            changed,
+            sidecars: would_receive(&state, scope, changed).await?,
+            document,
+        }));
+    }
+    let stored = state
+        .store
+        .put_policy(&service, kind, &document, precondition, &actor)
+        .await?;
+    state.after_write().await;
+    Ok(Written::Stored {
+        revision: stored.revision,
+        body: policy_record(&stored),
+    })
+}
+
+#[utoipa::path(delete, path = "/services/{service}/policies/{kind}", tag = "policies",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging"),
+        ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
+    responses(
+        (status = 200, description = "deleted; the revision of the deletion", body = PolicyDeleted),
+        (status = 404, description = "no such policy, or an unknown kind", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((service, kind)): Path<(String, String)>,
+    Actor(actor): Actor,
+    IfMatch(precondition): IfMatch,
+) -> ApiResult<Json<PolicyDeleted>> {
+    check_service(&service)?;
+    let kind = parse_kind(&kind)?;
+    let revision = match state.store.delete_policy(&service, kind, precondition, &actor).await {
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::NotFound(format!("service {service:?} has no {kind} policy")))
+        }
+        r => r?,
+    };
+    state.after_write().await;
+    Ok(Json(PolicyDeleted {
+        service,
+        kind: kind.as_str().to_owned(),
+        revision,
+        deleted: true,
+    }))
+}

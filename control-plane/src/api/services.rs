@@ -1,0 +1,120 @@
+//! `GET /services` and `GET /services/{service}`: what the mesh knows of each
+//! service, gathered from its policies, config documents, sidecars and callers.
+
+use super::configs::config_meta;
+use super::error::{ApiError, ApiResult};
+use super::extract::{check_service, Path};
+use super::policies::policy_record;
+use super::sidecars::sidecar_views;
+use super::state::AppState;
+use crate::store::now_ms;
+use axum::extract::State;
+use axum::Json;
+use outrider_api::{
+    InstanceSummary, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetInstances, SubsetTraffic,
+};
+
+fn instance_summary<'a>(sidecars: impl Iterator<Item = &'a Sidecar>) -> InstanceSummary {
+    let mut sum = InstanceSummary::default();
+    for s in sidecars {
+        sum.total += 1;
+        let subset = sum
+            .subsets
+            .entry(s.version.clone())
+            .or_insert(SubsetInstances::default());
+        subset.total += 1;
+        match s.status {
+            SidecarStatus::Healthy => {
+                sum.healthy += 1;
+                subset.healthy += 1;
+            }
+            SidecarStatus::Unhealthy => sum.unhealthy += 1,
+            SidecarStatus::Disconnected => sum.disconnected += 1,
+        }
+    }
+    sum
+}
+
+#[utoipa::path(get, path = "/services", tag = "services",
+    responses(
+        (status = 200, description = "services with instance counts per subset and health summary", body = Vec<ServiceSummary>),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<ServiceSummary>>> {
+    let names = state.store.list_services().await?;
+    let sidecars = sidecar_views(&state, None).await?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let policies = state
+            .store
+            .list_policies(&name)
+            .await?
+            .iter()
+            .map(|p| p.kind.as_str().to_owned())
+            .collect();
+        let configs = state.store.list_configs(&name).await?.len() as u64;
+        out.push(ServiceSummary {
+            revision: state.store.service_revision(&name).await?,
+            policies,
+            configs,
+            instances: instance_summary(sidecars.iter().filter(|s| s.service == name)),
+            name,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Per-subset traffic figures of `service`, as its connected callers reported them.
+async fn service_traffic(state: &AppState, service: &str) -> ApiResult<Vec<SubsetTraffic>> {
+    let rows = state.store.list_sidecars(None).await?;
+    let now = now_ms();
+    let t = state.hub.timing;
+    Ok(crate::traffic::aggregate(service, &rows, |r| {
+        r.status(
+            now,
+            t.unhealthy_after.as_millis() as i64,
+            t.disconnected_after.as_millis() as i64,
+        ) != crate::store::SidecarStatus::Disconnected
+    }))
+}
+
+#[utoipa::path(get, path = "/services/{service}", tag = "services",
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
+    responses(
+        (status = 200, description = "its policies, config documents, instances and traffic", body = ServiceDetail),
+        (status = 404, description = "unknown service", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> ApiResult<Json<ServiceDetail>> {
+    check_service(&service)?;
+    if !state.store.service_exists(&service).await? {
+        return Err(ApiError::NotFound(format!("unknown service {service:?}")));
+    }
+    let policies = state
+        .store
+        .list_policies(&service)
+        .await?
+        .iter()
+        .map(|p| (p.kind.as_str().to_owned(), policy_record(p)))
+        .collect();
+    let configs = state
+        .store
+        .list_configs(&service)
+        .await?
+        .iter()
+        .map(config_meta)
+        .collect();
+    let sidecars = sidecar_views(&state, Some(&service)).await?;
+    Ok(Json(ServiceDetail {
+        revision: state.store.service_revision(&service).await?,
+        policies,
+        configs,
+        instances: instance_summary(sidecars.iter()),
+        sidecars,
+        traffic: service_traffic(&state, &service).await?,
+        name: service,
+    }))
+}

@@ -1,0 +1,378 @@
+//! The HTTP layer in-process: `app(state)` on a real SQLite file store in a temporary
+//! directory, driven with `oneshot`.
+
+use super::*;
+use crate::hub::{Event, Hub, Timing};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct TestApp {
+    app: Router,
+    store: Store,
+    dir: tempfile::TempDir,
+}
+
+async fn test_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(None, dir.path()).await.unwrap();
+    let hub = Hub::new(store.clone(), Timing::default(), Arc::new(Metrics::new()));
+    // Writes push to the hub, which builds nothing before it has loaded.
+    hub.load().await;
+    let app = app(AppState {
+        hub,
+        store: store.clone(),
+        api_token: None,
+    });
+    TestApp { app, store, dir }
+}
+
+fn request(method: Method, uri: &str, body: Option<&Value>) -> Request<Body> {
+    let b = Request::builder().method(method).uri(uri);
+    match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let resp: Response = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, ct, body)
+}
+
+const PROBLEM: Option<&str> = Some(outrider_api::PROBLEM_JSON);
+
+#[tokio::test]
+async fn an_invalid_policy_is_refused_with_422_naming_every_bad_field_and_nothing_is_stored() {
+    let t = test_app().await;
+    let doc = json!({"rules": [{"name": "", "requestsPerSecond": 0}]});
+    let (status, ct, body) = send(
+        &t.app,
+        request(Method::PUT, "/api/v1/services/web/policies/rate-limit", Some(&doc)),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(ct.as_deref(), PROBLEM);
+    let problem: outrider_api::Problem = serde_json::from_value(body).unwrap();
+    let fields: Vec<&str> = problem.errors.iter().flatten().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["rules[0].name", "rules[0].requestsPerSecond"]);
+    assert!(problem.detail.contains("rules[0].name") && problem.detail.contains("rules[0].requestsPerSecond"));
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn a_write_with_a_stale_if_match_gets_412_with_the_current_revision() {
+    let t = test_app().await;
+    let uri = "/api/v1/services/web/policies/rate-limit";
+    let doc = json!({"rules": [{"name": "all", "requestsPerSecond": 10}]});
+    let (status, _, first) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+    assert_eq!(status, 200, "{first}");
+    let stored: outrider_api::PolicyRecord = serde_json::from_value(first).unwrap();
+    let mut stale = request(Method::PUT, uri, Some(&doc));
+    stale.headers_mut().insert(
+        header::IF_MATCH,
+        format!("\"{}\"", stored.revision + 5).parse().unwrap(),
+    );
+    let (status, ct, body) = send(&t.app, stale).await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(ct.as_deref(), PROBLEM);
+    assert_eq!(body["currentRevision"], stored.revision);
+}
+
+#[tokio::test]
+async fn an_unknown_service_is_a_404_problem() {
+    let t = test_app().await;
+    let (status, ct, body) = send(&t.app, request(Method::GET, "/api/v1/services/nope", None)).await;
+    assert_eq!(status, 404);
+    assert_eq!(ct.as_deref(), PROBLEM);
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["type"], "about:blank");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_problem() {
+    let t = test_app().await;
+    let big = vec![b'x'; extract::MAX_BODY + 1];
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/api/v1/services/web/config/big.txt")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(big))
+        .unwrap();
+    let (status, ct, body) = send(&t.app, req).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(ct.as_deref(), PROBLEM);
+}
+
+#[tokio::test]
+async fn malformed_query_and_path_parameters_are_400_problems() {
+    let t = test_app().await;
+    for uri in [
+        "/api/v1/services/web/policies/routing?dryRun=maybe",
+        "/api/v1/revisions/abc",
+        "/api/v1/sidecars?limit=0",
+        "/api/v1/sidecars?limit=many",
+    ] {
+        let method = if uri.contains("dryRun") {
+            Method::PUT
+        } else {
+            Method::GET
+        };
+        let (status, ct, body) = send(&t.app, request(method, uri, Some(&json!({"routes": []})))).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::BAD_REQUEST, PROBLEM),
+            "{uri}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_a_503_that_names_no_database_error() {
+    let t = test_app().await;
+    t.store.close().await;
+    let resp = t
+        .app
+        .clone()
+        .oneshot(request(Method::GET, "/api/v1/services", None))
+        .await
+        .unwrap();
+    assert!(
+        resp.extensions().get::<error::InternalCause>().is_none(),
+        "the logging layer takes the cause off the response"
+    );
+    let (status, ct, body) = (
+        resp.status(),
+        resp.headers().get(header::CONTENT_TYPE).cloned(),
+        axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap(),
+    );
+    assert_eq!(status, 503);
+    assert_eq!(ct.unwrap(), outrider_api::PROBLEM_JSON);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["detail"], "store unavailable", "{body}");
+}
+
+#[tokio::test]
+async fn an_internal_error_is_a_500_that_shows_none_of_its_cause() {
+    let t = test_app().await;
+    let start = json!({"subset": "v2", "steps": [10, 100], "interval": "1h"});
+    let (status, _, body) = send(
+        &t.app,
+        request(Method::POST, "/api/v1/services/web/canary", Some(&start)),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // Damage the stored rollout behind the API's back, as a bad migration might.
+    let url = format!("sqlite://{}", t.dir.path().join("outrider.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE canary_rollouts SET state = 'exploded-secret-state'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (status, ct, body) = send(&t.app, request(Method::GET, "/api/v1/services/web/canary", None)).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(ct.as_deref(), PROBLEM);
+    assert_eq!(body["detail"], "internal error");
+    assert!(!body.to_string().contains("exploded"), "{body}");
+}
+
+#[tokio::test]
+async fn a_second_rollout_while_one_runs_is_a_409_conflict() {
+    let t = test_app().await;
+    let start = json!({"subset": "v2", "steps": [10, 100], "interval": "1h"});
+    let uri = "/api/v1/services/web/canary";
+    assert_eq!(send(&t.app, request(Method::POST, uri, Some(&start))).await.0, 201);
+    let (status, ct, body) = send(&t.app, request(Method::POST, uri, Some(&start))).await;
+    assert_eq!((status, ct.as_deref()), (StatusCode::CONFLICT, PROBLEM), "{body}");
+    assert_eq!(body["title"], "Conflict");
+}
+
+/// (METHOD, path) of every operation in the document.
+fn documented() -> BTreeSet<(Method, String)> {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            out.insert((Method::from_bytes(m.to_uppercase().as_bytes()).unwrap(), path.clone()));
+        }
+    }
+    out
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{service}", "web")
+        .replace("{kind}", "routing")
+        .replace("{name}", "app.yaml")
+        .replace("{n}", "1")
+}
+
+#[tokio::test]
+async fn every_route_of_the_router_is_in_the_document_and_only_those() {
+    let t = test_app().await;
+    let documented = documented();
+    assert!(documented.len() >= 23, "{documented:?}");
+    let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        let uri = concrete(path);
+        for method in [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
+            let is_documented = documented.contains(&(method.clone(), path.clone()));
+            let resp = t
+                .app
+                .clone()
+                .oneshot(request(method.clone(), &uri, None))
+                .await
+                .unwrap();
+            let status = resp.status();
+            if uri.ends_with("/events") && status == 200 {
+                continue; // a stream that never ends
+            }
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+            let body = String::from_utf8_lossy(&body);
+            if is_documented {
+                assert_ne!(status, 405, "{method} {uri} is documented but not routed");
+                assert!(!body.contains("no such API endpoint"), "{method} {uri}: {body}");
+            } else {
+                assert_eq!(status, 405, "{method} {uri} is routed but not documented: {body}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_operation_documents_its_success_body_and_its_request_body() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let (code, ok) = responses
+                .iter()
+                .find(|(code, _)| code.starts_with('2'))
+                .unwrap_or_else(|| panic!("{method} {path}: no success response"));
+            let content = ok["content"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} {code}: no body"));
+            assert!(
+                content.values().all(|c| c.get("schema").is_some()),
+                "{method} {path} {code}: a body without a schema"
+            );
+            for (code, r) in responses
+                .iter()
+                .filter(|(c, _)| c.starts_with('4') || c.starts_with('5'))
+            {
+                if path.starts_with("/api/v1") {
+                    assert!(
+                        r["content"][outrider_api::PROBLEM_JSON]["schema"].is_object(),
+                        "{method} {path} {code}: errors are problem+json"
+                    );
+                }
+            }
+            if matches!(method.as_str(), "put" | "post") && !path.ends_with("/revert") {
+                let body = &op["requestBody"]["content"];
+                assert!(
+                    body.as_object()
+                        .is_some_and(|c| c.values().all(|c| c.get("schema").is_some())),
+                    "{method} {path}: no request body schema"
+                );
+            }
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Problem",
+        "Sidecar",
+        "SidecarHealth",
+        "ServiceDetail",
+        "RolloutStatus",
+        "RevisionDetail",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name} missing");
+    }
+}
+
+#[tokio::test]
+async fn the_served_document_is_the_routers_document() {
+    let t = test_app().await;
+    let (status, ct, body) = send(&t.app, request(Method::GET, "/api/v1/openapi.json", None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ct.as_deref(), Some("application/json"));
+    assert_eq!(body, serde_json::to_value(openapi()).unwrap());
+}
+
+#[tokio::test]
+async fn responses_read_back_as_the_boundary_types() {
+    let t = test_app().await;
+    let put = |uri: &'static str, doc: Value| request(Method::PUT, uri, Some(&doc));
+    let (s, _, _) = send(
+        &t.app,
+        put(
+            "/api/v1/services/web/policies/rate-limit",
+            json!({"rules": [{"name": "all", "requestsPerSecond": 5}]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, dry) = send(
+        &t.app,
+        put(
+            "/api/v1/services/web/policies/routing?dryRun=true",
+            json!({"routes": [{"name": "d", "backends": [{"subset": "v1", "weight": 100}]}]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{dry}");
+    let dry: outrider_api::DryRunReport = serde_json::from_value(dry).unwrap();
+    assert!(dry.dry_run && dry.changed);
+    let (_, _, list) = send(&t.app, request(Method::GET, "/api/v1/services", None)).await;
+    let list: Vec<outrider_api::ServiceSummary> = serde_json::from_value(list).unwrap();
+    assert_eq!(list[0].policies, ["rate-limit"]);
+    let (_, _, detail) = send(&t.app, request(Method::GET, "/api/v1/services/web", None)).await;
+    let detail: outrider_api::ServiceDetail = serde_json::from_value(detail).unwrap();
+    assert!(detail.policies.contains_key("rate-limit"));
+    let (_, _, revs) = send(&t.app, request(Method::GET, "/api/v1/revisions", None)).await;
+    let revs: Vec<outrider_api::RevisionSummary> = serde_json::from_value(revs).unwrap();
+    assert_eq!(revs.len(), 1, "the dry run stored nothing");
+    assert!(revs[0].propagation.is_some());
+    let (s, _, reverted) = send(&t.app, request(Method::POST, "/api/v1/revisions/1/revert", None)).await;
+    assert_eq!(s, 200, "{reverted}");
+    let reverted: outrider_api::RevisionDetail = serde_json::from_value(reverted).unwrap();
+    assert_eq!((reverted.reverts, reverted.after), (Some(1), None));
+}
+
+#[test]
+fn the_hubs_events_read_as_change_events() {
+    let events = [
+        Event::Snapshot {
+            service: "web".into(),
+            revision: 3,
+        },
+        Event::Membership {
+            service: "web".into(),
+            healthy: 2,
+        },
+        Event::Sidecars { sidecars: vec![] },
+    ];
+    for e in events {
+        let v = serde_json::to_value(&e).unwrap();
+        serde_json::from_value::<outrider_api::ChangeEvent>(v.clone()).unwrap_or_else(|err| panic!("{v}: {err}"));
+    }
+}
