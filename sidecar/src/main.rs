@@ -9,7 +9,7 @@ use outrider_sidecar::agent::Agent;
 use outrider_sidecar::config::Config;
 use outrider_sidecar::configdocs::{ConfigDocs, ReloadHooks};
 use outrider_sidecar::inbound::{self, InboundProxy};
-use outrider_sidecar::logship::{Identity as LogIdentity, Shipper};
+use outrider_sidecar::logship::{Identity as LogIdentity, PolicyFeed, Shipper};
 use outrider_sidecar::outbound::{self, OutboundProxy};
 use outrider_sidecar::state::{SidecarState, Source};
 use outrider_sidecar::{admin, persist};
@@ -132,10 +132,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             state_dir: cfg.state_dir.clone(),
             buffer_bytes: cfg.log_buffer_bytes,
-            state: state.clone(),
         };
         let (stop_logs_tx, stop_logs) = watch::channel(false);
-        let logs_task = tokio::spawn(shipper.run(when(&stop_logs)).in_current_span());
+        let applied = state.clone();
+        let logging = PolicyFeed::new(state.subscribe(), move || {
+            applied.applied.load().as_ref().and_then(|a| a.logging.clone())
+        });
+        let logs = shipper.spawn(&state.logs, logging, when(&stop_logs))?;
         let agent = Agent {
             endpoint: cfg.control_plane.clone(),
             identity: Identity {
@@ -169,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Last, so that access records of drained requests get a chance to ship;
         // what is not delivered stays in the files and the spool for the next start.
         let _ = stop_logs_tx.send(true);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), logs_task).await;
+        logs.join().await;
         info!("stopped");
         Ok(())
     }

@@ -1,8 +1,9 @@
-//! Log shipping (DESIGN §4 `LoggingPolicy`): access logs from the proxy and the app's
-//! own log files, parsed, enriched with the instance's identity, batched and shipped
-//! to one sink — at least once.
+//! Log shipping (`LoggingPolicy`, see `docs/reference.md`): access logs from the proxy
+//! and the app's own log files, parsed, enriched with the instance's identity, batched
+//! and shipped to one sink — at least once, on a thread of its own.
 //!
-//! Sources → batch → deliver, one owner ([`Shipper`]):
+//! Sources → batch → deliver, one owner ([`Shipper`], `shipper`) on its own OS thread
+//! and runtime, so that a burst of log work never takes a turn of the proxy's runtime:
 //! - `access`: the proxy builds a small record after the response head and `try_send`s
 //!   it on a bounded channel; when the channel is full the record is dropped and
 //!   counted, so the request path never waits for shipping.
@@ -14,20 +15,24 @@
 //!   (backpressure), it never grows memory. Positions are written to
 //!   `OUTRIDER_STATE_DIR` only after the sink accepted the batch that covers them.
 //! - `sink`: stdout, file, HTTP (`ndjson`, `elasticsearch-bulk`, `loki`), gzip.
+//!
+//! Nothing here reads the sidecar's state type except `access`'s two adapters for the
+//! proxies; the shipper takes its policy through a [`PolicyFeed`].
 
 pub mod access;
 pub mod parse;
 pub mod pipeline;
+pub mod shipper;
 pub mod sink;
 pub mod spool;
 pub mod tail;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-pub use pipeline::Shipper;
+pub use shipper::{PolicyFeed, Shipper, ShipperError, ShipperThread, SHUTDOWN_BUDGET};
 
 /// Room for access records between the proxy and the shipper. At ~300 bytes a
 /// record this bounds the queue at a few MiB.
@@ -46,7 +51,8 @@ pub struct Identity {
 pub struct LogHub {
     access_tx: mpsc::Sender<access::AccessRecord>,
     access_rx: Mutex<Option<mpsc::Receiver<access::AccessRecord>>>,
-    pub figures: Figures,
+    /// Shared with the shipping thread, which updates them.
+    pub figures: Arc<Figures>,
 }
 
 impl Default for LogHub {
@@ -61,7 +67,7 @@ impl LogHub {
         Self {
             access_tx: tx,
             access_rx: Mutex::new(Some(rx)),
-            figures: Figures::default(),
+            figures: Arc::default(),
         }
     }
 
@@ -81,7 +87,7 @@ impl LogHub {
     }
 }
 
-/// Shipping figures for `/metrics` and the health report (DESIGN §3 step 4).
+/// Shipping figures for `/metrics` and the health report.
 #[derive(Debug, Default)]
 pub struct Figures {
     /// Lines read from app log files.
