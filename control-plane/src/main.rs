@@ -6,7 +6,6 @@ use outrider_control_plane::auth::{generate_token, hash_token, validate_token_na
 use outrider_control_plane::server::{self, Config};
 use outrider_control_plane::store::{Role, Store, StoreError};
 use std::path::Path;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -19,7 +18,7 @@ struct Cli {
     config: Config,
     /// Log format: text or json.
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    log_format: outrider_runtime::tracing::Format,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,15 +55,10 @@ enum TokenAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if let Some(Command::Token { action }) = cli.command {
         return token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await;
     }
-    if cli.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    outrider_runtime::tracing::init(cli.log_format)?;
     server::run(cli.config, shutdown_signal()).await?;
     Ok(())
 }

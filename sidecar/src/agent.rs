@@ -1,6 +1,7 @@
 //! The control-stream client: registers with Hello, applies snapshots atomically,
 //! persists each accepted one before acknowledging it, reports health, and reconnects
-//! with exponential backoff and full jitter whenever the stream breaks.
+//! with exponential backoff and full jitter (`outrider_runtime::Backoff`) whenever the
+//! stream breaks.
 
 use crate::persist;
 use crate::state::{SidecarState, Source};
@@ -9,12 +10,13 @@ use outrider_proto::v1::{
     control_message, sidecar_message, Ack, HealthReport, Hello, Identity, LatencySummary, LogShipping, Nack,
     SidecarMessage, Snapshot,
 };
-use rand::Rng;
+use outrider_runtime::shutdown::CancellationToken;
+use outrider_runtime::Backoff;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
@@ -44,16 +46,17 @@ enum End {
     Lost,
 }
 
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Between reconnects. Full jitter from 0: a fleet that lost its control plane spreads
+/// its reconnects over the whole window instead of arriving in waves.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 impl Agent {
-    /// Runs until `shutdown` is set; on shutdown closes the stream cleanly so the
+    /// Runs until `shutdown` is cancelled; on shutdown closes the stream cleanly so the
     /// control plane marks this sidecar disconnected at once.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut attempt: u32 = 0;
         loop {
-            match self.session(&mut shutdown).await {
+            match self.session(&shutdown).await {
                 Ok(End::Shutdown) => return,
                 Ok(End::Lost) => {
                     warn!("control stream lost; reconnecting (enforcing the last snapshot meanwhile)");
@@ -67,15 +70,15 @@ impl Agent {
                 }
             }
             self.state.set_connected(false);
-            let delay = backoff(attempt);
+            let delay = RECONNECT.delay(attempt);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<End, AgentError> {
+    async fn session(&self, shutdown: &CancellationToken) -> Result<End, AgentError> {
         let channel = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| AgentError::Endpoint(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
@@ -127,7 +130,7 @@ impl Agent {
                     let h = self.health(&mut last).await;
                     if tx.send(msg(sidecar_message::Msg::Health(h))).await.is_err() { return Ok(End::Lost) }
                 }
-                _ = stopped(shutdown) => {
+                _ = shutdown.cancelled() => {
                     // Half-close: the control plane sees a clean end and deregisters us;
                     // wait (briefly) for it to finish the stream.
                     drop(tx);
@@ -222,31 +225,4 @@ fn log_shipping(state: &SidecarState) -> LogShipping {
 
 fn msg(m: sidecar_message::Msg) -> SidecarMessage {
     SidecarMessage { msg: Some(m) }
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
-}
-
-/// Exponential backoff with full jitter, so a fleet that lost its control plane does
-/// not reconnect in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
-    let ms = rand::rng().random_range(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64);
-    Duration::from_millis(ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= BACKOFF_BASE);
-        for a in 0..40 {
-            let d = backoff(a);
-            assert!(d <= BACKOFF_CAP && d >= Duration::from_millis(50), "{a}: {d:?}");
-        }
-        assert!(backoff(30) >= BACKOFF_CAP / 2);
-    }
 }

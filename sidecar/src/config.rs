@@ -1,4 +1,4 @@
-//! The sidecar's settings: every one a flag and an environment variable (DESIGN §2),
+//! The sidecar's settings: every one a flag and an environment variable (`docs/reference.md`),
 //! which is what a Pod spec sets through the Downward API.
 
 use std::net::SocketAddr;

@@ -1,9 +1,9 @@
-//! Config documents (DESIGN §4 `ConfigDocument`): written atomically into
-//! `OUTRIDER_CONFIG_DIR`, served at `GET /config/{name}` on the admin port with an
+//! Config documents (`ConfigDocument`, see `docs/reference.md`): written atomically
+//! into `OUTRIDER_CONFIG_DIR`, served at `GET /config/{name}` on the admin port with an
 //! `ETag` and a `?wait=30s` long-poll, and optionally followed by a reload hook.
 //!
 //! [`ConfigDocs::run`] owns the directory: after every applied snapshot it writes the
-//! documents whose revision changed (temp file, fsync, rename), removes the ones that
+//! documents whose revision changed (`outrider_runtime::fs::write_atomic`), removes the ones that
 //! were deleted — only files it wrote itself, listed in a manifest in the state
 //! directory — and then publishes the new set on a `watch` channel that long-polls wait
 //! on. Nothing here is on the request path.
@@ -15,9 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use outrider_runtime::fs::write_atomic;
+use rustix::process::{kill_process, Pid, Signal};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +235,7 @@ fn write_all(dir: &Path, manifest_path: &Path, set: &DocSet) -> std::io::Result<
         if manifest.get(name) == Some(&doc.revision) && path.exists() {
             continue;
         }
-        write_atomically(&path, &doc.content)?;
+        write_atomic(&path, &doc.content)?;
         manifest.insert(name.clone(), doc.revision);
         written.push(name.clone());
     }
@@ -250,44 +251,24 @@ fn write_all(dir: &Path, manifest_path: &Path, set: &DocSet) -> std::io::Result<
     if let Some(parent) = manifest_path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    write_atomically(manifest_path, &serde_json::to_vec(&manifest).unwrap_or_default())?;
+    write_atomic(manifest_path, &serde_json::to_vec(&manifest).unwrap_or_default())?;
     Ok(written)
 }
 
-/// Temp file in the same directory, fsync, rename: a reader sees the old file or
-/// the new one, never half of one.
-pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("doc");
-    let tmp = path.with_file_name(format!(".{name}.outrider-tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
+/// Sends SIGHUP to the pid in `pidfile`; the pid must be positive, so a pid file
+/// holding `0` or `-1` can never signal a process group or every process.
 fn send_sighup(pidfile: &Path) -> std::io::Result<i32> {
     let text = std::fs::read_to_string(pidfile)?;
-    let pid: i32 = text
+    let raw: i32 = text
         .trim()
         .parse()
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "pid file holds no pid"))?;
-    // SAFETY: kill(2) with a positive pid and a valid signal number has no memory
-    // effects on this process.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
-        Ok(pid)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let pid = Pid::from_raw(raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "pid file holds no pid"))?;
+    kill_process(pid, Signal::HUP)?;
+    Ok(raw)
 }
 
 #[derive(Deserialize)]
@@ -492,7 +473,7 @@ mod tests {
         docs.sync(set(&[("app.json", doc(2, "x"))])).await;
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGHUP));
+        assert_eq!(status.signal(), Some(Signal::HUP.as_raw()));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! the last acknowledged one for static stability), enforces rate limits on the inbound
 //! proxy and serves its admin endpoints. `main.rs` only wires these modules together.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod agent;
 pub mod config;

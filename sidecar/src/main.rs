@@ -1,10 +1,14 @@
 //! `outrider-sidecar`: reads its settings, enforces the persisted snapshot at once if
 //! there is one, then serves the inbound proxy and admin port while the agent keeps
-//! the control stream. SIGTERM: deregister first, then drain, then exit.
+//! the control stream. SIGTERM: deregister first, then drain, then flush logs, then exit.
+
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;
 use outrider_proto::v1::Identity;
+use outrider_runtime::shutdown::{CancellationToken, Signals, TaskTracker};
+use outrider_runtime::tracing::Format as LogFormat;
 use outrider_sidecar::agent::Agent;
 use outrider_sidecar::config::Config;
 use outrider_sidecar::configdocs::{ConfigDocs, ReloadHooks};
@@ -13,11 +17,11 @@ use outrider_sidecar::logship::{Identity as LogIdentity, PolicyFeed, Shipper};
 use outrider_sidecar::outbound::{self, OutboundProxy};
 use outrider_sidecar::state::{SidecarState, Source};
 use outrider_sidecar::{admin, persist};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
-use tracing_subscriber::EnvFilter;
 
 // The request path allocates a few small objects per request (header maps, body
 // frames); mimalloc's thread-local free lists make those markedly cheaper than glibc's.
@@ -35,7 +39,7 @@ struct Cli {
     config: Config,
     /// Log format: text or json.
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    log_format: LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,15 +59,38 @@ fn main() -> anyhow::Result<()> {
     rt.build()?.block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if cli.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+/// Log shipping's share of shutdown: what it cannot deliver by then stays in the files
+/// and the spool for the next start.
+const LOG_FLUSH_BUDGET: Duration = Duration::from_secs(2);
+
+/// The tasks that stop together at one step of shutdown: cancelling `stop` tells them,
+/// `tasks` says when all of them have.
+#[derive(Default)]
+struct Stage {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Stage {
+    /// Runs `task` in its own span until it ends; it must return soon after `stop`.
+    fn spawn(&self, span: tracing::Span, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task.instrument(span));
     }
+
+    /// Cancels the stage and waits for every task in it.
+    async fn finish(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    outrider_runtime::tracing::init(cli.log_format)?;
     let cfg = cli.config;
     cfg.validate().map_err(anyhow::Error::msg)?;
+    // Before anything listens, so that a SIGTERM during start-up still drains.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let pod = cfg.pod();
     let span = info_span!("sidecar", service = %cfg.service, pod = %pod);
     async move {
@@ -96,33 +123,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app_protocol = ?cfg.app_protocol, "sidecar starting"
         );
 
-        let (stop_agent_tx, stop_agent) = watch::channel(false);
-        let (stop_proxy_tx, stop_proxy) = watch::channel(false);
-        let when = |rx: &watch::Receiver<bool>| {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await.map(|_| ());
-            }
-        };
+        // Shutdown runs these stages in order: the agent (deregister), then the
+        // proxies and the admin port (drain), then log shipping (flush).
+        let control = Stage::default();
+        let serving = Stage::default();
+        let logs = Stage::default();
 
         let proxy = Arc::new(InboundProxy::with_app_protocol(
             cfg.app_addr(),
             state.clone(),
             cfg.app_protocol,
         ));
-        let inbound_task = tokio::spawn(inbound::serve(inbound_listener, proxy, when(&stop_proxy)).in_current_span());
+        let stop = serving.stop.clone().cancelled_owned();
+        serving.spawn(info_span!("inbound"), async move {
+            if let Err(e) = inbound::serve(inbound_listener, proxy, stop).await {
+                warn!(error = %e, "inbound proxy ended with an error");
+            }
+        });
         let outbound = Arc::new(OutboundProxy::new(state.clone()));
-        let outbound_task =
-            tokio::spawn(outbound::serve(outbound_listener, outbound, when(&stop_proxy)).in_current_span());
+        let stop = serving.stop.clone().cancelled_owned();
+        serving.spawn(info_span!("outbound"), async move {
+            if let Err(e) = outbound::serve(outbound_listener, outbound, stop).await {
+                warn!(error = %e, "outbound proxy ended with an error");
+            }
+        });
         let docs = ConfigDocs::new(
             cfg.config_dir.clone(),
             &cfg.state_dir,
             ReloadHooks::parse(&cfg.config_reload)?,
         );
         let admin_router = admin::router(state.clone()).merge(docs.clone().router());
-        let admin_task =
-            tokio::spawn(admin::serve_router(admin_listener, admin_router, when(&stop_proxy)).in_current_span());
-        let docs_task = tokio::spawn(docs.run(state.clone(), when(&stop_proxy)).in_current_span());
+        let stop = serving.stop.clone().cancelled_owned();
+        serving.spawn(info_span!("admin"), async move {
+            if let Err(e) = admin::serve_router(admin_listener, admin_router, stop).await {
+                warn!(error = %e, "admin server ended with an error");
+            }
+        });
+        serving.spawn(
+            info_span!("configdocs"),
+            docs.run(state.clone(), serving.stop.clone().cancelled_owned()),
+        );
         let shipper = Shipper {
             identity: LogIdentity {
                 service: cfg.service.clone(),
@@ -133,12 +173,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir: cfg.state_dir.clone(),
             buffer_bytes: cfg.log_buffer_bytes,
         };
-        let (stop_logs_tx, stop_logs) = watch::channel(false);
         let applied = state.clone();
         let logging = PolicyFeed::new(state.subscribe(), move || {
             applied.applied.load().as_ref().and_then(|a| a.logging.clone())
         });
-        let logs = shipper.spawn(&state.logs, logging, when(&stop_logs))?;
+        let shipping = shipper.spawn(&state.logs, logging, logs.stop.clone().cancelled_owned())?;
+        logs.spawn(info_span!("logship"), shipping.join());
         let agent = Agent {
             endpoint: cfg.control_plane.clone(),
             identity: Identity {
@@ -156,35 +196,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app_addr: cfg.app_addr(),
             state: state.clone(),
         };
-        let agent_task = tokio::spawn(agent.run(stop_agent).in_current_span());
+        control.spawn(info_span!("agent"), agent.run(control.stop.clone()));
 
-        shutdown_signal().await;
-        info!("shutting down: deregistering, then draining in-flight requests");
-        let _ = stop_agent_tx.send(true);
-        let _ = agent_task.await;
-        let _ = stop_proxy_tx.send(true);
-        if let Ok(Err(e)) = inbound_task.await {
-            warn!(error = %e, "inbound proxy ended with an error");
+        let signal = signals.recv().await;
+        info!(
+            ?signal,
+            "shutting down: deregistering, then draining in-flight requests"
+        );
+        control.finish().await;
+        serving.finish().await;
+        // Last, so that access records of drained requests get a chance to ship.
+        if tokio::time::timeout(LOG_FLUSH_BUDGET, logs.finish()).await.is_err() {
+            warn!("log shipping did not finish within its budget; the rest ships at the next start");
         }
-        let _ = outbound_task.await;
-        let _ = admin_task.await;
-        let _ = docs_task.await;
-        // Last, so that access records of drained requests get a chance to ship;
-        // what is not delivered stays in the files and the spool for the next start.
-        let _ = stop_logs_tx.send(true);
-        logs.join().await;
         info!("stopped");
         Ok(())
     }
     .instrument(span)
     .await
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on Unix");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

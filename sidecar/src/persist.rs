@@ -3,7 +3,6 @@
 
 use outrider_proto::v1::Snapshot;
 use prost::Message;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const FILE: &str = "snapshot.pb";
@@ -20,8 +19,9 @@ pub enum PersistError {
     Corrupt { path: String, reason: String },
 }
 
-/// Writes atomically (temp file, fsync, rename, fsync of the directory): after a crash
-/// the file holds either the previous snapshot or this one, never a torn mix.
+/// Writes atomically (`outrider_runtime::fs::write_atomic`: temp file, fsync, rename,
+/// fsync of the directory): after a crash the file holds either the previous snapshot
+/// or this one, never a torn mix.
 pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
     let target = path(dir);
     let io = |source| PersistError::Io {
@@ -29,16 +29,7 @@ pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&snapshot.encode_to_vec()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, &target).map_err(io)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    outrider_runtime::fs::write_atomic(&target, &snapshot.encode_to_vec()).map_err(io)
 }
 
 /// The persisted snapshot, if any. One for another service is refused: a state

@@ -176,3 +176,89 @@ impl SidecarState {
 fn non_empty(s: &str) -> Option<&str> {
     (!s.trim().is_empty()).then_some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: &str = r#"{"rules":[{"name":"all","requestsPerSecond":5,"burst":5}]}"#;
+
+    fn snapshot(revision: u64, rate_limit: &str) -> Snapshot {
+        Snapshot {
+            revision,
+            nonce: format!("n{revision}"),
+            service: "web".into(),
+            rate_limit: rate_limit.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_validation_leaves_the_applied_one_untouched() {
+        let state = SidecarState::new();
+        state.apply(&snapshot(3, LIMIT), Source::ControlPlane).unwrap();
+        let before = state.applied.load_full().unwrap();
+        let mut changes = state.subscribe();
+        changes.borrow_and_update();
+
+        // The rate-limit half is bad; the share is fine: nothing of it may show.
+        let bad = snapshot(4, r#"{"rules":[{"name":"all","requestsPerSecond":-1}]}"#);
+        let err = state.apply(&bad, Source::ControlPlane).unwrap_err();
+        assert!(matches!(err, ApplyError::RateLimit(_)), "{err}");
+        assert!(err.to_string().contains("rules[0].requestsPerSecond"), "{err}");
+
+        let after = state.applied.load_full().unwrap();
+        assert!(
+            Arc::ptr_eq(&before, &after),
+            "the same compiled snapshot stays in force"
+        );
+        assert_eq!(state.applied_revision(), 3);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "no change is announced for a refused snapshot"
+        );
+    }
+
+    #[test]
+    fn a_bad_share_or_logging_policy_is_refused_before_anything_is_swapped() {
+        let state = SidecarState::new();
+        let share = Snapshot {
+            service_share: 1.5,
+            ..snapshot(1, LIMIT)
+        };
+        assert!(matches!(
+            state.apply(&share, Source::ControlPlane),
+            Err(ApplyError::Share(_))
+        ));
+        let logging = Snapshot {
+            logging: "{not json".into(),
+            ..snapshot(1, "")
+        };
+        assert!(matches!(
+            state.apply(&logging, Source::ControlPlane),
+            Err(ApplyError::Logging(_))
+        ));
+        assert!(!state.is_ready(), "nothing was ever applied");
+        assert_eq!(state.applied_revision(), 0);
+    }
+
+    #[test]
+    fn an_accepted_snapshot_replaces_the_old_one_whole_and_is_announced() {
+        let state = SidecarState::new();
+        let mut changes = state.subscribe();
+        state.apply(&snapshot(3, LIMIT), Source::Persisted).unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+
+        state.apply(&snapshot(5, ""), Source::ControlPlane).unwrap();
+        let applied = state.applied.load_full().unwrap();
+        assert_eq!((applied.revision, applied.nonce.as_str()), (5, "n5"));
+        assert_eq!(applied.source, Source::ControlPlane);
+        assert!(applied.rate_limit.is_none(), "an empty document removes the policy");
+        assert_eq!(
+            applied.service_share, 1.0,
+            "share 0 on the wire means the whole service"
+        );
+        assert!(changes.has_changed().unwrap());
+    }
+}

@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests that run the real binaries over real sockets:
 //! locating built binaries, free ports, child processes that die with the test, and pollers.
 //!
+//! [`fake_control_plane`] serves the control stream for sidecar tests that script what
+//! the control plane sends and check what the sidecar answers.
+//!
 //! ```no_run
 //! # async fn t() -> anyhow::Result<()> {
 //! use outrider_testkit::*;
@@ -10,6 +13,8 @@
 //! wait_for_http_ok(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(5)).await?;
 //! # Ok(()) }
 //! ```
+
+pub mod fake_control_plane;
 
 use std::fs::File;
 use std::future::Future;

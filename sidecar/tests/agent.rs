@@ -1,0 +1,228 @@
+//! The sidecar's agent against a fake control plane: the real `outrider-sidecar` binary
+//! on loopback sockets, with the test scripting every snapshot it receives.
+//!
+//! These are the paths a real control plane rarely takes: invalid snapshots (NACK, the
+//! previous one stays), a snapshot for another service, a stream that breaks, a
+//! sidecar that starts while the control plane is down.
+
+use outrider_proto::v1::{Ack, Snapshot};
+use outrider_testkit::fake_control_plane::{snapshot, FakeControlPlane, Reply, Stream};
+use outrider_testkit::{free_port, wait_for, wait_for_http_ok, Proc};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SERVICE: &str = "web";
+const SOON: Duration = Duration::from_secs(20);
+
+fn rate_limit(rps: u32) -> String {
+    format!(r#"{{"rules":[{{"name":"all","requestsPerSecond":{rps},"burst":{rps}}}]}}"#)
+}
+
+/// A rate-limit policy that fails validation (a negative rate).
+const INVALID_RATE_LIMIT: &str = r#"{"rules":[{"name":"all","requestsPerSecond":-1}]}"#;
+
+fn limited(revision: u64, rps: u32) -> Snapshot {
+    Snapshot {
+        rate_limit: rate_limit(rps),
+        ..snapshot(SERVICE, revision)
+    }
+}
+
+fn ack(revision: u64, nonce: &str) -> Reply {
+    Reply::Ack(Ack {
+        revision,
+        nonce: nonce.into(),
+    })
+}
+
+/// One `outrider-sidecar` process for service `web`, its admin port queried over HTTP.
+struct Sidecar {
+    proc: Proc,
+    admin: String,
+    http: reqwest::Client,
+}
+
+impl Sidecar {
+    fn start(control_plane: &str, dir: &Path) -> Sidecar {
+        let admin_port = free_port();
+        let (inbound, outbound, app) = (free_port(), free_port(), free_port());
+        let state_dir: PathBuf = dir.join("state");
+        let config_dir: PathBuf = dir.join("config");
+        let proc = Proc::spawn(
+            env!("CARGO_BIN_EXE_outrider-sidecar"),
+            &[],
+            &[
+                ("OUTRIDER_CONTROL_PLANE", control_plane),
+                ("OUTRIDER_SERVICE", SERVICE),
+                ("OUTRIDER_POD_NAME", "web-1"),
+                ("OUTRIDER_APP_PORT", &app.to_string()),
+                ("OUTRIDER_INBOUND_ADDR", &format!("127.0.0.1:{inbound}")),
+                ("OUTRIDER_OUTBOUND_ADDR", &format!("127.0.0.1:{outbound}")),
+                ("OUTRIDER_ADMIN_ADDR", &format!("127.0.0.1:{admin_port}")),
+                ("OUTRIDER_STATE_DIR", &state_dir.display().to_string()),
+                ("OUTRIDER_CONFIG_DIR", &config_dir.display().to_string()),
+                ("OUTRIDER_LOG", "info"),
+            ],
+        );
+        Sidecar {
+            proc,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// `/config_dump` (which answers 503 with the same shape while nothing is applied).
+    async fn config_dump(&self) -> Value {
+        let url = format!("{}/config_dump", self.admin);
+        wait_for(SOON, || async {
+            let r = self.http.get(&url).send().await?;
+            Ok(r.json::<Value>().await?)
+        })
+        .await
+        .expect("config_dump answers")
+    }
+
+    async fn readyz(&self) -> u16 {
+        let url = format!("{}/readyz", self.admin);
+        wait_for(SOON, || async {
+            Ok(self.http.get(&url).send().await?.status().as_u16())
+        })
+        .await
+        .expect("readyz answers")
+    }
+}
+
+/// Sends `snapshot`, expects it acknowledged with its own revision and nonce.
+async fn apply(stream: &mut Stream, snapshot: Snapshot) {
+    let expected = ack(snapshot.revision, &snapshot.nonce);
+    stream.send(snapshot).unwrap();
+    assert_eq!(stream.next_reply().await.unwrap(), expected);
+}
+
+async fn nack_of(stream: &mut Stream, snapshot: Snapshot) -> outrider_proto::v1::Nack {
+    stream.send(snapshot).unwrap();
+    match stream.next_reply().await.unwrap() {
+        Reply::Nack(n) => n,
+        other => panic!("expected a Nack, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_snapshot_is_nacked_with_its_error_and_the_previous_one_stays_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let sc = Sidecar::start(&cp.url(), dir.path());
+    let mut stream = cp.accept().await.unwrap();
+    apply(&mut stream, limited(3, 5)).await;
+
+    let bad = Snapshot {
+        rate_limit: INVALID_RATE_LIMIT.into(),
+        nonce: "bad-one".into(),
+        ..snapshot(SERVICE, 4)
+    };
+    let nack = nack_of(&mut stream, bad).await;
+    assert_eq!((nack.revision, nack.nonce.as_str()), (4, "bad-one"));
+    assert!(
+        nack.error.contains("rate-limit policy") && nack.error.contains("rules[0].requestsPerSecond"),
+        "the error names the document and the field: {}",
+        nack.error
+    );
+
+    let dump = sc.config_dump().await;
+    assert_eq!(dump["revision"], 3, "{dump}");
+    assert_eq!(dump["rateLimit"]["rules"][0]["requestsPerSecond"], 5.0, "{dump}");
+    // The control plane hears the same from the health reports.
+    stream.heartbeat(100).unwrap();
+    assert_eq!(stream.next_health().await.unwrap().applied_revision, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_for_another_service_is_refused_and_the_stream_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let sc = Sidecar::start(&cp.url(), dir.path());
+    let mut stream = cp.accept().await.unwrap();
+    let identity = stream.hello.identity.clone().unwrap();
+    assert_eq!((identity.service.as_str(), identity.pod.as_str()), (SERVICE, "web-1"));
+
+    let nack = nack_of(&mut stream, snapshot("api", 5)).await;
+    assert_eq!((nack.revision, nack.nonce.as_str()), (5, "n5"));
+    assert!(
+        nack.error.contains("\"api\"") && nack.error.contains("\"web\""),
+        "{}",
+        nack.error
+    );
+    assert_eq!(sc.readyz().await, 503, "nothing was applied");
+
+    apply(&mut stream, snapshot(SERVICE, 6)).await;
+    assert_eq!(sc.readyz().await, 200);
+    assert_eq!(sc.config_dump().await["revision"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stream_drop_the_sidecar_reconnects_says_what_it_holds_and_applies_the_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let sc = Sidecar::start(&cp.url(), dir.path());
+    let mut first = cp.accept().await.unwrap();
+    assert_eq!(first.hello.held_revision, 0, "a fresh sidecar holds nothing");
+    apply(&mut first, limited(5, 5)).await;
+
+    // Broken with an error status: the sidecar reconnects and says it holds 5.
+    first.fail(tonic::Status::unavailable("control plane restarting"));
+    let mut second = cp.accept().await.unwrap();
+    assert_eq!(second.hello.held_revision, 5);
+    apply(&mut second, limited(6, 9)).await;
+    let dump = sc.config_dump().await;
+    assert_eq!(
+        (dump["revision"].clone(), dump["source"].clone()),
+        (6.into(), "control-plane".into())
+    );
+    assert_eq!(
+        dump["rateLimit"]["rules"][0]["requestsPerSecond"], 9.0,
+        "the resync is enforced"
+    );
+
+    // Ended cleanly this time: the same again.
+    drop(second);
+    let third = cp.accept().await.unwrap();
+    assert_eq!(third.hello.held_revision, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_started_while_the_control_plane_is_down_enforces_the_persisted_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let addr = cp.addr();
+    let mut sc = Sidecar::start(&cp.url(), dir.path());
+    let mut stream = cp.accept().await.unwrap();
+    apply(&mut stream, limited(7, 3)).await;
+    // Refused snapshots are never persisted.
+    let bad = Snapshot {
+        rate_limit: INVALID_RATE_LIMIT.into(),
+        ..snapshot(SERVICE, 8)
+    };
+    nack_of(&mut stream, bad).await;
+    assert!(sc.proc.terminate().success(), "the sidecar exits 0 on SIGTERM");
+    cp.stop().await;
+
+    let sc = Sidecar::start(&format!("http://{addr}"), dir.path());
+    wait_for_http_ok(&format!("{}/readyz", sc.admin), SOON)
+        .await
+        .expect("ready from the state directory alone");
+    let dump = sc.config_dump().await;
+    assert_eq!(dump["source"], "persisted", "{dump}");
+    assert_eq!(dump["revision"], 7, "{dump}");
+    assert_eq!(dump["controlPlaneConnected"], false, "{dump}");
+    assert_eq!(dump["rateLimit"]["rules"][0]["requestsPerSecond"], 3.0, "{dump}");
+
+    // The control plane comes back on its address: the sidecar, retrying with
+    // backoff all along, connects and says what it enforces.
+    let mut cp = FakeControlPlane::start_on(addr).await.unwrap();
+    let stream = cp.accept().await.unwrap();
+    assert_eq!(stream.hello.held_revision, 7);
+}
