@@ -85,7 +85,7 @@ impl Pending {
         }
         let h = req.headers();
         let record = AccessRecord {
-            unix_ms: super::now_ms(),
+            unix_ms: outrider_runtime::time::now_ms(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             protocol: protocol(req.version()),

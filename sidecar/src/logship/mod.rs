@@ -210,12 +210,6 @@ fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
     (y as u64, m as u64, d as u64, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,11 @@ use super::parse::{enrich, Parser};
 use super::sink::{Record, SinkClient, SinkError};
 use super::spool::{Batch, Spool};
 use super::tail::{Position, Tailer};
-use super::{now_ms, rfc3339_millis, Figures, Identity};
+use super::{rfc3339_millis, Figures, Identity};
 use outrider_policy::LoggingPolicy;
-use rand::Rng;
+use outrider_runtime::fs::{write_atomic_with, WriteOptions};
+use outrider_runtime::time::now_ms;
+use outrider_runtime::Backoff;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -22,8 +24,8 @@ use tracing::{info, warn};
 
 /// How often globs are matched again (new files, rotation, truncation).
 const SCAN_EVERY: Duration = Duration::from_millis(250);
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(5);
+/// Between deliveries to a failing sink; attempt 1 waits up to 200 ms, at most 5 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 const CHECKPOINT: &str = "log-positions.json";
 const SPOOL: &str = "log-spool";
 
@@ -284,7 +286,7 @@ async fn send_loop(
             continue;
         }
         attempt = attempt.saturating_add(1);
-        let wait = tokio::time::sleep(backoff(attempt));
+        let wait = tokio::time::sleep(RETRY.delay(attempt));
         tokio::pin!(wait);
         // While waiting, take new batches into the spool as long as it has room;
         // when it is full the reader blocks instead of memory growing.
@@ -331,16 +333,9 @@ async fn deliver(sink: &SinkClient, batch: &Batch, figures: &Figures, checkpoint
 async fn retry_in_memory(sink: &SinkClient, batch: Batch, figures: &Figures, checkpoint: &Path) {
     let mut attempt = 1;
     while deliver(sink, &batch, figures, checkpoint).await.is_err() {
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
+        tokio::time::sleep(RETRY.delay(attempt)).await;
+        attempt = attempt.saturating_add(1);
     }
-}
-
-/// Exponential backoff with full jitter.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = RETRY_BASE.saturating_mul(1u32 << attempt.min(16)).min(RETRY_CAP);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
 }
 
 fn load_positions(path: &Path) -> Vec<Position> {
@@ -352,10 +347,13 @@ fn load_positions(path: &Path) -> Vec<Position> {
 
 fn save_positions(path: &Path, positions: &[Position]) {
     let data = serde_json::to_vec(positions).unwrap_or_default();
-    let tmp = path.with_extension("tmp");
-    // No fsync: after a power loss an older checkpoint means duplicates, not loss.
-    let r = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = r {
+    // Not durable: after a power loss an older checkpoint means duplicates, not loss,
+    // and an fsync per delivered batch would pace shipping by the disk.
+    let not_durable = WriteOptions {
+        durable: false,
+        ..WriteOptions::default()
+    };
+    if let Err(e) = write_atomic_with(path, &data, &not_durable) {
         warn!(path = %path.display(), error = %e, "cannot save log positions");
     }
 }
