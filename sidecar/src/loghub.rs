@@ -39,7 +39,8 @@ pub struct AccessRecord {
 pub struct LogHub {
     access_tx: mpsc::Sender<AccessRecord>,
     access_rx: Mutex<Option<mpsc::Receiver<AccessRecord>>>,
-    pub figures: Figures,
+    /// Shared with the shipping thread, which updates them.
+    pub figures: Arc<Figures>,
 }
 
 impl Default for LogHub {
@@ -54,7 +55,7 @@ impl LogHub {
         Self {
             access_tx: tx,
             access_rx: Mutex::new(Some(rx)),
-            figures: Figures::default(),
+            figures: Arc::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use outrider_sidecar::agent::Agent;
 use outrider_sidecar::config::Config;
 use outrider_sidecar::configdocs::{ConfigDocs, ReloadHooks};
 use outrider_sidecar::inbound::{self, InboundProxy};
-use outrider_sidecar::logship::{Identity as LogIdentity, Shipper};
+use outrider_sidecar::logship::{Identity as LogIdentity, PolicyFeed, Shipper};
 use outrider_sidecar::outbound::{self, OutboundProxy};
 use outrider_sidecar::state::{SidecarState, Source};
 use outrider_sidecar::{admin, persist};
@@ -172,9 +172,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             state_dir: cfg.state_dir.clone(),
             buffer_bytes: cfg.log_buffer_bytes,
-            state: state.clone(),
         };
-        logs.spawn(info_span!("logship"), shipper.run(logs.stop.clone().cancelled_owned()));
+        let applied = state.clone();
+        let logging = PolicyFeed::new(state.subscribe(), move || {
+            applied.applied.load().as_ref().and_then(|a| a.logging.clone())
+        });
+        let shipping = shipper.spawn(&state.logs, logging, logs.stop.clone().cancelled_owned())?;
+        logs.spawn(info_span!("logship"), shipping.join());
         let agent = Agent {
             endpoint: cfg.control_plane.clone(),
             identity: Identity {

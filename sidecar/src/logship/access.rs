@@ -3,11 +3,15 @@
 //! [`Pending::finish`] runs once the response head is known and hands the record to
 //! the shipper with a non-blocking `try_send`. Header values are captured only for
 //! the few fields a record has, and never for a header named in `redactHeaders`.
+//!
+//! The work is done by [`Pending::for_policy`] and [`Pending::finish_into`], which take
+//! only the logging policy and the [`LogHub`]; `begin`/`finish` adapt the proxies'
+//! `Applied`/`SidecarState` to them and are this module's only use of `state`.
 
-use super::{clf_time, rfc3339_millis, Identity};
+use super::{clf_time, rfc3339_millis, Identity, LogHub};
 use crate::state::{Applied, SidecarState};
 use http::{HeaderMap, Request, Version};
-use outrider_policy::{AccessLog, LogFormat};
+use outrider_policy::{AccessLog, LogFormat, LoggingPolicy};
 use serde_json::{Map, Value};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -44,7 +48,18 @@ impl Pending {
         new_request_id: impl FnOnce() -> http::HeaderValue,
         direction: &'static str,
     ) -> Option<Self> {
-        let policy = &applied?.logging.as_ref()?.access_log;
+        Self::for_policy(applied?.logging.as_ref(), req, peer, new_request_id, direction)
+    }
+
+    /// Like [`Pending::begin_direction`], from the logging policy alone.
+    pub fn for_policy<B>(
+        logging: Option<&LoggingPolicy>,
+        req: &mut Request<B>,
+        peer: IpAddr,
+        new_request_id: impl FnOnce() -> http::HeaderValue,
+        direction: &'static str,
+    ) -> Option<Self> {
+        let policy = &logging?.access_log;
         if !policy.enabled || !(policy.sample_rate >= 1.0 || rand::random::<f64>() < policy.sample_rate) {
             return None;
         }
@@ -53,7 +68,7 @@ impl Pending {
         }
         let h = req.headers();
         let record = AccessRecord {
-            unix_ms: super::now_ms(),
+            unix_ms: outrider_runtime::time::now_ms(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             protocol: protocol(req.version()),
@@ -69,8 +84,20 @@ impl Pending {
 
     /// Completes the record from the response head and queues it.
     pub fn finish(
-        mut self,
+        self,
         state: &SidecarState,
+        status: u16,
+        headers: &HeaderMap,
+        upstream: Option<&Arc<str>>,
+        started: Instant,
+    ) {
+        self.finish_into(&state.logs, status, headers, upstream, started);
+    }
+
+    /// Like [`Pending::finish`], into the hub itself.
+    pub fn finish_into(
+        mut self,
+        hub: &LogHub,
         status: u16,
         headers: &HeaderMap,
         upstream: Option<&Arc<str>>,
@@ -84,7 +111,7 @@ impl Pending {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         r.upstream = upstream.cloned();
-        state.logs.push_access(self.record);
+        hub.push_access(self.record);
     }
 }
 
@@ -176,20 +203,14 @@ pub fn to_json(r: &AccessRecord, format: LogFormat, id: &Identity) -> Map<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Source;
-    use outrider_proto::v1::Snapshot;
 
-    fn state_with(access: &str) -> SidecarState {
-        let state = SidecarState::new();
+    fn policy(access: &str) -> LoggingPolicy {
         let logging = format!(r#"{{"accessLog":{access},"sink":{{"type":"stdout"}}}}"#);
-        let snapshot = Snapshot {
-            revision: 1,
-            service: "web".into(),
-            logging,
-            ..Default::default()
-        };
-        state.apply(&snapshot, Source::ControlPlane).unwrap();
-        state
+        outrider_policy::parse_document(logging.as_bytes()).unwrap()
+    }
+
+    fn begin(policy: &LoggingPolicy, req: &mut Request<()>, peer: IpAddr) -> Option<Pending> {
+        Pending::for_policy(Some(policy), req, peer, id, "inbound")
     }
 
     fn id() -> http::HeaderValue {
@@ -198,28 +219,29 @@ mod tests {
 
     #[test]
     fn disabled_access_logs_capture_nothing() {
-        let state = state_with(r#"{"enabled":false}"#);
+        let policy = policy(r#"{"enabled":false}"#);
         let mut req = Request::get("/x").body(()).unwrap();
-        assert!(Pending::begin(state.applied.load().as_deref(), &mut req, [127, 0, 0, 1].into(), id).is_none());
+        assert!(begin(&policy, &mut req, [127, 0, 0, 1].into()).is_none());
         assert!(!req.headers().contains_key("x-request-id"));
     }
 
     #[test]
     fn records_carry_request_fields_and_never_a_redacted_value() {
-        let state = state_with(r#"{"enabled":true,"redactHeaders":["Authorization","user-agent"]}"#);
+        let policy = policy(r#"{"enabled":true,"redactHeaders":["Authorization","user-agent"]}"#);
         let mut req = Request::post("/api/x?token=s3cret")
             .header("authorization", "Bearer s3cret")
             .header("user-agent", "curl/8 s3cret")
             .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
             .body(())
             .unwrap();
-        let pending = Pending::begin(state.applied.load().as_deref(), &mut req, [10, 0, 0, 9].into(), id).unwrap();
+        let pending = begin(&policy, &mut req, [10, 0, 0, 9].into()).unwrap();
         assert_eq!(req.headers()["x-request-id"], "generated");
         let mut head = HeaderMap::new();
         head.insert("content-length", http::HeaderValue::from_static("42"));
         let upstream: Arc<str> = Arc::from("127.0.0.1:8080");
-        pending.finish(&state, 201, &head, Some(&upstream), Instant::now());
-        let mut rx = state.logs.take_access_receiver().unwrap();
+        let hub = LogHub::new();
+        pending.finish_into(&hub, 201, &head, Some(&upstream), Instant::now());
+        let mut rx = hub.take_access_receiver().unwrap();
         let record = rx.try_recv().unwrap();
         let ident = Identity {
             service: "web".into(),
@@ -259,10 +281,10 @@ mod tests {
 
     #[test]
     fn sample_rate_zero_records_nothing() {
-        let state = state_with(r#"{"enabled":true,"sampleRate":0}"#);
+        let policy = policy(r#"{"enabled":true,"sampleRate":0}"#);
         for _ in 0..100 {
             let mut req = Request::get("/").body(()).unwrap();
-            assert!(Pending::begin(state.applied.load().as_deref(), &mut req, [127, 0, 0, 1].into(), id).is_none());
+            assert!(begin(&policy, &mut req, [127, 0, 0, 1].into()).is_none());
         }
     }
 }

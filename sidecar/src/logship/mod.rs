@@ -1,8 +1,9 @@
-//! Log shipping (DESIGN §4 `LoggingPolicy`): access logs from the proxy and the app's
-//! own log files, parsed, enriched with the instance's identity, batched and shipped
-//! to one sink — at least once.
+//! Log shipping (`LoggingPolicy`, see `docs/reference.md`): access logs from the proxy
+//! and the app's own log files, parsed, enriched with the instance's identity, batched
+//! and shipped to one sink — at least once, on a thread of its own.
 //!
-//! Sources → batch → deliver, one owner ([`Shipper`]):
+//! Sources → batch → deliver, one owner ([`Shipper`], `shipper`) on its own OS thread
+//! and runtime, so that a burst of log work never takes a turn of the proxy's runtime:
 //! - `access`: the proxy builds a small record after the response head and `try_send`s
 //!   it on a bounded channel; when the channel is full the record is dropped and
 //!   counted, so the request path never waits for shipping.
@@ -14,10 +15,14 @@
 //!   (backpressure), it never grows memory. Positions are written to
 //!   `OUTRIDER_STATE_DIR` only after the sink accepted the batch that covers them.
 //! - `sink`: stdout, file, HTTP (`ndjson`, `elasticsearch-bulk`, `loki`), gzip.
+//!
+//! Nothing here reads the sidecar's state type except `access`'s two adapters for the
+//! proxies; the shipper takes its policy through a [`PolicyFeed`].
 
 pub mod access;
 pub mod parse;
 pub mod pipeline;
+pub mod shipper;
 pub mod sink;
 pub mod spool;
 pub mod tail;
@@ -25,7 +30,7 @@ pub mod tail;
 // The hand-off types live in a leaf module so that the state can hold the hub
 // without importing this module (which imports the state).
 pub use crate::loghub::{FigureValues, Figures, LogHub, ACCESS_QUEUE};
-pub use pipeline::Shipper;
+pub use shipper::{PolicyFeed, Shipper, ShipperError, ShipperThread, SHUTDOWN_BUDGET};
 
 /// Who this instance is; every shipped record carries these fields.
 #[derive(Debug, Clone, Default)]
@@ -69,12 +74,6 @@ fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y as u64, m as u64, d as u64, rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

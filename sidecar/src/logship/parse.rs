@@ -67,7 +67,7 @@ fn message(text: &str) -> Map<String, Value> {
     m
 }
 
-/// Adds service, version, namespace and pod (DESIGN §4: every record carries them).
+/// Adds service, version, namespace and pod: every record carries them.
 /// The sidecar's identity wins over same-named fields from the app, so a record
 /// cannot claim to come from another instance.
 pub fn enrich(m: &mut Map<String, Value>, id: &Identity) {

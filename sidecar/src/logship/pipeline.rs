@@ -1,96 +1,57 @@
-//! The shipper: one owner task that follows the applied `LoggingPolicy` and runs a
-//! reader (files + access records → batches) and a sender (batches → sink, spool on
-//! failure, checkpoint on success) for it. A policy change stops both and starts
-//! them again on the new policy; positions and spool carry over through the state
-//! directory, so a change (or a crash) costs at most duplicates.
+//! One pipeline for one logging policy: a reader (files + access records → batches)
+//! and a sender (batches → sink, spool on failure, checkpoint on success), run by the
+//! shipper's thread (`shipper`). Positions and spool live in the state directory, so a
+//! restart on a new policy (or a crash) costs at most duplicates.
 
 use super::access::{self, AccessRecord};
 use super::parse::{enrich, Parser};
 use super::sink::{Record, SinkClient, SinkError};
 use super::spool::{Batch, Spool};
 use super::tail::{Position, Tailer};
-use super::{now_ms, rfc3339_millis, Figures, Identity};
-use crate::state::SidecarState;
+use super::{rfc3339_millis, Figures, Identity};
 use outrider_policy::LoggingPolicy;
-use rand::Rng;
+use outrider_runtime::fs::{write_atomic_with, WriteOptions};
+use outrider_runtime::time::now_ms;
+use outrider_runtime::Backoff;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 /// How often globs are matched again (new files, rotation, truncation).
 const SCAN_EVERY: Duration = Duration::from_millis(250);
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(5);
+/// Between deliveries to a failing sink; attempt 1 waits up to 200 ms, at most 5 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 const CHECKPOINT: &str = "log-positions.json";
 const SPOOL: &str = "log-spool";
 
-pub struct Shipper {
+/// What one pipeline runs on: the policy it was started for and where it keeps state.
+pub struct Settings {
+    pub policy: LoggingPolicy,
     pub identity: Identity,
     pub state_dir: PathBuf,
     /// Bound of the on-disk spool (`OUTRIDER_LOG_BUFFER_BYTES`).
     pub buffer_bytes: u64,
-    pub state: Arc<SidecarState>,
 }
 
-impl Shipper {
-    /// Follows applied snapshots until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let Some(access_rx) = self.state.logs.take_access_receiver() else {
-            warn!("log shipping already runs");
-            return;
-        };
-        let access_rx = Arc::new(Mutex::new(access_rx));
-        let mut changes = self.state.subscribe();
-        let mut current: Option<(LoggingPolicy, tokio::task::JoinHandle<()>)> = None;
-        tokio::pin!(shutdown);
-        loop {
-            changes.borrow_and_update();
-            let policy = self.state.applied.load().as_ref().and_then(|a| a.logging.clone());
-            if current.as_ref().map(|(p, _)| p) != policy.as_ref() {
-                if let Some((_, task)) = current.take() {
-                    task.abort();
-                    let _ = task.await;
-                }
-                if let Some(policy) = policy {
-                    info!("log shipping starts on the applied logging policy");
-                    let task = tokio::spawn(
-                        pipeline(
-                            policy.clone(),
-                            self.identity.clone(),
-                            self.state_dir.clone(),
-                            self.buffer_bytes,
-                            Arc::clone(&self.state),
-                            Arc::clone(&access_rx),
-                        )
-                        .instrument(tracing::info_span!("logship")),
-                    );
-                    current = Some((policy, task));
-                }
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { break },
-                () = &mut shutdown => break,
-            }
-        }
-        if let Some((_, task)) = current {
-            task.abort();
-        }
-    }
-}
-
-async fn pipeline(
-    policy: LoggingPolicy,
-    identity: Identity,
-    state_dir: PathBuf,
-    buffer_bytes: u64,
-    state: Arc<SidecarState>,
+/// Reads and delivers until `stop` turns true (then flushes what it holds and ends)
+/// or the task is aborted (a policy change).
+pub async fn pipeline(
+    settings: Settings,
+    figures: Arc<Figures>,
     access_rx: Arc<Mutex<mpsc::Receiver<AccessRecord>>>,
+    stop: watch::Receiver<bool>,
 ) {
+    let Settings {
+        policy,
+        identity,
+        state_dir,
+        buffer_bytes,
+    } = settings;
     let mut sources = Vec::new();
     for l in &policy.app_logs {
         match Parser::compile(l) {
@@ -119,24 +80,26 @@ async fn pipeline(
         parsers,
         policy,
         identity,
-        Arc::clone(&state),
+        Arc::clone(&figures),
         access_rx,
         tx,
+        stop,
     );
-    let sender = send_loop(rx, spool, sink, state, checkpoint);
+    let sender = send_loop(rx, spool, sink, figures, checkpoint);
     tokio::join!(reader, sender);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     mut tailer: Tailer,
     parsers: Vec<Parser>,
     policy: LoggingPolicy,
     identity: Identity,
-    state: Arc<SidecarState>,
+    figures: Arc<Figures>,
     access_rx: Arc<Mutex<mpsc::Receiver<AccessRecord>>>,
     tx: mpsc::Sender<Batch>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let figures = &state.logs.figures;
     let mut access_rx = access_rx.lock().await;
     let batch_size = policy.sink.batch_size as usize;
     let flush = policy.sink.flush_interval.as_std();
@@ -152,6 +115,28 @@ async fn read_loop(
     let mut deadline = Instant::now() + flush;
     let mut next_scan = Instant::now();
     loop {
+        if stopping(&stop) {
+            // Shutdown: file lines not read yet stay in the files (the checkpoint says
+            // where to resume), but access records live only in memory, so they and
+            // the lines in hand go out now.
+            loop {
+                while records.len() < batch_size {
+                    let Ok(r) = access_rx.try_recv() else { break };
+                    figures.access_records.fetch_add(1, Ordering::Relaxed);
+                    push_access(&mut records, &r, format, &identity);
+                }
+                if records.is_empty() {
+                    return;
+                }
+                let batch = Batch {
+                    records: std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
+                    positions: tailer.positions(),
+                };
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        }
         if has_files && Instant::now() >= next_scan {
             tailer.scan();
             next_scan = Instant::now() + SCAN_EVERY;
@@ -213,8 +198,14 @@ async fn read_loop(
                 None => return,
             },
             () = tokio::time::sleep_until(wake) => {}
+            _ = stop.changed() => {}
         }
     }
+}
+
+/// Asked to stop, or its owner is gone (which asks the same).
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
 }
 
 fn push_access(records: &mut Vec<Record>, r: &AccessRecord, format: outrider_policy::LogFormat, id: &Identity) {
@@ -248,10 +239,10 @@ async fn send_loop(
     mut rx: mpsc::Receiver<Batch>,
     mut spool: Spool,
     sink: SinkClient,
-    state: Arc<SidecarState>,
+    figures: Arc<Figures>,
     checkpoint: PathBuf,
 ) {
-    let figures = &state.logs.figures;
+    let figures = &*figures;
     let mut attempt = 0u32;
     let mut open = true;
     loop {
@@ -295,7 +286,7 @@ async fn send_loop(
             continue;
         }
         attempt = attempt.saturating_add(1);
-        let wait = tokio::time::sleep(backoff(attempt));
+        let wait = tokio::time::sleep(RETRY.delay(attempt));
         tokio::pin!(wait);
         // While waiting, take new batches into the spool as long as it has room;
         // when it is full the reader blocks instead of memory growing.
@@ -342,16 +333,9 @@ async fn deliver(sink: &SinkClient, batch: &Batch, figures: &Figures, checkpoint
 async fn retry_in_memory(sink: &SinkClient, batch: Batch, figures: &Figures, checkpoint: &Path) {
     let mut attempt = 1;
     while deliver(sink, &batch, figures, checkpoint).await.is_err() {
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
+        tokio::time::sleep(RETRY.delay(attempt)).await;
+        attempt = attempt.saturating_add(1);
     }
-}
-
-/// Exponential backoff with full jitter.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = RETRY_BASE.saturating_mul(1u32 << attempt.min(16)).min(RETRY_CAP);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
 }
 
 fn load_positions(path: &Path) -> Vec<Position> {
@@ -363,10 +347,13 @@ fn load_positions(path: &Path) -> Vec<Position> {
 
 fn save_positions(path: &Path, positions: &[Position]) {
     let data = serde_json::to_vec(positions).unwrap_or_default();
-    let tmp = path.with_extension("tmp");
-    // No fsync: after a power loss an older checkpoint means duplicates, not loss.
-    let r = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = r {
+    // Not durable: after a power loss an older checkpoint means duplicates, not loss,
+    // and an fsync per delivered batch would pace shipping by the disk.
+    let not_durable = WriteOptions {
+        durable: false,
+        ..WriteOptions::default()
+    };
+    if let Err(e) = write_atomic_with(path, &data, &not_durable) {
         warn!(path = %path.display(), error = %e, "cannot save log positions");
     }
 }

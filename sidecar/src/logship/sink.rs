@@ -1,4 +1,4 @@
-//! Sinks (DESIGN §4): `stdout`, `file` and `http` in three wire formats — `ndjson`
+//! Sinks (`docs/reference.md`): `stdout`, `file` and `http` in three wire formats — `ndjson`
 //! (one JSON object a line), `elasticsearch-bulk` (`_bulk` action/document pairs)
 //! and `loki` (the push API's JSON) — with optional gzip on HTTP bodies.
 //!
@@ -13,7 +13,6 @@ use outrider_policy::{Compression, Sink, SinkFormat, SinkType};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// Bound on one HTTP delivery, so a stalled collector becomes a retry, never a hang.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,25 +64,23 @@ impl SinkClient {
             return Ok(());
         }
         match self.kind {
+            // Written in place: the shipper has a thread of its own, so blocking it
+            // for a write holds up shipping only, and no blocking pool is needed.
             SinkType::Stdout => {
                 let body = encode(SinkFormat::Ndjson, records, &self.identity);
-                let mut out = tokio::io::stdout();
+                let mut out = std::io::stdout().lock();
                 out.write_all(&body)
-                    .await
-                    .map_err(|e| SinkError::Retry(format!("stdout: {e}")))?;
-                out.flush().await.map_err(|e| SinkError::Retry(format!("stdout: {e}")))
+                    .and_then(|()| out.flush())
+                    .map_err(|e| SinkError::Retry(format!("stdout: {e}")))
             }
             SinkType::File => {
                 let body = encode(SinkFormat::Ndjson, records, &self.identity);
-                let path = self.path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-                    f.write_all(&body)?;
-                    f.sync_data()
-                })
-                .await
-                .map_err(|e| SinkError::Retry(e.to_string()))?
-                .map_err(|e| SinkError::Retry(format!("{}: {e}", self.path.display())))
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .and_then(|mut f| f.write_all(&body).and_then(|()| f.sync_data()))
+                    .map_err(|e| SinkError::Retry(format!("{}: {e}", self.path.display())))
             }
             SinkType::Http => self.post(records).await,
         }

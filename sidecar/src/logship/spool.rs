@@ -1,12 +1,12 @@
 //! The bounded on-disk buffer used while the sink is failing: a FIFO of batch files
-//! in `OUTRIDER_STATE_DIR/log-spool/`, each written atomically (temp + rename), each
+//! in `OUTRIDER_STATE_DIR/log-spool/`, each written atomically (`outrider_runtime::fs`), each
 //! carrying the file positions it covers so that delivering it later can advance the
 //! checkpoint. It survives restarts and is delivered first after one.
 
 use super::sink::Record;
 use super::tail::Position;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// A batch on its way to the sink.
@@ -112,11 +112,8 @@ impl Spool {
             data.extend_from_slice(r.json.as_bytes());
             data.push(b'\n');
         }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&data).map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        // Durable: a spooled batch may hold access records that exist nowhere else.
+        outrider_runtime::fs::write_atomic(&path, &data).map_err(io)?;
         self.queue.push_back((self.next_seq, data.len() as u64));
         self.total += data.len() as u64;
         self.next_seq += 1;
