@@ -1,4 +1,4 @@
-//! The gRPC control stream (DESIGN §3): Hello → Snapshot → Ack/Nack, health reports.
+//! The gRPC control stream (`docs/reference.md`): Hello → Snapshot → Ack/Nack, health reports.
 //!
 //! Each stream is one session task that owns the sidecar's registration: it registers
 //! on Hello, forwards every new snapshot of the sidecar's service, records Acks, Nacks

@@ -1,4 +1,4 @@
-//! The control plane going away never breaks traffic (DESIGN §3, static stability).
+//! The control plane going away never breaks traffic (`docs/reference.md`, Static stability).
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Outrider's policy model: the documents of DESIGN §4, their validation and the
+//! Outrider's policy model: the documents of `docs/reference.md` (Policy documents), their validation and the
 //! small value types they use (durations, names).
 //!
 //! Plain Rust with no I/O, shared by the control plane (validates writes), the sidecar

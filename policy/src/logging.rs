@@ -2,7 +2,7 @@ use crate::duration::MAX_INTERVAL;
 use crate::{Duration, FieldError, Validate};
 use serde::{Deserialize, Serialize};
 
-/// LoggingPolicy (DESIGN §4): access logs and the app's own log files, to one sink.
+/// LoggingPolicy (`docs/reference.md`): access logs and the app's own log files, to one sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoggingPolicy {

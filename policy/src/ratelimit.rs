@@ -3,7 +3,7 @@ use crate::{FieldError, Validate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
-/// RateLimitPolicy (DESIGN §4): token buckets on traffic *into* a service.
+/// RateLimitPolicy (`docs/reference.md`): token buckets on traffic *into* a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitPolicy {

@@ -4,7 +4,7 @@ use crate::{Duration, FieldError, RouteMatch, Validate};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
-/// RoutingPolicy (DESIGN §4): ordered routes applied in the *caller's* sidecar.
+/// RoutingPolicy (`docs/reference.md`): ordered routes applied in the *caller's* sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoutingPolicy {

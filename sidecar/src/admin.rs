@@ -1,4 +1,4 @@
-//! The admin port (DESIGN §2, `127.0.0.1:15000`): liveness, readiness, Prometheus
+//! The admin port (`docs/reference.md`, `127.0.0.1:15000`): liveness, readiness, Prometheus
 //! metrics and a dump of the configuration being enforced.
 //!
 //! Read-only views of [`SidecarState`]; nothing here is on the request path.
@@ -48,7 +48,7 @@ pub async fn serve_router(
 }
 
 /// Liveness: the process answers. Deliberately independent of the control plane,
-/// so that losing it never gets the Pod restarted (static stability, DESIGN §3).
+/// so that losing it never gets the Pod restarted (static stability, `docs/reference.md`).
 async fn healthz() -> &'static str {
     "ok"
 }

@@ -40,7 +40,7 @@ const BUCKET_BOUNDS_NS: [u64; LATENCY_BUCKETS_SECONDS.len()] = [
 /// Response status classes counted by `outrider_sidecar_requests_total`.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Figures for the periodic health report (DESIGN §3, step 4).
+/// Figures for the periodic health report (`docs/reference.md`, Control stream).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct HealthFigures {
     /// Requests answered since start.

@@ -1,4 +1,4 @@
-//! Inbound rate limiting (DESIGN §4 `RateLimitPolicy`): a policy compiled into
+//! Inbound rate limiting (`RateLimitPolicy` in `docs/reference.md`): a policy compiled into
 //! lock-free token buckets that the inbound proxy checks on every request.
 //!
 //! Each bucket is one `AtomicU64` run as GCRA (the "generic cell rate algorithm"): it

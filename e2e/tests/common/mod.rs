@@ -137,7 +137,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts a sidecar with the DESIGN §2 variables only, and waits until its admin
+    /// Starts a sidecar with the documented variables only, and waits until its admin
     /// port answers (not until it has a snapshot).
     pub async fn start(cp_grpc: &str, service: &str, pod: &str, app_port: u16, state_dir: &Path) -> Self {
         Self::start_with(cp_grpc, service, pod, "v1", app_port, state_dir, &[]).await
