@@ -18,9 +18,10 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-TARGETS = ["direct", "nginx", "sidecar", "nginx-nginx", "sidecar-sidecar"]
+TARGETS = ["direct", "nginx", "sidecar", "sidecar-before", "nginx-nginx", "sidecar-sidecar"]
 # (proxy path, its nginx baseline): one hop (inbound) and two hops (outbound → inbound).
-PAIRS = [("sidecar", "nginx"), ("sidecar-sidecar", "nginx-nginx")]
+# With BENCH_BEFORE_BIN, another build of the sidecar on the one-hop path, same baseline.
+PAIRS = [("sidecar", "nginx"), ("sidecar-sidecar", "nginx-nginx"), ("sidecar-before", "nginx")]
 
 
 def rps(wrk):
@@ -239,6 +240,9 @@ def ratios(summary):
     two = compare(d, summary.get("nginx-nginx"), summary.get("sidecar-sidecar"))
     if two:
         out["twoHops"] = two
+    before = compare(d, summary.get("nginx"), summary.get("sidecar-before"))
+    if "sidecarVsNginxThroughput" in before:
+        out["before"] = before
     return out
 
 
@@ -350,7 +354,7 @@ def cmd_markdown(args):
     errs = {t: s["throughputErrors"] + s["c1"]["errors"] for t, s in summary.items()}
     if any(errs.values()):
         lines += ["", f"**Errors (socket errors or non-2xx) during the run:** {errs}"]
-    for (proxy, base), rr in zip(PAIRS, (r, r.get("twoHops", {}))):
+    for (proxy, base), rr in zip(PAIRS, (r, r.get("twoHops", {}), r.get("before", {}))):
         if "sidecarVsNginxThroughput" not in rr or "sidecarAddedP50Us" not in rr:
             continue
         lines += [

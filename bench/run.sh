@@ -27,6 +27,8 @@
 #   BENCH_NO_BUILD=1        use the binaries already in target/$BENCH_PROFILE (default release;
 #                           a debug profile is only good for testing this script)
 #   BENCH_KEEP=1            keep the temp dir (logs, configs) after the run
+#   BENCH_BEFORE_BIN=DIR    also measure DIR/outrider-sidecar (another build, e.g. the
+#                           previous commit's) on the same inbound path, as sidecar-before
 #
 # Needs: cargo, nginx, wrk, curl, python3, taskset. Not part of CI.
 set -euo pipefail
@@ -261,6 +263,39 @@ if ((!BASELINE_ONLY)); then
   URL[sidecar]="http://127.0.0.1:$SC_IN/"
   PROXY_PIDS[sidecar]="$SIDECAR_PID"
 
+  if [[ -n "${BENCH_BEFORE_BIN:-}" ]]; then
+    # The same path through another build of the sidecar (say, the previous commit's),
+    # with the same app, control plane and policy, measured in the same run. Its own
+    # service name keeps it out of the two-hop path's endpoints.
+    SB_IN=$(free_port); SB_ADMIN=$(free_port); SB_OUT=$(free_port)
+    mkdir -p "$WORK/sidecar-before"
+    log "sidecar-before ($BENCH_BEFORE_BIN): inbound 127.0.0.1:$SB_IN, admin 127.0.0.1:$SB_ADMIN"
+    OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench-before OUTRIDER_POD_NAME=bench-before-1 \
+      OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$SB_IN" \
+      OUTRIDER_ADMIN_ADDR="127.0.0.1:$SB_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$SB_OUT" \
+      OUTRIDER_STATE_DIR="$WORK/sidecar-before" OUTRIDER_CONFIG_DIR="$WORK/sidecar-before/config" \
+      OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
+      taskset -c "$BENCH_SERVER_CPUS" "$BENCH_BEFORE_BIN/outrider-sidecar" >"$WORK/sidecar-before.log" 2>&1 &
+    BEFORE_PID=$!
+    PIDS+=("$BEFORE_PID")
+    wait_http "http://127.0.0.1:$SB_ADMIN/readyz" 30 "$WORK/sidecar-before.log"
+    PUT_RESP=$(curl -fsS -X PUT -H 'content-type: application/json' \
+      "http://127.0.0.1:$CP_HTTP/api/v1/services/bench-before/policies/rate-limit" \
+      -d '{"rules":[{"name":"all","requestsPerSecond":100000000,"burst":100000000}]}')
+    BEFORE_REVISION=$(printf '%s' "$PUT_RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')
+    deadline=$((SECONDS + 30))
+    until curl -fsS --max-time 1 "http://127.0.0.1:$SB_ADMIN/config_dump" 2>/dev/null \
+        | python3 "$BENCH/report.py" has-revision "$BEFORE_REVISION"; do
+      if ((SECONDS >= deadline)); then
+        log "sidecar-before never showed revision $BEFORE_REVISION"; tail -n 40 "$WORK/sidecar-before.log" >&2; exit 1
+      fi
+      sleep 0.2
+    done
+    TARGETS+=(sidecar-before)
+    URL[sidecar-before]="http://127.0.0.1:$SB_IN/"
+    PROXY_PIDS[sidecar-before]="$BEFORE_PID"
+  fi
+
   if ((OUTBOUND)); then
     # The caller: a sidecar of another service whose app (the same echo process, idle
     # here) calls `bench` through the outbound port, as an app in the mesh would.
@@ -306,7 +341,7 @@ for t in "${TARGETS[@]}"; do
   fi
   printf '%s' "$hdrs" >"$WORK/headers-$t.txt"
 done
-for t in sidecar sidecar-sidecar; do
+for t in sidecar sidecar-before sidecar-sidecar; do
   if [[ -n "${URL[$t]:-}" ]] && ! grep -qi '^ratelimit-policy:' "$WORK/headers-$t.txt"; then
     log "WARNING: the $t answer carries no RateLimit-Policy header; is the callee's limiter active?"
   fi

@@ -39,7 +39,13 @@ async fn a_put_document_lands_in_the_config_dir_and_is_served_with_an_etag_and_l
     .expect("the document is written to the config dir");
     println!("config file written {:?} after the PUT", put_at.elapsed());
 
+    // The file lands first, then the admin endpoint serves the document: wait for both.
     let admin = format!("{}/config/app.yaml", s.admin());
+    wait_until(SOON, || async {
+        client().get(&admin).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await
+    .expect("the admin port serves the document");
     let r = client().get(&admin).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
