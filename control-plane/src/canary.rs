@@ -14,9 +14,9 @@ use crate::store::{now_ms, Precondition, RolloutRow, Store, StoreError};
 use outrider_api::RolloutRequest as RolloutSpec;
 use outrider_policy::canary;
 use outrider_policy::{FieldError, PolicyKind, RoutingPolicy};
+use outrider_runtime::shutdown::CancellationToken;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// How often the driver looks at running rollouts.
@@ -77,13 +77,13 @@ pub async fn write_policy(hub: &Hub, service: &str, p: &RoutingPolicy) -> Result
 }
 
 /// Drives every running rollout this replica holds the lease of, until `shutdown`.
-pub fn spawn_driver(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+pub async fn run_driver(hub: Arc<Hub>, shutdown: CancellationToken) {
+    {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = crate::hub::stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             if !hub.is_loaded() {
@@ -93,7 +93,7 @@ pub fn spawn_driver(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) -> tokio
                 warn!(error = %e, "canary driver pass failed");
             }
         }
-    })
+    }
 }
 
 async fn drive_all(hub: &Hub) -> Result<(), StoreError> {

@@ -5,23 +5,23 @@
 
 use crate::api::sidecars::sidecar_view;
 use crate::api::state::AppState;
-use crate::hub::{stopped, Event};
+use crate::hub::Event;
 use crate::store::{now_ms, StoreError};
+use outrider_runtime::shutdown::CancellationToken;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// How often changed rows are gathered; sidecars report once a second.
 pub const PERIOD: Duration = Duration::from_secs(1);
 
-pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut since = now_ms();
         loop {
             tokio::select! {
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let now = now_ms();
@@ -38,7 +38,7 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> tokio::tas
             }
             since = now;
         }
-    })
+    }
 }
 
 async fn changed_rows(state: &AppState, since_ms: i64) -> Result<Vec<serde_json::Value>, StoreError> {

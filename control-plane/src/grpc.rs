@@ -8,10 +8,11 @@ use crate::hub::Hub;
 use crate::store::SidecarRegistration;
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use outrider_proto::v1::{control_message, sidecar_message, ControlMessage, Heartbeat, Hello, SidecarMessage};
+use outrider_runtime::shutdown::CancellationToken;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, warn, Instrument};
@@ -19,11 +20,11 @@ use tracing::{info, info_span, warn, Instrument};
 pub struct ControlService {
     hub: Arc<Hub>,
     registration_token: Option<String>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 impl ControlService {
-    pub fn new(hub: Arc<Hub>, registration_token: Option<String>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(hub: Arc<Hub>, registration_token: Option<String>, shutdown: CancellationToken) -> Self {
         Self {
             hub,
             registration_token,
@@ -113,7 +114,7 @@ struct Session {
     hub: Arc<Hub>,
     reg: SidecarRegistration,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 impl Session {
@@ -193,7 +194,7 @@ impl Session {
                         return false;
                     }
                 },
-                _ = crate::hub::stopped(&mut self.shutdown) => return false,
+                _ = self.shutdown.cancelled() => return false,
             }
         }
     }
@@ -244,7 +245,7 @@ mod tests {
     struct Fixture {
         hub: Arc<Hub>,
         endpoint: String,
-        _stop: watch::Sender<bool>,
+        _stop: outrider_runtime::shutdown::DropGuard,
         _dir: tempfile::TempDir,
     }
 
@@ -253,7 +254,8 @@ mod tests {
         let store = Store::open(None, dir.path()).await.unwrap();
         let hub = Hub::new(store, Timing::default(), Arc::new(Metrics::new()));
         hub.load().await;
-        let (stop, shutdown) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone().drop_guard();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let svc = ControlService::new(hub.clone(), token.map(str::to_owned), shutdown).into_server();

@@ -11,6 +11,8 @@ use crate::metrics::Metrics;
 use crate::store::{now_ms, Store, StoreError, CHANGES_CHANNEL};
 use outrider_policy::PolicyKind;
 use outrider_proto::v1::{ConfigDocument, DestinationTable, Snapshot};
+use outrider_runtime::shutdown::CancellationToken;
+use outrider_runtime::Backoff;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,7 +108,8 @@ impl Hub {
 
     /// Reads what the hub needs from the store, retrying until the store answers.
     pub async fn load(self: &Arc<Self>) {
-        let mut delay = Duration::from_millis(200);
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut attempt = 0;
         loop {
             match self.try_load().await {
                 Ok(rev) => {
@@ -116,8 +119,8 @@ impl Hub {
                 }
                 Err(e) => {
                     warn!(error = %e, "store not ready; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt = attempt.saturating_add(1);
                 }
             }
         }
@@ -350,9 +353,9 @@ impl Hub {
 
     /// Keeps the hub current until `shutdown`: PostgreSQL notifications from every
     /// replica, plus a periodic catch-up and membership check.
-    pub fn spawn_background(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-        let hub = self.clone();
-        tokio::spawn(async move {
+    pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
+        let hub = self;
+        {
             let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<String>(256);
             if hub.store.backend() == crate::store::Backend::Postgres {
                 tokio::spawn(listen(hub.store.url().to_owned(), notify_tx, shutdown.clone()));
@@ -362,7 +365,7 @@ impl Hub {
             let mut ticks = 0u64;
             loop {
                 tokio::select! {
-                    _ = stopped(&mut shutdown) => break,
+                    _ = shutdown.cancelled() => break,
                     Some(payload) = notify_rx.recv() => {
                         let r = if payload.starts_with("members:") {
                             hub.check_membership().await
@@ -382,15 +385,16 @@ impl Hub {
                     }
                 }
             }
-        })
+        }
     }
 }
 
 /// LISTENs on the changes channel, reconnecting on failure; every (re)connect is
 /// followed by a catch-up (the sender sends an empty payload) so nothing is missed
 /// while the listener was down.
-async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>, mut shutdown: watch::Receiver<bool>) {
-    let mut delay = Duration::from_millis(100);
+async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>, shutdown: CancellationToken) {
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut attempt = 0;
     loop {
         let result = async {
             let mut l = sqlx::postgres::PgListener::connect(&url).await?;
@@ -404,20 +408,15 @@ async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>, mut shutdown
             }
         };
         tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
             r = result => {
                 if let Err(e) = r { warn!(error = %e, "PostgreSQL listener lost; reconnecting") }
                 if tx.is_closed() { return }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        attempt = attempt.saturating_add(1);
     }
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 #[cfg(test)]

@@ -6,13 +6,15 @@ use crate::grpc::ControlService;
 use crate::hub::{Hub, Timing};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use outrider_runtime::shutdown::{CancellationToken, TaskTracker};
+use outrider_runtime::Backoff;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tracing::Instrument;
 use tracing::{info, warn};
 
 /// Every setting is a flag and an environment variable (see `docs/reference.md`).
@@ -131,6 +133,9 @@ fn local_addr(l: &TcpListener) -> Result<SocketAddr, ServerError> {
     l.local_addr().map_err(ServerError::Http)
 }
 
+/// How long in-flight requests and streams get to finish after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs the control plane on `listeners` until `shutdown` resolves, then drains and
 /// returns. The listeners' addresses pass the same security check as the config's.
 pub async fn run(
@@ -157,7 +162,9 @@ pub async fn run(
         disconnected_after: cfg.disconnected_after,
     };
     let hub = Hub::new(store.clone(), timing, Arc::new(Metrics::new()));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every long-running task is tracked, so the drain below waits for all of them.
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
 
     // Serve HTTP at once (health and readiness answer while loading); streams wait
     // for the load before any snapshot is built.
@@ -166,58 +173,55 @@ pub async fn run(
         store: store.clone(),
         api_token: cfg.api_token.clone().map(Into::into),
     };
-    let fleet = crate::fleet::spawn(state.clone(), stop_rx.clone());
+    tasks.spawn(crate::fleet::run(state.clone(), stop.clone()).in_current_span());
     let app = api::app(state);
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
-
-    let loader = hub.clone();
-    let load = tokio::spawn(async move { loader.load().await });
-    let background = hub.spawn_background(stop_rx.clone());
-    let canary_driver = crate::canary::spawn_driver(hub.clone(), stop_rx.clone());
-
-    let svc = ControlService::new(hub.clone(), cfg.registration_token.clone(), stop_rx.clone()).into_server();
-    let mut grpc_stop = stop_rx.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            }),
-    );
-
-    shutdown.await;
-    info!("shutting down: closing sidecar streams and draining requests");
-    let _ = stop_tx.send(true);
-    load.abort();
-    let drain = async {
-        let _ = background.await;
-        let _ = canary_driver.await;
-        let _ = fleet.await;
-        let g = grpc.await;
-        let h = http.await;
-        (g, h)
-    };
-    match tokio::time::timeout(Duration::from_secs(10), drain).await {
-        Ok((g, h)) => {
-            if let Ok(Err(e)) = g {
-                warn!(error = %e, "gRPC server ended with an error");
-            }
-            if let Ok(Err(e)) = h {
+    let http_stop = stop.clone();
+    tasks.spawn(
+        async move {
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+            {
                 warn!(error = %e, "HTTP server ended with an error");
             }
         }
-        Err(_) => warn!("drain timed out after 10s"),
+        .in_current_span(),
+    );
+
+    let loader = hub.clone();
+    let load_stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = loader.load() => {}
+            () = load_stop.cancelled() => {}
+        }
+    });
+    tasks.spawn(hub.clone().run_background(stop.clone()).in_current_span());
+    tasks.spawn(crate::canary::run_driver(hub.clone(), stop.clone()).in_current_span());
+
+    let svc = ControlService::new(hub.clone(), cfg.registration_token.clone(), stop.clone()).into_server();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    tasks.spawn(
+        async move {
+            if let Err(e) = grpc.await {
+                warn!(error = %e, "gRPC server ended with an error");
+            }
+        }
+        .in_current_span(),
+    );
+    tasks.close();
+
+    shutdown.await;
+    info!("shutting down: closing sidecar streams and draining requests");
+    stop.cancel();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+        warn!("drain timed out after {DRAIN_TIMEOUT:?}");
     }
     store.close().await;
     info!("stopped");
@@ -227,14 +231,15 @@ pub async fn run(
 /// Opens the store, retrying while PostgreSQL is not reachable yet (it may start
 /// after us); an embedded store that cannot open is a hard error.
 async fn open_store(cfg: &Config) -> Result<Store, ServerError> {
-    let mut delay = Duration::from_millis(250);
+    let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let mut attempt = 0;
     loop {
         match Store::open(cfg.database_url.as_deref(), &cfg.data_dir).await {
             Ok(s) => return Ok(s),
             Err(StoreError::Db(e)) if cfg.database_url.is_some() => {
                 warn!(error = %e, "database not reachable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt = attempt.saturating_add(1);
             }
             Err(e) => return Err(e.into()),
         }
