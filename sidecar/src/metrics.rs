@@ -6,7 +6,7 @@
 //! writes the exposition format by hand. The health report sent to the control plane
 //! is derived from the same counters ([`Metrics::health_figures`]).
 
-use std::fmt::Write as _;
+use outrider_runtime::prom::{Kind, Writer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -168,93 +168,71 @@ impl Metrics {
     /// The Prometheus text exposition format (version 0.0.4) of every metric.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        // Writing to a String cannot fail; the `let _` keeps that explicit.
-        let _ = self.write_exposition(&mut out);
-        out
-    }
-
-    fn write_exposition(&self, out: &mut String) -> std::fmt::Result {
-        header(
-            out,
-            "requests_total",
-            "counter",
+        let mut w = Writer::new(&mut out);
+        w.family(
+            "outrider_sidecar_requests_total",
+            Kind::Counter,
             "Requests answered by the inbound proxy, by status class.",
-        )?;
+        );
         for (class, count) in CLASSES.iter().zip(&self.requests) {
-            writeln!(
-                out,
-                "outrider_sidecar_requests_total{{class=\"{class}\"}} {}",
-                count.load(Ordering::Relaxed)
-            )?;
+            w.sample(
+                "outrider_sidecar_requests_total",
+                &[("class", class)],
+                count.load(Ordering::Relaxed),
+            );
         }
-
-        header(
-            out,
-            "rate_limited_total",
-            "counter",
+        w.single(
+            "outrider_sidecar_rate_limited_total",
+            Kind::Counter,
             "Requests refused with 429 by the rate limiter.",
-        )?;
-        writeln!(out, "outrider_sidecar_rate_limited_total {}", self.rate_limited_total())?;
-
-        header(
-            out,
-            "upstream_errors_total",
-            "counter",
+            self.rate_limited_total(),
+        );
+        w.single(
+            "outrider_sidecar_upstream_errors_total",
+            Kind::Counter,
             "Requests that failed because the app could not be reached.",
-        )?;
-        writeln!(
-            out,
-            "outrider_sidecar_upstream_errors_total {}",
-            self.upstream_errors_total()
-        )?;
+            self.upstream_errors_total(),
+        );
 
-        header(
-            out,
-            "request_duration_seconds",
-            "histogram",
+        const DURATION: &str = "outrider_sidecar_request_duration_seconds";
+        w.family(
+            DURATION,
+            Kind::Histogram,
             "Time from receiving a request to sending the response head.",
-        )?;
+        );
         let counts = self.latency.snapshot();
         let mut cumulative = 0u64;
         for (bound, count) in LATENCY_BUCKETS_SECONDS.iter().zip(&counts) {
             cumulative += count;
-            writeln!(
-                out,
-                "outrider_sidecar_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            )?;
+            w.sample(
+                "outrider_sidecar_request_duration_seconds_bucket",
+                &[("le", &bound.to_string())],
+                cumulative,
+            );
         }
         cumulative += counts[BUCKETS - 1];
-        writeln!(
-            out,
-            "outrider_sidecar_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-        )?;
+        w.sample(
+            "outrider_sidecar_request_duration_seconds_bucket",
+            &[("le", "+Inf")],
+            cumulative,
+        );
         let sum = self.latency.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        writeln!(out, "outrider_sidecar_request_duration_seconds_sum {sum}")?;
-        writeln!(out, "outrider_sidecar_request_duration_seconds_count {cumulative}")?;
+        w.sample("outrider_sidecar_request_duration_seconds_sum", &[], sum);
+        w.sample("outrider_sidecar_request_duration_seconds_count", &[], cumulative);
 
-        header(
-            out,
-            "applied_revision",
-            "gauge",
+        w.single(
+            "outrider_sidecar_applied_revision",
+            Kind::Gauge,
             "Revision of the policy snapshot being enforced (0: none).",
-        )?;
-        writeln!(
-            out,
-            "outrider_sidecar_applied_revision {}",
-            self.applied_revision.load(Ordering::Relaxed)
-        )?;
-
-        header(
-            out,
-            "control_plane_connected",
-            "gauge",
+            self.applied_revision.load(Ordering::Relaxed),
+        );
+        w.single(
+            "outrider_sidecar_control_plane_connected",
+            Kind::Gauge,
             "1 while the control stream is up.",
-        )?;
-        writeln!(
-            out,
-            "outrider_sidecar_control_plane_connected {}",
-            u8::from(self.control_plane_connected.load(Ordering::Relaxed))
-        )
+            u8::from(self.control_plane_connected.load(Ordering::Relaxed)),
+        );
+        out
     }
 }
 
@@ -262,11 +240,6 @@ impl Histogram {
     fn snapshot(&self) -> [u64; BUCKETS] {
         std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
-    writeln!(out, "# HELP outrider_sidecar_{name} {help}")?;
-    writeln!(out, "# TYPE outrider_sidecar_{name} {kind}")
 }
 
 /// Estimates quantile `q` in seconds from per-bucket counts, interpolating linearly
