@@ -41,6 +41,14 @@ pub struct ConfigDeleted {
     pub deleted: bool,
 }
 
+/// What a `DELETE …/config/{name}` answers: the deletion, or the dry-run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ConfigDeleteResponse {
+    Deleted(ConfigDeleted),
+    DryRun(crate::DryRunReport),
+}
+
 /// What a `PUT …/config/{name}` answers: the stored metadata, or the dry-run report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]

@@ -18,9 +18,9 @@ pub mod sidecars;
 pub mod tokens;
 
 pub use canary::{RolloutRequest, RolloutState, RolloutStatus};
-pub use configs::{ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize};
+pub use configs::{ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize};
 pub use events::{ChangeEvent, CHANGE_EVENT, RESYNC_EVENT};
-pub use policies::{DryRunReport, PolicyDeleted, PolicyPutResponse, PolicyRecord, WriteQuery};
+pub use policies::{DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, WriteQuery};
 pub use problem::{FieldError, Problem, PROBLEM_JSON};
 pub use revisions::{Propagation, RevisionDetail, RevisionQuery, RevisionSummary};
 pub use services::{InstanceSummary, ServiceDetail, ServiceSummary, SubsetInstances, SubsetTraffic};

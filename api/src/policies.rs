@@ -34,6 +34,14 @@ pub struct PolicyDeleted {
     pub deleted: bool,
 }
 
+/// What a `DELETE …/policies/{kind}` answers: the deletion, or the dry-run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PolicyDeleteResponse {
+    Deleted(PolicyDeleted),
+    DryRun(DryRunReport),
+}
+
 /// The answer to a write with `?dryRun=true`: nothing was stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -53,7 +61,7 @@ pub struct DryRunReport {
 
 /// Query parameters of every write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct WriteQuery {
     /// Validate (If-Match included) and report the sidecars that would change; store nothing.

@@ -70,7 +70,7 @@ pub struct Propagation {
 
 /// Query parameters of `GET /revisions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RevisionQuery {
     /// Only this service's changes.

@@ -109,7 +109,7 @@ pub struct LogShipping {
 
 /// Query parameters of `GET /sidecars`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SidecarQuery {
     /// Only this service's sidecars.

@@ -11,7 +11,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use outrider_api::{ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, DryRunReport, Problem, WriteQuery};
+use outrider_api::{
+    ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, DryRunReport, Problem, WriteQuery,
+};
 
 /// A stored config document's metadata as the API shows it.
 pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
@@ -83,6 +85,8 @@ pub async fn put(
         .to_owned();
     if q.dry_run {
         let current = state.store.get_config(&service, &name).await?;
+        // A dry run answers what the write would: a stale If-Match is a 412 here too.
+        precondition.check(current.as_ref().map(|c| c.revision))?;
         let changed = current.is_none_or(|c| c.content != body.as_ref() || c.content_type != content_type);
         let document = ConfigSize {
             name,
@@ -109,9 +113,10 @@ pub async fn put(
 
 #[utoipa::path(delete, path = "/services/{service}/config/{name}", tag = "config",
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
+        WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     responses(
-        (status = 200, description = "deleted; the revision of the deletion", body = ConfigDeleted),
+        (status = 200, description = "deleted (the revision of the deletion), or the dry-run report", body = ConfigDeleteResponse),
         (status = 404, description = "no such document", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
@@ -121,11 +126,27 @@ pub async fn put(
 pub async fn delete(
     State(state): State<AppState>,
     Path((service, name)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
     Actor(actor): Actor,
     IfMatch(precondition): IfMatch,
-) -> ApiResult<Json<ConfigDeleted>> {
+) -> ApiResult<Json<ConfigDeleteResponse>> {
     check_service(&service)?;
     check_config_name(&name)?;
+    if q.dry_run {
+        let Some(current) = state.store.get_config(&service, &name).await? else {
+            return Err(ApiError::NotFound(format!(
+                "service {service:?} has no config document {name:?}"
+            )));
+        };
+        precondition.check(Some(current.revision))?;
+        return Ok(Json(ConfigDeleteResponse::DryRun(DryRunReport {
+            dry_run: true,
+            valid: true,
+            changed: true,
+            sidecars: would_receive(&state, Some(&service), true).await?,
+            document: serde_json::Value::Null,
+        })));
+    }
     let revision = match state.store.delete_config(&service, &name, precondition, &actor).await {
         Err(StoreError::NotFound) => {
             return Err(ApiError::NotFound(format!(
@@ -135,10 +156,10 @@ pub async fn delete(
         r => r?,
     };
     state.after_write().await;
-    Ok(Json(ConfigDeleted {
+    Ok(Json(ConfigDeleteResponse::Deleted(ConfigDeleted {
         service,
         name,
         revision,
         deleted: true,
-    }))
+    })))
 }

@@ -9,15 +9,18 @@ use crate::auth::Principal;
 use crate::store::Precondition;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use outrider_api::FieldError;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
+use utoipa::openapi::path::ParameterIn;
 
 /// Largest policy or config document accepted (see `docs/reference.md`).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -177,4 +180,74 @@ pub fn check_config_name(name: &str) -> ApiResult<()> {
             message: m,
         }])
     })
+}
+
+/// The query parameters each operation takes, read from the OpenAPI document, so the
+/// router, the document and this check cannot disagree.
+#[derive(Clone, Default)]
+pub struct QueryParams(Arc<HashMap<(String, String), Vec<String>>>);
+
+impl QueryParams {
+    pub fn from_doc(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut map = HashMap::new();
+        for (path, item) in &doc.paths.paths {
+            let ops = [
+                ("GET", &item.get),
+                ("PUT", &item.put),
+                ("POST", &item.post),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+                ("HEAD", &item.head),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let names = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.parameter_in == ParameterIn::Query)
+                    .map(|p| p.name.clone())
+                    .collect();
+                map.insert((method.to_owned(), path.clone()), names);
+            }
+        }
+        Self(Arc::new(map))
+    }
+}
+
+/// Query parameters are exact: one an operation does not take is a 400 naming it, so a
+/// misspelt `?dryrun=true` can never turn into a real write.
+pub async fn exact_query(req: Request, next: Next) -> Response {
+    let Some(query) = req.uri().query().filter(|q| !q.is_empty()) else {
+        return next.run(req).await;
+    };
+    let (Some(matched), Some(params)) = (
+        req.extensions().get::<MatchedPath>(),
+        req.extensions().get::<QueryParams>(),
+    ) else {
+        return next.run(req).await;
+    };
+    // HEAD is answered by the GET handler.
+    let method = if req.method() == Method::HEAD {
+        "GET"
+    } else {
+        req.method().as_str()
+    };
+    let allowed = params
+        .0
+        .get(&(method.to_owned(), matched.as_str().to_owned()))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if !allowed.iter().any(|a| a == key) {
+            let takes = if allowed.is_empty() {
+                "this operation takes no query parameters".to_owned()
+            } else {
+                format!("this operation takes {}", allowed.join(", "))
+            };
+            return ApiError::BadRequest(format!("unknown query parameter {key:?}: {takes}")).into_response();
+        }
+    }
+    next.run(req).await
 }

@@ -50,6 +50,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::revoke))
         .routes(routes!(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
+        .route_layer(middleware::from_fn(extract::exact_query))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .layer(middleware::from_fn(extract::authenticate))
 }
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
     routes
         .merge(crate::dashboard::routes())
         .layer(Extension(openapi::DocumentJson::new(&doc)))
+        .layer(Extension(extract::QueryParams::from_doc(&doc)))
         // The auth layer reads the state from here, so the routes (and with them the
         // document) can be built without one.
         .layer(Extension(state.clone()))

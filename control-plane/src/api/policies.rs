@@ -11,7 +11,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use outrider_api::{DryRunReport, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery};
+use outrider_api::{
+    DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery,
+};
 use outrider_policy::{Policy, PolicyKind};
 
 /// A stored policy as the API shows it.
@@ -82,6 +84,8 @@ pub async fn put(
     let document = policy.to_json();
     if q.dry_run {
         let current = state.store.get_policy(&service, kind).await?;
+        // A dry run answers what the write would: a stale If-Match is a 412 here too.
+        precondition.check(current.as_ref().map(|c| c.revision))?;
         let changed = current.as_ref().map(|c| &c.document) != Some(&document);
         let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
         return Ok(Written::DryRun(DryRunReport {
@@ -105,9 +109,10 @@ pub async fn put(
 
 #[utoipa::path(delete, path = "/services/{service}/policies/{kind}", tag = "policies",
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging"),
+        WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     responses(
-        (status = 200, description = "deleted; the revision of the deletion", body = PolicyDeleted),
+        (status = 200, description = "deleted (the revision of the deletion), or the dry-run report", body = PolicyDeleteResponse),
         (status = 404, description = "no such policy, or an unknown kind", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "not a valid service name", body = Problem, content_type = "application/problem+json"),
@@ -117,11 +122,26 @@ pub async fn put(
 pub async fn delete(
     State(state): State<AppState>,
     Path((service, kind)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
     Actor(actor): Actor,
     IfMatch(precondition): IfMatch,
-) -> ApiResult<Json<PolicyDeleted>> {
+) -> ApiResult<Json<PolicyDeleteResponse>> {
     check_service(&service)?;
     let kind = parse_kind(&kind)?;
+    if q.dry_run {
+        let Some(current) = state.store.get_policy(&service, kind).await? else {
+            return Err(ApiError::NotFound(format!("service {service:?} has no {kind} policy")));
+        };
+        precondition.check(Some(current.revision))?;
+        let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
+        return Ok(Json(PolicyDeleteResponse::DryRun(DryRunReport {
+            dry_run: true,
+            valid: true,
+            changed: true,
+            sidecars: would_receive(&state, scope, true).await?,
+            document: serde_json::Value::Null,
+        })));
+    }
     let revision = match state.store.delete_policy(&service, kind, precondition, &actor).await {
         Err(StoreError::NotFound) => {
             return Err(ApiError::NotFound(format!("service {service:?} has no {kind} policy")))
@@ -129,10 +149,10 @@ pub async fn delete(
         r => r?,
     };
     state.after_write().await;
-    Ok(Json(PolicyDeleted {
+    Ok(Json(PolicyDeleteResponse::Deleted(PolicyDeleted {
         service,
         kind: kind.as_str().to_owned(),
         revision,
         deleted: true,
-    }))
+    })))
 }

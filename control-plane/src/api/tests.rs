@@ -376,3 +376,88 @@ fn the_hubs_events_read_as_change_events() {
         serde_json::from_value::<outrider_api::ChangeEvent>(v.clone()).unwrap_or_else(|err| panic!("{v}: {err}"));
     }
 }
+
+#[tokio::test]
+async fn query_parameters_are_exact_so_a_misspelt_dry_run_never_writes() {
+    let t = test_app().await;
+    let doc = json!({"rules": [{"name": "all", "requestsPerSecond": 5}]});
+    for uri in [
+        "/api/v1/services/web/policies/rate-limit?dryrun=true",
+        "/api/v1/services/web/policies/rate-limit?dryRun=true&x=1",
+    ] {
+        let (status, ct, body) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+        assert_eq!(status, 400, "{uri}: {body}");
+        assert_eq!(ct.as_deref(), PROBLEM);
+        assert!(
+            body["detail"].as_str().unwrap().contains("unknown query parameter"),
+            "{body}"
+        );
+    }
+    // A route that takes no parameters refuses any; malformed values are 400 too.
+    for (method, uri) in [
+        (Method::GET, "/api/v1/services?verbose=1"),
+        (Method::GET, "/api/v1/sidecars?lmit=5"),
+        (Method::PUT, "/api/v1/services/web/policies/rate-limit?dryRun=1"),
+    ] {
+        let body = (method == Method::PUT).then_some(&doc);
+        let (status, ct, problem) = send(&t.app, request(method, uri, body)).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::BAD_REQUEST, PROBLEM),
+            "{uri}: {problem}"
+        );
+    }
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    // The documented ones still work.
+    let (status, _, _) = send(
+        &t.app,
+        request(Method::GET, "/api/v1/sidecars?service=web&limit=5", None),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_dry_run_honours_if_match_and_works_on_delete() {
+    let t = test_app().await;
+    let doc = json!({"rules": [{"name": "all", "requestsPerSecond": 5}]});
+    let uri = "/api/v1/services/web/policies/rate-limit";
+    let (status, _, stored) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+    assert_eq!(status, 200, "{stored}");
+
+    let stale = |method: Method, dry: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("{uri}{dry}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::IF_MATCH, "\"999\"")
+            .body(Body::from(doc.to_string()))
+            .unwrap()
+    };
+    let (status, _, _) = send(&t.app, stale(Method::PUT, "?dryRun=true")).await;
+    assert_eq!(status, 412, "a dry run with a stale If-Match fails as the write would");
+    let (status, _, _) = send(&t.app, stale(Method::DELETE, "?dryRun=true")).await;
+    assert_eq!(status, 412);
+
+    let (status, _, report) = send(&t.app, request(Method::DELETE, &format!("{uri}?dryRun=true"), None)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["dryRun"].clone(), report["changed"].clone()),
+        (json!(true), json!(true))
+    );
+    let (status, _, still) = send(&t.app, request(Method::GET, uri, None)).await;
+    assert_eq!(status, 200, "the dry run deleted nothing: {still}");
+    assert_eq!(t.store.list_revisions(None, 10).await.unwrap().len(), 1);
+
+    let (status, _, deleted) = send(&t.app, request(Method::DELETE, uri, None)).await;
+    assert_eq!(
+        (status, deleted["deleted"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{deleted}"
+    );
+    let (status, _, _) = send(&t.app, request(Method::DELETE, &format!("{uri}?dryRun=true"), None)).await;
+    assert_eq!(status, 404, "nothing left to delete");
+}

@@ -131,7 +131,7 @@ pub enum Precondition {
 
 impl Precondition {
     /// Refuses the write unless the document's `current` revision is what was expected.
-    pub(super) fn check(self, current: Option<u64>) -> Result<(), StoreError> {
+    pub fn check(self, current: Option<u64>) -> Result<(), StoreError> {
         let ok = match self {
             Precondition::None => true,
             Precondition::Exists => current.is_some(),
