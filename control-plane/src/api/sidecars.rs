@@ -6,7 +6,7 @@ use super::extract::Query;
 use super::format::rfc3339;
 use super::state::AppState;
 use crate::hub::Hub;
-use crate::store::{now_ms, SidecarRow, SidecarStatus as RowStatus};
+use crate::store::{now_ms, SidecarFilter, SidecarRow, SidecarStatus as RowStatus};
 use axum::extract::State;
 use axum::Json;
 use outrider_api::{LastNack, Problem, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus};
@@ -61,6 +61,11 @@ pub fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> Sidecar 
 /// Every sidecar (of `service`, if given), each with its service's target revision.
 pub async fn sidecar_views(state: &AppState, service: Option<&str>) -> ApiResult<Vec<Sidecar>> {
     let rows = state.store.list_sidecars(service).await?;
+    views_of(state, rows).await
+}
+
+/// Rows as the API shows them, each with its service's newest revision as the target.
+async fn views_of(state: &AppState, rows: Vec<SidecarRow>) -> ApiResult<Vec<Sidecar>> {
     let mut targets: HashMap<String, u64> = HashMap::new();
     for r in &rows {
         if !targets.contains_key(&r.service) {
@@ -104,9 +109,16 @@ pub async fn list(State(state): State<AppState>, Query(q): Query<SidecarQuery>) 
             return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
         }
     }
-    let mut views = sidecar_views(&state, q.service.as_deref()).await?;
-    if let Some(limit) = q.limit {
-        views.truncate(limit as usize);
-    }
-    Ok(Json(views))
+    let rows = match q.limit {
+        // The database stops at the limit: no reading every row to keep a few.
+        Some(limit) => {
+            let filter = SidecarFilter {
+                service: q.service.clone(),
+                ..SidecarFilter::default()
+            };
+            state.store.list_sidecars_page(&filter, limit, None).await?.rows
+        }
+        None => state.store.list_sidecars(q.service.as_deref()).await?,
+    };
+    Ok(Json(views_of(&state, rows).await?))
 }

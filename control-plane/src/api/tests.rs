@@ -461,3 +461,50 @@ async fn a_dry_run_honours_if_match_and_works_on_delete() {
     let (status, _, _) = send(&t.app, request(Method::DELETE, &format!("{uri}?dryRun=true"), None)).await;
     assert_eq!(status, 404, "nothing left to delete");
 }
+
+#[tokio::test]
+async fn sidecars_limit_keeps_the_first_rows_in_listing_order() {
+    let t = test_app().await;
+    for pod in ["web-c", "web-a", "web-b"] {
+        t.store
+            .register_sidecar(&crate::store::SidecarRegistration {
+                id: format!("default/{pod}"),
+                service: "web".into(),
+                version: "v1".into(),
+                namespace: "default".into(),
+                pod: pod.into(),
+                address: "10.0.0.1".into(),
+                inbound_port: 15006,
+                outbound_port: 15001,
+                admin_port: 15000,
+                build_version: "test".into(),
+                session: format!("s-{pod}"),
+                replica: "test".into(),
+                held_revision: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let pods = |body: &Value| -> Vec<String> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["pod"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, _, all) = send(&t.app, request(Method::GET, "/api/v1/sidecars", None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(pods(&all), ["web-a", "web-b", "web-c"]);
+    let (status, _, two) = send(
+        &t.app,
+        request(Method::GET, "/api/v1/sidecars?service=web&limit=2", None),
+    )
+    .await;
+    assert_eq!(status, 200, "{two}");
+    assert_eq!(pods(&two), ["web-a", "web-b"]);
+    assert_eq!(
+        two.as_array().unwrap()[0],
+        all.as_array().unwrap()[0],
+        "same view either way"
+    );
+}
