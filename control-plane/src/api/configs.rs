@@ -4,7 +4,7 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_config_name, check_service, Actor, Body, IfMatch, Path, Query};
 use super::format::{etag, rfc3339, Written};
-use super::sidecars::would_receive;
+use super::sidecars::dry_run_report;
 use super::state::AppState;
 use crate::store::{StoreError, StoredConfig};
 use axum::extract::State;
@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use outrider_api::{
-    ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, DryRunReport, Problem, WriteQuery,
+    ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, Problem, WriteQuery,
 };
 
 /// A stored config document's metadata as the API shows it.
@@ -92,13 +92,15 @@ pub async fn put(
             name,
             size: body.len() as u64,
         };
-        return Ok(Written::DryRun(DryRunReport {
-            dry_run: true,
-            valid: true,
-            changed,
-            sidecars: would_receive(&state, Some(&service), changed).await?,
-            document: serde_json::to_value(document).map_err(ApiError::internal)?,
-        }));
+        return Ok(Written::DryRun(
+            dry_run_report(
+                &state,
+                Some(&service),
+                changed,
+                serde_json::to_value(document).map_err(ApiError::internal)?,
+            )
+            .await?,
+        ));
     }
     let stored = state
         .store
@@ -139,13 +141,9 @@ pub async fn delete(
             )));
         };
         precondition.check(Some(current.revision))?;
-        return Ok(Json(ConfigDeleteResponse::DryRun(DryRunReport {
-            dry_run: true,
-            valid: true,
-            changed: true,
-            sidecars: would_receive(&state, Some(&service), true).await?,
-            document: serde_json::Value::Null,
-        })));
+        return Ok(Json(ConfigDeleteResponse::DryRun(
+            dry_run_report(&state, Some(&service), true, serde_json::Value::Null).await?,
+        )));
     }
     let revision = match state.store.delete_config(&service, &name, precondition, &actor).await {
         Err(StoreError::NotFound) => {

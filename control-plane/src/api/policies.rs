@@ -4,16 +4,14 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_service, Actor, Body, IfMatch, Path, Query};
 use super::format::{etag, rfc3339, Written};
-use super::sidecars::would_receive;
+use super::sidecars::dry_run_report;
 use super::state::AppState;
 use crate::store::{StoreError, StoredPolicy};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use outrider_api::{
-    DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery,
-};
+use outrider_api::{PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery};
 use outrider_policy::{Policy, PolicyKind};
 
 /// A stored policy as the API shows it.
@@ -88,13 +86,7 @@ pub async fn put(
         precondition.check(current.as_ref().map(|c| c.revision))?;
         let changed = current.as_ref().map(|c| &c.document) != Some(&document);
         let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
-        return Ok(Written::DryRun(DryRunReport {
-            dry_run: true,
-            valid: true,
-            changed,
-            sidecars: would_receive(&state, scope, changed).await?,
-            document,
-        }));
+        return Ok(Written::DryRun(dry_run_report(&state, scope, changed, document).await?));
     }
     let stored = state
         .store
@@ -134,13 +126,9 @@ pub async fn delete(
         };
         precondition.check(Some(current.revision))?;
         let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
-        return Ok(Json(PolicyDeleteResponse::DryRun(DryRunReport {
-            dry_run: true,
-            valid: true,
-            changed: true,
-            sidecars: would_receive(&state, scope, true).await?,
-            document: serde_json::Value::Null,
-        })));
+        return Ok(Json(PolicyDeleteResponse::DryRun(
+            dry_run_report(&state, scope, true, serde_json::Value::Null).await?,
+        )));
     }
     let revision = match state.store.delete_policy(&service, kind, precondition, &actor).await {
         Err(StoreError::NotFound) => {

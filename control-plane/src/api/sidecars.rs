@@ -9,7 +9,7 @@ use crate::hub::Hub;
 use crate::store::{now_ms, SidecarFilter, SidecarRow, SidecarStatus as RowStatus};
 use axum::extract::State;
 use axum::Json;
-use outrider_api::{LastNack, Problem, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus};
+use outrider_api::{DryRunReport, LastNack, Problem, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus};
 use std::collections::HashMap;
 
 /// The largest `limit` of `GET /sidecars`.
@@ -82,18 +82,32 @@ async fn views_of(state: &AppState, rows: Vec<SidecarRow>) -> ApiResult<Vec<Side
         .collect())
 }
 
-/// The ids of the connected sidecars that a change would send a new snapshot to:
-/// one service's, or every sidecar (`None`) for a RoutingPolicy, which callers enforce.
-pub async fn would_receive(state: &AppState, scope: Option<&str>, changed: bool) -> ApiResult<Vec<String>> {
-    if !changed {
-        return Ok(Vec::new());
-    }
-    Ok(sidecar_views(state, scope)
-        .await?
-        .into_iter()
-        .filter(|s| s.status != SidecarStatus::Disconnected)
-        .map(|s| s.id)
-        .collect())
+/// The answer to a `?dryRun=true` write: whether it changes anything, the connected
+/// sidecars that would receive a new snapshot (one service's, or every sidecar
+/// (`scope: None`) for a RoutingPolicy, which callers enforce), and the document.
+pub async fn dry_run_report(
+    state: &AppState,
+    scope: Option<&str>,
+    changed: bool,
+    document: serde_json::Value,
+) -> ApiResult<DryRunReport> {
+    let sidecars = if changed {
+        sidecar_views(state, scope)
+            .await?
+            .into_iter()
+            .filter(|s| s.status != SidecarStatus::Disconnected)
+            .map(|s| s.id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(DryRunReport {
+        dry_run: true,
+        valid: true,
+        changed,
+        sidecars,
+        document,
+    })
 }
 
 #[utoipa::path(get, path = "/sidecars", tag = "sidecars", params(SidecarQuery),
