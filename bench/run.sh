@@ -224,41 +224,54 @@ fi
 if ((!BASELINE_ONLY)); then
   CP_GRPC=$(free_port); CP_HTTP=$(free_port)
   SC_IN=$(free_port); SC_ADMIN=$(free_port); SC_OUT=$(free_port)
-  mkdir -p "$WORK/cp" "$WORK/sidecar"
+  mkdir -p "$WORK/cp"
   log "control plane: grpc 127.0.0.1:$CP_GRPC, http 127.0.0.1:$CP_HTTP (CPUs $BENCH_LOAD_CPUS; idle during load)"
   taskset -c "$BENCH_LOAD_CPUS" "$BIN/outrider-control-plane" --data-dir "$WORK/cp" \
     --grpc-addr "127.0.0.1:$CP_GRPC" --http-addr "127.0.0.1:$CP_HTTP" >"$WORK/cp.log" 2>&1 &
   PIDS+=("$!")
   wait_http "http://127.0.0.1:$CP_HTTP/healthz" 30 "$WORK/cp.log"
 
-  log "sidecar: inbound 127.0.0.1:$SC_IN, admin 127.0.0.1:$SC_ADMIN ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
-  OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench OUTRIDER_POD_NAME=bench-1 \
-    OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$SC_IN" \
-    OUTRIDER_ADMIN_ADDR="127.0.0.1:$SC_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$SC_OUT" \
-    OUTRIDER_STATE_DIR="$WORK/sidecar" OUTRIDER_CONFIG_DIR="$WORK/sidecar/config" \
-    OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
-    taskset -c "$BENCH_SERVER_CPUS" "$BIN/outrider-sidecar" >"$WORK/sidecar.log" 2>&1 &
-  SIDECAR_PID=$!
-  PIDS+=("$SIDECAR_PID")
-  wait_http "http://127.0.0.1:$SC_ADMIN/readyz" 30 "$WORK/sidecar.log"
+  # start_sidecar BIN NAME SERVICE INBOUND ADMIN OUTBOUND: one sidecar of SERVICE in front
+  # of the echo app, state in $WORK/NAME, log in $WORK/NAME.log; sets STARTED_PID.
+  start_sidecar() {
+    local bin=$1 name=$2 service=$3 in=$4 admin=$5 out=$6
+    mkdir -p "$WORK/$name"
+    log "$name ($bin): inbound 127.0.0.1:$in, admin 127.0.0.1:$admin, outbound 127.0.0.1:$out ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
+    OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE="$service" OUTRIDER_POD_NAME="$service-1" \
+      OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$in" \
+      OUTRIDER_ADMIN_ADDR="127.0.0.1:$admin" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$out" \
+      OUTRIDER_STATE_DIR="$WORK/$name" OUTRIDER_CONFIG_DIR="$WORK/$name/config" \
+      OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
+      taskset -c "$BENCH_SERVER_CPUS" "$bin/outrider-sidecar" >"$WORK/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_http "http://127.0.0.1:$admin/readyz" 30 "$WORK/$name.log"
+  }
 
-  # A limit so high it never denies: the limiter runs on every request, as in production.
-  log "PUT rate-limit policy for service bench"
-  PUT_RESP=$(curl -fsS -X PUT -H 'content-type: application/json' \
-    "http://127.0.0.1:$CP_HTTP/api/v1/services/bench/policies/rate-limit" \
-    -d '{"rules":[{"name":"all","requestsPerSecond":100000000,"burst":100000000}]}')
-  REVISION=$(printf '%s' "$PUT_RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')
-  log "policy stored as revision $REVISION; waiting for the sidecar to apply it"
-  deadline=$((SECONDS + 30))
-  until curl -fsS --max-time 1 "http://127.0.0.1:$SC_ADMIN/config_dump" 2>/dev/null \
-      | python3 "$BENCH/report.py" has-revision "$REVISION"; do
-    if ((SECONDS >= deadline)); then
-      log "sidecar never showed revision $REVISION in /config_dump"; tail -n 40 "$WORK/sidecar.log" >&2; exit 1
-    fi
-    sleep 0.2
-  done
+  # limit_and_wait NAME SERVICE ADMIN: stores a limit so high it never denies (the
+  # limiter runs on every request, as in production) and waits until the sidecar at
+  # ADMIN enforces it.
+  limit_and_wait() {
+    local name=$1 service=$2 admin=$3 resp revision deadline
+    resp=$(curl -fsS -X PUT -H 'content-type: application/json' \
+      "http://127.0.0.1:$CP_HTTP/api/v1/services/$service/policies/rate-limit" \
+      -d '{"rules":[{"name":"all","requestsPerSecond":100000000,"burst":100000000}]}')
+    revision=$(printf '%s' "$resp" | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')
+    log "rate-limit policy of $service stored as revision $revision; waiting for $name to apply it"
+    deadline=$((SECONDS + 30))
+    until curl -fsS --max-time 1 "http://127.0.0.1:$admin/config_dump" 2>/dev/null \
+        | python3 "$BENCH/report.py" has-revision "$revision"; do
+      if ((SECONDS >= deadline)); then
+        log "$name never showed revision $revision in /config_dump"; tail -n 40 "$WORK/$name.log" >&2; exit 1
+      fi
+      sleep 0.2
+    done
+  }
+
+  start_sidecar "$BIN" sidecar bench "$SC_IN" "$SC_ADMIN" "$SC_OUT"
+  SIDECAR_PID=$STARTED_PID
+  limit_and_wait sidecar bench "$SC_ADMIN"
   curl -fsS "http://127.0.0.1:$SC_ADMIN/config_dump" >"$WORK/config_dump.json"
-
   TARGETS+=(sidecar)
   URL[sidecar]="http://127.0.0.1:$SC_IN/"
   PROXY_PIDS[sidecar]="$SIDECAR_PID"
@@ -268,50 +281,19 @@ if ((!BASELINE_ONLY)); then
     # with the same app, control plane and policy, measured in the same run. Its own
     # service name keeps it out of the two-hop path's endpoints.
     SB_IN=$(free_port); SB_ADMIN=$(free_port); SB_OUT=$(free_port)
-    mkdir -p "$WORK/sidecar-before"
-    log "sidecar-before ($BENCH_BEFORE_BIN): inbound 127.0.0.1:$SB_IN, admin 127.0.0.1:$SB_ADMIN"
-    OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench-before OUTRIDER_POD_NAME=bench-before-1 \
-      OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$SB_IN" \
-      OUTRIDER_ADMIN_ADDR="127.0.0.1:$SB_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$SB_OUT" \
-      OUTRIDER_STATE_DIR="$WORK/sidecar-before" OUTRIDER_CONFIG_DIR="$WORK/sidecar-before/config" \
-      OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
-      taskset -c "$BENCH_SERVER_CPUS" "$BENCH_BEFORE_BIN/outrider-sidecar" >"$WORK/sidecar-before.log" 2>&1 &
-    BEFORE_PID=$!
-    PIDS+=("$BEFORE_PID")
-    wait_http "http://127.0.0.1:$SB_ADMIN/readyz" 30 "$WORK/sidecar-before.log"
-    PUT_RESP=$(curl -fsS -X PUT -H 'content-type: application/json' \
-      "http://127.0.0.1:$CP_HTTP/api/v1/services/bench-before/policies/rate-limit" \
-      -d '{"rules":[{"name":"all","requestsPerSecond":100000000,"burst":100000000}]}')
-    BEFORE_REVISION=$(printf '%s' "$PUT_RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])')
-    deadline=$((SECONDS + 30))
-    until curl -fsS --max-time 1 "http://127.0.0.1:$SB_ADMIN/config_dump" 2>/dev/null \
-        | python3 "$BENCH/report.py" has-revision "$BEFORE_REVISION"; do
-      if ((SECONDS >= deadline)); then
-        log "sidecar-before never showed revision $BEFORE_REVISION"; tail -n 40 "$WORK/sidecar-before.log" >&2; exit 1
-      fi
-      sleep 0.2
-    done
+    start_sidecar "$BENCH_BEFORE_BIN" sidecar-before bench-before "$SB_IN" "$SB_ADMIN" "$SB_OUT"
+    limit_and_wait sidecar-before bench-before "$SB_ADMIN"
     TARGETS+=(sidecar-before)
     URL[sidecar-before]="http://127.0.0.1:$SB_IN/"
-    PROXY_PIDS[sidecar-before]="$BEFORE_PID"
+    PROXY_PIDS[sidecar-before]="$STARTED_PID"
   fi
 
   if ((OUTBOUND)); then
     # The caller: a sidecar of another service whose app (the same echo process, idle
     # here) calls `bench` through the outbound port, as an app in the mesh would.
     CL_IN=$(free_port); CL_ADMIN=$(free_port); CL_OUT=$(free_port)
-    mkdir -p "$WORK/caller"
-    log "caller sidecar: outbound 127.0.0.1:$CL_OUT, admin 127.0.0.1:$CL_ADMIN ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
-    OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE=bench-client \
-      OUTRIDER_POD_NAME=bench-client-1 \
-      OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$CL_IN" \
-      OUTRIDER_ADMIN_ADDR="127.0.0.1:$CL_ADMIN" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$CL_OUT" \
-      OUTRIDER_STATE_DIR="$WORK/caller" OUTRIDER_CONFIG_DIR="$WORK/caller/config" \
-      OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
-      taskset -c "$BENCH_SERVER_CPUS" "$BIN/outrider-sidecar" >"$WORK/caller.log" 2>&1 &
-    CALLER_PID=$!
-    PIDS+=("$CALLER_PID")
-    wait_http "http://127.0.0.1:$CL_ADMIN/readyz" 30 "$WORK/caller.log"
+    start_sidecar "$BIN" caller bench-client "$CL_IN" "$CL_ADMIN" "$CL_OUT"
+    CALLER_PID=$STARTED_PID
     log "waiting for the caller to route Host: bench to the callee"
     deadline=$((SECONDS + 30))
     until curl -fsS -o /dev/null --max-time 1 -H 'Host: bench' "http://127.0.0.1:$CL_OUT/healthz" 2>/dev/null; do

@@ -194,9 +194,8 @@ impl Metrics {
             self.upstream_errors_total(),
         );
 
-        const DURATION: &str = "outrider_sidecar_request_duration_seconds";
         w.family(
-            DURATION,
+            "outrider_sidecar_request_duration_seconds",
             Kind::Histogram,
             "Time from receiving a request to sending the response head.",
         );
