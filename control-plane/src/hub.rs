@@ -422,7 +422,8 @@ async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>, shutdown: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Precondition, SidecarRegistration};
+    use crate::store::tests::reg;
+    use crate::store::Precondition;
     use serde_json::json;
 
     async fn hub() -> (Arc<Hub>, tempfile::TempDir) {
@@ -437,24 +438,6 @@ mod tests {
             .expect("a snapshot within 10 s")
             .unwrap();
         rx.borrow_and_update().clone().expect("a published snapshot")
-    }
-
-    fn registration(service: &str, pod: &str, address: &str) -> SidecarRegistration {
-        SidecarRegistration {
-            id: format!("default/{pod}"),
-            service: service.into(),
-            version: "v1".into(),
-            namespace: "default".into(),
-            pod: pod.into(),
-            address: address.into(),
-            inbound_port: 15006,
-            outbound_port: 15001,
-            admin_port: 15000,
-            build_version: "test".into(),
-            session: format!("s-{pod}"),
-            replica: "test".into(),
-            held_revision: 0,
-        }
     }
 
     #[tokio::test]
@@ -503,10 +486,9 @@ mod tests {
         assert_eq!(first.healthy_instances, 0);
 
         for (pod, addr) in [("web-1", "10.0.0.1"), ("web-2", "10.0.0.2")] {
-            hub.store()
-                .register_sidecar(&registration("web", pod, addr))
-                .await
-                .unwrap();
+            let mut r = reg(&format!("default/{pod}"), "web", &format!("s-{pod}"));
+            r.address = addr.into();
+            hub.store().register_sidecar(&r).await.unwrap();
         }
         hub.check_membership().await.unwrap();
 

@@ -466,24 +466,9 @@ async fn a_dry_run_honours_if_match_and_works_on_delete() {
 async fn sidecars_limit_keeps_the_first_rows_in_listing_order() {
     let t = test_app().await;
     for pod in ["web-c", "web-a", "web-b"] {
-        t.store
-            .register_sidecar(&crate::store::SidecarRegistration {
-                id: format!("default/{pod}"),
-                service: "web".into(),
-                version: "v1".into(),
-                namespace: "default".into(),
-                pod: pod.into(),
-                address: "10.0.0.1".into(),
-                inbound_port: 15006,
-                outbound_port: 15001,
-                admin_port: 15000,
-                build_version: "test".into(),
-                session: format!("s-{pod}"),
-                replica: "test".into(),
-                held_revision: 0,
-            })
-            .await
-            .unwrap();
+        let mut r = crate::store::tests::reg(&format!("default/{pod}"), "web", &format!("s-{pod}"));
+        r.pod = pod.into();
+        t.store.register_sidecar(&r).await.unwrap();
     }
     let pods = |body: &Value| -> Vec<String> {
         body.as_array()

@@ -19,7 +19,7 @@ mod sidecars;
 mod tokens;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_dashboard;
 #[cfg(test)]
