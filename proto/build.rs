@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Config documents (up to 1 MiB each) as `Bytes`, so that the one snapshot a
+    // service's sidecars share is cloned by reference, not copied per send.
+    tonic_prost_build::configure()
+        .bytes(".outrider.v1.ConfigDocument.content")
+        .compile_fds(fds)?;
     Ok(())
 }

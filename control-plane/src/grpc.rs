@@ -1,14 +1,22 @@
 //! The gRPC control stream (`docs/reference.md`): Hello → Snapshot → Ack/Nack, health reports.
 //!
 //! Each stream is one session task that owns the sidecar's registration: it registers
-//! on Hello, forwards every new snapshot of the sidecar's service, records Acks, Nacks
-//! and health, and marks the sidecar disconnected when the stream ends.
+//! on Hello, forwards every new snapshot of the sidecar's service, sends the
+//! destinations the sidecar watches (whole at first, then deltas, see `mesh`), records
+//! Acks, Nacks and health, and marks the sidecar disconnected when the stream ends.
+//! A session that cannot send (its sidecar reads slowly) holds only itself up: what
+//! changed meanwhile is coalesced and sent when it can send again.
 
 use crate::hub::Hub;
+use crate::mesh::{SessionId, Update, Wake, MAX_WATCHES};
 use crate::store::SidecarRegistration;
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
-use outrider_proto::v1::{control_message, sidecar_message, ControlMessage, Heartbeat, Hello, SidecarMessage};
+use outrider_proto::v1::{
+    control_message, sidecar_message, ControlMessage, Destinations, Heartbeat, Hello, SidecarMessage, Watch,
+};
 use outrider_runtime::shutdown::CancellationToken;
+use prost::Message as _;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,13 +71,16 @@ impl ControlPlane for ControlService {
             }
         }
         let reg = registration(&hello, &self.hub.replica).map_err(Status::invalid_argument)?;
-        let (tx, rx) = mpsc::channel(16);
+        // Small: a sidecar that reads slowly holds few messages here (each may be a
+        // large snapshot); the session coalesces the rest.
+        let (tx, rx) = mpsc::channel(2);
         let span = info_span!("sidecar", service = %reg.service, pod = %reg.pod, version = %reg.version);
         let session = Session {
             hub: self.hub.clone(),
             reg,
             tx,
             shutdown: self.shutdown.clone(),
+            initial_watch: hello.watch,
         };
         tokio::spawn(session.run(inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -115,6 +126,16 @@ struct Session {
     reg: SidecarRegistration,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
     shutdown: CancellationToken,
+    initial_watch: Vec<String>,
+}
+
+/// The destinations one session sends: each watched service with the version last
+/// sent, and the stream's own message version.
+struct Watching {
+    id: SessionId,
+    wake: Arc<Wake>,
+    held: HashMap<String, u64>,
+    version: u64,
 }
 
 impl Session {
@@ -127,9 +148,11 @@ impl Session {
         }
         info!(id = %self.reg.id, held_revision = self.reg.held_revision, "sidecar connected");
         self.hub.metrics.connected_sidecars.inc();
-        // The newcomer changes the split of `scope: service` limits for its service.
-        if let Err(e) = self.hub.check_membership().await {
-            warn!(error = %e, "membership check failed");
+        // The newcomer joins its service's endpoints (debounced) and, the first time,
+        // is counted before its first snapshot so that the split is right at once.
+        match self.hub.mesh.join(&self.reg).await {
+            Ok(changes) => self.hub.counts_changed(changes).await,
+            Err(e) => warn!(error = %e, "membership read failed"),
         }
         let heartbeat = ControlMessage {
             msg: Some(control_message::Msg::Heartbeat(Heartbeat {
@@ -145,17 +168,39 @@ impl Session {
         {
             warn!(error = %e, "could not record the disconnect");
         }
-        if let Err(e) = self.hub.check_membership().await {
-            warn!(error = %e, "membership check failed");
-        }
+        self.hub.mesh.leave(&self.reg.id, &self.reg.session, &self.reg.service);
     }
 
     /// Runs until the stream ends; true when the sidecar closed it cleanly.
     async fn serve(&mut self, inbound: &mut Streaming<SidecarMessage>) -> bool {
+        let mut watching = Watching {
+            id: self.hub.mesh.session_id(),
+            wake: Arc::new(Wake::default()),
+            held: HashMap::new(),
+            version: 0,
+        };
+        let initial = Watch {
+            add: std::mem::take(&mut self.initial_watch),
+            remove: Vec::new(),
+        };
+        self.watch(&mut watching, initial).await;
+        let clean = self.serve_watching(inbound, &mut watching).await;
+        for service in watching.held.keys() {
+            self.hub.mesh.unwatch(service, watching.id);
+        }
+        clean
+    }
+
+    async fn serve_watching(&mut self, inbound: &mut Streaming<SidecarMessage>, w: &mut Watching) -> bool {
         let store = self.hub.store().clone();
         let mut snapshots = self.hub.subscribe(&self.reg.service);
         // Mark the current value unseen so the first snapshot goes out at once.
         snapshots.mark_changed();
+        // A sidecar that falls silent leaves its service's endpoints once the silence
+        // passes the unhealthy window; this replica notices without any sweep.
+        let quiet = self.hub.timing.unhealthy_after + Duration::from_millis(100);
+        let silence = tokio::time::sleep(quiet);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
                 changed = snapshots.changed() => {
@@ -163,25 +208,60 @@ impl Session {
                     let snap = snapshots.borrow_and_update().clone();
                     if let Some(snap) = snap {
                         let msg = ControlMessage { msg: Some(control_message::Msg::Snapshot((*snap).clone())) };
+                        self.hub.metrics.stream_bytes_sent.inc_by(msg.encoded_len() as u64);
                         if self.tx.send(Ok(msg)).await.is_err() { return false }
                         self.hub.metrics.snapshots_sent.inc();
                     }
                 }
+                _ = w.wake.wait() => {
+                    if !self.send_destinations(w).await { return false }
+                }
+                _ = &mut silence => {
+                    self.hub.mesh.mark_dirty(&self.reg.service);
+                    silence.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(24 * 3600));
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(SidecarMessage { msg: Some(m) })) => {
+                        silence.as_mut().reset(tokio::time::Instant::now() + quiet);
+                        let (id, session) = (&self.reg.id, &self.reg.session);
                         let r = match m {
                             sidecar_message::Msg::Ack(a) => {
                                 self.hub.metrics.acks.inc();
-                                crate::propagation::on_ack(&self.hub, &self.reg.id, &self.reg.session, a.revision).await;
-                                store.record_ack(&self.reg.id, &self.reg.session, a.revision).await
+                                self.hub.mesh.seen(id, session);
+                                crate::propagation::on_ack(&self.hub, id, session, a.revision).await;
+                                store.record_ack(id, session, a.revision).await
                             }
                             sidecar_message::Msg::Nack(n) => {
                                 self.hub.metrics.nacks.inc();
+                                self.hub.mesh.seen(id, session);
                                 warn!(revision = n.revision, error = %n.error, "sidecar refused a snapshot");
-                                store.record_nack(&self.reg.id, &self.reg.session, n.revision, &n.error).await
+                                store.record_nack(id, session, n.revision, &n.error).await
                             }
                             sidecar_message::Msg::Health(h) => {
-                                store.record_health(&self.reg.id, &self.reg.session, &health_json(&h)).await
+                                let json = health_json(&h).to_string();
+                                // Reports gather in memory and reach the store in batches;
+                                // one that changes the instance's health is written now.
+                                if self.hub.mesh.report(id, session, json.clone(), h.app_healthy) {
+                                    self.hub.metrics.health_rows_written.inc();
+                                    store.record_health(id, session, &json, &self.reg.service).await
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                            sidecar_message::Msg::Watch(watch) => {
+                                self.hub.mesh.seen(id, session);
+                                self.watch(w, watch).await;
+                                Ok(())
+                            }
+                            sidecar_message::Msg::DestinationsAck(_) => {
+                                self.hub.mesh.seen(id, session);
+                                Ok(())
+                            }
+                            sidecar_message::Msg::DestinationsNack(n) => {
+                                self.hub.metrics.nacks.inc();
+                                self.hub.mesh.seen(id, session);
+                                warn!(version = n.version, error = %n.error, "sidecar refused destinations");
+                                store.record_nack(id, session, 0, &format!("destinations: {}", n.error)).await
                             }
                             sidecar_message::Msg::Hello(_) => Ok(()),
                         };
@@ -197,6 +277,68 @@ impl Session {
                 _ = self.shutdown.cancelled() => return false,
             }
         }
+    }
+
+    /// Adds and removes watched destinations. Names that are not service names, and
+    /// names past [`MAX_WATCHES`], are not tracked (the sidecar's lookup then times out).
+    async fn watch(&self, w: &mut Watching, watch: Watch) {
+        for service in watch.remove {
+            if w.held.remove(&service).is_some() {
+                self.hub.mesh.unwatch(&service, w.id);
+            }
+        }
+        for service in watch.add {
+            if w.held.contains_key(&service) || outrider_policy::validate_service_name(&service).is_err() {
+                continue;
+            }
+            if w.held.len() >= MAX_WATCHES {
+                warn!(%service, limit = MAX_WATCHES, "too many destinations watched; not tracking more");
+                break;
+            }
+            self.hub.metrics.watches.inc();
+            w.held.insert(service.clone(), 0);
+            if let Err(e) = self.hub.mesh.watch(&service, w.id, &w.wake).await {
+                // Tracked all the same: the next membership read fills it in.
+                warn!(%service, error = %e, "reading a watched destination failed");
+                self.hub.mesh.mark_dirty(&service);
+            }
+        }
+    }
+
+    /// Sends what changed in the watched destinations since the last message, as one
+    /// `Destinations`: whole services for new watches and routing changes, endpoint
+    /// deltas otherwise. The first message of a stream is `full`.
+    async fn send_destinations(&self, w: &mut Watching) -> bool {
+        let mut msg = Destinations {
+            full: w.version == 0,
+            ..Default::default()
+        };
+        for service in w.wake.take() {
+            let Some(held) = w.held.get_mut(&service) else { continue };
+            match self.hub.mesh.since(&service, *held) {
+                Update::Same => {}
+                Update::Full(v, d) => {
+                    msg.services.push((*d).clone());
+                    *held = v;
+                }
+                Update::Delta(v, d) => {
+                    msg.deltas.push(d);
+                    *held = v;
+                }
+            }
+        }
+        if msg.services.is_empty() && msg.deltas.is_empty() {
+            return true;
+        }
+        w.version += 1;
+        msg.version = w.version;
+        msg.nonce = uuid::Uuid::new_v4().simple().to_string();
+        let msg = ControlMessage {
+            msg: Some(control_message::Msg::Destinations(msg)),
+        };
+        self.hub.metrics.stream_bytes_sent.inc_by(msg.encoded_len() as u64);
+        self.hub.metrics.destinations_sent.inc();
+        self.tx.send(Ok(msg)).await.is_ok()
     }
 }
 
@@ -258,6 +400,7 @@ mod tests {
         let stop = shutdown.clone().drop_guard();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(hub.clone().run_background(shutdown.clone()));
         let svc = ControlService::new(hub.clone(), token.map(str::to_owned), shutdown).into_server();
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -273,14 +416,18 @@ mod tests {
     }
 
     fn hello(pod: &str, token: &str) -> SidecarMessage {
+        hello_as("web", pod, "10.1.0.7", token, &[])
+    }
+
+    fn hello_as(service: &str, pod: &str, address: &str, token: &str, watch: &[&str]) -> SidecarMessage {
         SidecarMessage {
             msg: Some(sidecar_message::Msg::Hello(Hello {
                 identity: Some(Identity {
-                    service: "web".into(),
+                    service: service.into(),
                     version: "v2".into(),
                     namespace: "default".into(),
                     pod: pod.into(),
-                    address: "10.1.0.7".into(),
+                    address: address.into(),
                     inbound_port: 15006,
                     outbound_port: 15001,
                     admin_port: 15000,
@@ -288,7 +435,21 @@ mod tests {
                 token: token.into(),
                 build_version: "test".into(),
                 held_revision: 0,
+                watch: watch.iter().map(|s| s.to_string()).collect(),
             })),
+        }
+    }
+
+    async fn next_destinations(s: &mut Stream) -> Destinations {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
+                .await
+                .expect("a message within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            if let Some(control_message::Msg::Destinations(d)) = msg.msg {
+                return d;
+            }
         }
     }
 
@@ -408,26 +569,76 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_cleanly_closed_stream_leaves_the_destinations() {
+    async fn a_caller_gets_what_it_watches_whole_then_as_deltas_and_nobody_else_hears_of_it() {
         let cp = control_plane(None).await;
-        let mut s = open(&cp.endpoint, hello("web-1", "")).await.unwrap();
-        next_snapshot(&mut s).await;
-        row_until(&cp.hub, |r| r.connected).await;
-        let in_table = |hub: &Hub| {
-            hub.destinations()
-                .services
-                .iter()
-                .any(|d| d.service == "web" && !d.endpoints.is_empty())
+        let mut caller = open(&cp.endpoint, hello_as("client", "client-1", "10.1.0.9", "", &["web"]))
+            .await
+            .unwrap();
+        let first = next_destinations(&mut caller).await;
+        assert!(first.full && first.version == 1, "{first:?}");
+        assert_eq!(first.services.len(), 1);
+        assert_eq!(first.services[0].service, "web");
+        assert!(first.services[0].endpoints.is_empty(), "no web instance yet");
+
+        let mut bystander = open(&cp.endpoint, hello_as("other", "other-1", "10.1.0.10", "", &[]))
+            .await
+            .unwrap();
+        next_snapshot(&mut bystander).await;
+
+        let mut web = open(&cp.endpoint, hello("web-1", "")).await.unwrap();
+        next_snapshot(&mut web).await;
+        let joined = next_destinations(&mut caller).await;
+        assert_eq!((joined.full, joined.version), (false, 2));
+        assert!(joined.services.is_empty(), "a join is a delta, not the whole service");
+        assert_eq!(joined.deltas.len(), 1);
+        let added: Vec<_> = joined.deltas[0].upsert.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(added, ["10.1.0.7"]);
+
+        drop(web.tx);
+        let left = next_destinations(&mut caller).await;
+        assert_eq!(left.version, 3);
+        let removed: Vec<_> = left.deltas[0].remove.iter().map(|k| k.address.as_str()).collect();
+        assert_eq!(removed, ["10.1.0.7"]);
+
+        // Had the bystander received any destination update, its first one now would
+        // not be version 1.
+        let watch = Watch {
+            add: vec!["web".into()],
+            remove: vec![],
         };
-        assert!(in_table(&cp.hub));
-        drop(s.tx);
-        row_until(&cp.hub, |r| !r.connected).await;
-        for _ in 0..200 {
-            if !in_table(&cp.hub) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the closed sidecar stayed in the destination table");
+        bystander
+            .tx
+            .send(SidecarMessage {
+                msg: Some(sidecar_message::Msg::Watch(watch)),
+            })
+            .await
+            .unwrap();
+        let seen = next_destinations(&mut bystander).await;
+        assert_eq!((seen.full, seen.version), (true, 1));
+        assert!(seen.services[0].endpoints.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_outside_the_mesh_is_answered_at_once_with_an_empty_destination() {
+        let cp = control_plane(None).await;
+        let mut caller = open(&cp.endpoint, hello_as("client", "client-1", "10.1.0.9", "", &[]))
+            .await
+            .unwrap();
+        next_snapshot(&mut caller).await;
+        let watch = Watch {
+            add: vec!["nowhere".into(), "Not A Name".into()],
+            remove: vec![],
+        };
+        caller
+            .tx
+            .send(SidecarMessage {
+                msg: Some(sidecar_message::Msg::Watch(watch)),
+            })
+            .await
+            .unwrap();
+        let d = next_destinations(&mut caller).await;
+        let names: Vec<_> = d.services.iter().map(|s| s.service.as_str()).collect();
+        assert_eq!(names, ["nowhere"], "an invalid name is not tracked");
+        assert!(d.services[0].endpoints.is_empty() && d.services[0].routing.is_empty());
     }
 }

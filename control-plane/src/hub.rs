@@ -1,20 +1,24 @@
-//! The snapshot hub: builds each service's snapshot once and fans it out to every
-//! sidecar of that service through a `watch` channel.
+//! The snapshot hub: builds each service's own snapshot once and fans it out to every
+//! sidecar of that service through a `watch` channel; owns the [`Mesh`] that sends
+//! destinations to the sidecars that watch them.
 //!
-//! Triggers, all ending in [`Hub::refresh`]: a local write (fast path), a PostgreSQL
-//! notification from another replica, a change in the healthy-instance count, and a
-//! periodic catch-up read that makes any missed notification harmless. Nothing is
-//! built before [`Hub::load`] has read the store, so a restarting control plane can
-//! never push an empty snapshot.
+//! Triggers of a snapshot build, all ending in [`Hub::refresh`]: a local write (fast
+//! path), a PostgreSQL notification from another replica, and a periodic catch-up read
+//! that makes any missed notification harmless. A change in a service's healthy count
+//! re-stamps its snapshot (no store read) only when one of its rate limits has
+//! `scope: service`, the one thing the count changes. Nothing is built before
+//! [`Hub::load`] has read the store, so a restarting control plane can never push an
+//! empty snapshot.
 
+use crate::mesh::{CountChange, Mesh};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Store, StoreError, CHANGES_CHANNEL};
-use outrider_policy::PolicyKind;
-use outrider_proto::v1::{ConfigDocument, DestinationTable, Snapshot};
+use outrider_policy::{PolicyKind, RateLimitPolicy, Scope};
+use outrider_proto::v1::{ConfigDocument, Snapshot};
 use outrider_runtime::shutdown::CancellationToken;
 use outrider_runtime::Backoff;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -26,7 +30,7 @@ pub use crate::timing::Timing;
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Event {
-    /// A new snapshot for the service (policy, config or membership change).
+    /// A new snapshot for the service (policy, config or split change).
     Snapshot { service: String, revision: u64 },
     /// The set of healthy instances of a service changed.
     Membership { service: String, healthy: u32 },
@@ -47,6 +51,8 @@ struct ServiceEntry {
     tx: SnapshotTx,
     /// Serializes builds of one service so an older build never overwrites a newer one.
     build: Arc<tokio::sync::Mutex<()>>,
+    /// Whether a rate-limit rule has `scope: service` (the split follows the count).
+    scoped: Arc<AtomicBool>,
 }
 
 pub struct Hub {
@@ -54,14 +60,9 @@ pub struct Hub {
     pub timing: Timing,
     pub replica: String,
     pub metrics: Arc<Metrics>,
+    pub mesh: Arc<Mesh>,
     loaded: watch::Sender<bool>,
     services: Mutex<HashMap<String, ServiceEntry>>,
-    healthy: Mutex<HashMap<String, u32>>,
-    /// The destination table shared by every snapshot (see `mesh.rs`).
-    destinations: Mutex<Arc<DestinationTable>>,
-    /// Serializes destination rebuilds: a slow build that read the store earlier must
-    /// not overwrite a newer table.
-    destinations_build: tokio::sync::Mutex<()>,
     seen_revision: AtomicU64,
     events: broadcast::Sender<Event>,
 }
@@ -70,15 +71,13 @@ impl Hub {
     pub fn new(store: Store, timing: Timing, metrics: Arc<Metrics>) -> Arc<Self> {
         let replica = format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         Arc::new(Self {
+            mesh: Arc::new(Mesh::new(store.clone(), timing)),
             store,
             timing,
             replica,
             metrics,
             loaded: watch::channel(false).0,
             services: Mutex::default(),
-            healthy: Mutex::default(),
-            destinations: Mutex::default(),
-            destinations_build: tokio::sync::Mutex::new(()),
             seen_revision: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
         })
@@ -111,8 +110,10 @@ impl Hub {
         let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 0;
         loop {
-            match self.try_load().await {
+            match self.store.latest_revision().await {
                 Ok(rev) => {
+                    self.seen_revision.store(rev, Ordering::SeqCst);
+                    self.metrics.latest_revision.set(rev as i64);
                     info!(revision = rev, replica = %self.replica, "loaded state from the store");
                     self.loaded.send_replace(true);
                     return;
@@ -124,21 +125,6 @@ impl Hub {
                 }
             }
         }
-    }
-
-    async fn try_load(&self) -> Result<u64, StoreError> {
-        let rev = self.store.latest_revision().await?;
-        self.seen_revision.store(rev, Ordering::SeqCst);
-        let counts = self.store.healthy_counts(self.seen_after()).await?;
-        *self.healthy.lock().unwrap() = counts;
-        *self.destinations.lock().unwrap() =
-            Arc::new(crate::mesh::build_destinations(&self.store, &self.timing).await?);
-        self.metrics.latest_revision.set(rev as i64);
-        Ok(rev)
-    }
-
-    fn seen_after(&self) -> i64 {
-        now_ms() - self.timing.unhealthy_after.as_millis() as i64
     }
 
     /// The service's snapshot channel; the first subscriber triggers its first build.
@@ -153,6 +139,7 @@ impl Hub {
             ServiceEntry {
                 tx,
                 build: Arc::default(),
+                scoped: Arc::default(),
             },
         );
         drop(services);
@@ -168,9 +155,8 @@ impl Hub {
         self.rebuild(service, Rebuild::FromStore).await
     }
 
-    /// Re-issues the service's snapshot with the current destination table and healthy
-    /// count, without reading the store: all a membership or routing change elsewhere
-    /// needs. Falls back to a full build when there is no snapshot yet.
+    /// Re-issues the service's snapshot with the current healthy count, without
+    /// reading the store. Falls back to a full build when there is no snapshot yet.
     async fn restamp(&self, service: &str) {
         self.rebuild(service, Rebuild::Restamp).await
     }
@@ -180,10 +166,10 @@ impl Hub {
         if loaded.wait_for(|l| *l).await.is_err() {
             return;
         }
-        let (tx, lock) = {
+        let (tx, lock, scoped) = {
             let services = self.services.lock().unwrap();
             match services.get(service) {
-                Some(e) => (e.tx.clone(), e.build.clone()),
+                Some(e) => (e.tx.clone(), e.build.clone(), e.scoped.clone()),
                 None => return,
             }
         };
@@ -202,6 +188,7 @@ impl Hub {
                 debug!(service, revision = snap.revision, "snapshot built");
                 self.metrics.snapshots_built.inc();
                 let revision = snap.revision;
+                scoped.store(service_scoped(&snap.rate_limit), Ordering::Relaxed);
                 tx.send_replace(Some(Arc::new(snap)));
                 let _ = self.events.send(Event::Snapshot {
                     service: service.to_owned(),
@@ -233,7 +220,7 @@ impl Hub {
                 .map(|c| ConfigDocument {
                     name: c.name,
                     content_type: c.content_type,
-                    content: c.content,
+                    content: c.content.into(),
                     revision: c.revision,
                 })
                 .collect(),
@@ -244,48 +231,13 @@ impl Hub {
     }
 
     /// Sets what comes from the hub's memory rather than the service's documents: a new
-    /// nonce, the split of `scope: service` limits, the destination table, and the
-    /// revision — `own_revision` raised to the newest routing revision, since a routing
-    /// change anywhere changes what the sidecar enforces.
+    /// nonce and the split of `scope: service` limits.
     fn stamp(&self, snap: &mut Snapshot, own_revision: u64) {
-        let healthy = self.healthy.lock().unwrap().get(&snap.service).copied().unwrap_or(0);
-        let destinations = self.destinations();
-        snap.revision = own_revision.max(destinations.routing_revision);
+        let healthy = self.mesh.healthy(&snap.service);
+        snap.revision = own_revision;
         snap.nonce = uuid::Uuid::new_v4().simple().to_string();
         snap.service_share = 1.0 / f64::from(healthy.max(1));
         snap.healthy_instances = healthy;
-        snap.destinations = Some((*destinations).clone());
-    }
-
-    /// The current destination table (endpoints and routing of every service).
-    pub fn destinations(&self) -> Arc<DestinationTable> {
-        self.destinations.lock().unwrap().clone()
-    }
-
-    /// Rebuilds the destination table; true when it changed (and every service's
-    /// snapshot must be rebuilt to carry it).
-    async fn update_destinations(&self) -> Result<bool, StoreError> {
-        let _build = self.destinations_build.lock().await;
-        let table = crate::mesh::build_destinations(&self.store, &self.timing).await?;
-        let mut current = self.destinations.lock().unwrap();
-        if **current == table {
-            return Ok(false);
-        }
-        *current = Arc::new(table);
-        Ok(true)
-    }
-
-    /// After a destination-table change: rebuilds the services whose own documents
-    /// changed (`from_store`) and re-stamps every other service subscribed here.
-    async fn refresh_all(&self, from_store: &[String]) {
-        let services: Vec<String> = self.services.lock().unwrap().keys().cloned().collect();
-        for s in services {
-            if from_store.contains(&s) {
-                self.refresh(&s).await;
-            } else {
-                self.restamp(&s).await;
-            }
-        }
     }
 
     /// The newest snapshot revision of `service`, if a sidecar subscribed to it here.
@@ -297,7 +249,8 @@ impl Hub {
     }
 
     /// Reads every change after the last one seen and refreshes the services it
-    /// touched: the one path for local writes, notifications and the periodic sweep.
+    /// touched (their own snapshot, and their routing for the sessions watching
+    /// them): the one path for local writes, notifications and the periodic sweep.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
         let after = self.seen_revision.load(Ordering::SeqCst);
         let (services, newest) = self.store.changes_since(after).await?;
@@ -305,88 +258,93 @@ impl Hub {
             self.seen_revision.fetch_max(newest, Ordering::SeqCst);
             self.metrics.latest_revision.set(newest as i64);
         }
-        if newest > after && self.update_destinations().await? {
-            self.refresh_all(&services).await;
-            return Ok(());
-        }
         for s in services {
             self.refresh(&s).await;
+            self.mesh.documents_changed(&s).await?;
         }
         Ok(())
     }
 
-    /// Re-counts healthy instances and re-splits the services whose count changed.
-    pub async fn check_membership(&self) -> Result<(), StoreError> {
-        let counts = self.store.healthy_counts(self.seen_after()).await?;
-        let changed: Vec<(String, u32)> = {
-            let mut healthy = self.healthy.lock().unwrap();
-            let mut changed: Vec<(String, u32)> = counts
-                .iter()
-                .filter(|(s, n)| healthy.get(*s) != Some(n))
-                .map(|(s, n)| (s.clone(), *n))
-                .collect();
-            changed.extend(
-                healthy
-                    .keys()
-                    .filter(|s| !counts.contains_key(*s))
-                    .map(|s| (s.clone(), 0)),
-            );
-            *healthy = counts;
-            changed
-        };
-        let mesh_changed = self.update_destinations().await?;
-        for (service, n) in changed {
+    /// Healthy counts that changed: an event for each, and a new split for the
+    /// services whose limits depend on it.
+    pub async fn counts_changed(&self, changes: Vec<CountChange>) {
+        for (service, healthy) in changes {
             let _ = self.events.send(Event::Membership {
                 service: service.clone(),
-                healthy: n,
+                healthy,
             });
-            // A new split needs no store read.
-            if !mesh_changed {
+            let scoped = self
+                .services
+                .lock()
+                .unwrap()
+                .get(&service)
+                .is_some_and(|e| e.scoped.load(Ordering::Relaxed));
+            if scoped {
                 self.restamp(&service).await;
             }
         }
-        if mesh_changed {
-            self.refresh_all(&[]).await;
-        }
-        Ok(())
     }
 
     /// Keeps the hub current until `shutdown`: PostgreSQL notifications from every
-    /// replica, plus a periodic catch-up and membership check.
+    /// replica, membership re-reads, batched health writes, and a periodic catch-up.
     pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
         let hub = self;
-        {
-            let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<String>(256);
-            if hub.store.backend() == crate::store::Backend::Postgres {
-                tokio::spawn(listen(hub.store.url().to_owned(), notify_tx, shutdown.clone()));
-            }
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut ticks = 0u64;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    Some(payload) = notify_rx.recv() => {
-                        let r = if payload.starts_with("members:") {
-                            hub.check_membership().await
-                        } else {
-                            hub.catch_up().await
-                        };
-                        if let Err(e) = r { warn!(error = %e, "applying a change notification failed") }
+        let members = {
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        changes = hub.mesh.next_changes() => hub.counts_changed(changes).await,
                     }
-                    _ = tick.tick() => {
-                        ticks += 1;
-                        if let Err(e) = hub.catch_up().await { warn!(error = %e, "catch-up read failed") }
-                        if let Err(e) = hub.check_membership().await { warn!(error = %e, "membership check failed") }
-                        // Pods gone for an hour are forgotten.
-                        if ticks.is_multiple_of(120) {
-                            let _ = hub.store.prune_sidecars(now_ms() - 3_600_000).await;
+                }
+            })
+        };
+        let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<String>(1024);
+        if hub.store.backend() == crate::store::Backend::Postgres {
+            tokio::spawn(listen(hub.store.url().to_owned(), notify_tx, shutdown.clone()));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(payload) = notify_rx.recv() => {
+                    if let Some(service) = payload.strip_prefix("members:") {
+                        hub.mesh.mark_dirty(service);
+                    } else if let Err(e) = hub.catch_up().await {
+                        warn!(error = %e, "applying a change notification failed");
+                    }
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if let Err(e) = hub.catch_up().await { warn!(error = %e, "catch-up read failed") }
+                    if ticks.is_multiple_of(2) {
+                        match hub.mesh.flush().await {
+                            Ok(n) => { hub.metrics.health_rows_written.inc_by(n as u64); }
+                            Err(e) => warn!(error = %e, "writing health reports failed; kept for the next batch"),
                         }
+                        if let Err(e) = hub.mesh.silenced().await { warn!(error = %e, "silence check failed") }
+                    }
+                    // Pods gone for an hour are forgotten.
+                    if ticks.is_multiple_of(120) {
+                        let _ = hub.store.prune_sidecars(now_ms() - 3_600_000).await;
                     }
                 }
             }
         }
+        // What was reported last still reaches the store.
+        let _ = hub.mesh.flush().await;
+        members.abort();
     }
+}
+
+/// Whether a RateLimitPolicy document has a rule with `scope: service`.
+fn service_scoped(doc: &str) -> bool {
+    !doc.is_empty()
+        && serde_json::from_str::<RateLimitPolicy>(doc).is_ok_and(|p| p.rules.iter().any(|r| r.scope == Scope::Service))
 }
 
 /// LISTENs on the changes channel, reconnecting on failure; every (re)connect is
@@ -478,29 +436,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_healthy_instance_re_splits_service_limits_and_joins_the_destinations() {
+    async fn a_new_healthy_instance_re_splits_service_scoped_limits_and_nothing_else() {
         let (hub, _dir) = hub().await;
         hub.load().await;
+        let scoped = json!({"rules": [{"name": "all", "requestsPerSecond": 10, "scope": "service"}]});
+        hub.store()
+            .put_policy("web", PolicyKind::RateLimit, &scoped, Precondition::None, "test")
+            .await
+            .unwrap();
         let mut web = hub.subscribe("web");
+        let mut api = hub.subscribe("api");
         let first = next(&mut web).await;
+        next(&mut api).await;
         assert_eq!(first.healthy_instances, 0);
 
-        for (pod, addr) in [("web-1", "10.0.0.1"), ("web-2", "10.0.0.2")] {
-            let mut r = reg(&format!("default/{pod}"), "web", &format!("s-{pod}"));
-            r.address = addr.into();
+        for (service, pod) in [("web", "web-1"), ("web", "web-2"), ("api", "api-1")] {
+            let r = reg(&format!("default/{pod}"), service, &format!("s-{pod}"));
             hub.store().register_sidecar(&r).await.unwrap();
+            let changes = hub.mesh.join(&r).await.unwrap();
+            hub.counts_changed(changes).await;
         }
-        hub.check_membership().await.unwrap();
+        // The second web join is debounced, as in the running hub.
+        let changes = hub.mesh.next_changes().await;
+        hub.counts_changed(changes).await;
 
-        let snap = next(&mut web).await;
-        assert_eq!(snap.healthy_instances, 2);
+        let mut snap = next(&mut web).await;
+        while snap.healthy_instances < 2 {
+            snap = next(&mut web).await;
+        }
         assert_eq!(snap.service_share, 0.5);
-        let table = snap.destinations.as_ref().unwrap();
-        let web_dest = table.services.iter().find(|s| s.service == "web").unwrap();
-        let addrs: Vec<_> = web_dest.endpoints.iter().map(|e| e.address.as_str()).collect();
-        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2"]);
-        // A membership change re-stamps the same documents with a fresh nonce.
+        // A re-split re-stamps the same documents with a fresh nonce.
         assert_ne!(snap.nonce, first.nonce);
         assert_eq!(snap.rate_limit, first.rate_limit);
+        assert!(
+            !api.has_changed().unwrap(),
+            "api has no service-scoped limit: its count changes send it nothing"
+        );
+        assert_eq!(hub.mesh.healthy("api"), 1);
     }
 }

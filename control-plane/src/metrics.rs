@@ -15,6 +15,14 @@ pub struct Metrics {
     pub acks: Counter,
     pub nacks: Counter,
     pub policy_writes: Counter,
+    /// Destination updates (whole or delta) sent to sidecars.
+    pub destinations_sent: Counter,
+    /// Encoded bytes of every snapshot and destination update sent.
+    pub stream_bytes_sent: Counter,
+    /// Destination names sidecars asked for (on demand or declared).
+    pub watches: Counter,
+    /// Health reports written to the store (batched or at once).
+    pub health_rows_written: Counter,
     /// Write → ACK of each revision by each sidecar connected when it was written.
     pub propagation_seconds: Histogram,
 }
@@ -36,6 +44,10 @@ impl Metrics {
             acks: Counter::default(),
             nacks: Counter::default(),
             policy_writes: Counter::default(),
+            destinations_sent: Counter::default(),
+            stream_bytes_sent: Counter::default(),
+            watches: Counter::default(),
+            health_rows_written: Counter::default(),
             propagation_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             registry: Registry::default(),
         };
@@ -61,6 +73,26 @@ impl Metrics {
             "policy_writes",
             "Policy and config writes through this replica's API",
             m.policy_writes.clone(),
+        );
+        registry.register(
+            "destinations_sent",
+            "Destination updates (whole or delta) sent to the sidecars watching them",
+            m.destinations_sent.clone(),
+        );
+        registry.register(
+            "stream_bytes_sent",
+            "Encoded bytes of the snapshots and destination updates sent to sidecars",
+            m.stream_bytes_sent.clone(),
+        );
+        registry.register(
+            "watches",
+            "Destination services sidecars asked to receive",
+            m.watches.clone(),
+        );
+        registry.register(
+            "health_rows_written",
+            "Health reports written to the store (coalesced into batches)",
+            m.health_rows_written.clone(),
         );
         registry.register(
             "propagation_seconds",

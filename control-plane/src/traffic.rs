@@ -93,6 +93,7 @@ mod tests {
             admin_port: 3,
             build_version: String::new(),
             replica: String::new(),
+            session: String::new(),
             connected: true,
             connected_at_ms: 0,
             last_seen_ms: 0,

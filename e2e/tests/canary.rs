@@ -18,7 +18,10 @@ struct Instance {
 async fn instance(cp: &ControlPlane, dir: &Path, service: &str, version: &str, pod: &str, args: &[&str]) -> Instance {
     let port = free_port();
     let app = echo_with(port, pod, args);
-    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, version, port, &dir.join(pod), &[]).await;
+    // Every instance declares `web` ahead, so none waits for a lookup (on-demand
+    // discovery has its own tests in discovery.rs).
+    let declared = [("OUTRIDER_DESTINATIONS", "web")];
+    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, version, port, &dir.join(pod), &declared).await;
     Instance { _app: app, sidecar }
 }
 

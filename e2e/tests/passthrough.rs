@@ -17,8 +17,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Waits until `caller` routes to at least one instance of `service`.
+/// Waits until `caller` routes to at least one instance of `service`, after a first
+/// call that makes the caller look the name up.
 async fn wait_routable(caller: &Sidecar, service: &str) {
+    let _ = client()
+        .get(format!("http://127.0.0.1:{}/", caller.outbound_port))
+        .header("host", service)
+        .send()
+        .await;
     let r = wait_until(SOON, || async {
         let dump = caller.config_dump().await;
         dump["destinations"]["services"].as_array().is_some_and(|services| {

@@ -27,7 +27,10 @@ async fn instance(
 ) -> Instance {
     let port = free_port();
     let app = echo_with(port, pod, echo_args);
-    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, version, port, &dir.join(pod), &[]).await;
+    // Every instance declares `web` ahead, so none waits for a lookup (on-demand
+    // discovery has its own tests in discovery.rs).
+    let declared = [("OUTRIDER_DESTINATIONS", "web")];
+    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, version, port, &dir.join(pod), &declared).await;
     Instance { app, sidecar }
 }
 

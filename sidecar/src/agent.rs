@@ -1,14 +1,15 @@
 //! The control-stream client: registers with Hello, applies snapshots atomically,
-//! persists each accepted one before acknowledging it, reports health, and reconnects
-//! with exponential backoff and full jitter (`outrider_runtime::Backoff`) whenever the
+//! persists each accepted one before acknowledging it, asks for the destinations its
+//! app calls and applies their updates, reports health, and reconnects with
+//! exponential backoff and full jitter (`outrider_runtime::Backoff`) whenever the
 //! stream breaks.
 
 use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, HealthReport, Hello, Identity, LatencySummary, LogShipping, Nack,
-    SidecarMessage, Snapshot,
+    control_message, sidecar_message, Ack, Destinations, DestinationsAck, DestinationsNack, HealthReport, Hello,
+    Identity, LatencySummary, LogShipping, Nack, SidecarMessage, Snapshot, Watch,
 };
 use outrider_runtime::shutdown::CancellationToken;
 use outrider_runtime::Backoff;
@@ -28,7 +29,15 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub app_addr: SocketAddr,
     pub state: Arc<SidecarState>,
+    /// Destinations asked for at every connect, before the app calls them
+    /// (`OUTRIDER_DESTINATIONS`).
+    pub declared: Vec<String>,
 }
+
+/// How often held destinations are written to disk when they changed: they are for
+/// static stability, and endpoints move while the control plane is away anyway, so
+/// a busy callee never costs its callers an fsync per update.
+const SAVE_DESTINATIONS: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -90,11 +99,17 @@ impl Agent {
             .await?;
         let mut client = ControlPlaneClient::new(channel);
         let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
+        self.state.reset_destination_version();
+        let mut watch = self.state.watch_list();
+        watch.extend(self.declared.iter().cloned());
+        watch.sort();
+        watch.dedup();
         let hello = Hello {
             identity: Some(self.identity.clone()),
             token: self.token.clone(),
             build_version: env!("CARGO_PKG_VERSION").to_owned(),
             held_revision: self.state.applied_revision(),
+            watch,
         };
         // The channel has room: this cannot block.
         let _ = tx.send(msg(sidecar_message::Msg::Hello(hello))).await;
@@ -105,13 +120,21 @@ impl Agent {
         let mut report = tokio::time::interval(Duration::from_secs(1));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = (Instant::now(), 0u64);
-        loop {
+        let mut save = tokio::time::interval(SAVE_DESTINATIONS);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unsaved = false;
+        let end = loop {
             tokio::select! {
                 m = inbound.message() => match m {
                     Ok(Some(cm)) => match cm.msg {
                         Some(control_message::Msg::Snapshot(s)) => {
                             let reply = self.accept(s).await;
-                            if tx.send(reply).await.is_err() { return Ok(End::Lost) }
+                            if tx.send(reply).await.is_err() { break End::Lost }
+                        }
+                        Some(control_message::Msg::Destinations(d)) => {
+                            let Some(reply) = self.accept_destinations(d) else { break End::Lost };
+                            unsaved = true;
+                            if tx.send(reply).await.is_err() { break End::Lost }
                         }
                         Some(control_message::Msg::Heartbeat(h)) => {
                             let every = Duration::from_millis(u64::from(h.report_interval_ms).clamp(100, 60_000));
@@ -120,15 +143,26 @@ impl Agent {
                         }
                         None => {}
                     },
-                    Ok(None) => return Ok(End::Lost),
+                    Ok(None) => break End::Lost,
                     Err(status) => {
                         warn!(%status, "control stream broke");
-                        return Ok(End::Lost);
+                        break End::Lost;
                     }
                 },
+                _ = self.state.discovery.wait() => {
+                    let add = self.state.discovery.take_unsent();
+                    if !add.is_empty() {
+                        let w = Watch { add, remove: Vec::new() };
+                        if tx.send(msg(sidecar_message::Msg::Watch(w))).await.is_err() { break End::Lost }
+                    }
+                }
+                _ = save.tick(), if unsaved => {
+                    unsaved = false;
+                    self.save_destinations().await;
+                }
                 _ = report.tick() => {
                     let h = self.health(&mut last).await;
-                    if tx.send(msg(sidecar_message::Msg::Health(h))).await.is_err() { return Ok(End::Lost) }
+                    if tx.send(msg(sidecar_message::Msg::Health(h))).await.is_err() { break End::Lost }
                 }
                 _ = shutdown.cancelled() => {
                     // Half-close: the control plane sees a clean end and deregisters us;
@@ -138,9 +172,47 @@ impl Agent {
                         while let Ok(Some(_)) = inbound.message().await {}
                     })
                     .await;
-                    return Ok(End::Shutdown);
+                    break End::Shutdown;
                 }
             }
+        };
+        if unsaved {
+            self.save_destinations().await;
+        }
+        Ok(end)
+    }
+
+    /// Applies a destination update and answers it; `None` when it is out of order
+    /// (the stream and this sidecar disagree: reconnect, and get a full resync).
+    fn accept_destinations(&self, d: Destinations) -> Option<SidecarMessage> {
+        let (version, nonce) = (d.version, d.nonce.clone());
+        match self.state.apply_destinations(&d) {
+            Ok(()) => Some(msg(sidecar_message::Msg::DestinationsAck(DestinationsAck {
+                version,
+                nonce,
+            }))),
+            Err(e @ crate::state::DestinationsError::OutOfOrder { .. }) => {
+                warn!(error = %e, "resynchronising destinations");
+                None
+            }
+            Err(e) => {
+                warn!(version, error = %e, "refusing part of a destination update");
+                Some(msg(sidecar_message::Msg::DestinationsNack(DestinationsNack {
+                    version,
+                    nonce,
+                    error: e.to_string(),
+                })))
+            }
+        }
+    }
+
+    async fn save_destinations(&self) {
+        let dir = self.state_dir.clone();
+        let table = self.state.held_destinations();
+        match tokio::task::spawn_blocking(move || persist::save_destinations(&dir, &table)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not persist the destinations"),
+            Err(e) => warn!(error = %e, "persist task failed"),
         }
     }
 

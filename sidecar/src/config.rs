@@ -53,6 +53,10 @@ pub struct Config {
     #[arg(long, env = "OUTRIDER_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
     pub app_protocol: AppProtocol,
     /// Runtime worker threads (default: one per core).
+    /// Services this app calls, asked for at every connect so that even the first
+    /// call needs no lookup (comma-separated; others are discovered on first call).
+    #[arg(long, env = "OUTRIDER_DESTINATIONS", default_value = "")]
+    pub destinations: String,
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
@@ -74,6 +78,15 @@ impl Config {
         self.pod_name.clone().filter(|p| !p.is_empty()).unwrap_or_else(hostname)
     }
 
+    pub fn declared_destinations(&self) -> Vec<String> {
+        self.destinations
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn app_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.app_port))
     }
@@ -91,6 +104,9 @@ impl Config {
         }
         crate::configdocs::ReloadHooks::parse(&self.config_reload)
             .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;
+        for d in self.declared_destinations() {
+            outrider_policy::validate_service_name(&d).map_err(|e| format!("OUTRIDER_DESTINATIONS: {d:?}: {e}"))?;
+        }
         Ok(())
     }
 }

@@ -95,6 +95,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let span = info_span!("sidecar", service = %cfg.service, pod = %pod);
     async move {
         let state = Arc::new(SidecarState::new());
+        // Destinations first: the snapshot applied next picks them up.
+        match persist::load_destinations(&cfg.state_dir) {
+            Ok(Some(table)) => match state.load_destinations(&table) {
+                Ok(()) => info!(
+                    destinations = table.services.len(),
+                    "routing with the persisted destinations until the control plane answers"
+                ),
+                Err(e) => warn!(error = %e, "persisted destinations are invalid; ignoring them"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "ignoring the persisted destinations"),
+        }
         match persist::load(&cfg.state_dir, &cfg.service) {
             Ok(Some(snap)) => match state.apply(&snap, Source::Persisted) {
                 Ok(()) => info!(
@@ -195,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir: cfg.state_dir.clone(),
             app_addr: cfg.app_addr(),
             state: state.clone(),
+            declared: cfg.declared_destinations(),
         };
         control.spawn(info_span!("agent"), agent.run(control.stop.clone()));
 

@@ -1,18 +1,21 @@
 //! The sidecar's shared state: what it enforces now, swapped atomically as a whole.
 //!
 //! The request path reads [`SidecarState::applied`] with one lock-free load
-//! (`arc_swap`); the agent replaces it when a snapshot is accepted.
+//! (`arc_swap`); the agent replaces it when a snapshot or a destination update is
+//! accepted. The two travel separately (own policy in snapshots, outbound
+//! destinations scoped and incremental), and every swap combines the newest of each.
 
 use crate::loghub::LogHub;
 use crate::metrics::Metrics;
-use crate::outbound::table::{Destinations, TableError};
+use crate::outbound::table::{self, Destinations, Held, TableError};
 use crate::ratelimit::RateLimiter;
 use arc_swap::ArcSwapOption;
 use outrider_policy::{LoggingPolicy, PolicyError, RateLimitPolicy};
-use outrider_proto::v1::Snapshot;
+use outrider_proto::v1::{DestinationTable, Destinations as DestinationsMsg, Snapshot};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Notify};
 
 /// Where the applied snapshot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,9 +36,101 @@ pub struct Applied {
     pub rate_limit: Option<RateLimitPolicy>,
     pub logging: Option<LoggingPolicy>,
     pub configs: Vec<ConfigSummary>,
-    pub limiter: RateLimiter,
-    /// Outbound routing: every service's endpoints and RoutingPolicy.
+    pub limiter: Arc<RateLimiter>,
+    /// Outbound routing: the watched services' endpoints and RoutingPolicy.
     pub destinations: Arc<Destinations>,
+}
+
+impl Applied {
+    fn with_destinations(&self, destinations: Arc<Destinations>) -> Applied {
+        Applied {
+            revision: self.revision,
+            nonce: self.nonce.clone(),
+            source: self.source,
+            service_share: self.service_share,
+            healthy_instances: self.healthy_instances,
+            rate_limit: self.rate_limit.clone(),
+            logging: self.logging.clone(),
+            configs: self.configs.clone(),
+            limiter: Arc::clone(&self.limiter),
+            destinations,
+        }
+    }
+}
+
+/// The destinations as held (what the control plane sent, for persisting and for
+/// the next Hello) and as compiled, and the stream version they are at.
+#[derive(Default)]
+struct HeldDestinations {
+    held: Held,
+    compiled: Arc<Destinations>,
+    version: u64,
+}
+
+/// On-demand discovery: names the app called that this sidecar does not hold yet.
+/// The request path asks ([`Discovery::ask`]) and waits; the agent sends the names in
+/// a `Watch` and the answer arrives as a destination update.
+#[derive(Default)]
+pub struct Discovery {
+    inner: Mutex<Asked>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Asked {
+    /// Asked for and not answered yet (asked again after a reconnect).
+    open: HashSet<String>,
+    /// Not sent yet.
+    unsent: Vec<String>,
+}
+
+impl Discovery {
+    /// Asks for `name` unless it is already asked for.
+    pub fn ask(&self, name: &str) {
+        let mut a = self.inner.lock().unwrap();
+        if a.open.insert(name.to_owned()) {
+            a.unsent.push(name.to_owned());
+            drop(a);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits until a name is waiting to be sent.
+    pub async fn wait(&self) {
+        if !self.inner.lock().unwrap().unsent.is_empty() {
+            return;
+        }
+        self.notify.notified().await
+    }
+
+    pub fn take_unsent(&self) -> Vec<String> {
+        std::mem::take(&mut self.inner.lock().unwrap().unsent)
+    }
+
+    /// Every open question (for a new stream's Hello), marked sent.
+    pub fn open(&self) -> Vec<String> {
+        let mut a = self.inner.lock().unwrap();
+        a.unsent.clear();
+        a.open.iter().cloned().collect()
+    }
+
+    fn answered(&self, names: &[String]) {
+        let mut a = self.inner.lock().unwrap();
+        for n in names {
+            a.open.remove(n);
+        }
+    }
+}
+
+/// Why a destination update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationsError {
+    #[error("destination update {got} after {held}: out of order")]
+    OutOfOrder { held: u64, got: u64 },
+    #[error("{0}")]
+    Table(#[from] TableError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Services(Vec<TableError>),
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -70,9 +165,13 @@ pub struct SidecarState {
     /// Access-log queue and log-shipping figures, shared with the shipper (`loghub`).
     pub logs: LogHub,
     connected: AtomicBool,
-    /// Bumped after every swap, so that background owners (config documents, log
-    /// shipping) react to a new snapshot without polling.
+    /// Bumped after every snapshot swap, so that background owners (config documents,
+    /// log shipping) react to a new snapshot without polling.
     changes: watch::Sender<u64>,
+    destinations: Mutex<HeldDestinations>,
+    /// Bumped after every destination update (what a discovering request waits on).
+    destination_changes: watch::Sender<u64>,
+    pub discovery: Discovery,
 }
 
 impl Default for SidecarState {
@@ -89,6 +188,9 @@ impl SidecarState {
             logs: LogHub::new(),
             connected: AtomicBool::new(false),
             changes: watch::channel(0).0,
+            destinations: Mutex::default(),
+            destination_changes: watch::channel(0).0,
+            discovery: Discovery::default(),
         }
     }
 
@@ -126,6 +228,82 @@ impl SidecarState {
         self.changes.subscribe()
     }
 
+    /// Notified after each destination update.
+    pub fn subscribe_destinations(&self) -> watch::Receiver<u64> {
+        self.destination_changes.subscribe()
+    }
+
+    /// Applies a destination update from the control stream. Services that compile
+    /// are applied even when another one fails (that one keeps its previous form and
+    /// is reported, for a NACK).
+    pub fn apply_destinations(&self, msg: &DestinationsMsg) -> Result<(), DestinationsError> {
+        let mut d = self.destinations.lock().unwrap();
+        if !msg.full && msg.version != d.version + 1 {
+            return Err(DestinationsError::OutOfOrder {
+                held: d.version,
+                got: msg.version,
+            });
+        }
+        let mut held = d.held.clone();
+        let touched = table::apply_message(&mut held, msg)?;
+        let (compiled, errors) = d.compiled.recompile(&held, &touched);
+        d.held = held;
+        d.version = msg.version;
+        d.compiled = Arc::new(compiled);
+        self.swap_destinations(&d.compiled);
+        drop(d);
+        self.discovery.answered(&touched);
+        self.destination_changes.send_modify(|n| *n += 1);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DestinationsError::Services(errors))
+        }
+    }
+
+    /// Installs persisted destinations (at start, before the control plane answers).
+    pub fn load_destinations(&self, table: &DestinationTable) -> Result<(), TableError> {
+        let mut d = self.destinations.lock().unwrap();
+        let compiled = Arc::new(Destinations::compile(Some(table), Some(&d.compiled))?);
+        d.held = table.services.iter().map(|s| (s.service.clone(), s.clone())).collect();
+        d.compiled = compiled;
+        d.version = 0;
+        self.swap_destinations(&d.compiled);
+        drop(d);
+        self.destination_changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    fn swap_destinations(&self, compiled: &Arc<Destinations>) {
+        if let Some(a) = self.applied.load_full() {
+            self.applied
+                .store(Some(Arc::new(a.with_destinations(Arc::clone(compiled)))));
+        }
+    }
+
+    /// The held destinations, for `destinations.pb`.
+    pub fn held_destinations(&self) -> DestinationTable {
+        let d = self.destinations.lock().unwrap();
+        DestinationTable {
+            services: d.held.values().cloned().collect(),
+            routing_revision: d.compiled.routing_revision,
+        }
+    }
+
+    /// The names a new stream's Hello asks for: those held and those asked for.
+    pub fn watch_list(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.destinations.lock().unwrap().held.keys().cloned().collect();
+        names.extend(self.discovery.open());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// A new stream starts at version 0: its first update is `full`.
+    pub fn reset_destination_version(&self) {
+        self.destinations.lock().unwrap().version = 0;
+    }
+
     fn compile(&self, s: &Snapshot, source: Source) -> Result<Applied, ApplyError> {
         let share = if s.service_share == 0.0 { 1.0 } else { s.service_share };
         if !(share > 0.0 && share <= 1.0) {
@@ -142,11 +320,12 @@ impl SidecarState {
         let previous = self.applied.load_full();
         // Buckets carry over from the previous snapshot so that a re-split or an
         // unrelated change does not hand every client a fresh burst.
-        let limiter = RateLimiter::compile(rate_limit.as_ref(), share, previous.as_ref().map(|p| &p.limiter));
-        let destinations = Arc::new(Destinations::compile(
-            s.destinations.as_ref(),
-            previous.as_ref().map(|p| &*p.destinations),
-        )?);
+        let limiter = Arc::new(RateLimiter::compile(
+            rate_limit.as_ref(),
+            share,
+            previous.as_ref().map(|p| &*p.limiter),
+        ));
+        let destinations = Arc::clone(&self.destinations.lock().unwrap().compiled);
         let configs = s
             .configs
             .iter()

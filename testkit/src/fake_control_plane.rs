@@ -23,8 +23,8 @@
 use anyhow::{anyhow, bail, Context};
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, ControlMessage, HealthReport, Heartbeat, Hello, Nack, SidecarMessage,
-    Snapshot,
+    control_message, sidecar_message, Ack, ControlMessage, Destinations, DestinationsAck, DestinationsNack,
+    HealthReport, Heartbeat, Hello, Nack, SidecarMessage, Snapshot, Watch,
 };
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -133,6 +133,8 @@ impl Drop for FakeControlPlane {
 pub enum Reply {
     Ack(Ack),
     Nack(Nack),
+    DestinationsAck(DestinationsAck),
+    DestinationsNack(DestinationsNack),
 }
 
 /// One sidecar's control stream, seen from the control plane's side. Dropping it ends
@@ -148,6 +150,20 @@ impl Stream {
     /// Sends a snapshot as it is: nothing is checked or filled in.
     pub fn send(&self, snapshot: Snapshot) -> anyhow::Result<()> {
         self.push(control_message::Msg::Snapshot(snapshot))
+    }
+
+    /// Sends a destination update as it is.
+    pub fn send_destinations(&self, destinations: Destinations) -> anyhow::Result<()> {
+        self.push(control_message::Msg::Destinations(destinations))
+    }
+
+    /// The next `Watch`, within [`WAIT`]; other messages before it are skipped.
+    pub async fn next_watch(&mut self) -> anyhow::Result<Watch> {
+        loop {
+            if let sidecar_message::Msg::Watch(w) = self.next().await? {
+                return Ok(w);
+            }
+        }
     }
 
     /// Asks for health reports every `report_interval_ms` (the sidecar clamps it).
@@ -167,7 +183,9 @@ impl Stream {
             match self.next().await? {
                 sidecar_message::Msg::Ack(a) => return Ok(Reply::Ack(a)),
                 sidecar_message::Msg::Nack(n) => return Ok(Reply::Nack(n)),
-                sidecar_message::Msg::Health(_) => {}
+                sidecar_message::Msg::DestinationsAck(a) => return Ok(Reply::DestinationsAck(a)),
+                sidecar_message::Msg::DestinationsNack(n) => return Ok(Reply::DestinationsNack(n)),
+                sidecar_message::Msg::Health(_) | sidecar_message::Msg::Watch(_) => {}
                 sidecar_message::Msg::Hello(h) => bail!("a second Hello on one stream: {h:?}"),
             }
         }

@@ -39,6 +39,8 @@ pub struct SidecarRow {
     pub admin_port: u32,
     pub build_version: String,
     pub replica: String,
+    /// The stream that owns the row (see [`SidecarRegistration::session`]).
+    pub session: String,
     pub connected: bool,
     pub connected_at_ms: i64,
     pub last_seen_ms: i64,
@@ -172,6 +174,7 @@ struct DbRow {
     admin_port: i64,
     build_version: String,
     replica: String,
+    session: String,
     connected: i64,
     connected_at_ms: i64,
     last_seen_ms: i64,
@@ -182,7 +185,7 @@ struct DbRow {
 }
 
 const COLUMNS: &str = "id, service, version, namespace, pod, address, inbound_port, outbound_port, admin_port,
-    build_version, replica, connected, connected_at_ms, last_seen_ms, applied_revision, last_nack,
+    build_version, replica, session, connected, connected_at_ms, last_seen_ms, applied_revision, last_nack,
     last_nack_revision, health";
 
 impl From<DbRow> for SidecarRow {
@@ -199,6 +202,7 @@ impl From<DbRow> for SidecarRow {
             admin_port: r.admin_port as u32,
             build_version: r.build_version,
             replica: r.replica,
+            session: r.session,
             connected: r.connected != 0,
             connected_at_ms: r.connected_at_ms,
             last_seen_ms: r.last_seen_ms,
@@ -260,16 +264,70 @@ impl Store {
         Ok(())
     }
 
-    /// Records a health report (and liveness) from the sidecar's current session.
-    pub async fn record_health(&self, id: &str, session: &str, health: &serde_json::Value) -> Result<(), StoreError> {
+    /// Records a health report (and liveness) from the sidecar's current session at
+    /// once, and tells the other replicas: for a report that changes the instance's
+    /// health. Ordinary reports go through [`Store::record_health_batch`].
+    pub async fn record_health(&self, id: &str, session: &str, health: &str, service: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE sidecars SET last_seen_ms = $1, health = $2 WHERE id = $3 AND session = $4")
             .bind(now_ms())
-            .bind(health.to_string())
+            .bind(health)
             .bind(id)
             .bind(session)
             .execute(&self.pool)
             .await?;
+        self.notify_members(service).await
+    }
+
+    /// Writes a batch of coalesced health reports: `(id, session, last_seen_ms,
+    /// health JSON)`, each applied only if that session still owns the row. One
+    /// statement per few hundred rows, in one transaction.
+    pub async fn record_health_batch(&self, batch: &[(String, String, i64, String)]) -> Result<(), StoreError> {
+        // 4 parameters a row, well under both backends' limit per statement.
+        const ROWS: usize = 500;
+        let mut tx = self.pool.begin().await?;
+        for chunk in batch.chunks(ROWS) {
+            let mut values = String::with_capacity(chunk.len() * 24);
+            for i in 0..chunk.len() {
+                let n = i * 4;
+                if i > 0 {
+                    values.push(',');
+                }
+                values.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+            }
+            // SQLite names the columns of a VALUES list column1…; PostgreSQL takes an alias list.
+            let sql = match self.backend {
+                Backend::Postgres => format!(
+                    "UPDATE sidecars SET last_seen_ms = v.seen, health = v.health
+                     FROM (VALUES {values}) AS v(id, session, seen, health)
+                     WHERE sidecars.id = v.id AND sidecars.session = v.session"
+                ),
+                Backend::Sqlite => format!(
+                    "UPDATE sidecars SET last_seen_ms = v.column3, health = v.column4
+                     FROM (VALUES {values}) AS v
+                     WHERE sidecars.id = v.column1 AND sidecars.session = v.column2"
+                ),
+            };
+            let mut q = sqlx::query(&sql);
+            for (id, session, seen, health) in chunk {
+                q = q.bind(id).bind(session).bind(*seen).bind(health);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Services with a connected instance whose last report is in `(from_ms, to_ms]`:
+    /// those that fell silent in that window (an indexed range, not a table scan).
+    pub async fn services_silent_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT service FROM sidecars WHERE last_seen_ms > $1 AND last_seen_ms <= $2 AND connected = 1",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(s,)| s).collect())
     }
 
     pub async fn record_ack(&self, id: &str, session: &str, revision: u64) -> Result<(), StoreError> {

@@ -307,7 +307,7 @@ store_test!(sidecar_registration_health_and_disconnect, |s| {
     assert_eq!(counts.get("web"), Some(&2));
     s.record_ack("default/web-1", "s1", 7).await.unwrap();
     s.record_nack("default/web-2", "s2", 8, "bad policy").await.unwrap();
-    s.record_health("default/web-1", "s1", &json!({"requestsTotal": 3}))
+    s.record_health("default/web-1", "s1", &json!({"requestsTotal": 3}).to_string(), "web")
         .await
         .unwrap();
     let rows = s.list_sidecars(Some("web")).await.unwrap();

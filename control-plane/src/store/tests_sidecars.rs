@@ -95,12 +95,22 @@ store_test!(sidecar_pages_filter_by_the_status_rows_derive, |s| {
     s.disconnect_sidecar("default/web-2", "default/web-2", "web")
         .await
         .unwrap();
-    s.record_health("default/web-3", "default/web-3", &json!({"appHealthy": false}))
-        .await
-        .unwrap();
-    s.record_health("default/web-4", "default/web-4", &json!({"appHealthy": true}))
-        .await
-        .unwrap();
+    s.record_health(
+        "default/web-3",
+        "default/web-3",
+        &json!({"appHealthy": false}).to_string(),
+        "web",
+    )
+    .await
+    .unwrap();
+    s.record_health(
+        "default/web-4",
+        "default/web-4",
+        &json!({"appHealthy": true}).to_string(),
+        "web",
+    )
+    .await
+    .unwrap();
     let at = |now: i64, status| SidecarFilter {
         status: Some(StatusFilter {
             status,
@@ -147,3 +157,76 @@ store_test!(sidecar_pages_filter_by_the_status_rows_derive, |s| {
         }
     }
 });
+
+store_test!(
+    batched_health_reports_land_only_for_the_session_that_owns_the_row,
+    |s| {
+        for id in ["default/web-1", "default/web-2"] {
+            s.register_sidecar(&reg(id, "web", id)).await.unwrap();
+        }
+        let batch: Vec<(String, String, i64, String)> = vec![
+            (
+                "default/web-1".into(),
+                "default/web-1".into(),
+                4_000_000_000_000,
+                json!({"requestsTotal": 7}).to_string(),
+            ),
+            // A stale session (the pod reconnected since): ignored.
+            (
+                "default/web-2".into(),
+                "old-session".into(),
+                4_000_000_000_000,
+                json!({"requestsTotal": 9}).to_string(),
+            ),
+        ];
+        s.record_health_batch(&batch).await.unwrap();
+        let rows = s.list_sidecars(Some("web")).await.unwrap();
+        let web1 = rows.iter().find(|r| r.id == "default/web-1").unwrap();
+        let web2 = rows.iter().find(|r| r.id == "default/web-2").unwrap();
+        assert_eq!(web1.last_seen_ms, 4_000_000_000_000);
+        assert_eq!(web1.health, Some(json!({"requestsTotal": 7})));
+        assert!(web2.health.is_none() && web2.last_seen_ms < 4_000_000_000_000);
+
+        // More rows than one statement carries.
+        let many: Vec<(String, String, i64, String)> = (0..1200)
+            .map(|i| (format!("default/x-{i}"), "s".into(), 1, "{}".into()))
+            .chain(std::iter::once((
+                "default/web-2".into(),
+                "default/web-2".into(),
+                5,
+                "{}".into(),
+            )))
+            .collect();
+        s.record_health_batch(&many).await.unwrap();
+        let rows = s.list_sidecars(Some("web")).await.unwrap();
+        assert_eq!(rows.iter().find(|r| r.id == "default/web-2").unwrap().last_seen_ms, 5);
+    }
+);
+
+store_test!(
+    services_that_fell_silent_in_a_window_are_found_by_their_last_report,
+    |s| {
+        let seen = |id: &str, at: i64| (id.to_owned(), id.to_owned(), at, "{}".to_owned());
+        for (id, service) in [
+            ("default/web-1", "web"),
+            ("default/api-1", "api"),
+            ("default/db-1", "db"),
+        ] {
+            s.register_sidecar(&reg(id, service, id)).await.unwrap();
+        }
+        s.record_health_batch(&[
+            seen("default/web-1", 1_000),
+            seen("default/api-1", 2_000),
+            seen("default/db-1", 3_000),
+        ])
+        .await
+        .unwrap();
+        s.disconnect_sidecar("default/db-1", "default/db-1", "db")
+            .await
+            .unwrap();
+        let mut silent = s.services_silent_between(500, 2_000).await.unwrap();
+        silent.sort();
+        assert_eq!(silent, ["api", "web"]);
+        assert!(s.services_silent_between(2_000, 2_500).await.unwrap().is_empty());
+    }
+);

@@ -169,7 +169,7 @@ impl OutboundProxy {
                 "outbound",
                 Upstream::TargetHost,
             ))
-            .layer(RouteLayer)
+            .layer(RouteLayer::new(Arc::clone(&self.state)))
             .layer(FiguresLayer)
             .layer(RetryLayer::new(self.clock))
             .layer(BalanceLayer::new(self.clock))

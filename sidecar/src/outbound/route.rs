@@ -1,12 +1,17 @@
 //! The route layer: resolves the service a request names (Host or absolute-form)
 //! in the destination table, picks its route and the endpoint set by the route's
 //! weights, and sets the request's retry policy and deadline.
+//!
+//! A name this sidecar does not hold yet is discovered on demand: the request asks
+//! the agent to watch it and waits (at most [`DISCOVERY_WAIT`]) for the control
+//! plane's answer, so the first call to a service succeeds like every later one.
 
 use super::table::{CompiledRoute, Destination, Endpoints, Retry};
 use super::{Routed, DEFAULT_TIMEOUT};
 use crate::proxy::headers::target_host;
 use crate::proxy::respond::local;
 use crate::proxy::{upgrade, Call, Local, ProxyBody};
+use crate::state::SidecarState;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
@@ -14,31 +19,52 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
 
-#[derive(Clone, Copy, Default)]
-pub struct RouteLayer;
+/// How long a first call to a name waits for the control plane's answer.
+pub const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct RouteLayer {
+    state: Arc<SidecarState>,
+}
+
+impl RouteLayer {
+    pub fn new(state: Arc<SidecarState>) -> Self {
+        Self { state }
+    }
+}
 
 impl<S> Layer<S> for RouteLayer {
     type Service = Route<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Route { inner }
+        Route {
+            inner,
+            state: Arc::clone(&self.state),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Route<S> {
     inner: S,
+    state: Arc<SidecarState>,
 }
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> Service<Call<B>> for Route<S>
 where
-    S: Service<Routed<B>, Response = Response<ProxyBody>>,
+    S: Service<Routed<B>, Response = Response<ProxyBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
-    type Future = RouteFuture<S::Future>;
+    type Future = RouteFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -46,29 +72,93 @@ where
 
     fn call(&mut self, call: Call<B>) -> Self::Future {
         match route(call) {
-            Ok(routed) => RouteFuture::Routed {
+            Routing::Routed(routed) => RouteFuture::Routed {
                 inner: self.inner.call(routed),
             },
-            Err((status, body)) => RouteFuture::Local {
+            Routing::Refused(status, body) => RouteFuture::Local {
                 response: Some(local(status, body, Local::Refused)),
+            },
+            Routing::Unknown(call, name) if self.state.is_connected() => RouteFuture::Discover {
+                inner: Box::pin(discover(Arc::clone(&self.state), self.inner.clone(), call, name)),
+            },
+            Routing::Unknown(call, _) => RouteFuture::Local {
+                response: Some(unknown(&call)),
             },
         }
     }
 }
 
-/// The routed request, or the status and body of the proxy's refusal.
-fn route<B>(call: Call<B>) -> Result<Routed<B>, (StatusCode, Bytes)> {
+enum Routing<B> {
+    Routed(Routed<B>),
+    /// The status and body of the proxy's refusal.
+    Refused(StatusCode, Bytes),
+    /// A service name this sidecar holds nothing for yet.
+    Unknown(Call<B>, String),
+}
+
+fn unknown<B>(call: &Call<B>) -> Response<ProxyBody> {
+    let host = target_host(&call.req).unwrap_or_default();
+    local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n"),
+        Local::Refused,
+    )
+}
+
+/// Asks for `name`, waits for the answer, then routes the request as any other.
+async fn discover<S, B>(
+    state: Arc<SidecarState>,
+    inner: S,
+    mut call: Call<B>,
+    name: String,
+) -> Result<Response<ProxyBody>, S::Error>
+where
+    S: Service<Routed<B>, Response = Response<ProxyBody>>,
+{
+    state.discovery.ask(&name);
+    let mut changes = state.subscribe_destinations();
+    let held = |state: &SidecarState| {
+        state
+            .applied
+            .load()
+            .as_ref()
+            .is_some_and(|a| a.destinations.holds(&name))
+    };
+    let _ = tokio::time::timeout(DISCOVERY_WAIT, async {
+        while !held(&state) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    call.applied = state.applied.load_full();
+    match route(call) {
+        Routing::Routed(routed) => inner.oneshot(routed).await,
+        Routing::Refused(status, body) => Ok(local(status, body, Local::Refused)),
+        Routing::Unknown(call, _) => Ok(unknown(&call)),
+    }
+}
+
+fn route<B>(call: Call<B>) -> Routing<B> {
     let Some(host) = target_host(&call.req) else {
-        return Err((
+        return Routing::Refused(
             StatusCode::BAD_REQUEST,
             Bytes::from_static(b"the outbound proxy routes by Host: send `Host: <service>` or an absolute-form URI\n"),
-        ));
+        );
     };
     let Some(dest) = call.applied.as_ref().and_then(|a| a.destinations.resolve(host)) else {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n").into(),
-        ));
+        let held = call.applied.as_ref().map(|a| &a.destinations);
+        return match super::table::lookup_name(host) {
+            Some(name) if !held.is_some_and(|d| d.holds(name)) => {
+                let name = name.to_owned();
+                Routing::Unknown(call, name)
+            }
+            _ => Routing::Refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n").into(),
+            ),
+        };
     };
     let dest = Arc::clone(dest);
     tracing::Span::current().record("service", &*dest.name);
@@ -89,10 +179,12 @@ fn route<B>(call: Call<B>) -> Result<Routed<B>, (StatusCode, Bytes)> {
             route.and_then(|r| r.timeout).unwrap_or(DEFAULT_TIMEOUT),
         )
     };
-    let endpoints =
-        choose_endpoints(&dest, route).map_err(|why| (StatusCode::SERVICE_UNAVAILABLE, Bytes::from(why)))?;
+    let endpoints = match choose_endpoints(&dest, route) {
+        Ok(e) => e,
+        Err(why) => return Routing::Refused(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(why)),
+    };
     let deadline = call.started + timeout;
-    Ok(Routed {
+    Routing::Routed(Routed {
         call,
         dest,
         endpoints,
@@ -130,13 +222,15 @@ fn choose_endpoints(dest: &Destination, route: Option<&CompiledRoute>) -> Result
 
 pin_project! {
     #[project = Projected]
-    pub enum RouteFuture<F> {
+    pub enum RouteFuture<F, E> {
         Local { response: Option<Response<ProxyBody>> },
         Routed { #[pin] inner: F },
+        // Only a first call to a name takes this boxed path.
+        Discover { inner: BoxFuture<Result<Response<ProxyBody>, E>> },
     }
 }
 
-impl<F, E> Future for RouteFuture<F>
+impl<F, E> Future for RouteFuture<F, E>
 where
     F: Future<Output = Result<Response<ProxyBody>, E>>,
 {
@@ -150,6 +244,7 @@ where
                 None => Poll::Pending,
             },
             Projected::Routed { inner } => inner.poll(cx),
+            Projected::Discover { inner } => inner.as_mut().poll(cx),
         }
     }
 }
@@ -169,16 +264,16 @@ mod tests {
     /// Routes `req` with the test table applied; the inner service answers 200 and
     /// remembers which subset each request was routed to.
     async fn route_one(req: Request<Empty<Bytes>>, routing: &str) -> (StatusCode, Vec<Box<str>>) {
-        let state = SidecarState::new();
+        let state = Arc::new(SidecarState::new());
         let snapshot = Snapshot {
             revision: 1,
             nonce: "n".into(),
             service: "client".into(),
             service_share: 1.0,
-            destinations: Some(table(routing)),
             ..Default::default()
         };
         state.apply(&snapshot, Source::ControlPlane).unwrap();
+        state.load_destinations(&table(routing)).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let inner = {
             let seen = Arc::clone(&seen);
@@ -189,7 +284,11 @@ mod tests {
         };
         let mut call = Call::new(req, ([127, 0, 0, 1], 9).into());
         call.applied = state.applied.load_full();
-        let response = RouteLayer.layer(inner).oneshot(call).await.unwrap();
+        let response = RouteLayer::new(Arc::clone(&state))
+            .layer(inner)
+            .oneshot(call)
+            .await
+            .unwrap();
         let seen = seen.lock().unwrap().clone();
         (response.status(), seen)
     }

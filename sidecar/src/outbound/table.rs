@@ -10,8 +10,8 @@ use crate::matcher::RequestMatcher;
 use http::header::HeaderMap;
 use http::uri::Authority;
 use outrider_policy::{RetryOn, RoutingPolicy};
-use outrider_proto::v1::{DestinationFigures, DestinationTable};
-use std::collections::HashMap;
+use outrider_proto::v1::{DestinationFigures, DestinationService, DestinationTable, Destinations as DestinationsMsg};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ pub enum TableError {
         service: String,
         error: outrider_policy::PolicyError,
     },
+    #[error("endpoint changes for {0}, which this sidecar does not hold")]
+    UnknownDelta(String),
     #[error("endpoint {address}:{port} of {service}: not a valid address")]
     Endpoint {
         service: String,
@@ -82,92 +84,111 @@ pub enum TableError {
     },
 }
 
-impl Destinations {
-    /// Validates and compiles `table`, reusing state from `previous`.
-    pub fn compile(table: Option<&DestinationTable>, previous: Option<&Destinations>) -> Result<Self, TableError> {
-        let Some(table) = table else {
-            return Ok(Self::default());
+/// The destination services as the control plane sent them, before compiling: what a
+/// `Destinations` message is applied to, and what is persisted.
+pub type Held = BTreeMap<String, DestinationService>;
+
+/// Applies one `Destinations` message to `held`; returns the names it touched. A
+/// delta for a service not held is an error (the streams are ordered, so it means
+/// the two sides disagree and a resync is due).
+pub fn apply_message(held: &mut Held, msg: &DestinationsMsg) -> Result<Vec<String>, TableError> {
+    let mut touched = Vec::new();
+    if msg.full {
+        touched.extend(held.keys().cloned());
+        held.clear();
+    }
+    for s in &msg.services {
+        held.insert(s.service.clone(), s.clone());
+        touched.push(s.service.clone());
+    }
+    for d in &msg.deltas {
+        let Some(h) = held.get_mut(&d.service) else {
+            return Err(TableError::UnknownDelta(d.service.clone()));
         };
-        let mut services = HashMap::with_capacity(table.services.len());
-        for d in &table.services {
-            let old = previous.and_then(|p| p.services.get(d.service.as_str()));
-            let policy = if d.routing.trim().is_empty() {
-                None
-            } else {
-                Some(
-                    outrider_policy::parse_document::<RoutingPolicy>(d.routing.as_bytes()).map_err(|error| {
-                        TableError::Routing {
-                            service: d.service.clone(),
-                            error,
-                        }
-                    })?,
-                )
-            };
-            let mut all = Vec::with_capacity(d.endpoints.len());
-            let mut subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>> = HashMap::new();
-            let mut stats: HashMap<String, Arc<SubsetStats>> = HashMap::new();
-            for e in &d.endpoints {
-                let authority: Authority = format!("{}:{}", e.address, e.port)
-                    .parse()
-                    .ok()
-                    .filter(|_| e.port > 0 && e.port <= 65535)
-                    .ok_or_else(|| TableError::Endpoint {
-                        service: d.service.clone(),
-                        address: e.address.clone(),
-                        port: e.port,
-                    })?;
-                let carried = old.and_then(|o| {
-                    o.all
-                        .iter()
-                        .find(|x| x.authority == authority && *x.subset == *e.subset)
-                        .cloned()
-                });
-                let ep = match carried {
-                    Some(ep) => ep,
-                    None => {
-                        let s = stats
-                            .entry(e.subset.clone())
-                            .or_insert_with(|| {
-                                old.and_then(|o| o.subsets.get(e.subset.as_str()))
-                                    .and_then(|v| v.first())
-                                    .map(|ep| ep.stats.clone())
-                                    .unwrap_or_else(|| Arc::new(SubsetStats::new(&d.service, &e.subset)))
-                            })
-                            .clone();
-                        Arc::new(EndpointState::new(authority, &e.subset, &e.pod, s))
-                    }
-                };
-                stats.entry(e.subset.clone()).or_insert_with(|| ep.stats.clone());
-                subsets.entry(e.subset.as_str().into()).or_default().push(ep.clone());
-                all.push(ep);
-            }
-            let routes = policy.as_ref().map(compile_routes).unwrap_or_default();
-            services.insert(
-                d.service.as_str().into(),
-                Arc::new(Destination {
-                    name: d.service.as_str().into(),
-                    routes,
-                    all: all.into(),
-                    subsets: subsets.into_iter().map(|(k, v)| (k, v.into())).collect(),
-                    budget: old.map(|o| o.budget.clone()).unwrap_or_default(),
-                    policy,
-                }),
-            );
+        let gone: HashSet<(&str, u32)> = d.remove.iter().map(|k| (k.address.as_str(), k.port)).collect();
+        let replaced: HashSet<(&str, u32)> = d.upsert.iter().map(|e| (e.address.as_str(), e.port)).collect();
+        h.endpoints.retain(|e| {
+            let k = (e.address.as_str(), e.port);
+            !gone.contains(&k) && !replaced.contains(&k)
+        });
+        h.endpoints.extend(d.upsert.iter().cloned());
+        h.endpoints
+            .sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+        touched.push(d.service.clone());
+    }
+    for r in &msg.removed {
+        held.remove(r);
+        touched.push(r.clone());
+    }
+    touched.sort();
+    touched.dedup();
+    Ok(touched)
+}
+
+impl Destinations {
+    /// Validates and compiles a whole `table`, reusing state from `previous`.
+    pub fn compile(table: Option<&DestinationTable>, previous: Option<&Destinations>) -> Result<Self, TableError> {
+        let held: Held = table
+            .map(|t| t.services.iter().map(|s| (s.service.clone(), s.clone())).collect())
+            .unwrap_or_default();
+        let names: Vec<String> = held.keys().cloned().collect();
+        let empty = Destinations::default();
+        let (mut compiled, errors) = previous.unwrap_or(&empty).recompile(&held, &names);
+        compiled.routing_revision = compiled.routing_revision.max(table.map_or(0, |t| t.routing_revision));
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(compiled),
         }
-        Ok(Self {
-            routing_revision: table.routing_revision,
-            services,
-        })
+    }
+
+    /// A new table from `held` in which only the `changed` services are compiled again;
+    /// the others are shared with `self`. A service that fails to compile keeps its
+    /// previous form (if any) and is reported, so one bad document never takes the
+    /// others with it.
+    pub fn recompile(&self, held: &Held, changed: &[String]) -> (Self, Vec<TableError>) {
+        let mut services = self.services.clone();
+        let mut errors = Vec::new();
+        for name in changed {
+            match held.get(name) {
+                None => {
+                    services.remove(name.as_str());
+                }
+                Some(d) => match compile_one(d, self.services.get(name.as_str()).map(|a| &**a)) {
+                    Ok(dest) => {
+                        services.insert(name.as_str().into(), Arc::new(dest));
+                    }
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        let routing_revision = held.values().map(|d| d.routing_revision).max().unwrap_or(0);
+        (
+            Self {
+                routing_revision,
+                services,
+            },
+            errors,
+        )
+    }
+
+    /// Whether the control plane has answered for `name` (perhaps with "no such
+    /// service"): a request for it need not wait for a lookup.
+    pub fn holds(&self, name: &str) -> bool {
+        self.services.contains_key(name)
     }
 
     /// The destination for a request's host: the exact service name, or its first
     /// DNS label (`web.default.svc.cluster.local` → `web`). Ports are ignored.
     pub fn resolve(&self, host: &str) -> Option<&Arc<Destination>> {
         let host = strip_port(host);
-        self.services.get(host).or_else(|| {
-            let (first, _) = host.split_once('.')?;
-            self.services.get(first)
-        })
+        self.services
+            .get(host)
+            .or_else(|| {
+                let (first, _) = host.split_once('.')?;
+                self.services.get(first)
+            })
+            // The control plane's answer for a name the mesh does not know.
+            .filter(|d| !(d.all.is_empty() && d.policy.is_none()))
     }
 
     pub fn len(&self) -> usize {
@@ -214,6 +235,79 @@ impl Destinations {
             .collect();
         serde_json::json!({"routingRevision": self.routing_revision, "services": services})
     }
+}
+
+/// Compiles one destination service, carrying endpoint state, subset figures and the
+/// retry budget over from `old`.
+fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Destination, TableError> {
+    let policy = if d.routing.trim().is_empty() {
+        None
+    } else {
+        Some(
+            outrider_policy::parse_document::<RoutingPolicy>(d.routing.as_bytes()).map_err(|error| {
+                TableError::Routing {
+                    service: d.service.clone(),
+                    error,
+                }
+            })?,
+        )
+    };
+    let carried: HashMap<(&Authority, &str), &Arc<EndpointState>> = old
+        .map(|o| o.all.iter().map(|e| ((&e.authority, &*e.subset), e)).collect())
+        .unwrap_or_default();
+    let mut all = Vec::with_capacity(d.endpoints.len());
+    let mut subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>> = HashMap::new();
+    let mut stats: HashMap<String, Arc<SubsetStats>> = HashMap::new();
+    for e in &d.endpoints {
+        let authority: Authority = format!("{}:{}", e.address, e.port)
+            .parse()
+            .ok()
+            .filter(|_| e.port > 0 && e.port <= 65535)
+            .ok_or_else(|| TableError::Endpoint {
+                service: d.service.clone(),
+                address: e.address.clone(),
+                port: e.port,
+            })?;
+        let ep = match carried.get(&(&authority, e.subset.as_str())) {
+            Some(ep) => Arc::clone(ep),
+            None => {
+                let s = stats
+                    .entry(e.subset.clone())
+                    .or_insert_with(|| {
+                        old.and_then(|o| o.subsets.get(e.subset.as_str()))
+                            .and_then(|v| v.first())
+                            .map(|ep| ep.stats.clone())
+                            .unwrap_or_else(|| Arc::new(SubsetStats::new(&d.service, &e.subset)))
+                    })
+                    .clone();
+                Arc::new(EndpointState::new(authority, &e.subset, &e.pod, s))
+            }
+        };
+        stats.entry(e.subset.clone()).or_insert_with(|| ep.stats.clone());
+        subsets.entry(e.subset.as_str().into()).or_default().push(ep.clone());
+        all.push(ep);
+    }
+    let routes = policy.as_ref().map(compile_routes).unwrap_or_default();
+    Ok(Destination {
+        name: d.service.as_str().into(),
+        routes,
+        all: all.into(),
+        subsets: subsets.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        budget: old.map(|o| o.budget.clone()).unwrap_or_default(),
+        policy,
+    })
+}
+
+/// The service name to ask the control plane for when a request names `host`: the
+/// name itself, or the first label of a dotted name (as [`Destinations::resolve`]
+/// reads it); `None` when neither is a service name.
+pub fn lookup_name(host: &str) -> Option<&str> {
+    let host = strip_port(host);
+    let name = match host.split_once('.') {
+        Some((first, _)) => first,
+        None => host,
+    };
+    outrider_policy::validate_service_name(name).is_ok().then_some(name)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -302,6 +396,7 @@ pub(crate) mod tests {
                 service: "web".into(),
                 endpoints: vec![ep(1001, "v1"), ep(1002, "v2")],
                 routing: routing.into(),
+                routing_revision: 3,
             }],
             routing_revision: 3,
         }

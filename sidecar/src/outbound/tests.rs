@@ -141,17 +141,20 @@ fn apply(state: &SidecarState, endpoints: Vec<Endpoint>, routing: &str) {
         nonce: "n".into(),
         service: "client".into(),
         service_share: 1.0,
-        destinations: Some(DestinationTable {
+        ..Default::default()
+    };
+    state.apply(&snapshot, Source::ControlPlane).unwrap();
+    state
+        .load_destinations(&DestinationTable {
             services: vec![DestinationService {
                 service: "web".into(),
                 endpoints,
                 routing: routing.into(),
+                routing_revision: 1,
             }],
             routing_revision: 1,
-        }),
-        ..Default::default()
-    };
-    state.apply(&snapshot, Source::ControlPlane).unwrap();
+        })
+        .unwrap();
 }
 
 async fn spawn_proxy(state: Arc<SidecarState>) -> SocketAddr {

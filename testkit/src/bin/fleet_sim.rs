@@ -91,6 +91,7 @@ async fn run(
         token: args.token.clone(),
         build_version: "fleet-sim".into(),
         held_revision: 0,
+        watch: Vec::new(),
     };
     tx.send(SidecarMessage {
         msg: Some(sidecar_message::Msg::Hello(hello)),
