@@ -1,18 +1,31 @@
 //! `outrider-fleet-sim`: many simulated sidecars on the real control stream, for load
-//! and dashboard tests. Each one says Hello, ACKs every snapshot and sends a health
-//! report every interval with counters that move, as a real sidecar would; it proxies
-//! nothing. Prints `ready N` once every stream has its first snapshot.
+//! and dashboard tests and `bench/fleet.sh`. Each one says Hello, ACKs every snapshot
+//! and sends a health report every interval with counters that move, as a real sidecar
+//! would; it proxies nothing. Prints `ready N` once every stream has its first snapshot.
+//!
+//! For the fleet benchmark it can also spread its sidecars over several services,
+//! replace them one by one as a rolling restart does (`--roll-every`, printing
+//! `rolled N`), and keep counters of what it received in a JSON file (`--stats-file`)
+//! whose `sinceMark` figures restart at every SIGUSR1.
 
 use clap::Parser;
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, HealthReport, Hello, Identity, LatencySummary, SidecarMessage,
+    control_message, sidecar_message, Ack, ControlMessage, HealthReport, Hello, Identity, LatencySummary,
+    SidecarMessage,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
+use outrider_runtime::fs::{write_atomic_with, WriteOptions};
+use outrider_runtime::time::now_ms;
+use prost::Message;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(name = "outrider-fleet-sim", about = "Simulated sidecars on the control stream")]
@@ -20,6 +33,8 @@ struct Args {
     /// The control plane's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:18000")]
     control_plane: String,
+    /// The service every sidecar registers as; with `--services N` > 1, the prefix of
+    /// the service names `SERVICE-000`, `SERVICE-001`, ….
     #[arg(long, default_value = "load")]
     service: String,
     /// How many sidecars.
@@ -33,58 +48,286 @@ struct Args {
     /// Between health reports.
     #[arg(long, default_value_t = 1000)]
     report_ms: u64,
+    /// Spread `--count` round-robin over this many services (1: all are `--service`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    services: u32,
+    /// Pods are named `PREFIX-0000`, `PREFIX-0001`, … (default: `--service`).
+    #[arg(long)]
+    pod_prefix: Option<String>,
+    /// Number of the first pod (and offset of its ports), so that a second process's
+    /// pods join the fleet instead of displacing the first one's.
+    #[arg(long, default_value_t = 0)]
+    start_index: usize,
+    /// Rolling restart: after the first SIGUSR1 that follows `ready`, replace each
+    /// sidecar in turn by a new pod (`…-r1`): the new one connects and gets its first
+    /// snapshot, then the old stream closes cleanly; this many milliseconds between
+    /// replacements. Prints `rolled N` when done.
+    #[arg(long, value_name = "MS")]
+    roll_every: Option<u64>,
+    /// Rewrite this file every second with JSON counters (streams ready, messages and
+    /// bytes received, and since the last SIGUSR1: how many sidecars received anything
+    /// and how much).
+    #[arg(long, value_name = "PATH")]
+    stats_file: Option<PathBuf>,
 }
 
 /// Streams per HTTP/2 connection, under the servers' usual concurrent-stream limits.
 const STREAMS_PER_CONNECTION: usize = 50;
+/// How long a closing stream waits for the control plane to end its side, so that the
+/// close is seen as clean rather than as a cancelled stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What every simulated sidecar shares: the arguments and the counters.
+struct Fleet {
+    args: Args,
+    versions: Vec<String>,
+    stats: Stats,
+}
+
+impl Fleet {
+    /// The identity of the sidecar in `slot` (0..count); `generation` counts the
+    /// replacements of a rolling restart (0: the original pod).
+    fn identity(&self, slot: usize, generation: u32) -> Identity {
+        let args = &self.args;
+        let service = if args.services > 1 {
+            format!("{}-{:03}", args.service, slot % args.services as usize)
+        } else {
+            args.service.clone()
+        };
+        let index = args.start_index + slot;
+        let prefix = args.pod_prefix.as_deref().unwrap_or(&args.service);
+        let pod = match generation {
+            0 => format!("{prefix}-{index:04}"),
+            g => format!("{prefix}-{index:04}-r{g}"),
+        };
+        // Nobody connects to these ports; they only have to be valid and distinct
+        // enough for endpoint lists to look like a real fleet's.
+        let port = |base: u32| base + (index % 15_000) as u32;
+        Identity {
+            service,
+            version: self.versions[slot % self.versions.len()].clone(),
+            namespace: "sim".into(),
+            pod,
+            address: "127.0.0.1".into(),
+            inbound_port: port(20000),
+            outbound_port: port(35000),
+            admin_port: port(50000),
+        }
+    }
+}
+
+/// Counters of the whole process, and per slot what arrived since the last mark.
+struct Stats {
+    /// Streams that have their first snapshot and are still open.
+    ready: AtomicUsize,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    snapshots: AtomicU64,
+    stream_errors: AtomicU64,
+    rolled: AtomicUsize,
+    /// (messages, bytes) per slot since the last mark; a replacement pod of a rolling
+    /// restart counts in its predecessor's slot.
+    since_mark: Vec<(AtomicU64, AtomicU64)>,
+    marks: AtomicU64,
+    mark_at_ms: AtomicU64,
+}
+
+impl Stats {
+    fn new(slots: usize) -> Self {
+        Self {
+            ready: AtomicUsize::new(0),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            stream_errors: AtomicU64::new(0),
+            rolled: AtomicUsize::new(0),
+            since_mark: (0..slots).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
+            marks: AtomicU64::new(0),
+            mark_at_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    fn received(&self, slot: usize, msg: &ControlMessage) {
+        // Protobuf bytes of the message: what the control plane had to encode and send,
+        // without HTTP/2 framing, so the figure is comparable across transports.
+        let bytes = msg.encoded_len() as u64;
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if matches!(msg.msg, Some(control_message::Msg::Snapshot(_))) {
+            self.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        let (m, b) = &self.since_mark[slot];
+        m.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn mark(&self) {
+        for (m, b) in &self.since_mark {
+            m.store(0, Ordering::Relaxed);
+            b.store(0, Ordering::Relaxed);
+        }
+        self.mark_at_ms.store(now_ms(), Ordering::Relaxed);
+        self.marks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn to_json(&self, count: usize) -> serde_json::Value {
+        let (mut receivers, mut messages, mut bytes) = (0u64, 0u64, 0u64);
+        for (m, b) in &self.since_mark {
+            let m = m.load(Ordering::Relaxed);
+            receivers += u64::from(m > 0);
+            messages += m;
+            bytes += b.load(Ordering::Relaxed);
+        }
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "atMs": now_ms(),
+            "count": count,
+            "ready": self.ready.load(Ordering::Relaxed),
+            "messages": load(&self.messages),
+            "bytes": load(&self.bytes),
+            "snapshots": load(&self.snapshots),
+            "streamErrors": load(&self.stream_errors),
+            "rolled": self.rolled.load(Ordering::Relaxed),
+            "marks": load(&self.marks),
+            "markAtMs": load(&self.mark_at_ms),
+            "sinceMark": {"receivers": receivers, "messages": messages, "bytes": bytes},
+        })
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Arc::new(Args::parse());
+    let args = Args::parse();
     let versions: Vec<String> = args.versions.split(',').map(str::to_owned).collect();
-    let ready = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    let mut channel = None;
-    for i in 0..args.count {
-        if i % STREAMS_PER_CONNECTION == 0 {
-            channel = Some(
-                tonic::transport::Endpoint::from_shared(args.control_plane.clone())?
-                    .connect()
-                    .await?,
-            );
+    let fleet = Arc::new(Fleet {
+        stats: Stats::new(args.count),
+        versions,
+        args,
+    });
+    let count = fleet.args.count;
+
+    // Installed first: SIGUSR1's default action would kill the process.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let (mark_tx, mut marks) = watch::channel(0u64);
+    {
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                fleet.stats.mark();
+                mark_tx.send_modify(|n| *n += 1);
+            }
+        });
+    }
+    if let Some(path) = fleet.args.stats_file.clone() {
+        tokio::spawn(write_stats(fleet.clone(), path));
+    }
+
+    let mut channels = Vec::with_capacity(count.div_ceil(STREAMS_PER_CONNECTION));
+    for _ in 0..count.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(fleet.args.control_plane.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let channel_of = |slot: usize| channels[slot / STREAMS_PER_CONNECTION].clone();
+
+    let mut instances = Vec::with_capacity(count);
+    let mut first_snapshots = Vec::with_capacity(count);
+    for slot in 0..count {
+        let (instance, first) = Instance::spawn(&fleet, channel_of(slot), slot, 0);
+        instances.push(instance);
+        first_snapshots.push(first);
+    }
+
+    let all_ready = tokio::spawn(async move {
+        let mut n = 0;
+        for first in first_snapshots {
+            // A sidecar that never got one has ended; its own task reports why.
+            n += usize::from(first.await.is_ok());
         }
-        let client = ControlPlaneClient::new(channel.clone().expect("set above"));
-        let identity = Identity {
-            service: args.service.clone(),
-            version: versions[i % versions.len()].clone(),
-            namespace: "sim".into(),
-            pod: format!("{}-{i:04}", args.service),
-            address: "127.0.0.1".into(),
-            inbound_port: 20000 + i as u32,
-            outbound_port: 30000 + i as u32,
-            admin_port: 40000 + i as u32,
-        };
-        tasks.push(tokio::spawn(run(
-            client,
-            identity,
-            args.clone(),
-            ready.clone(),
-            i as u64,
-        )));
+        if n == count {
+            println!("ready {count}");
+        }
+    });
+
+    if let Some(every) = fleet.args.roll_every {
+        all_ready.await?;
+        // The first mark after `ready`: the benchmark marks right before the event.
+        marks.borrow_and_update();
+        marks.changed().await?;
+        for (slot, current) in instances.iter_mut().enumerate() {
+            let (next, first) = Instance::spawn(&fleet, channel_of(slot), slot, current.generation + 1);
+            if first.await.is_err() {
+                // The successor failed (its task says why): keep the old pod, as a
+                // rollout that cannot start a new pod keeps the old one.
+                continue;
+            }
+            let old = std::mem::replace(current, next);
+            old.close().await;
+            fleet.stats.rolled.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(every)).await;
+        }
+        println!("rolled {}", fleet.stats.rolled.load(Ordering::Relaxed));
     }
-    for t in tasks {
-        t.await??;
+
+    let mut first_error = None;
+    for instance in instances {
+        if let Err(e) = instance.task.await? {
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
-async fn run(
-    mut client: ControlPlaneClient<tonic::transport::Channel>,
+/// One running simulated sidecar: its stream's task and the handle that closes it.
+struct Instance {
+    generation: u32,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Instance {
+    /// Starts the sidecar in `slot`; the receiver fires at its first snapshot (and
+    /// fails if the stream ends before one).
+    fn spawn(fleet: &Arc<Fleet>, channel: Channel, slot: usize, generation: u32) -> (Self, oneshot::Receiver<()>) {
+        let (stop, stopped) = oneshot::channel();
+        let (first_tx, first_rx) = oneshot::channel();
+        let identity = fleet.identity(slot, generation);
+        let fleet = fleet.clone();
+        let task = tokio::spawn(async move {
+            let pod = identity.pod.clone();
+            let result = sidecar(&fleet, channel, slot, identity, first_tx, stopped).await;
+            if let Err(e) = &result {
+                fleet.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{pod}: {e:#}");
+            }
+            result
+        });
+        (Self { generation, stop, task }, first_rx)
+    }
+
+    /// Closes the stream cleanly and waits for its task.
+    async fn close(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// One simulated sidecar's stream: Hello, then answer every control message and send
+/// a health report every interval, until `stop` (a clean close: the request side ends,
+/// then the control plane ends its side) or the stream ends. Every message received
+/// passes through [`on_message`], the one place that knows the message kinds.
+async fn sidecar(
+    fleet: &Fleet,
+    channel: Channel,
+    slot: usize,
     identity: Identity,
-    args: Arc<Args>,
-    ready: Arc<AtomicUsize>,
-    seed: u64,
+    first_snapshot: oneshot::Sender<()>,
+    mut stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
+    let args = &fleet.args;
+    let stats = &fleet.stats;
     let (tx, rx) = mpsc::channel(16);
     let hello = Hello {
         identity: Some(identity),
@@ -97,42 +340,158 @@ async fn run(
         msg: Some(sidecar_message::Msg::Hello(hello)),
     })
     .await?;
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    let mut tick = tokio::time::interval(Duration::from_millis(args.report_ms));
-    let (mut requests, mut errors, mut applied, mut first) = (0u64, 0u64, 0u64, true);
+    let mut inbound = ControlPlaneClient::new(channel)
+        .stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut ready = ReadyGuard { stats, counted: false };
+    let mut first_snapshot = Some(first_snapshot);
+    let mut state = SimState::default();
+    let mut figures = Figures::new((args.start_index + slot) as u64);
+    // Spread the reports over the interval, as independently started pods would, so
+    // that a fleet started in a burst does not report in bursts.
+    let period = Duration::from_millis(args.report_ms.max(1));
+    let offset = Duration::from_millis(figures.seed.wrapping_mul(7919) % period.as_millis() as u64);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     loop {
         tokio::select! {
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
-                if let Some(control_message::Msg::Snapshot(s)) = msg.msg {
-                    applied = s.revision;
-                    let ack = Ack { revision: s.revision, nonce: s.nonce };
-                    tx.send(SidecarMessage { msg: Some(sidecar_message::Msg::Ack(ack)) }).await?;
-                    if first {
-                        first = false;
-                        if ready.fetch_add(1, Ordering::SeqCst) + 1 == args.count {
-                            println!("ready {}", args.count);
-                        }
+                stats.received(slot, &msg);
+                for reply in on_message(&mut state, msg) {
+                    tx.send(reply).await?;
+                }
+                if state.snapshots > 0 {
+                    if let Some(first) = first_snapshot.take() {
+                        ready.set();
+                        let _ = first.send(());
                     }
                 }
             }
-            _ = tick.tick() => {
-                // Deterministic but moving figures: 5..25 requests a second, 1 in 50 fails.
-                let rate = 5 + (seed * 7 + requests) % 20;
-                requests += rate;
-                errors += rate / 50 + u64::from(requests % 50 < rate % 50);
-                let report = HealthReport {
-                    app_healthy: true,
-                    requests_total: requests,
-                    errors_total: errors,
-                    rate_limited_total: 0,
-                    latency: Some(LatencySummary { p50_ms: 1.0 + (seed % 5) as f64, p99_ms: 5.0 + (requests % 40) as f64 }),
-                    request_rate: rate as f64,
-                    applied_revision: applied,
-                    ..Default::default()
-                };
-                tx.send(SidecarMessage { msg: Some(sidecar_message::Msg::Health(report)) }).await?;
+            _ = tick.tick() => tx.send(figures.report(state.applied)).await?,
+            _ = &mut stop => {
+                drop(tx);
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Ok(Some(msg)) = inbound.message().await {
+                        stats.received(slot, &msg);
+                    }
+                })
+                .await;
+                return Ok(());
             }
+        }
+    }
+}
+
+/// Counts a stream in [`Stats::ready`] from its first snapshot until it ends, however
+/// it ends.
+struct ReadyGuard<'a> {
+    stats: &'a Stats,
+    counted: bool,
+}
+
+impl ReadyGuard<'_> {
+    fn set(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            self.stats.ready.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ReadyGuard<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.stats.ready.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a simulated sidecar holds of the control plane's state.
+#[derive(Default)]
+struct SimState {
+    /// Snapshots received on this stream.
+    snapshots: u64,
+    /// The revision of the last snapshot, reported in health reports.
+    applied: u64,
+}
+
+/// Takes in one control message and returns the sidecar's answers. A real sidecar
+/// would validate and persist a snapshot first; the simulation accepts everything.
+fn on_message(state: &mut SimState, msg: ControlMessage) -> Vec<SidecarMessage> {
+    match msg.msg {
+        Some(control_message::Msg::Snapshot(s)) => {
+            state.snapshots += 1;
+            state.applied = s.revision;
+            let ack = Ack {
+                revision: s.revision,
+                nonce: s.nonce,
+            };
+            vec![SidecarMessage {
+                msg: Some(sidecar_message::Msg::Ack(ack)),
+            }]
+        }
+        // The report interval is `--report-ms`, so the benchmark controls it.
+        Some(control_message::Msg::Heartbeat(_)) | None => Vec::new(),
+    }
+}
+
+/// Deterministic but moving health figures: 5..25 requests a second, 1 in 50 fails.
+struct Figures {
+    seed: u64,
+    requests: u64,
+    errors: u64,
+}
+
+impl Figures {
+    fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            requests: 0,
+            errors: 0,
+        }
+    }
+
+    fn report(&mut self, applied: u64) -> SidecarMessage {
+        let rate = 5 + (self.seed * 7 + self.requests) % 20;
+        self.requests += rate;
+        self.errors += rate / 50 + u64::from(self.requests % 50 < rate % 50);
+        let report = HealthReport {
+            app_healthy: true,
+            requests_total: self.requests,
+            errors_total: self.errors,
+            rate_limited_total: 0,
+            latency: Some(LatencySummary {
+                p50_ms: 1.0 + (self.seed % 5) as f64,
+                p99_ms: 5.0 + (self.requests % 40) as f64,
+            }),
+            request_rate: rate as f64,
+            applied_revision: applied,
+            ..Default::default()
+        };
+        SidecarMessage {
+            msg: Some(sidecar_message::Msg::Health(report)),
+        }
+    }
+}
+
+/// Rewrites `path` every second with the counters, so a script can read them at any
+/// time and tell a fresh file from a stale one by `atMs`.
+async fn write_stats(fleet: Arc<Fleet>, path: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let options = WriteOptions {
+        durable: false,
+        ..WriteOptions::default()
+    };
+    loop {
+        tick.tick().await;
+        let json = fleet.stats.to_json(fleet.args.count).to_string();
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_atomic_with(&target, json.as_bytes(), &options)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cannot write {}: {e}", path.display()),
+            Err(e) => eprintln!("stats writer failed: {e}"),
         }
     }
 }
