@@ -220,10 +220,14 @@ impl Sidecar {
             .unwrap_or(Value::Null)
     }
 
-    /// Waits until the sidecar enforces `revision` or newer.
+    /// Waits until the sidecar enforces `revision` or newer: in its own snapshot, or,
+    /// for a RoutingPolicy of a service it calls, in its destinations.
     pub async fn wait_revision(&mut self, revision: u64) {
         let r = wait_until(SOON, || async {
-            self.config_dump().await["revision"].as_u64().unwrap_or(0) >= revision
+            let dump = self.config_dump().await;
+            let own = dump["revision"].as_u64().unwrap_or(0);
+            let routing = dump["destinations"]["routingRevision"].as_u64().unwrap_or(0);
+            own.max(routing) >= revision
         })
         .await;
         if let Err(e) = r {

@@ -11,8 +11,8 @@
 use clap::Parser;
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, ControlMessage, HealthReport, Hello, Identity, LatencySummary,
-    SidecarMessage,
+    control_message, sidecar_message, Ack, ControlMessage, DestinationsAck, HealthReport, Hello, Identity,
+    LatencySummary, SidecarMessage, Watch,
 };
 use outrider_runtime::fs::{write_atomic_with, WriteOptions};
 use outrider_runtime::time::now_ms;
@@ -69,6 +69,15 @@ struct Args {
     /// and how much).
     #[arg(long, value_name = "PATH")]
     stats_file: Option<PathBuf>,
+    /// Each sidecar looks up this many other services of this process's `--services`
+    /// (chosen by its index), with a `Watch` after its first snapshot, as an app's
+    /// first calls would make a real sidecar do.
+    #[arg(long, default_value_t = 3)]
+    lookups: usize,
+    /// Services every sidecar also looks up (comma-separated), e.g. a service of
+    /// another fleet-sim process.
+    #[arg(long, default_value = "")]
+    watch: String,
 }
 
 /// Streams per HTTP/2 connection, under the servers' usual concurrent-stream limits.
@@ -85,6 +94,34 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// The services the sidecar in `slot` looks up: `--lookups` others of this
+    /// process's services (spread by slot), and `--watch`.
+    fn lookups(&self, slot: usize) -> Vec<String> {
+        let args = &self.args;
+        let n = args.services as usize;
+        let own = slot % n;
+        let mut names: Vec<String> = if n > 1 {
+            (1..n)
+                .map(|step| (own + step * 7 + slot) % n)
+                .filter(|k| *k != own)
+                .take(args.lookups)
+                .map(|k| format!("{}-{k:03}", args.service))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        names.extend(
+            args.watch
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The identity of the sidecar in `slot` (0..count); `generation` counts the
     /// replacements of a rolling restart (0: the original pod).
     fn identity(&self, slot: usize, generation: u32) -> Identity {
@@ -346,7 +383,10 @@ async fn sidecar(
         .into_inner();
     let mut ready = ReadyGuard { stats, counted: false };
     let mut first_snapshot = Some(first_snapshot);
-    let mut state = SimState::default();
+    let mut state = SimState {
+        lookups: fleet.lookups(slot),
+        ..SimState::default()
+    };
     let mut figures = Figures::new((args.start_index + slot) as u64);
     // Spread the reports over the interval, as independently started pods would, so
     // that a fleet started in a burst does not report in bursts.
@@ -414,6 +454,8 @@ struct SimState {
     snapshots: u64,
     /// The revision of the last snapshot, reported in health reports.
     applied: u64,
+    /// Destinations to look up after the first snapshot (then empty).
+    lookups: Vec<String>,
 }
 
 /// Takes in one control message and returns the sidecar's answers. A real sidecar
@@ -427,8 +469,29 @@ fn on_message(state: &mut SimState, msg: ControlMessage) -> Vec<SidecarMessage> 
                 revision: s.revision,
                 nonce: s.nonce,
             };
-            vec![SidecarMessage {
+            let mut replies = vec![SidecarMessage {
                 msg: Some(sidecar_message::Msg::Ack(ack)),
+            }];
+            if !state.lookups.is_empty() {
+                let add = std::mem::take(&mut state.lookups);
+                replies.push(SidecarMessage {
+                    msg: Some(sidecar_message::Msg::Watch(Watch {
+                        add,
+                        remove: Vec::new(),
+                    })),
+                });
+            }
+            replies
+        }
+        // Whole services and deltas alike: the simulation holds nothing, it only
+        // acknowledges, as a sidecar that applied them would.
+        Some(control_message::Msg::Destinations(d)) => {
+            let ack = DestinationsAck {
+                version: d.version,
+                nonce: d.nonce,
+            };
+            vec![SidecarMessage {
+                msg: Some(sidecar_message::Msg::DestinationsAck(ack)),
             }]
         }
         // The report interval is `--report-ms`, so the benchmark controls it.
