@@ -10,18 +10,13 @@ use super::state::AppState;
 use crate::store::{now_ms, StatusClock, SubsetCounts};
 use axum::extract::State;
 use axum::Json;
-use outrider_api::{
-    InstanceSummary, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetInstances, SubsetTraffic,
-};
+use outrider_api::{InstanceSummary, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetTraffic};
 use std::collections::HashMap;
 
 /// Counts `n` instances of `version` with `status` into `sum`.
 fn count(sum: &mut InstanceSummary, version: &str, status: SidecarStatus, n: u64) {
     sum.total += n;
-    let subset = sum
-        .subsets
-        .entry(version.to_owned())
-        .or_insert(SubsetInstances::default());
+    let subset = sum.subsets.entry(version.to_owned()).or_default();
     subset.total += n;
     match status {
         SidecarStatus::Healthy => {
