@@ -136,64 +136,64 @@ impl SentRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::{reg, TestStore};
     use serde_json::json;
-
-    fn row(id: &str, applied: u64, requests: u64, now: i64) -> SidecarRow {
-        SidecarRow {
-            id: id.into(),
-            service: "web".into(),
-            version: "v1".into(),
-            namespace: "default".into(),
-            pod: id.into(),
-            address: "127.0.0.1".into(),
-            inbound_port: 15006,
-            outbound_port: 15001,
-            admin_port: 15000,
-            build_version: "test".into(),
-            replica: "r1".into(),
-            connected: true,
-            connected_at_ms: 0,
-            last_seen_ms: now,
-            applied_revision: applied,
-            last_nack: None,
-            last_nack_revision: None,
-            health: Some(json!({"appHealthy": true, "requestsTotal": requests})),
-        }
-    }
 
     fn ids(sent: &[(SidecarRow, u64)]) -> Vec<&str> {
         sent.iter().map(|(r, _)| r.id.as_str()).collect()
     }
 
-    #[test]
-    fn a_row_whose_figures_alone_changed_waits_for_the_figures_period_and_a_state_change_does_not() {
-        let mut sent = SentRows::default();
-        let targets = HashMap::from([("web".to_owned(), 3)]);
-        let t = Timing::default();
+    #[tokio::test]
+    async fn a_row_whose_figures_alone_changed_waits_for_the_figures_period_and_a_state_change_does_not() {
+        let t = TestStore::sqlite().await;
+        let s = &t.store;
+        for id in ["a", "b"] {
+            s.register_sidecar(&reg(id, "web", id)).await.unwrap();
+        }
+        // Windows long enough that no row turns unhealthy while the test's clock runs.
+        let timing = Timing {
+            unhealthy_after: Duration::from_secs(600),
+            disconnected_after: Duration::from_secs(1200),
+            ..Timing::default()
+        };
+        let targets = HashMap::from([("web".to_owned(), 0)]);
         let period = FIGURES_PERIOD.as_millis() as i64;
-        let at = |now| vec![row("a", 3, now as u64, now), row("b", 3, now as u64, now)];
+        let mut sent = SentRows::default();
+        let rows = || async { s.list_sidecars(None).await.unwrap() };
+        let t0 = now_ms();
         assert_eq!(
-            ids(&sent.select(at(1_000), &targets, t, 1_000)),
+            ids(&sent.select(rows().await, &targets, timing, t0)),
             ["a", "b"],
             "new rows go out"
         );
+        s.record_health("a", "a", &json!({"appHealthy": true, "requestsTotal": 5}))
+            .await
+            .unwrap();
         assert!(
-            sent.select(at(2_000), &targets, t, 2_000).is_empty(),
+            sent.select(rows().await, &targets, timing, t0 + 1_000).is_empty(),
             "new figures only, too soon"
         );
-        // b ACKs a new revision, a reports its app unhealthy: both go out at once.
-        let mut rows = vec![row("a", 3, 1, 3_000), row("b", 4, 1, 3_000)];
-        rows[0].health = Some(json!({"appHealthy": false}));
-        assert_eq!(ids(&sent.select(rows, &targets, t, 3_000)), ["a", "b"]);
-        assert!(sent.select(vec![row("b", 4, 9, 4_000)], &targets, t, 4_000).is_empty());
+        // b ACKs a revision, a reports its app unhealthy: both go out at once.
+        s.record_ack("b", "b", 4).await.unwrap();
+        s.record_health("a", "a", &json!({"appHealthy": false})).await.unwrap();
         assert_eq!(
-            ids(&sent.select(vec![row("b", 4, 9, 3_000 + period)], &targets, t, 3_000 + period)),
-            ["b"],
+            ids(&sent.select(rows().await, &targets, timing, t0 + 2_000)),
+            ["a", "b"]
+        );
+        s.record_health("b", "b", &json!({"appHealthy": true, "requestsTotal": 9}))
+            .await
+            .unwrap();
+        assert!(sent.select(rows().await, &targets, timing, t0 + 3_000).is_empty());
+        assert_eq!(
+            ids(&sent.select(rows().await, &targets, timing, t0 + 2_000 + period)),
+            ["a", "b"],
             "figures go out once the period has passed"
         );
         // A new target revision changes what every row of the service shows.
         let newer = HashMap::from([("web".to_owned(), 5)]);
-        let (r, target) = sent.select(vec![row("b", 4, 9, 5_000)], &newer, t, 5_000).remove(0);
-        assert_eq!((r.id.as_str(), target), ("b", 5));
+        let out = sent.select(rows().await, &newer, timing, t0 + 2_001 + period);
+        assert_eq!(ids(&out), ["a", "b"]);
+        assert_eq!(out[0].1, 5);
+        t.cleanup().await;
     }
 }
