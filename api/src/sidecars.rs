@@ -107,7 +107,7 @@ pub struct LogShipping {
     pub sink_errors: u64,
 }
 
-/// Query parameters of `GET /sidecars`.
+/// Query parameters of `GET /sidecars`: filters applied by the server, and a page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -115,8 +115,26 @@ pub struct SidecarQuery {
     /// Only this service's sidecars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    /// At most this many (1 to 10000); all of them when absent.
+    /// Only sidecars with this status now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(inline)]
+    pub status: Option<SidecarStatus>,
+    /// Only sidecars whose id, service, version, pod or address contains this text
+    /// (ignoring ASCII case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// At most this many in this page (1 to 10000, default 500); a `Link: <…>;
+    /// rel="next"` header says where the next page is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
+    /// Where the page starts: the cursor of the previous page's `rel="next"` link,
+    /// opaque to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
+
+/// The `limit` of a `GET /sidecars` without one.
+pub const DEFAULT_SIDECAR_PAGE: u32 = 500;
+/// The largest `limit` of `GET /sidecars`.
+pub const MAX_SIDECAR_PAGE: u32 = 10_000;

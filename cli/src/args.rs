@@ -79,6 +79,16 @@ pub enum Get {
         /// Only this service's sidecars.
         #[arg(long)]
         service: Option<String>,
+        /// Only sidecars with this status.
+        #[arg(long, value_parser = ["healthy", "unhealthy", "disconnected"])]
+        status: Option<String>,
+        /// Stop after this many sidecars (default: all of them).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Read the list in pages of this many (1–10000).
+        #[arg(long, default_value_t = outrider_api::DEFAULT_SIDECAR_PAGE,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(outrider_api::MAX_SIDECAR_PAGE)))]
+        chunk_size: u32,
     },
     /// A service's policies, or one of them.
     Policy {

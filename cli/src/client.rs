@@ -106,10 +106,33 @@ impl Client {
         self.get(&api(&["services", service]), &[]).await
     }
 
-    /// `GET /sidecars`, optionally only one service's.
-    pub async fn list_sidecars(&self, service: Option<&str>) -> Result<Vec<Sidecar>, CliError> {
-        let query: Vec<(&str, &str)> = service.map(|s| ("service", s)).into_iter().collect();
-        self.get(&api(&["sidecars"]), &query).await
+    /// `GET /sidecars` page after page (following each `rel="next"` link's cursor)
+    /// until the last one, or until `want.limit` sidecars are in.
+    pub async fn list_sidecars(&self, want: &SidecarsWanted<'_>) -> Result<Vec<Sidecar>, CliError> {
+        let mut all: Vec<Sidecar> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let remaining = want.limit.map_or(u32::MAX, |l| l - all.len() as u32);
+            let page_size = want.chunk_size.min(remaining).to_string();
+            let mut query: Vec<(&str, &str)> = vec![("limit", &page_size)];
+            query.extend(want.service.map(|s| ("service", s)));
+            query.extend(want.status.map(|s| ("status", s)));
+            query.extend(after.as_deref().map(|a| ("after", a)));
+            let resp = self
+                .send(Method::GET, self.url(&api(&["sidecars"]), &query), None)
+                .await?;
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_cursor);
+            let page: Vec<Sidecar> = self.read(resp).await?;
+            all.extend(page);
+            match next {
+                Some(cursor) if want.limit.is_none_or(|l| (all.len() as u32) < l) => after = Some(cursor),
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// `GET …/policies/{kind}`; a missing policy is the server's 404.
@@ -267,6 +290,11 @@ impl Client {
         body: Option<Body>,
     ) -> Result<T, CliError> {
         let resp = self.send(method, self.url(segments, query), body).await?;
+        self.read(resp).await
+    }
+
+    /// A success answer as `T`, or the error answer as an [`ApiError`].
+    async fn read<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, CliError> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !status.is_success() {
@@ -311,6 +339,32 @@ impl Client {
             CliError::Transport { server, reason }
         }
     }
+}
+
+/// What `get sidecars` asks for: filters, a cap, and the page size it reads with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SidecarsWanted<'a> {
+    pub service: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub limit: Option<u32>,
+    pub chunk_size: u32,
+}
+
+/// The `after` cursor of a `Link: <…?…&after=CURSOR>; rel="next"` header. The CLI
+/// sends its own request with it rather than the link's path, which would lose a path
+/// prefix that `--server` has (a proxy in front of the control plane).
+fn next_cursor(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        if !params.split(';').any(|p| p.trim() == "rel=\"next\"") {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let url = Url::parse("http://link.invalid").ok()?.join(target).ok()?;
+        url.query_pairs()
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| v.into_owned())
+    })
 }
 
 enum Body {
@@ -433,6 +487,18 @@ mod tests {
         let c = Client::new("http://cp:18080/outrider/", None).unwrap();
         let u = c.url(&["api", "v1", "services", "a/b"], &[("dryRun", "true")]);
         assert_eq!(u.as_str(), "http://cp:18080/outrider/api/v1/services/a%2Fb?dryRun=true");
+    }
+
+    #[test]
+    fn the_next_cursor_is_read_from_the_rel_next_link_only() {
+        let link = r#"</api/v1/sidecars?service=web&limit=2&after=eyJz%3D>; rel="next""#;
+        assert_eq!(next_cursor(link).as_deref(), Some("eyJz="));
+        assert_eq!(
+            next_cursor(r#"</x?after=a>; rel="prev", </x?after=b>; rel="next""#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(next_cursor(r#"</x?after=a>; rel="prev""#), None);
+        assert_eq!(next_cursor("garbage"), None);
     }
 
     #[test]

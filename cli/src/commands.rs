@@ -2,7 +2,7 @@
 //! Answers arrive typed from `client`; `output` turns them into tables or JSON/YAML.
 
 use crate::args::{Apply, Cli, Command, Delete, Get, Global};
-use crate::client::Client;
+use crate::client::{Client, SidecarsWanted};
 use crate::envelope::{parse_documents, Document};
 use crate::error::{one_line, CliError};
 use crate::format::Output;
@@ -28,8 +28,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let services = client.list_services().await?;
             emit(output, &services, "No services found.", |s| output::services_table(s))
         }
-        Command::Get(Get::Sidecars { service }) => {
-            let sidecars = client.list_sidecars(service.as_deref()).await?;
+        Command::Get(Get::Sidecars {
+            service,
+            status,
+            limit,
+            chunk_size,
+        }) => {
+            let want = SidecarsWanted {
+                service: service.as_deref(),
+                status: status.as_deref(),
+                limit,
+                chunk_size,
+            };
+            // One merged array, so `-o json` reads as the server's JSON of one listing.
+            let sidecars = client.list_sidecars(&want).await?;
             emit(output, &sidecars, "No sidecars found.", |s| {
                 output::sidecars_table(s, SystemTime::now())
             })
@@ -353,7 +365,11 @@ async fn check(client: &Client, format: Output) -> Result<(), CliError> {
         format!("/readyz: {ready_text}"),
     ));
 
-    let fleet = match client.list_sidecars(None).await {
+    let every = SidecarsWanted {
+        chunk_size: outrider_api::MAX_SIDECAR_PAGE,
+        ..SidecarsWanted::default()
+    };
+    let fleet = match client.list_sidecars(&every).await {
         Ok(sidecars) => {
             let (fleet, lines) = fleet_checks(&sidecars);
             checks.extend(lines);

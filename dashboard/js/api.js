@@ -27,6 +27,12 @@ export function authHeaders() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+// The `after` cursor of a `Link: <…&after=CURSOR>; rel="next"` header, or null.
+export function nextCursor(link) {
+  const m = link && link.match(/<([^>]*)>\s*;\s*rel="next"/);
+  return m ? new URL(m[1], location.origin).searchParams.get('after') : null;
+}
+
 // `as: 'text'` reads the body as text whatever its type (config documents are stored
 // as they are, JSON or not).
 export async function api(method, path, { body, headers = {}, contentType, as } = {}) {
@@ -45,5 +51,5 @@ export async function api(method, path, { body, headers = {}, contentType, as } 
     throw new ApiError(401, data);
   }
   if (!r.ok) throw new ApiError(r.status, data);
-  return { data, etag: r.headers.get('ETag'), contentType: ct };
+  return { data, etag: r.headers.get('ETag'), contentType: ct, link: r.headers.get('Link') };
 }

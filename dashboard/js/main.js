@@ -1,7 +1,7 @@
 // Outrider dashboard: boot, sign-in and the hash router. A client of the REST API
 // (/api/v1), nothing more; native modules, no build step, embedded by the control plane.
 //
-// Live updates: `sidecars` events carry the changed rows, patched in place;
+// Live updates: `sidecars` events carry the changed rows, patched in place where shown;
 // `snapshot`/`membership` events re-read only the affected service, debounced;
 // `resync` (the stream fell behind) re-reads the fleet once.
 
@@ -41,7 +41,7 @@ async function signIn(token) {
   return true;
 }
 
-const readFleet = () => fleet.load().catch(() => {});
+const readFleet = () => fleet.load({ keep: true }).catch(() => {});
 
 function onChange(ev) {
   if (ev.type === 'sidecars') fleet.patch(ev.sidecars);
@@ -59,7 +59,7 @@ function markDirty(name) {
     dirty.clear();
     dirtyTimer = null;
     for (const s of names) {
-      await fleet.load(s).catch(() => {});
+      await fleet.refreshService(s).catch(() => {});
       const { view, service: open } = store.get();
       if (view === 'service' && open === s) service.refreshInstances(s).catch(() => {});
     }

@@ -7,32 +7,45 @@ use super::extract::{check_service, Path};
 use super::policies::policy_record;
 use super::sidecars::sidecar_views;
 use super::state::AppState;
-use crate::store::now_ms;
+use crate::store::{now_ms, StatusClock, SubsetCounts};
 use axum::extract::State;
 use axum::Json;
-use outrider_api::{
-    InstanceSummary, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetInstances, SubsetTraffic,
-};
+use outrider_api::{InstanceSummary, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetTraffic};
+use std::collections::HashMap;
+
+/// Counts `n` instances of `version` with `status` into `sum`.
+fn count(sum: &mut InstanceSummary, version: &str, status: SidecarStatus, n: u64) {
+    sum.total += n;
+    let subset = sum.subsets.entry(version.to_owned()).or_default();
+    subset.total += n;
+    match status {
+        SidecarStatus::Healthy => {
+            sum.healthy += n;
+            subset.healthy += n;
+        }
+        SidecarStatus::Unhealthy => sum.unhealthy += n,
+        SidecarStatus::Disconnected => sum.disconnected += n,
+    }
+}
 
 fn instance_summary<'a>(sidecars: impl Iterator<Item = &'a Sidecar>) -> InstanceSummary {
     let mut sum = InstanceSummary::default();
     for s in sidecars {
-        sum.total += 1;
-        let subset = sum
-            .subsets
-            .entry(s.version.clone())
-            .or_insert(SubsetInstances::default());
-        subset.total += 1;
-        match s.status {
-            SidecarStatus::Healthy => {
-                sum.healthy += 1;
-                subset.healthy += 1;
-            }
-            SidecarStatus::Unhealthy => sum.unhealthy += 1,
-            SidecarStatus::Disconnected => sum.disconnected += 1,
-        }
+        count(&mut sum, &s.version, s.status, 1);
     }
     sum
+}
+
+/// Every service's instance summary from the database's counts (no sidecar rows read).
+fn summaries_of(counts: Vec<SubsetCounts>) -> HashMap<String, InstanceSummary> {
+    let mut out: HashMap<String, InstanceSummary> = HashMap::new();
+    for c in counts {
+        let sum = out.entry(c.service).or_default();
+        count(sum, &c.version, SidecarStatus::Healthy, c.healthy);
+        count(sum, &c.version, SidecarStatus::Unhealthy, c.unhealthy);
+        count(sum, &c.version, SidecarStatus::Disconnected, c.disconnected);
+    }
+    out
 }
 
 #[utoipa::path(get, path = "/services", tag = "services",
@@ -42,32 +55,33 @@ fn instance_summary<'a>(sidecars: impl Iterator<Item = &'a Sidecar>) -> Instance
         (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<ServiceSummary>>> {
-    let names = state.store.list_services().await?;
-    let sidecars = sidecar_views(&state, None).await?;
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let policies = state
-            .store
-            .list_policies(&name)
-            .await?
-            .iter()
-            .map(|p| p.kind.as_str().to_owned())
-            .collect();
-        let configs = state.store.list_configs(&name).await?.len() as u64;
-        out.push(ServiceSummary {
-            revision: state.store.service_revision(&name).await?,
-            policies,
-            configs,
-            instances: instance_summary(sidecars.iter().filter(|s| s.service == name)),
-            name,
-        });
-    }
-    Ok(Json(out))
+    // Three queries however many services and sidecars there are.
+    let overviews = state.store.service_overviews().await?;
+    let t = state.hub.timing;
+    let clock = StatusClock {
+        now_ms: now_ms(),
+        unhealthy_after_ms: t.unhealthy_after.as_millis() as i64,
+        disconnected_after_ms: t.disconnected_after.as_millis() as i64,
+    };
+    let mut instances = summaries_of(state.store.subset_counts(clock).await?);
+    Ok(Json(
+        overviews
+            .into_iter()
+            .map(|o| ServiceSummary {
+                revision: o.revision,
+                policies: o.policy_kinds,
+                configs: o.configs,
+                instances: instances.remove(&o.name).unwrap_or_default(),
+                name: o.name,
+            })
+            .collect(),
+    ))
 }
 
-/// Per-subset traffic figures of `service`, as its connected callers reported them.
+/// Per-subset traffic figures of `service`, as its connected callers reported them:
+/// only the rows of its callers are read, not the fleet.
 async fn service_traffic(state: &AppState, service: &str) -> ApiResult<Vec<SubsetTraffic>> {
-    let rows = state.store.list_sidecars(None).await?;
+    let rows = state.store.sidecars_reporting_on(service).await?;
     let now = now_ms();
     let t = state.hub.timing;
     Ok(crate::traffic::aggregate(service, &rows, |r| {

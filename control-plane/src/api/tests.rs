@@ -493,3 +493,162 @@ async fn sidecars_limit_keeps_the_first_rows_in_listing_order() {
         "same view either way"
     );
 }
+
+/// The target of a `Link: <…>; rel="next"` header, if the answer has one.
+fn next_link(resp: &Response) -> Option<String> {
+    let link = resp.headers().get(header::LINK)?.to_str().unwrap();
+    let (target, rel) = link.split_once(">; ")?;
+    assert_eq!(rel, "rel=\"next\"", "{link}");
+    Some(target.trim_start_matches('<').to_owned())
+}
+
+/// Follows `uri`'s rel="next" links to the end: every page's ids, and the links.
+async fn every_page(app: &Router, uri: &str) -> (Vec<Vec<String>>, Vec<String>) {
+    let (mut pages, mut links) = (Vec::new(), Vec::new());
+    let mut uri = uri.to_owned();
+    loop {
+        let resp = app.clone().oneshot(request(Method::GET, &uri, None)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{uri}");
+        let next = next_link(&resp);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+        let rows: Vec<outrider_api::Sidecar> = serde_json::from_slice(&bytes).unwrap();
+        pages.push(rows.into_iter().map(|s| s.id).collect());
+        match next {
+            Some(n) => {
+                links.push(n.clone());
+                uri = n;
+            }
+            None => return (pages, links),
+        }
+    }
+}
+
+async fn register(store: &Store, id: &str, service: &str) {
+    store
+        .register_sidecar(&crate::store::tests::reg(id, service, id))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sidecar_pages_link_to_the_next_one_with_the_same_filters_until_the_last() {
+    let t = test_app().await;
+    for i in 0..5 {
+        register(&t.store, &format!("default/web-{i}"), "web").await;
+    }
+    register(&t.store, "default/api-0", "api").await;
+    let (pages, links) = every_page(&t.app, "/api/v1/sidecars?service=web&q=WEB&limit=2").await;
+    assert_eq!(
+        pages,
+        [
+            vec!["default/web-0", "default/web-1"],
+            vec!["default/web-2", "default/web-3"],
+            vec!["default/web-4"]
+        ]
+    );
+    for l in &links {
+        assert!(
+            l.starts_with("/api/v1/sidecars?service=web&q=WEB&limit=2&after="),
+            "the link keeps the filters and the limit: {l}"
+        );
+    }
+    // Without a limit a page holds 500: these five fit in one, with no link.
+    let (pages, links) = every_page(&t.app, "/api/v1/sidecars").await;
+    assert_eq!((pages[0].len(), links.len()), (6, 0));
+}
+
+#[tokio::test]
+async fn a_sidecar_listing_without_limit_stops_at_500_and_links_to_the_rest() {
+    let t = test_app().await;
+    for i in 0..501 {
+        register(&t.store, &format!("default/web-{i:03}"), "web").await;
+    }
+    let (pages, _) = every_page(&t.app, "/api/v1/sidecars").await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [500, 1]);
+    assert_eq!(pages[1], ["default/web-500"]);
+}
+
+#[tokio::test]
+async fn sidecars_are_filtered_by_status_and_text_on_the_server() {
+    let t = test_app().await;
+    for id in ["default/web-a", "default/web-b", "prod/api-a"] {
+        register(&t.store, id, if id.contains("web") { "web" } else { "api" }).await;
+    }
+    t.store
+        .disconnect_sidecar("default/web-b", "default/web-b", "web")
+        .await
+        .unwrap();
+    let ids = |q: &'static str| {
+        let app = t.app.clone();
+        async move { every_page(&app, &format!("/api/v1/sidecars?{q}")).await.0.concat() }
+    };
+    assert_eq!(ids("status=disconnected").await, ["default/web-b"]);
+    assert_eq!(ids("status=healthy").await, ["prod/api-a", "default/web-a"]);
+    assert_eq!(ids("status=healthy&q=PROD%2F").await, ["prod/api-a"]);
+    assert_eq!(ids("q=-a&service=web").await, ["default/web-a"]);
+    let (_, _, rows) = send(
+        &t.app,
+        request(Method::GET, "/api/v1/sidecars?status=disconnected", None),
+    )
+    .await;
+    assert_eq!(
+        rows[0]["status"], "disconnected",
+        "a row shows the status it was selected by"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_status_or_cursor_is_a_400_problem() {
+    let t = test_app().await;
+    for uri in [
+        "/api/v1/sidecars?status=sleepy",
+        "/api/v1/sidecars?after=not-a-cursor",
+        // Valid base64url, but not a cursor.
+        "/api/v1/sidecars?after=e30",
+        "/api/v1/sidecars?limit=10001",
+    ] {
+        let (status, ct, body) = send(&t.app, request(Method::GET, uri, None)).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::BAD_REQUEST, PROBLEM),
+            "{uri}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_services_list_counts_instances_as_their_rows_show_them() {
+    let t = test_app().await;
+    for (id, service, version) in [
+        ("a", "web", "v1"),
+        ("b", "web", "v2"),
+        ("c", "web", "v2"),
+        ("d", "api", "v1"),
+    ] {
+        let mut r = crate::store::tests::reg(id, service, id);
+        r.version = version.into();
+        t.store.register_sidecar(&r).await.unwrap();
+    }
+    t.store.disconnect_sidecar("c", "c", "web").await.unwrap();
+    t.store
+        .record_health("a", "a", &json!({"appHealthy": false}).to_string(), "web")
+        .await
+        .unwrap();
+    let (_, _, list) = send(&t.app, request(Method::GET, "/api/v1/services", None)).await;
+    let list: Vec<outrider_api::ServiceSummary> = serde_json::from_value(list).unwrap();
+    for summary in list {
+        let (_, _, detail) = send(
+            &t.app,
+            request(Method::GET, &format!("/api/v1/services/{}", summary.name), None),
+        )
+        .await;
+        let detail: outrider_api::ServiceDetail = serde_json::from_value(detail).unwrap();
+        assert_eq!(summary.instances, detail.instances, "{}", summary.name);
+    }
+    let (_, _, web) = send(&t.app, request(Method::GET, "/api/v1/services/web", None)).await;
+    assert_eq!(
+        web["instances"],
+        json!({"total": 3, "healthy": 1, "unhealthy": 1, "disconnected": 1,
+               "subsets": {"v1": {"total": 1, "healthy": 0}, "v2": {"total": 2, "healthy": 1}}})
+    );
+}

@@ -12,6 +12,7 @@ mod configs;
 mod db;
 mod policies;
 mod propagation;
+mod reads;
 mod revisions;
 mod routing;
 mod services;
@@ -23,6 +24,8 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod tests_dashboard;
 #[cfg(test)]
+mod tests_reads;
+#[cfg(test)]
 mod tests_revisions;
 #[cfg(test)]
 mod tests_sidecars;
@@ -31,6 +34,7 @@ pub use canary::RolloutRow;
 pub use configs::StoredConfig;
 pub use policies::StoredPolicy;
 pub use propagation::Propagation;
+pub use reads::{ServiceOverview, StatusClock, SubsetCounts};
 pub use revisions::{RevisionRecord, RevisionSummary};
 pub use sidecars::{
     SidecarCursor, SidecarFilter, SidecarPage, SidecarRegistration, SidecarRow, SidecarStatus, StatusFilter,

@@ -162,7 +162,7 @@ fn status_condition(status: SidecarStatus) -> &'static str {
 
 /// A `sidecars` row as both backends decode it (ports and flags are BIGINT).
 #[derive(sqlx::FromRow)]
-struct DbRow {
+pub(super) struct DbRow {
     id: String,
     service: String,
     version: String,
@@ -184,7 +184,8 @@ struct DbRow {
     health: Option<String>,
 }
 
-const COLUMNS: &str = "id, service, version, namespace, pod, address, inbound_port, outbound_port, admin_port,
+pub(super) const COLUMNS: &str =
+    "id, service, version, namespace, pod, address, inbound_port, outbound_port, admin_port,
     build_version, replica, session, connected, connected_at_ms, last_seen_ms, applied_revision, last_nack,
     last_nack_revision, health";
 

@@ -1,16 +1,24 @@
-// The fleet view: one table row per sidecar, built once and then patched cell by cell
-// from `sidecars` events, so 500 rows stay cheap; the filter only hides rows.
+// The fleet view: a page of sidecars at a time (PAGE rows; "Show more" appends the
+// next page), filtered by service, status and text on the server, so a fleet of
+// 10,000 is never read or drawn whole. Rows are built once and patched cell by cell
+// from `sidecars` events; an event's rows that are not on display are skipped.
 //
-// The rows are this module's own state (sidecar id -> {tr, cells, data, prev}).
+// The rows are this module's own state (sidecar id -> {tr, cells, data, prev}), in
+// display order, with the cursor of the page after them (`next`, null at the end).
 
-import { api } from '../api.js';
+import { api, nextCursor } from '../api.js';
 import { $, h } from '../dom.js';
 import { ago, num, pct } from '../format.js';
 import { store } from '../state.js';
 
+const PAGE = 200;
+const MAX_LIMIT = 10000;
 const COLS = ['service', 'version', 'pod', 'status', 'revision', 'lastSeen', 'rate', 'errors', 'p99', 'limited', 'logs'];
 const NUMERIC = ['rate', 'errors', 'p99', 'limited'];
 const rows = new Map();
+let next = null;
+// Bumped by every fresh read, so an answer to an older one is dropped.
+let generation = 0;
 
 function syncText(s) {
   if (s.lastNack) return [`NACK r${s.lastNack.revision}: ${s.lastNack.error}`, 'sync-nack'];
@@ -34,15 +42,6 @@ function logsText(l) {
   if (!l || (l.linesRead === 0 && l.accessRecords === 0 && l.shipped === 0 && l.bufferedBytes === 0)) return ['–', ''];
   if (l.bufferedBytes > 0) return [`buffering ${Math.ceil(l.bufferedBytes / 1024)} KiB`, 'st-unhealthy'];
   return [`${l.shipped} shipped${l.dropped > 0 ? `, ${l.dropped} dropped` : ''}`, ''];
-}
-
-function filterText() {
-  return $('#fleet-filter').value.trim().toLowerCase();
-}
-
-function applyFilter(row, f = filterText()) {
-  const d = row.data;
-  row.tr.hidden = f !== '' && ![d.service, d.version, d.pod, d.status].some((v) => v.toLowerCase().includes(f));
 }
 
 // Returns whether the row is new (the table then needs sorting).
@@ -82,48 +81,109 @@ function upsert(s) {
   set('limited', hl ? String(hl.rateLimitedTotal) : '–');
   const [logs, logsCls] = logsText(hl && hl.logShipping);
   set('logs', logs, logsCls);
-  applyFilter(row);
   return fresh;
 }
 
-const rowKey = (d) => `${d.service}\u0000${d.version}\u0000${d.pod}`;
+const rowKey = (d) => `${d.service}\u0000${d.version}\u0000${d.pod}\u0000${d.id}`;
 
-function sort() {
-  const sorted = [...rows.values()].sort((a, b) => (rowKey(a.data) < rowKey(b.data) ? -1 : 1));
-  $('#fleet tbody').replaceChildren(...sorted.map((r) => r.tr));
-  $('#fleet-count').textContent = `(${rows.size} sidecars)`;
+function render() {
+  $('#fleet tbody').replaceChildren(...[...rows.values()].map((r) => r.tr));
+  $('#fleet-count').textContent = next ? `(first ${rows.size} sidecars shown)` : `(${rows.size} sidecars)`;
+  $('#fleet-more').hidden = !next;
 }
 
-// Reads the whole fleet, or one service's sidecars (after a membership change).
-export async function load(service) {
-  const { data } = await api('GET', service ? `/sidecars?service=${encodeURIComponent(service)}` : '/sidecars');
-  const seen = new Set();
+function filters() {
+  return { service: $('#fleet-service').value, status: $('#fleet-status').value, q: $('#fleet-filter').value.trim() };
+}
+
+async function page(params) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries({ ...filters(), ...params })) if (v !== '' && v != null) p.set(k, String(v));
+  const { data, link } = await api('GET', `/sidecars?${p}`);
+  return { data, next: nextCursor(link) };
+}
+
+// The service choices, from the services list (one request, not the fleet).
+async function services() {
+  const { data } = await api('GET', '/services');
+  const sel = $('#fleet-service');
+  const names = data.map((s) => s.name);
+  const have = [...sel.options].slice(1).map((o) => o.value);
+  if (names.join('\u0000') === have.join('\u0000')) return;
+  const chosen = sel.value;
+  sel.replaceChildren(h('option', { value: '', text: 'all' }), ...names.map((n) => h('option', { value: n, text: n })));
+  sel.value = names.includes(chosen) ? chosen : '';
+}
+
+// Reads the first page with the filters. `keep`: as many rows as are shown (a
+// re-read after a resync or reconnect), else one page (new filters, a visit).
+export async function load({ keep = false } = {}) {
+  const gen = ++generation;
+  services().catch(() => {});
+  const limit = keep ? Math.min(MAX_LIMIT, Math.max(PAGE, rows.size)) : PAGE;
+  const got = await page({ limit });
+  if (gen !== generation) return;
+  // Rows still listed keep their element and their previous report (for error rates).
+  const before = new Map(rows);
+  rows.clear();
+  for (const s of got.data) {
+    if (before.has(s.id)) rows.set(s.id, before.get(s.id));
+    upsert(s);
+  }
+  next = got.next;
+  render();
+}
+
+// Appends the next page.
+export async function more() {
+  if (!next) return;
+  const gen = generation;
+  const got = await page({ limit: PAGE, after: next });
+  if (gen !== generation) return;
+  for (const s of got.data) upsert(s);
+  next = got.next;
+  render();
+}
+
+// Re-reads one service's shown rows (after a membership or snapshot change): rows
+// that joined or left the service within the shown range, nothing beyond it.
+export async function refreshService(service) {
+  const f = filters();
+  if (f.service && f.service !== service) return;
+  const shown = [...rows.values()].filter((r) => r.data.service === service);
+  const gen = generation;
+  const got = await page({ service, limit: Math.min(MAX_LIMIT, shown.length + PAGE) });
+  if (gen !== generation) return;
+  const last = next ? rowKey([...rows.values()].at(-1).data) : null;
+  const inRange = got.data.filter((s) => last === null || rowKey(s) <= last);
+  const ids = new Set(inRange.map((s) => s.id));
+  for (const r of shown) if (!ids.has(r.data.id)) rows.delete(r.data.id);
   let added = false;
-  for (const s of data) {
-    seen.add(s.id);
-    added = upsert(s) || added;
+  for (const s of inRange) added = upsert(s) || added;
+  if (added) {
+    const sorted = [...rows.entries()].sort(([, a], [, b]) => (rowKey(a.data) < rowKey(b.data) ? -1 : 1));
+    rows.clear();
+    for (const [id, r] of sorted) rows.set(id, r);
   }
-  for (const [id, row] of rows) {
-    if (!seen.has(id) && (!service || row.data.service === service)) {
-      row.tr.remove();
-      rows.delete(id);
-    }
-  }
-  if (added || !service) sort();
+  render();
 }
 
-// The rows of a `sidecars` event.
+// The rows of a `sidecars` event: only those on display are patched.
 export function patch(changed) {
-  let added = false;
-  for (const s of changed) added = upsert(s) || added;
-  if (added) sort();
+  for (const s of changed) if (rows.has(s.id)) upsert(s);
 }
 
 export function init() {
+  const reload = () => load().catch(() => {});
+  let typing = null;
   $('#fleet-filter').addEventListener('input', () => {
-    const f = filterText();
-    for (const r of rows.values()) applyFilter(r, f);
+    clearTimeout(typing);
+    typing = setTimeout(reload, 250);
   });
+  $('#fleet-filters').addEventListener('submit', (ev) => ev.preventDefault());
+  $('#fleet-service').addEventListener('change', reload);
+  $('#fleet-status').addEventListener('change', reload);
+  $('#fleet-more').addEventListener('click', () => more().catch(() => {}));
   // "Last seen" ages without a request.
   setInterval(() => {
     if (store.get().view !== 'fleet') return;
