@@ -63,6 +63,38 @@ pub fn load(dir: &Path, service: &str) -> Result<Option<Snapshot>, PersistError>
     Ok(Some(snap))
 }
 
+/// Writes the held destinations atomically, like [`save`].
+pub fn save_destinations(dir: &Path, table: &DestinationTable) -> Result<(), PersistError> {
+    let target = dir.join(DESTINATIONS);
+    let io = |source| PersistError::Io {
+        path: target.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    outrider_runtime::fs::write_atomic(&target, &table.encode_to_vec()).map_err(io)
+}
+
+/// The persisted destinations, if any.
+pub fn load_destinations(dir: &Path) -> Result<Option<DestinationTable>, PersistError> {
+    let p = dir.join(DESTINATIONS);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(PersistError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        }
+    };
+    DestinationTable::decode(bytes.as_slice())
+        .map(Some)
+        .map_err(|e| PersistError::Corrupt {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,36 +133,4 @@ mod tests {
         std::fs::write(dir.path().join(FILE), b"\xff\xff\xff not protobuf").unwrap();
         assert!(matches!(load(dir.path(), "web"), Err(PersistError::Corrupt { .. })));
     }
-}
-
-/// Writes the held destinations atomically, like [`save`].
-pub fn save_destinations(dir: &Path, table: &DestinationTable) -> Result<(), PersistError> {
-    let target = dir.join(DESTINATIONS);
-    let io = |source| PersistError::Io {
-        path: target.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    outrider_runtime::fs::write_atomic(&target, &table.encode_to_vec()).map_err(io)
-}
-
-/// The persisted destinations, if any.
-pub fn load_destinations(dir: &Path) -> Result<Option<DestinationTable>, PersistError> {
-    let p = dir.join(DESTINATIONS);
-    let bytes = match std::fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(PersistError::Io {
-                path: p.display().to_string(),
-                source,
-            })
-        }
-    };
-    DestinationTable::decode(bytes.as_slice())
-        .map(Some)
-        .map_err(|e| PersistError::Corrupt {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        })
 }
