@@ -440,6 +440,12 @@ mod tests {
         }
     }
 
+    async fn watch(s: &Stream, names: &[&str]) {
+        let add = names.iter().map(|n| n.to_string()).collect();
+        let msg = sidecar_message::Msg::Watch(Watch { add, remove: vec![] });
+        s.tx.send(SidecarMessage { msg: Some(msg) }).await.unwrap();
+    }
+
     async fn next_destinations(s: &mut Stream) -> Destinations {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
@@ -602,17 +608,7 @@ mod tests {
 
         // Had the bystander received any destination update, its first one now would
         // not be version 1.
-        let watch = Watch {
-            add: vec!["web".into()],
-            remove: vec![],
-        };
-        bystander
-            .tx
-            .send(SidecarMessage {
-                msg: Some(sidecar_message::Msg::Watch(watch)),
-            })
-            .await
-            .unwrap();
+        watch(&bystander, &["web"]).await;
         let seen = next_destinations(&mut bystander).await;
         assert_eq!((seen.full, seen.version), (true, 1));
         assert!(seen.services[0].endpoints.is_empty());
@@ -625,17 +621,7 @@ mod tests {
             .await
             .unwrap();
         next_snapshot(&mut caller).await;
-        let watch = Watch {
-            add: vec!["nowhere".into(), "Not A Name".into()],
-            remove: vec![],
-        };
-        caller
-            .tx
-            .send(SidecarMessage {
-                msg: Some(sidecar_message::Msg::Watch(watch)),
-            })
-            .await
-            .unwrap();
+        watch(&caller, &["nowhere", "Not A Name"]).await;
         let d = next_destinations(&mut caller).await;
         let names: Vec<_> = d.services.iter().map(|s| s.service.as_str()).collect();
         assert_eq!(names, ["nowhere"], "an invalid name is not tracked");

@@ -18,7 +18,7 @@ fn path(dir: &Path) -> PathBuf {
 pub enum PersistError {
     #[error("cannot write {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("persisted snapshot {path} is unreadable: {reason}")]
+    #[error("persisted state {path} is unreadable: {reason}")]
     Corrupt { path: String, reason: String },
 }
 
@@ -26,58 +26,47 @@ pub enum PersistError {
 /// fsync of the directory): after a crash the file holds either the previous snapshot
 /// or this one, never a torn mix.
 pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
-    let target = path(dir);
-    let io = |source| PersistError::Io {
-        path: target.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    outrider_runtime::fs::write_atomic(&target, &snapshot.encode_to_vec()).map_err(io)
+    write(dir, &path(dir), snapshot)
 }
 
 /// The persisted snapshot, if any. One for another service is refused: a state
 /// directory reused by mistake must not impose a foreign policy.
 pub fn load(dir: &Path, service: &str) -> Result<Option<Snapshot>, PersistError> {
     let p = path(dir);
-    let bytes = match std::fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(PersistError::Io {
-                path: p.display().to_string(),
-                source,
-            })
-        }
+    let Some(snap) = read::<Snapshot>(&p)? else {
+        return Ok(None);
     };
-    let corrupt = |reason: String| PersistError::Corrupt {
-        path: p.display().to_string(),
-        reason,
-    };
-    let snap = Snapshot::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))?;
     if snap.service != service {
-        return Err(corrupt(format!(
-            "it belongs to service {:?}, not {service:?}",
-            snap.service
-        )));
+        return Err(PersistError::Corrupt {
+            path: p.display().to_string(),
+            reason: format!("it belongs to service {:?}, not {service:?}", snap.service),
+        });
     }
     Ok(Some(snap))
 }
 
 /// Writes the held destinations atomically, like [`save`].
 pub fn save_destinations(dir: &Path, table: &DestinationTable) -> Result<(), PersistError> {
-    let target = dir.join(DESTINATIONS);
+    write(dir, &dir.join(DESTINATIONS), table)
+}
+
+/// The persisted destinations, if any.
+pub fn load_destinations(dir: &Path) -> Result<Option<DestinationTable>, PersistError> {
+    read(&dir.join(DESTINATIONS))
+}
+
+fn write(dir: &Path, target: &Path, message: &impl Message) -> Result<(), PersistError> {
     let io = |source| PersistError::Io {
         path: target.display().to_string(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    outrider_runtime::fs::write_atomic(&target, &table.encode_to_vec()).map_err(io)
+    outrider_runtime::fs::write_atomic(target, &message.encode_to_vec()).map_err(io)
 }
 
-/// The persisted destinations, if any.
-pub fn load_destinations(dir: &Path) -> Result<Option<DestinationTable>, PersistError> {
-    let p = dir.join(DESTINATIONS);
-    let bytes = match std::fs::read(&p) {
+/// The message in `p`; `None` when there is no such file.
+fn read<M: Message + Default>(p: &Path) -> Result<Option<M>, PersistError> {
+    let bytes = match std::fs::read(p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -87,7 +76,7 @@ pub fn load_destinations(dir: &Path) -> Result<Option<DestinationTable>, Persist
             })
         }
     };
-    DestinationTable::decode(bytes.as_slice())
+    M::decode(bytes.as_slice())
         .map(Some)
         .map_err(|e| PersistError::Corrupt {
             path: p.display().to_string(),
