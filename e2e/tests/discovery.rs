@@ -19,9 +19,13 @@ struct Instance {
 }
 
 async fn instance(cp: &ControlPlane, dir: &Path, service: &str, pod: &str) -> Instance {
+    instance_with(cp, dir, service, pod, &[]).await
+}
+
+async fn instance_with(cp: &ControlPlane, dir: &Path, service: &str, pod: &str, env: &[(&str, &str)]) -> Instance {
     let port = free_port();
     let app = echo_with(port, pod, &[]);
-    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, "v1", port, &dir.join(pod), &[]).await;
+    let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, "v1", port, &dir.join(pod), env).await;
     Instance { _app: app, sidecar }
 }
 
@@ -129,6 +133,24 @@ async fn a_first_call_to_a_never_seen_service_succeeds_and_joins_reach_its_calle
     }
     assert_eq!(seen, ["web-1", "web-2"].map(str::to_owned).into());
     drop(web2);
+}
+
+#[tokio::test]
+async fn a_destination_the_app_stops_calling_is_dropped_and_found_again_on_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let web1 = instance(&cp, dir.path(), "web", "web-1").await;
+    let idle = [("OUTRIDER_DESTINATION_IDLE", "2s")];
+    let caller = instance_with(&cp, dir.path(), "client", "client-1", &idle).await;
+    wait_healthy(&cp, &[web1.sidecar.id()]).await;
+    assert_eq!(call(&caller.sidecar, "web").await.0, 200);
+    wait_pods(&caller.sidecar, "web", &["web-1"]).await;
+
+    wait_until(SOON, || async { held(&caller.sidecar).await.is_empty() })
+        .await
+        .expect("web is dropped once the app stops calling it");
+    assert_eq!(call(&caller.sidecar, "web").await, (200, "web-1".to_owned()));
+    wait_pods(&caller.sidecar, "web", &["web-1"]).await;
 }
 
 #[tokio::test]

@@ -32,6 +32,9 @@ pub struct Agent {
     /// Destinations asked for at every connect, before the app calls them
     /// (`OUTRIDER_DESTINATIONS`).
     pub declared: Vec<String>,
+    /// Destinations no request named for this long are dropped and unwatched
+    /// (`OUTRIDER_DESTINATION_IDLE`); declared ones are kept.
+    pub destination_idle: Duration,
 }
 
 /// How often held destinations are written to disk when they changed: they are for
@@ -123,6 +126,9 @@ impl Agent {
         let mut save = tokio::time::interval(SAVE_DESTINATIONS);
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unsaved = false;
+        let mut idle_check =
+            tokio::time::interval((self.destination_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             tokio::select! {
                 m = inbound.message() => match m {
@@ -153,6 +159,22 @@ impl Agent {
                     let add = self.state.discovery.take_unsent();
                     if !add.is_empty() {
                         let w = Watch { add, remove: Vec::new() };
+                        if tx.send(msg(sidecar_message::Msg::Watch(w))).await.is_err() { break End::Lost }
+                    }
+                }
+                _ = idle_check.tick() => {
+                    let before = (outrider_runtime::time::now_ms() / 1000).saturating_sub(self.destination_idle.as_secs());
+                    let idle: Vec<String> = self
+                        .state
+                        .idle_destinations(before)
+                        .into_iter()
+                        .filter(|n| !self.declared.contains(n))
+                        .collect();
+                    if !idle.is_empty() {
+                        info!(destinations = ?idle, "dropping destinations the app no longer calls");
+                        self.state.drop_destinations(&idle);
+                        unsaved = true;
+                        let w = Watch { add: Vec::new(), remove: idle };
                         if tx.send(msg(sidecar_message::Msg::Watch(w))).await.is_err() { break End::Lost }
                     }
                 }

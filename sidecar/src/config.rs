@@ -57,6 +57,9 @@ pub struct Config {
     /// call needs no lookup (comma-separated; others are discovered on first call).
     #[arg(long, env = "OUTRIDER_DESTINATIONS", default_value = "")]
     pub destinations: String,
+    /// Destinations no request named for this long are dropped (declared ones stay).
+    #[arg(long, env = "OUTRIDER_DESTINATION_IDLE", default_value = "1h")]
+    pub destination_idle: outrider_policy::Duration,
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
@@ -104,6 +107,9 @@ impl Config {
         }
         crate::configdocs::ReloadHooks::parse(&self.config_reload)
             .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;
+        if self.destination_idle.as_std().is_zero() {
+            return Err("OUTRIDER_DESTINATION_IDLE must be greater than 0".into());
+        }
         for d in self.declared_destinations() {
             outrider_policy::validate_service_name(&d).map_err(|e| format!("OUTRIDER_DESTINATIONS: {d:?}: {e}"))?;
         }

@@ -208,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app_addr: cfg.app_addr(),
             state: state.clone(),
             declared: cfg.declared_destinations(),
+            destination_idle: cfg.destination_idle.as_std(),
         };
         control.spawn(info_span!("agent"), agent.run(control.stop.clone()));
 

@@ -281,6 +281,30 @@ impl SidecarState {
         }
     }
 
+    /// Stops holding `names` (the agent unwatched them).
+    pub fn drop_destinations(&self, names: &[String]) {
+        let msg = DestinationsMsg {
+            removed: names.to_vec(),
+            ..Default::default()
+        };
+        let mut d = self.destinations.lock().unwrap();
+        let mut held = d.held.clone();
+        let Ok(touched) = table::apply_message(&mut held, &msg) else {
+            return;
+        };
+        let (compiled, _) = d.compiled.recompile(&held, &touched);
+        d.held = held;
+        d.compiled = Arc::new(compiled);
+        self.swap_destinations(&d.compiled);
+        drop(d);
+        self.destination_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Held destinations no request named since `before` (epoch seconds).
+    pub fn idle_destinations(&self, before: u64) -> Vec<String> {
+        self.destinations.lock().unwrap().compiled.idle_since(before)
+    }
+
     /// The held destinations, for `destinations.pb`.
     pub fn held_destinations(&self) -> DestinationTable {
         let d = self.destinations.lock().unwrap();

@@ -223,6 +223,7 @@ pub(crate) mod testing {
             subsets: [("v1".into(), all.into())].into_iter().collect(),
             budget: Default::default(),
             policy: None,
+            last_used: Default::default(),
         })
     }
 

@@ -149,6 +149,10 @@ fn route<B>(call: Call<B>) -> Routing<B> {
     };
     let Some(dest) = call.applied.as_ref().and_then(|a| a.destinations.resolve(host)) else {
         let held = call.applied.as_ref().map(|a| &a.destinations);
+        if let Some(d) = super::table::lookup_name(host).and_then(|n| held.and_then(|h| h.held(n))) {
+            // A name the mesh does not know stays held while the app keeps asking.
+            d.touch();
+        }
         return match super::table::lookup_name(host) {
             Some(name) if !held.is_some_and(|d| d.holds(name)) => {
                 let name = name.to_owned();
@@ -161,6 +165,7 @@ fn route<B>(call: Call<B>) -> Routing<B> {
         };
     };
     let dest = Arc::clone(dest);
+    dest.touch();
     tracing::Span::current().record("service", &*dest.name);
     let route = dest.route(call.req.uri().path(), call.req.headers());
     let (retry, timeout) = if upgrade::is_upgrade(&call.req) {

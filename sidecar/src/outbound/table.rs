@@ -12,6 +12,7 @@ use http::uri::Authority;
 use outrider_policy::{RetryOn, RoutingPolicy};
 use outrider_proto::v1::{DestinationFigures, DestinationService, DestinationTable, Destinations as DestinationsMsg};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,20 @@ pub struct Destination {
     pub subsets: HashMap<Box<str>, Endpoints>,
     pub budget: Arc<RetryBudget>,
     pub policy: Option<RoutingPolicy>,
+    /// When a request last named this service (epoch seconds): destinations the app
+    /// stopped calling are dropped after `OUTRIDER_DESTINATION_IDLE`.
+    pub last_used: Arc<AtomicU64>,
+}
+
+impl Destination {
+    /// Notes a request for it; one store a second at most, so the hot path rarely
+    /// writes the shared line.
+    pub fn touch(&self) {
+        let now = outrider_runtime::time::now_ms() / 1000;
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct CompiledRoute {
@@ -177,6 +192,23 @@ impl Destinations {
         self.services.contains_key(name)
     }
 
+    /// A held entry by exact name, known to the mesh or not.
+    pub fn held(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.services.get(name)
+    }
+
+    /// Held services no request named since `before` (epoch seconds).
+    pub fn idle_since(&self, before: u64) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, d)| d.last_used.load(Ordering::Relaxed) < before)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The destination for a request's host: the exact service name, or its first
     /// DNS label (`web.default.svc.cluster.local` → `web`). Ports are ignored.
     pub fn resolve(&self, host: &str) -> Option<&Arc<Destination>> {
@@ -295,6 +327,10 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
         subsets: subsets.into_iter().map(|(k, v)| (k, v.into())).collect(),
         budget: old.map(|o| o.budget.clone()).unwrap_or_default(),
         policy,
+        last_used: old.map_or_else(
+            || Arc::new(AtomicU64::new(outrider_runtime::time::now_ms() / 1000)),
+            |o| o.last_used.clone(),
+        ),
     })
 }
 
