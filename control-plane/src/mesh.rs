@@ -502,7 +502,9 @@ impl Mesh {
             changed |= dest.set_routing(doc, revision);
         }
         changed |= dest.set_endpoints(endpoints, healthy);
-        if changed {
+        // The first load is news to every watcher, even of an empty service: one
+        // whose first read failed is still waiting for its answer.
+        if changed || !before.0 {
             dest.wake_all(service);
         }
         Ok(if before != (true, dest.healthy) {
