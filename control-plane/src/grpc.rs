@@ -446,17 +446,26 @@ mod tests {
         s.tx.send(SidecarMessage { msg: Some(msg) }).await.unwrap();
     }
 
-    async fn next_destinations(s: &mut Stream) -> Destinations {
+    /// The next message `pick` accepts, within 10 s; others before it are skipped.
+    async fn next_of<T>(s: &mut Stream, pick: impl Fn(control_message::Msg) -> Option<T>) -> T {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
                 .await
                 .expect("a message within 10 s")
                 .unwrap()
                 .expect("the stream stays open");
-            if let Some(control_message::Msg::Destinations(d)) = msg.msg {
-                return d;
+            if let Some(t) = msg.msg.and_then(&pick) {
+                return t;
             }
         }
+    }
+
+    async fn next_destinations(s: &mut Stream) -> Destinations {
+        next_of(s, |m| match m {
+            control_message::Msg::Destinations(d) => Some(d),
+            _ => None,
+        })
+        .await
     }
 
     struct Stream {
@@ -473,16 +482,11 @@ mod tests {
     }
 
     async fn next_snapshot(s: &mut Stream) -> Snapshot {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
-                .await
-                .expect("a message within 10 s")
-                .unwrap()
-                .expect("the stream stays open");
-            if let Some(control_message::Msg::Snapshot(snap)) = msg.msg {
-                return snap;
-            }
-        }
+        next_of(s, |m| match m {
+            control_message::Msg::Snapshot(snap) => Some(snap),
+            _ => None,
+        })
+        .await
     }
 
     /// Polls the store until `pred` holds for the sidecar's row (the session records

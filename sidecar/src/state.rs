@@ -152,8 +152,6 @@ pub enum ApplyError {
     RateLimit(PolicyError),
     #[error("logging policy: {0}")]
     Logging(PolicyError),
-    #[error("destinations: {0}")]
-    Destinations(#[from] TableError),
     #[error("service share {0} is not in (0, 1]")]
     Share(f64),
 }

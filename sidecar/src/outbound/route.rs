@@ -149,12 +149,14 @@ fn route<B>(call: Call<B>) -> Routing<B> {
     };
     let Some(dest) = call.applied.as_ref().and_then(|a| a.destinations.resolve(host)) else {
         let held = call.applied.as_ref().map(|a| &a.destinations);
-        if let Some(d) = super::table::lookup_name(host).and_then(|n| held.and_then(|h| h.held(n))) {
+        let name = super::table::lookup_name(host);
+        let answered = name.and_then(|n| held.and_then(|h| h.held(n)));
+        if let Some(d) = answered {
             // A name the mesh does not know stays held while the app keeps asking.
             d.touch();
         }
-        return match super::table::lookup_name(host) {
-            Some(name) if !held.is_some_and(|d| d.holds(name)) => {
+        return match name {
+            Some(name) if answered.is_none() => {
                 let name = name.to_owned();
                 Routing::Unknown(call, name)
             }
