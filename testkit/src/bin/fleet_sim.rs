@@ -14,6 +14,7 @@ use outrider_proto::v1::{
     control_message, sidecar_message, Ack, ControlMessage, DestinationsAck, HealthReport, Hello, Identity,
     LatencySummary, SidecarMessage, Watch,
 };
+use outrider_runtime::backoff::Backoff;
 use outrider_runtime::fs::{write_atomic_with, WriteOptions};
 use outrider_runtime::time::now_ms;
 use prost::Message;
@@ -85,6 +86,8 @@ const STREAMS_PER_CONNECTION: usize = 50;
 /// How long a closing stream waits for the control plane to end its side, so that the
 /// close is seen as clean rather than as a cancelled stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Between attempts of a stream that broke (a real sidecar's defaults).
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// What every simulated sidecar shares: the arguments and the counters.
 struct Fleet {
@@ -334,12 +337,38 @@ impl Instance {
         let fleet = fleet.clone();
         let task = tokio::spawn(async move {
             let pod = identity.pod.clone();
-            let result = sidecar(&fleet, channel, slot, identity, first_tx, stopped).await;
-            if let Err(e) = &result {
-                fleet.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("{pod}: {e:#}");
+            let mut first = Some(first_tx);
+            let mut stopped = stopped;
+            // A broken stream is retried with backoff, as a real sidecar's agent does,
+            // so that a control plane that refuses some joins under a burst (store
+            // unavailable) is measured by how long the fleet takes, not by who gave up.
+            let mut attempt = 0;
+            loop {
+                let result = sidecar(
+                    &fleet,
+                    channel.clone(),
+                    slot,
+                    identity.clone(),
+                    &mut first,
+                    &mut stopped,
+                )
+                .await;
+                match result {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        fleet.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+                        if attempt == 0 || attempt % 10 == 9 {
+                            eprintln!("{pod}: {e:#} (attempt {}, retrying)", attempt + 1);
+                        }
+                    }
+                }
+                let wait = RECONNECT.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut stopped => return Ok(()),
+                }
             }
-            result
         });
         (Self { generation, stop, task }, first_rx)
     }
@@ -360,8 +389,8 @@ async fn sidecar(
     channel: Channel,
     slot: usize,
     identity: Identity,
-    first_snapshot: oneshot::Sender<()>,
-    mut stop: oneshot::Receiver<()>,
+    first_snapshot: &mut Option<oneshot::Sender<()>>,
+    stop: &mut oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let args = &fleet.args;
     let stats = &fleet.stats;
@@ -382,7 +411,6 @@ async fn sidecar(
         .await?
         .into_inner();
     let mut ready = ReadyGuard { stats, counted: false };
-    let mut first_snapshot = Some(first_snapshot);
     let mut state = SimState {
         lookups: fleet.lookups(slot),
         ..SimState::default()
@@ -402,14 +430,14 @@ async fn sidecar(
                     tx.send(reply).await?;
                 }
                 if state.snapshots > 0 {
+                    ready.set();
                     if let Some(first) = first_snapshot.take() {
-                        ready.set();
                         let _ = first.send(());
                     }
                 }
             }
             _ = tick.tick() => tx.send(figures.report(state.applied)).await?,
-            _ = &mut stop => {
+            _ = &mut *stop => {
                 drop(tx);
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
                     while let Ok(Some(msg)) = inbound.message().await {
