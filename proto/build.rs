@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // service's sidecars share is cloned by reference, not copied per send.
     tonic_prost_build::configure()
         .bytes(".outrider.v1.ConfigDocument.content")
+        // Smaller first buffers per stream; see `src/codec.rs`.
+        .codec_path("crate::codec::StreamCodec")
         .compile_fds(fds)?;
     Ok(())
 }
