@@ -141,7 +141,14 @@ struct Watching {
 impl Session {
     async fn run(mut self, mut inbound: Streaming<SidecarMessage>) {
         let store = self.hub.store().clone();
-        if let Err(e) = store.register_sidecar(&self.reg).await {
+        let registered = {
+            // A fleet that (re)connects at once queues here rather than for the
+            // store's pool, whose wait is bounded: joins wait their turn instead of
+            // failing, and API reads and batched writes keep connections of their own.
+            let _turn = self.hub.joins.acquire().await;
+            store.register_sidecar(&self.reg).await
+        };
+        if let Err(e) = registered {
             warn!(error = %e, "registration failed");
             let _ = self.tx.send(Err(Status::unavailable("store unavailable; retry"))).await;
             return;
@@ -162,6 +169,11 @@ impl Session {
         let clean = self.tx.send(Ok(heartbeat)).await.is_ok() && self.serve(&mut inbound).await;
         self.hub.metrics.connected_sidecars.dec();
         info!(id = %self.reg.id, clean, "sidecar stream closed");
+        if let Some(acked) = self.hub.mesh.take_ack(&self.reg.id, &self.reg.session) {
+            if let Err(e) = store.record_ack(&self.reg.id, &self.reg.session, acked).await {
+                warn!(error = %e, "could not record the last ACK");
+            }
+        }
         if let Err(e) = store
             .disconnect_sidecar(&self.reg.id, &self.reg.session, &self.reg.service)
             .await
@@ -201,12 +213,14 @@ impl Session {
         let quiet = self.hub.timing.unhealthy_after + Duration::from_millis(100);
         let silence = tokio::time::sleep(quiet);
         tokio::pin!(silence);
+        let mut first_revision: Option<u64> = None;
         loop {
             tokio::select! {
                 changed = snapshots.changed() => {
                     if changed.is_err() { return false }
                     let snap = snapshots.borrow_and_update().clone();
                     if let Some(snap) = snap {
+                        first_revision.get_or_insert(snap.revision);
                         let msg = ControlMessage { msg: Some(control_message::Msg::Snapshot((*snap).clone())) };
                         self.hub.metrics.stream_bytes_sent.inc_by(msg.encoded_len() as u64);
                         if self.tx.send(Ok(msg)).await.is_err() { return false }
@@ -227,15 +241,29 @@ impl Session {
                         let r = match m {
                             sidecar_message::Msg::Ack(a) => {
                                 self.hub.metrics.acks.inc();
-                                self.hub.mesh.seen(id, session);
-                                crate::propagation::on_ack(&self.hub, id, session, a.revision).await;
-                                store.record_ack(id, session, a.revision).await
+                                // Revisions up to the first snapshot's were written before
+                                // this session began: they have no spread to measure here,
+                                // and a whole fleet joining would otherwise read for each.
+                                if a.revision > first_revision.unwrap_or(u64::MAX) {
+                                    crate::propagation::on_ack(&self.hub, id, session, a.revision).await;
+                                }
+                                // `applied_revision` reaches the store with the next batch.
+                                self.hub.mesh.acked(id, session, a.revision);
+                                Ok(())
                             }
                             sidecar_message::Msg::Nack(n) => {
                                 self.hub.metrics.nacks.inc();
                                 self.hub.mesh.seen(id, session);
                                 warn!(revision = n.revision, error = %n.error, "sidecar refused a snapshot");
-                                store.record_nack(id, session, n.revision, &n.error).await
+                                // An ACK still waiting for its batch goes first: written
+                                // after, it would clear this NACK.
+                                match self.hub.mesh.take_ack(id, session) {
+                                    Some(acked) => match store.record_ack(id, session, acked).await {
+                                        Ok(()) => store.record_nack(id, session, n.revision, &n.error).await,
+                                        Err(e) => Err(e),
+                                    },
+                                    None => store.record_nack(id, session, n.revision, &n.error).await,
+                                }
                             }
                             sidecar_message::Msg::Health(h) => {
                                 let json = health_json(&h).to_string();

@@ -55,6 +55,9 @@ struct ServiceEntry {
     scoped: Arc<AtomicBool>,
 }
 
+/// Half of the PostgreSQL pool (see `store::db`).
+const JOINS_AT_ONCE: usize = 8;
+
 pub struct Hub {
     store: Store,
     pub timing: Timing,
@@ -65,6 +68,8 @@ pub struct Hub {
     services: Mutex<HashMap<String, ServiceEntry>>,
     seen_revision: AtomicU64,
     events: broadcast::Sender<Event>,
+    /// Registrations writing to the store at once (see `grpc::Session::run`).
+    pub joins: tokio::sync::Semaphore,
 }
 
 impl Hub {
@@ -80,6 +85,7 @@ impl Hub {
             services: Mutex::default(),
             seen_revision: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
+            joins: tokio::sync::Semaphore::new(JOINS_AT_ONCE),
         })
     }
 

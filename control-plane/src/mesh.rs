@@ -108,6 +108,9 @@ struct Destination {
     /// The whole destination at `version`, built once for every session that needs it.
     full: Option<Arc<DestinationService>>,
     loaded: bool,
+    /// Held by the one task doing the first read: a burst of joins or watches of a
+    /// service nobody tracked yet becomes one read, not one per newcomer.
+    first_load: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Destination {
@@ -233,6 +236,8 @@ struct Local {
     app_healthy: Option<bool>,
     /// The last report, not yet written to the store.
     pending: Option<String>,
+    /// The last ACKed revision, not yet written to the store.
+    pending_ack: Option<u64>,
 }
 
 pub struct Mesh {
@@ -241,11 +246,19 @@ pub struct Mesh {
     destinations: Mutex<HashMap<String, Destination>>,
     local: Mutex<HashMap<String, Local>>,
     dirty: Mutex<HashSet<String>>,
+    /// Services whose membership this replica changed by a join, told to the other
+    /// replicas once per debounce rather than once per join.
+    announce: Mutex<HashSet<String>>,
     dirty_notify: Notify,
     next_session: AtomicU64,
     /// Up to where [`Mesh::silenced`] has looked (epoch ms).
     silence_checked: AtomicU64,
 }
+
+/// (id, session, last seen, health JSON) of a batched report.
+type HealthRow = (String, String, i64, String);
+/// (id, session, revision) of a batched ACK.
+type AckRow = (String, String, u64);
 
 /// A healthy-count change the hub must hear about (`scope: service` splits).
 pub type CountChange = (String, u32);
@@ -258,6 +271,7 @@ impl Mesh {
             destinations: Mutex::default(),
             local: Mutex::default(),
             dirty: Mutex::default(),
+            announce: Mutex::default(),
             dirty_notify: Notify::new(),
             next_session: AtomicU64::new(1),
             silence_checked: AtomicU64::new((now_ms() - timing.unhealthy_after.as_millis() as i64).max(0) as u64),
@@ -307,20 +321,40 @@ impl Mesh {
                 last_seen_ms: now_ms(),
                 app_healthy: None,
                 pending: None,
+                pending_ack: None,
             },
         );
-        let loaded = {
+        {
             let mut d = self.destinations.lock().unwrap();
-            let e = d.entry(reg.service.clone()).or_default();
-            e.members += 1;
-            e.loaded
-        };
-        if loaded {
-            self.mark_dirty(&reg.service);
-            Ok(Vec::new())
-        } else {
-            self.reload(&reg.service).await
+            d.entry(reg.service.clone()).or_default().members += 1;
         }
+        if self.announce.lock().unwrap().insert(reg.service.clone()) {
+            self.dirty_notify.notify_one();
+        }
+        match self.load_once(&reg.service).await? {
+            Some(changes) => Ok(changes),
+            None => {
+                // Loaded already, perhaps by a read that started before this row was
+                // written: the debounced re-read counts it.
+                self.mark_dirty(&reg.service);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Reads a tracked destination for the first time, once however many sessions ask
+    /// at the same moment: the others wait for that read. `None` when it was loaded
+    /// already (or is no longer tracked); a failed read leaves it to the next caller.
+    async fn load_once(&self, service: &str) -> Result<Option<Vec<CountChange>>, StoreError> {
+        let lock = match self.destinations.lock().unwrap().get(service) {
+            Some(d) if !d.loaded => d.first_load.clone(),
+            _ => return Ok(None),
+        };
+        let _first = lock.lock().await;
+        if self.destinations.lock().unwrap().get(service).is_none_or(|d| d.loaded) {
+            return Ok(None);
+        }
+        self.reload(service).await.map(Some)
     }
 
     /// The session of `id` ended (or lost its row to a newer one).
@@ -353,7 +387,10 @@ impl Mesh {
         let Some(l) = local.get_mut(id).filter(|l| l.session == session) else {
             return false;
         };
-        let flipped = l.app_healthy != Some(app_healthy) || now - l.last_seen_ms > unhealthy_after;
+        // A new session's health is unknown, which counts as healthy (its row's health
+        // was cleared at registration): only a report of an unhealthy app, or one after
+        // a silence, changes what callers see.
+        let flipped = l.app_healthy.unwrap_or(true) != app_healthy || now - l.last_seen_ms > unhealthy_after;
         l.last_seen_ms = now;
         l.app_healthy = Some(app_healthy);
         let service = l.service.clone();
@@ -376,25 +413,70 @@ impl Mesh {
         }
     }
 
-    /// Writes the reports gathered since the last flush, in one batch.
-    pub async fn flush(&self) -> Result<usize, StoreError> {
-        let batch: Vec<(String, String, i64, String)> = {
-            let mut local = self.local.lock().unwrap();
-            local
-                .iter_mut()
-                .filter_map(|(id, l)| {
-                    l.pending
-                        .take()
-                        .map(|h| (id.clone(), l.session.clone(), l.last_seen_ms, h))
-                })
-                .collect()
-        };
-        if batch.is_empty() {
-            return Ok(0);
+    /// An ACK of `revision` from the session: written with the next batch.
+    pub fn acked(&self, id: &str, session: &str, revision: u64) {
+        if let Some(l) = self.local.lock().unwrap().get_mut(id).filter(|l| l.session == session) {
+            l.last_seen_ms = now_ms();
+            l.pending_ack = Some(l.pending_ack.map_or(revision, |r| r.max(revision)));
         }
-        let n = batch.len();
-        self.store.record_health_batch(&batch).await?;
-        Ok(n)
+    }
+
+    /// The session's ACK not yet written, taken out (a NACK is written after it, so
+    /// that the batch cannot clear a newer NACK).
+    pub fn take_ack(&self, id: &str, session: &str) -> Option<u64> {
+        self.local
+            .lock()
+            .unwrap()
+            .get_mut(id)
+            .filter(|l| l.session == session)
+            .and_then(|l| l.pending_ack.take())
+    }
+
+    /// Writes the reports and ACKs gathered since the last flush, in one batch each;
+    /// the number of rows written. What a failed write held is put back for the next
+    /// flush unless something newer arrived meanwhile.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        let (reports, acks): (Vec<HealthRow>, Vec<AckRow>) = {
+            let mut local = self.local.lock().unwrap();
+            let mut reports = Vec::new();
+            let mut acks = Vec::new();
+            for (id, l) in local.iter_mut() {
+                if let Some(h) = l.pending.take() {
+                    reports.push((id.clone(), l.session.clone(), l.last_seen_ms, h));
+                }
+                if let Some(r) = l.pending_ack.take() {
+                    acks.push((id.clone(), l.session.clone(), r));
+                }
+            }
+            (reports, acks)
+        };
+        let n = reports.len() + acks.len();
+        let written = async {
+            if !acks.is_empty() {
+                self.store.record_ack_batch(&acks).await?;
+            }
+            if !reports.is_empty() {
+                self.store.record_health_batch(&reports).await?;
+            }
+            Ok(n)
+        }
+        .await;
+        if written.is_err() {
+            let mut local = self.local.lock().unwrap();
+            for (id, session, seen, h) in reports {
+                if let Some(l) = local.get_mut(&id).filter(|l| l.session == session) {
+                    if l.pending.is_none() && l.last_seen_ms == seen {
+                        l.pending = Some(h);
+                    }
+                }
+            }
+            for (id, session, r) in acks {
+                if let Some(l) = local.get_mut(&id).filter(|l| l.session == session) {
+                    l.pending_ack = Some(l.pending_ack.map_or(r, |p| p.max(r)));
+                }
+            }
+        }
+        written
     }
 
     /// Marks dirty every tracked service with an instance that fell silent (past the
@@ -423,6 +505,14 @@ impl Mesh {
         loop {
             self.dirty_notify.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
+            let announce: Vec<String> = self.announce.lock().unwrap().drain().collect();
+            for s in announce {
+                if let Err(e) = self.store.notify_members(&s).await {
+                    // Other replicas still find the newcomers at their next re-read
+                    // of the service (any other change to it, or a silence).
+                    warn!(service = %s, error = %e, "could not tell other replicas of a join");
+                }
+            }
             let dirty: Vec<String> = self.dirty.lock().unwrap().drain().collect();
             let mut counts = Vec::new();
             for s in dirty {
@@ -540,19 +630,16 @@ impl Mesh {
     /// Starts sending `service` to session `id`: tracked (and read) if it was not.
     /// The session is woken when the destination is ready to send.
     pub async fn watch(&self, service: &str, id: SessionId, wake: &Arc<Wake>) -> Result<(), StoreError> {
-        let loaded = {
+        {
             let mut d = self.destinations.lock().unwrap();
-            let e = d.entry(service.to_owned()).or_default();
-            e.watchers.insert(id, wake.clone());
-            e.loaded
-        };
-        if loaded {
-            wake.mark(service);
-        } else {
-            self.reload(service).await?;
-            // `reload` wakes watchers only on a change; an empty service is none.
-            wake.mark(service);
+            d.entry(service.to_owned())
+                .or_default()
+                .watchers
+                .insert(id, wake.clone());
         }
+        self.load_once(service).await?;
+        // `reload` wakes watchers only on a change; an empty service is none.
+        wake.mark(service);
         Ok(())
     }
 

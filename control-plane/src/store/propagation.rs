@@ -79,10 +79,13 @@ impl Store {
                 },
             );
         }
+        // An ACK's row in revision_acks is written at once, its `applied_revision` with
+        // the next batch: either one says the sidecar has it.
         let pending: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT r.revision, COUNT(*) AS n FROM revisions r JOIN sidecars s ON s.service = r.service
              WHERE r.revision BETWEEN $1 AND $2 AND s.connected = 1 AND s.connected_at_ms <= r.created_at_ms
                AND s.applied_revision < r.revision
+               AND NOT EXISTS (SELECT 1 FROM revision_acks a WHERE a.revision = r.revision AND a.sidecar_id = s.id)
              GROUP BY r.revision",
         )
         .bind(from as i64)

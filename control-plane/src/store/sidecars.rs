@@ -217,44 +217,67 @@ impl From<DbRow> for SidecarRow {
     }
 }
 
+/// A registration is one statement and one commit, without a notification: the mesh
+/// tells the other replicas once per debounce for all the joins to a service (a
+/// NOTIFY per commit serializes the commits of a whole fleet's registration burst).
+const REGISTER: &str =
+    "INSERT INTO sidecars (id, service, version, namespace, pod, address, inbound_port, outbound_port,
+                     admin_port, build_version, session, replica, connected, connected_at_ms, last_seen_ms,
+                     applied_revision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, $14)
+                 ON CONFLICT (id) DO UPDATE SET service = excluded.service, version = excluded.version,
+                     namespace = excluded.namespace, pod = excluded.pod, address = excluded.address,
+                     inbound_port = excluded.inbound_port, outbound_port = excluded.outbound_port,
+                     admin_port = excluded.admin_port, build_version = excluded.build_version,
+                     session = excluded.session, replica = excluded.replica, connected = 1,
+                     connected_at_ms = excluded.connected_at_ms, last_seen_ms = excluded.last_seen_ms,
+                     applied_revision = excluded.applied_revision, health = NULL";
+
+/// Rows per statement of a batched write, well under both backends' parameter limits.
+const BATCH_ROWS: usize = 500;
+
+/// `UPDATE sidecars SET {set} FROM (VALUES ($1, …), …) {from} WHERE {matches}` for
+/// `rows` rows of `cols` parameters.
+fn batch_update(set: &str, from: &str, matches: &str, rows: usize, cols: usize) -> String {
+    use std::fmt::Write;
+    let mut values = String::with_capacity(rows * cols * 5);
+    for row in 0..rows {
+        values.push_str(if row == 0 { "(" } else { ",(" });
+        for col in 0..cols {
+            let sep = if col == 0 { "" } else { ", " };
+            let _ = write!(values, "{sep}${}", row * cols + col + 1);
+        }
+        values.push(')');
+    }
+    format!("UPDATE sidecars SET {set} FROM (VALUES {values}) {from} WHERE {matches}")
+}
+
 impl Store {
     /// Registers (or re-registers) a sidecar as connected through `session`.
     pub async fn register_sidecar(&self, s: &SidecarRegistration) -> Result<(), StoreError> {
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO sidecars (id, service, version, namespace, pod, address, inbound_port, outbound_port,
-                 admin_port, build_version, session, replica, connected, connected_at_ms, last_seen_ms,
-                 applied_revision)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, $14)
-             ON CONFLICT (id) DO UPDATE SET service = excluded.service, version = excluded.version,
-                 namespace = excluded.namespace, pod = excluded.pod, address = excluded.address,
-                 inbound_port = excluded.inbound_port, outbound_port = excluded.outbound_port,
-                 admin_port = excluded.admin_port, build_version = excluded.build_version,
-                 session = excluded.session, replica = excluded.replica, connected = 1,
-                 connected_at_ms = excluded.connected_at_ms, last_seen_ms = excluded.last_seen_ms,
-                 applied_revision = excluded.applied_revision",
-        )
-        .bind(&s.id)
-        .bind(&s.service)
-        .bind(&s.version)
-        .bind(&s.namespace)
-        .bind(&s.pod)
-        .bind(&s.address)
-        .bind(i64::from(s.inbound_port))
-        .bind(i64::from(s.outbound_port))
-        .bind(i64::from(s.admin_port))
-        .bind(&s.build_version)
-        .bind(&s.session)
-        .bind(&s.replica)
-        .bind(now)
-        .bind(s.held_revision as i64)
-        .execute(&self.pool)
-        .await?;
-        self.notify_members(&s.service).await
+        sqlx::query(REGISTER)
+            .bind(&s.id)
+            .bind(&s.service)
+            .bind(&s.version)
+            .bind(&s.namespace)
+            .bind(&s.pod)
+            .bind(&s.address)
+            .bind(i64::from(s.inbound_port))
+            .bind(i64::from(s.outbound_port))
+            .bind(i64::from(s.admin_port))
+            .bind(&s.build_version)
+            .bind(&s.session)
+            .bind(&s.replica)
+            .bind(now)
+            .bind(s.held_revision as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Tells the other replicas (PostgreSQL) that `service`'s membership changed.
-    async fn notify_members(&self, service: &str) -> Result<(), StoreError> {
+    pub async fn notify_members(&self, service: &str) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
@@ -283,34 +306,53 @@ impl Store {
     /// health JSON)`, each applied only if that session still owns the row. One
     /// statement per few hundred rows, in one transaction.
     pub async fn record_health_batch(&self, batch: &[(String, String, i64, String)]) -> Result<(), StoreError> {
-        // 4 parameters a row, well under both backends' limit per statement.
-        const ROWS: usize = 500;
+        // SQLite names the columns of a VALUES list column1…; PostgreSQL takes an alias list.
+        let (set, from, matches) = match self.backend {
+            Backend::Postgres => (
+                "last_seen_ms = v.seen, health = v.health",
+                "AS v(id, session, seen, health)",
+                "sidecars.id = v.id AND sidecars.session = v.session",
+            ),
+            Backend::Sqlite => (
+                "last_seen_ms = v.column3, health = v.column4",
+                "AS v",
+                "sidecars.id = v.column1 AND sidecars.session = v.column2",
+            ),
+        };
         let mut tx = self.pool.begin().await?;
-        for chunk in batch.chunks(ROWS) {
-            let mut values = String::with_capacity(chunk.len() * 24);
-            for i in 0..chunk.len() {
-                let n = i * 4;
-                if i > 0 {
-                    values.push(',');
-                }
-                values.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
-            }
-            // SQLite names the columns of a VALUES list column1…; PostgreSQL takes an alias list.
-            let sql = match self.backend {
-                Backend::Postgres => format!(
-                    "UPDATE sidecars SET last_seen_ms = v.seen, health = v.health
-                     FROM (VALUES {values}) AS v(id, session, seen, health)
-                     WHERE sidecars.id = v.id AND sidecars.session = v.session"
-                ),
-                Backend::Sqlite => format!(
-                    "UPDATE sidecars SET last_seen_ms = v.column3, health = v.column4
-                     FROM (VALUES {values}) AS v
-                     WHERE sidecars.id = v.column1 AND sidecars.session = v.column2"
-                ),
-            };
+        for chunk in batch.chunks(BATCH_ROWS) {
+            let sql = batch_update(set, from, matches, chunk.len(), 4);
             let mut q = sqlx::query(&sql);
             for (id, session, seen, health) in chunk {
                 q = q.bind(id).bind(session).bind(*seen).bind(health);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes a batch of coalesced ACKs: `(id, session, revision)`; each moves the
+    /// row's `applied_revision` forward (never back) and clears its last NACK.
+    pub async fn record_ack_batch(&self, batch: &[(String, String, u64)]) -> Result<(), StoreError> {
+        let (set, from, matches) = match self.backend {
+            Backend::Postgres => (
+                "applied_revision = v.rev, last_nack = NULL, last_nack_revision = NULL",
+                "AS v(id, session, rev)",
+                "sidecars.id = v.id AND sidecars.session = v.session AND sidecars.applied_revision <= v.rev",
+            ),
+            Backend::Sqlite => (
+                "applied_revision = v.column3, last_nack = NULL, last_nack_revision = NULL",
+                "AS v",
+                "sidecars.id = v.column1 AND sidecars.session = v.column2 AND sidecars.applied_revision <= v.column3",
+            ),
+        };
+        let mut tx = self.pool.begin().await?;
+        for chunk in batch.chunks(BATCH_ROWS) {
+            let sql = batch_update(set, from, matches, chunk.len(), 3);
+            let mut q = sqlx::query(&sql);
+            for (id, session, revision) in chunk {
+                q = q.bind(id).bind(session).bind(*revision as i64);
             }
             q.execute(&mut *tx).await?;
         }

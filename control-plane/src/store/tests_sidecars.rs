@@ -230,3 +230,41 @@ store_test!(
         assert!(s.services_silent_between(2_000, 2_500).await.unwrap().is_empty());
     }
 );
+
+store_test!(
+    batched_acks_move_applied_revisions_forward_only_and_clear_the_last_nack,
+    |s| {
+        for id in ["default/web-1", "default/web-2", "default/web-3"] {
+            s.register_sidecar(&reg(id, "web", id)).await.unwrap();
+        }
+        s.record_nack("default/web-1", "default/web-1", 3, "bad").await.unwrap();
+        s.record_ack("default/web-3", "default/web-3", 9).await.unwrap();
+        let ack = |id: &str, session: &str, rev: u64| (id.to_owned(), session.to_owned(), rev);
+        s.record_ack_batch(&[
+            ack("default/web-1", "default/web-1", 4),
+            // A stale session (the pod reconnected since): ignored.
+            ack("default/web-2", "old-session", 4),
+            // Older than what the row holds: never moves it back.
+            ack("default/web-3", "default/web-3", 5),
+        ])
+        .await
+        .unwrap();
+        let rows = s.list_sidecars(Some("web")).await.unwrap();
+        let row = |id: &str| rows.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(row("default/web-1").applied_revision, 4);
+        assert!(row("default/web-1").last_nack.is_none());
+        assert_eq!(row("default/web-2").applied_revision, 0);
+        assert_eq!(row("default/web-3").applied_revision, 9);
+
+        let many: Vec<_> = (0..1200)
+            .map(|i| ack(&format!("default/x-{i}"), "s", 1))
+            .chain(std::iter::once(ack("default/web-2", "default/web-2", 6)))
+            .collect();
+        s.record_ack_batch(&many).await.unwrap();
+        let rows = s.list_sidecars(Some("web")).await.unwrap();
+        assert_eq!(
+            rows.iter().find(|r| r.id == "default/web-2").unwrap().applied_revision,
+            6
+        );
+    }
+);
