@@ -334,6 +334,14 @@ async fn manual_weight_edits_during_a_rollout_are_409_naming_who_drives_it() {
             "{detail}"
         );
     }
+    // Reverting the routing write would remove the weights the rollout drives.
+    let last = t.store.list_revisions(None, 1).await.unwrap()[0].revision;
+    let (status, _, body) = send(
+        &t.app,
+        request(Method::POST, &format!("/api/v1/revisions/{last}/revert"), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     // An edit that keeps the weights (a timeout) is not the rollout's business.
     let timeout =
         json!({"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 100}], "timeout": "3s"}]});
