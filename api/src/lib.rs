@@ -17,7 +17,7 @@ pub mod services;
 pub mod sidecars;
 pub mod tokens;
 
-pub use canary::{RolloutRequest, RolloutState, RolloutStatus};
+pub use canary::{CanaryWeightRequest, RolloutRequest, RolloutState, RolloutStatus, StepFigures, WindowFigures};
 pub use configs::{ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize};
 pub use events::{ChangeEvent, CHANGE_EVENT, RESYNC_EVENT};
 pub use policies::{DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, WriteQuery};

@@ -168,6 +168,20 @@ pub struct Run {
     /// Roll back when the canary's p99 latency exceeds this.
     #[arg(long)]
     pub max_p99: Option<String>,
+    /// Canary requests a step needs before it is judged or advances.
+    #[arg(long, default_value_t = outrider_api::canary::default_min_requests())]
+    pub min_requests: u64,
+    /// Intervals a step may wait for those requests before the rollout rolls back.
+    #[arg(long, default_value_t = outrider_api::canary::default_max_hold_intervals())]
+    pub max_hold_intervals: u32,
+    /// Roll back when the canary's success rate over a step is more than this
+    /// fraction below the stable subset's.
+    #[arg(long, default_value_t = outrider_api::canary::default_max_success_rate_drop())]
+    pub max_success_rate_drop: f64,
+    /// Roll back when the canary's p99 latency over a step is more than this many
+    /// times the stable subset's.
+    #[arg(long)]
+    pub max_latency_ratio: Option<f64>,
     /// Start the rollout and return without following it.
     #[arg(long)]
     pub detach: bool,

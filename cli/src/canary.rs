@@ -7,7 +7,10 @@ use crate::client::Client;
 use crate::error::CliError;
 use crate::format::Output;
 use crate::output::{self, value_or_line, Table};
-use outrider_api::{PolicyRecord, RolloutRequest, RolloutState, RolloutStatus, ServiceDetail, SubsetTraffic};
+use outrider_api::{
+    CanaryWeightRequest, PolicyRecord, RolloutRequest, RolloutState, RolloutStatus, ServiceDetail, SubsetTraffic,
+    WindowFigures,
+};
 use outrider_policy::canary::{self, CanaryError, CanaryWeights};
 use outrider_policy::{PolicyKind, RoutingPolicy};
 use serde::Serialize;
@@ -33,6 +36,10 @@ async fn write(client: &Client, service: &str, p: &RoutingPolicy) -> Result<Poli
     client.put_policy(service, PolicyKind::Routing, doc).await
 }
 
+fn stored_weights(record: &PolicyRecord, service: &str) -> String {
+    routing(record, service).map_or_else(|e| e.to_string(), |p| weights_line(&p))
+}
+
 fn canary_err(e: CanaryError) -> CliError {
     CliError::Invalid(e.to_string())
 }
@@ -56,24 +63,27 @@ pub async fn run(client: &Client, format: Output, cmd: CanaryCommand) -> Result<
             stable,
         } => {
             check(&service)?;
-            // Checked before anything is read or written: a bad weight changes nothing.
+            // Checked before anything is sent: a bad weight changes nothing.
             if weight > 100 {
                 return Err(canary_err(CanaryError::Weight(weight)));
             }
-            let p = current(client, &service).await?;
-            let next = canary::set_weight(p.as_ref(), &subset, weight, stable.as_deref()).map_err(canary_err)?;
-            let stored = write(client, &service, &next).await?;
-            let line = format!("{service}: {} (revision {})\n", weights_line(&next), stored.revision);
+            // The control plane refuses an unknown service, a subset without a healthy
+            // instance and an edit while a rollout drives the weights.
+            let request = CanaryWeightRequest { subset, weight, stable };
+            let stored = client.set_canary_weight(&service, &request).await?;
+            let line = format!(
+                "{service}: {} (revision {})\n",
+                stored_weights(&stored, &service),
+                stored.revision
+            );
             value_or_line(format, &stored, &line)
         }
         CanaryCommand::Promote { service } => {
             check(&service)?;
-            let p = current(client, &service).await?;
-            let next = canary::promote(p.as_ref()).map_err(canary_err)?;
-            let stored = write(client, &service, &next).await?;
+            let stored = client.promote_canary(&service).await?;
             let line = format!(
                 "{service}: promoted, {} (revision {})\n",
-                weights_line(&next),
+                stored_weights(&stored, &service),
                 stored.revision
             );
             value_or_line(format, &stored, &line)
@@ -141,8 +151,9 @@ async fn status(client: &Client, format: Output, service: &str) -> Result<(), Cl
     output::write_stdout(&status_text(service, policy.as_ref(), &svc, rollout.as_ref()))
 }
 
-/// `canary status` for people: the weights, a table of each subset's figures, and
-/// the automated rollout if there is one.
+/// `canary status` for people: the current weights; while a rollout drives them,
+/// the rollout and each subset's figures over its current step; otherwise the
+/// callers' totals, and the last rollout marked as ended.
 fn status_text(
     service: &str,
     policy: Option<&RoutingPolicy>,
@@ -165,6 +176,23 @@ fn status_text(
             })
             .unwrap_or_else(|| "-".into())
     };
+    if let Some(r) = rollout.filter(|r| r.active) {
+        out.push_str(&rollout_line(r));
+        out.push_str("over the current step:\n");
+        let mut t = Table::new(&["SUBSET", "ROLE", "WEIGHT", "REQUESTS", "SUCCESS", "P99"]);
+        for (role, f) in [("canary", &r.figures.canary), ("stable", &r.figures.stable)] {
+            t.row(vec![
+                f.subset.clone(),
+                role.into(),
+                weight_of(&f.subset),
+                f.requests.to_string(),
+                format!("{:.2}%", f.success_rate * 100.0),
+                format!("{:.1}ms", f.p99_ms),
+            ]);
+        }
+        out.push_str(&t.render());
+        return out;
+    }
     let mut t = Table::new(&["SUBSET", "WEIGHT", "REQUESTS", "SUCCESS", "P50", "P99"]);
     for f in &svc.traffic {
         t.row(vec![
@@ -179,26 +207,53 @@ fn status_text(
     if t.is_empty() {
         out.push_str("no traffic figures yet\n");
     } else {
+        out.push_str("since each caller started (latency: their last report):\n");
         out.push_str(&t.render());
     }
     if let Some(r) = rollout {
+        out.push_str("last rollout, ended: ");
         out.push_str(&rollout_line(r));
     }
     out
 }
 
-fn rollout_line(r: &RolloutStatus) -> String {
-    let reason = Some(r.reason.as_str()).filter(|s| !s.is_empty());
+fn figures_text(f: &WindowFigures) -> String {
     format!(
-        "rollout of {}: {} at step {}/{} ({}% to {}){}\n",
+        "{} {} requests, {:.2}% success, p99 {:.1}ms",
+        f.subset,
+        f.requests,
+        f.success_rate * 100.0,
+        f.p99_ms
+    )
+}
+
+/// One line for a rollout: state, step and weight; while it is active, the time left
+/// in the step (whole seconds, rounded up) and both subsets' figures over the step;
+/// the reason when there is one.
+fn rollout_line(r: &RolloutStatus) -> String {
+    let reason = Some(r.reason.as_str())
+        .filter(|s| !s.is_empty())
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    let head = format!(
+        "rollout of {} by {}: {} at step {}/{} ({}% to {})",
         r.subset,
+        if r.actor.is_empty() { "?" } else { &r.actor },
         r.state,
         r.step + 1,
         r.steps.len(),
         r.weight,
         r.subset,
-        reason.map(|s| format!(": {s}")).unwrap_or_default(),
-    )
+    );
+    match r.time_left_ms.filter(|_| r.active) {
+        Some(ms) => format!(
+            "{head}, {}s left{reason}; {}; {}\n",
+            ms.div_ceil(1000),
+            figures_text(&r.figures.canary),
+            figures_text(&r.figures.stable)
+        ),
+        None => format!("{head}{reason}\n"),
+    }
 }
 
 /// The rollout as the control plane takes it; durations are read here so a typo
@@ -218,6 +273,10 @@ fn rollout_request(r: &Run) -> Result<RolloutRequest, CliError> {
         interval: duration("interval", &r.interval)?,
         max_error_rate: r.max_error_rate,
         max_p99: r.max_p99.as_deref().map(|p| duration("max-p99", p)).transpose()?,
+        min_requests: r.min_requests,
+        max_hold_intervals: r.max_hold_intervals,
+        max_success_rate_drop: r.max_success_rate_drop,
+        max_latency_ratio: r.max_latency_ratio,
     })
 }
 
@@ -287,6 +346,15 @@ mod tests {
             started_at_ms: 1,
             updated_at_ms: 2,
             driver: "cp-1".into(),
+            actor: "alice".into(),
+            active: state.is_active(),
+            min_requests: 20,
+            max_hold_intervals: 3,
+            max_success_rate_drop: 0.05,
+            max_latency_ratio: None,
+            step_started_at_ms: 1,
+            time_left_ms: state.is_active().then_some(12_000),
+            figures: Default::default(),
         }
     }
 
@@ -296,47 +364,119 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn rollout_line_counts_steps_from_one_and_gives_the_reason() {
-        assert_eq!(
-            rollout_line(&rollout(RolloutState::Running, "")),
-            "rollout of v2: running at step 2/4 (25% to v2)\n"
-        );
-        assert_eq!(
-            rollout_line(&rollout(RolloutState::RolledBack, "error rate 0.2 over 0.01")),
-            "rollout of v2: rolled-back at step 2/4 (25% to v2): error rate 0.2 over 0.01\n"
-        );
+    fn step_figures() -> outrider_api::StepFigures {
+        outrider_api::StepFigures {
+            canary: WindowFigures {
+                subset: "v2".into(),
+                requests: 12,
+                errors: 12,
+                success_rate: 0.0,
+                p99_ms: 3.0,
+            },
+            stable: WindowFigures {
+                subset: "v1".into(),
+                requests: 40,
+                errors: 0,
+                success_rate: 1.0,
+                p99_ms: 1.0,
+            },
+        }
     }
 
     #[test]
-    fn status_shows_weights_figures_and_the_rollout() {
-        let svc = ServiceDetail {
+    fn a_running_rollout_line_gives_the_time_left_and_the_steps_figures() {
+        let mut r = rollout(RolloutState::Running, "");
+        r.figures = step_figures();
+        r.time_left_ms = Some(2_001);
+        assert_eq!(
+            rollout_line(&r),
+            "rollout of v2 by alice: running at step 2/4 (25% to v2), 3s left; \
+             v2 12 requests, 0.00% success, p99 3.0ms; v1 40 requests, 100.00% success, p99 1.0ms\n"
+        );
+        let mut held = rollout(
+            RolloutState::Holding,
+            "waiting for traffic: 6 of the 20 requests needed",
+        );
+        held.time_left_ms = Some(0);
+        assert!(
+            rollout_line(&held).starts_with(
+                "rollout of v2 by alice: holding at step 2/4 (25% to v2), 0s left: waiting for traffic: 6 of the 20"
+            ),
+            "{}",
+            rollout_line(&held)
+        );
+        assert_eq!(
+            rollout_line(&rollout(RolloutState::RolledBack, "error rate 0.2 over 0.01")),
+            "rollout of v2 by alice: rolled-back at step 2/4 (25% to v2): error rate 0.2 over 0.01\n"
+        );
+    }
+
+    fn service(traffic: Vec<SubsetTraffic>) -> ServiceDetail {
+        ServiceDetail {
             name: "web".into(),
             revision: 3,
             policies: BTreeMap::new(),
             configs: vec![],
             instances: InstanceSummary::default(),
             sidecars: vec![],
-            traffic: vec![SubsetTraffic {
-                subset: "v2".into(),
-                requests: 40,
-                errors: 1,
-                success_rate: 0.975,
-                p50_ms: 1.25,
-                p99_ms: 9.0,
-                window_requests: 10,
-            }],
-        };
-        let p = routing_policy(90, 10);
-        let text = status_text("web", Some(&p), &svc, Some(&rollout(RolloutState::Running, "")));
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "web: v1 90%, v2 10%");
-        assert_eq!(lines[1], "SUBSET   WEIGHT   REQUESTS   SUCCESS   P50     P99");
-        assert_eq!(lines[2], "v2       10%      40         97.50%    1.2ms   9.0ms");
-        assert_eq!(lines[3], "rollout of v2: running at step 2/4 (25% to v2)");
+            traffic,
+        }
+    }
 
-        let idle = ServiceDetail { traffic: vec![], ..svc };
-        let text = status_text("web", None, &idle, None);
+    #[test]
+    fn status_during_a_rollout_shows_each_subsets_figures_over_the_current_step() {
+        // Lifetime totals say 97.5%; the step says 0%: the step is what is shown.
+        let svc = service(vec![SubsetTraffic {
+            subset: "v2".into(),
+            requests: 400,
+            errors: 10,
+            success_rate: 0.975,
+            ..Default::default()
+        }]);
+        let mut r = rollout(RolloutState::Running, "");
+        r.figures = step_figures();
+        let text = status_text("web", Some(&routing_policy(75, 25)), &svc, Some(&r));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "web: v1 75%, v2 25%");
+        assert!(
+            lines[1].starts_with("rollout of v2 by alice: running at step 2/4"),
+            "{text}"
+        );
+        assert_eq!(lines[2], "over the current step:");
+        assert_eq!(lines[3], "SUBSET   ROLE     WEIGHT   REQUESTS   SUCCESS   P99");
+        assert_eq!(lines[4], "v2       canary   25%      12         0.00%     3.0ms");
+        assert_eq!(lines[5], "v1       stable   75%      40         100.00%   1.0ms");
+        assert!(!text.contains("97.50%"), "{text}");
+    }
+
+    #[test]
+    fn status_after_a_rollout_shows_the_current_weights_and_the_rollout_as_ended() {
+        let svc = service(vec![SubsetTraffic {
+            subset: "v1".into(),
+            requests: 40,
+            errors: 1,
+            success_rate: 0.975,
+            p50_ms: 1.25,
+            p99_ms: 9.0,
+            window_requests: 10,
+        }]);
+        let r = rollout(RolloutState::RolledBack, "step 2/4 (25%): error rate 100.0%");
+        let p: RoutingPolicy = outrider_policy::from_value(
+            json!({"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 100}]}]}),
+        )
+        .unwrap();
+        let text = status_text("web", Some(&p), &svc, Some(&r));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "web: v1 100%");
+        assert_eq!(lines[1], "since each caller started (latency: their last report):");
+        assert_eq!(lines[2], "SUBSET   WEIGHT   REQUESTS   SUCCESS   P50     P99");
+        assert_eq!(lines[3], "v1       100%     40         97.50%    1.2ms   9.0ms");
+        assert_eq!(
+            lines[4],
+            "last rollout, ended: rollout of v2 by alice: rolled-back at step 2/4 (25% to v2): step 2/4 (25%): error rate 100.0%"
+        );
+
+        let text = status_text("web", None, &service(vec![]), None);
         assert_eq!(
             text,
             "web: no routing policy (traffic spreads over all healthy instances)\nno traffic figures yet\n"
@@ -352,6 +492,10 @@ mod tests {
             interval: interval.into(),
             max_error_rate: 0.01,
             max_p99: Some("250ms".into()),
+            min_requests: 20,
+            max_hold_intervals: 3,
+            max_success_rate_drop: 0.05,
+            max_latency_ratio: None,
             detach: false,
         }
     }
@@ -361,7 +505,8 @@ mod tests {
         let req = rollout_request(&run_args("30s", vec![5, 100])).unwrap();
         assert_eq!(
             serde_json::to_value(&req).unwrap(),
-            json!({"subset": "v2", "steps": [5, 100], "interval": "30s", "maxErrorRate": 0.01, "maxP99": "250ms"})
+            json!({"subset": "v2", "steps": [5, 100], "interval": "30s", "maxErrorRate": 0.01, "maxP99": "250ms",
+                "minRequests": 20, "maxHoldIntervals": 3, "maxSuccessRateDrop": 0.05})
         );
     }
 

@@ -6,8 +6,8 @@
 
 use crate::error::{one_line, ApiError, CliError};
 use outrider_api::{
-    ConfigMeta, DryRunReport, PolicyDeleted, PolicyRecord, RevisionDetail, RevisionSummary, RolloutRequest,
-    RolloutStatus, ServiceDetail, ServiceSummary, Sidecar,
+    CanaryWeightRequest, ConfigMeta, DryRunReport, PolicyDeleted, PolicyRecord, RevisionDetail, RevisionSummary,
+    RolloutRequest, RolloutStatus, ServiceDetail, ServiceSummary, Sidecar,
 };
 use outrider_policy::{FieldError, PolicyKind};
 use reqwest::{Method, StatusCode, Url};
@@ -245,6 +245,34 @@ impl Client {
         let body = serde_json::to_value(request).map_err(|e| CliError::Invalid(e.to_string()))?;
         self.json(Method::POST, &rollout_path(service), &[], Some(Body::Json(body)))
             .await
+    }
+
+    /// `PUT …/canary/weight`: a manual canary weight, checked by the control plane
+    /// (unknown service, a subset without healthy instances, an active rollout).
+    pub async fn set_canary_weight(
+        &self,
+        service: &str,
+        request: &CanaryWeightRequest,
+    ) -> Result<PolicyRecord, CliError> {
+        let body = serde_json::to_value(request).map_err(|e| CliError::Invalid(e.to_string()))?;
+        self.json(
+            Method::PUT,
+            &api(&["services", service, "canary", "weight"]),
+            &[],
+            Some(Body::Json(body)),
+        )
+        .await
+    }
+
+    /// `POST …/canary/promote`: the canary becomes the stable subset with 100%.
+    pub async fn promote_canary(&self, service: &str) -> Result<PolicyRecord, CliError> {
+        self.json(
+            Method::POST,
+            &api(&["services", service, "canary", "promote"]),
+            &[],
+            None,
+        )
+        .await
     }
 
     /// `DELETE …/canary`: stops a running rollout; `None` when none was running.

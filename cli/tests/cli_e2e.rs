@@ -372,3 +372,50 @@ fn completions_are_generated() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("outriderctl"));
 }
+
+#[tokio::test]
+async fn canary_set_run_and_promote_on_an_unknown_service_fail_in_one_line_and_create_nothing() {
+    let cp = start_control_plane().await;
+    for args in [
+        &["canary", "set", "ghost", "--subset", "v2", "--weight", "10"][..],
+        &[
+            "canary",
+            "run",
+            "ghost",
+            "--subset",
+            "v2",
+            "--steps",
+            "10,100",
+            "--interval",
+            "1s",
+        ][..],
+        &["canary", "promote", "ghost"][..],
+    ] {
+        let r = ctl(&cp.url, args, None);
+        assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("unknown service \"ghost\""), "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: {}", r.stderr);
+    }
+    let services = ctl(&cp.url, &["get", "services", "-o", "json"], None).json();
+    assert_eq!(services, serde_json::json!([]), "no service was created");
+}
+
+#[tokio::test]
+async fn canary_set_to_a_subset_without_instances_is_refused_and_writes_nothing() {
+    let cp = start_control_plane().await;
+    let doc = r#"{"kind": "RoutingPolicy", "service": "web", "spec": {"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 100}]}]}}"#;
+    assert_eq!(ctl(&cp.url, &["apply", "-f", "-"], Some(doc)).code, 0);
+    let r = ctl(
+        &cp.url,
+        &["canary", "set", "web", "--subset", "v3", "--weight", "100"],
+        None,
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("has no healthy instance"), "{}", r.stderr);
+    let history = ctl(&cp.url, &["history", "web", "-o", "json"], None).json();
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(1),
+        "only the applied policy: {history}"
+    );
+}

@@ -22,6 +22,51 @@ pub fn figures_json(f: &[DestinationFigures]) -> Value {
     )
 }
 
+/// What one caller reported of one subset of a service: cumulative counters since
+/// that caller started, and its last report interval's latency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallerFigures {
+    /// The reporting sidecar's id.
+    pub caller: String,
+    /// When the caller's current stream began (epoch ms).
+    pub connected_at_ms: i64,
+    /// When the caller last reported (epoch ms).
+    pub reported_ms: i64,
+    pub subset: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_ms: f64,
+    pub window_requests: u64,
+}
+
+/// Every caller's figures of `service`, one entry per caller and subset.
+pub fn per_caller(service: &str, rows: &[SidecarRow]) -> Vec<CallerFigures> {
+    let mut out = Vec::new();
+    for row in rows {
+        let Some(list) = row
+            .health
+            .as_ref()
+            .and_then(|h| h.get("destinations"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        for f in list.iter().filter(|f| f["service"] == service) {
+            out.push(CallerFigures {
+                caller: row.id.clone(),
+                connected_at_ms: row.connected_at_ms,
+                reported_ms: row.last_seen_ms,
+                subset: f["subset"].as_str().unwrap_or_default().to_owned(),
+                requests: f["requestsTotal"].as_u64().unwrap_or(0),
+                errors: f["errorsTotal"].as_u64().unwrap_or(0),
+                p99_ms: f["p99Ms"].as_f64().unwrap_or(0.0),
+                window_requests: f["windowRequests"].as_u64().unwrap_or(0),
+            });
+        }
+    }
+    out
+}
+
 /// One subset of a service as all its callers saw it: the API's own type.
 pub use outrider_api::SubsetTraffic;
 

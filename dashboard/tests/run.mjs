@@ -467,3 +467,29 @@ test('with a large fleet the fleet view shows a page, pages on, filters on the s
   assert.equal(await page.locator('#fleet tbody td.st-disconnected').count(), 200);
   await page.context().close();
 });
+
+test('during an automated rollout the canary slider is disabled and says who drives the service', async () => {
+  const start = await fetch(`${base}/api/v1/services/web/canary`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${editor}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ subset: 'v2', stable: 'v1', steps: [10, 100], interval: '1h' }),
+  });
+  assert.equal(start.status, 201, await start.text());
+  const page = await signedIn(editor);
+  await openService(page, 'web');
+  const driver = page.locator('#canary-driver');
+  await driver.filter({ hasText: 'step 1 of 2 (10%)' }).waitFor();
+  const text = await driver.textContent();
+  assert.match(text, /automated rollout of v2/);
+  assert.match(text, /started by alice/);
+  assert.ok(await page.locator('#canary-weight').isDisabled(), 'the slider is disabled');
+  assert.ok(await page.locator('#routing [data-action="save"]').isDisabled(), 'so is saving');
+  await waitFor("the rollout's weight in the slider", async () => (await page.locator('#canary-weight').inputValue()) === '10');
+
+  // Aborting hands the weights back: the slider is enabled again, the note gone.
+  const abort = await fetch(`${base}/api/v1/services/web/canary`, { method: 'DELETE', headers: { Authorization: `Bearer ${editor}` } });
+  assert.equal(abort.status, 200);
+  await waitFor('the slider enabled again', async () => !(await page.locator('#canary-weight').isDisabled()));
+  assert.ok(await driver.isHidden());
+  await page.context().close();
+});

@@ -77,6 +77,18 @@ async fn echo_fail_rate_spread_fails_exact_fraction() {
 }
 
 #[tokio::test]
+async fn echo_fail_after_answers_the_first_requests_then_fails_at_the_rate() {
+    let port = free_port();
+    let _app = echo_with(port, "breaks", &["--fail-rate", "1.0", "--fail-after", "5"]);
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(client.get(url(port, "/")).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 500, 500, 500]);
+}
+
+#[tokio::test]
 async fn echo_status_path_and_delay() {
     let port = free_port();
     let _app = echo(port);

@@ -41,6 +41,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(policies::get, policies::put, policies::delete))
         .routes(routes!(configs::get, configs::put, configs::delete))
         .routes(routes!(canary::get, canary::start, canary::abort))
+        .routes(routes!(canary::set_weight))
+        .routes(routes!(canary::promote))
         .routes(routes!(sidecars::list))
         .routes(routes!(revisions::list))
         .routes(routes!(revisions::get))

@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use outrider_api::{PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery};
-use outrider_policy::{Policy, PolicyKind};
+use outrider_policy::{Policy, PolicyKind, RoutingPolicy};
 
 /// A stored policy as the API shows it.
 pub fn policy_record(p: &StoredPolicy) -> PolicyRecord {
@@ -62,6 +62,7 @@ pub async fn get(
         (status = 200, description = "stored (with its revision and ETag), or the dry-run report", body = PolicyPutResponse),
         (status = 400, description = "malformed JSON or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown kind", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a canary rollout drives the routing weights this write would change", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid document; `errors` names each field", body = Problem, content_type = "application/problem+json"),
@@ -80,6 +81,10 @@ pub async fn put(
     let kind = parse_kind(&kind)?;
     let policy = Policy::parse(kind, &body)?;
     let document = policy.to_json();
+    if kind == PolicyKind::Routing {
+        let next: Option<RoutingPolicy> = outrider_policy::from_value(document.clone()).ok();
+        super::canary::refuse_while_driven(&state, &service, next.as_ref()).await?;
+    }
     if q.dry_run {
         let current = state.store.get_policy(&service, kind).await?;
         // A dry run answers what the write would: a stale If-Match is a 412 here too.
@@ -106,6 +111,7 @@ pub async fn put(
     responses(
         (status = 200, description = "deleted (the revision of the deletion), or the dry-run report", body = PolicyDeleteResponse),
         (status = 404, description = "no such policy, or an unknown kind", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a canary rollout drives the routing weights", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "not a valid service name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -120,6 +126,9 @@ pub async fn delete(
 ) -> ApiResult<Json<PolicyDeleteResponse>> {
     check_service(&service)?;
     let kind = parse_kind(&kind)?;
+    if kind == PolicyKind::Routing {
+        super::canary::refuse_while_driven(&state, &service, None).await?;
+    }
     if q.dry_run {
         let Some(current) = state.store.get_policy(&service, kind).await? else {
             return Err(ApiError::NotFound(format!("service {service:?} has no {kind} policy")));

@@ -90,6 +90,7 @@ pub async fn get(State(state): State<AppState>, Path(n): Path<u64>) -> ApiResult
         (status = 200, description = "the new revision restoring the state before n", body = RevisionDetail),
         (status = 400, description = "not a revision number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such revision", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a canary rollout drives the routing weights the revert would change", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -98,6 +99,15 @@ pub async fn revert(
     Path(n): Path<u64>,
     Actor(actor): Actor,
 ) -> ApiResult<Json<RevisionDetail>> {
+    // Reverting a routing change is a weight edit like any other: refused while a
+    // canary rollout drives the service.
+    if let Some(rec) = state.store.get_revision(n).await? {
+        if rec.summary.kind == outrider_policy::PolicyKind::Routing.as_str() {
+            let restored: Option<outrider_policy::RoutingPolicy> =
+                rec.before.clone().and_then(|d| outrider_policy::from_value(d).ok());
+            super::canary::refuse_while_driven(&state, &rec.summary.service, restored.as_ref()).await?;
+        }
+    }
     let r = match state.store.revert(n, &actor).await {
         Err(StoreError::NotFound) => return Err(ApiError::NotFound(format!("no revision {n}"))),
         r => r?,

@@ -171,9 +171,17 @@ async fn an_unreachable_store_is_a_503_that_names_no_database_error() {
     assert_eq!(body["detail"], "store unavailable", "{body}");
 }
 
+/// Registers a connected (so healthy) instance of `service`'s `version`.
+async fn instance(t: &TestApp, service: &str, version: &str) {
+    let mut r = crate::store::tests::reg(&format!("{service}-{version}"), service, "s1");
+    r.version = version.into();
+    t.store.register_sidecar(&r).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_internal_error_is_a_500_that_shows_none_of_its_cause() {
     let t = test_app().await;
+    instance(&t, "web", "v2").await;
     let start = json!({"subset": "v2", "steps": [10, 100], "interval": "1h"});
     let (status, _, body) = send(
         &t.app,
@@ -199,12 +207,155 @@ async fn an_internal_error_is_a_500_that_shows_none_of_its_cause() {
 #[tokio::test]
 async fn a_second_rollout_while_one_runs_is_a_409_conflict() {
     let t = test_app().await;
+    instance(&t, "web", "v2").await;
     let start = json!({"subset": "v2", "steps": [10, 100], "interval": "1h"});
     let uri = "/api/v1/services/web/canary";
     assert_eq!(send(&t.app, request(Method::POST, uri, Some(&start))).await.0, 201);
     let (status, ct, body) = send(&t.app, request(Method::POST, uri, Some(&start))).await;
     assert_eq!((status, ct.as_deref()), (StatusCode::CONFLICT, PROBLEM), "{body}");
     assert_eq!(body["title"], "Conflict");
+}
+
+#[tokio::test]
+async fn canary_writes_on_an_unknown_service_are_404_and_create_nothing() {
+    let t = test_app().await;
+    let start = json!({"subset": "v2", "steps": [10, 100], "interval": "1s"});
+    let weight = json!({"subset": "v2", "weight": 10});
+    for (method, uri, body) in [
+        (Method::POST, "/api/v1/services/ghost/canary", Some(&start)),
+        (Method::PUT, "/api/v1/services/ghost/canary/weight", Some(&weight)),
+        (Method::POST, "/api/v1/services/ghost/canary/promote", None),
+    ] {
+        let (status, ct, body) = send(&t.app, request(method.clone(), uri, body)).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::NOT_FOUND, PROBLEM),
+            "{method} {uri}: {body}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains("unknown service"), "{body}");
+    }
+    assert!(
+        !t.store.service_exists("ghost").await.unwrap(),
+        "no service was created"
+    );
+    assert!(t.store.get_rollout("ghost").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn canary_writes_to_a_subset_without_a_healthy_instance_are_409_and_change_nothing() {
+    let t = test_app().await;
+    instance(&t, "web", "v1").await;
+    let start = json!({"subset": "v3", "steps": [10, 100], "interval": "1s"});
+    let (status, ct, body) = send(
+        &t.app,
+        request(Method::POST, "/api/v1/services/web/canary", Some(&start)),
+    )
+    .await;
+    assert_eq!((status, ct.as_deref()), (StatusCode::CONFLICT, PROBLEM), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"v3\" of web has no healthy instance"),
+        "{body}"
+    );
+    assert!(t.store.get_rollout("web").await.unwrap().is_none(), "no rollout stored");
+
+    let weight = json!({"subset": "v3", "weight": 100});
+    let uri = "/api/v1/services/web/canary/weight";
+    let (status, _, body) = send(&t.app, request(Method::PUT, uri, Some(&weight))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "no policy written"
+    );
+
+    // A weight of 0 sends it nothing, so it needs no instance; promoting it does.
+    let zero = json!({"subset": "v3", "weight": 0, "stable": "v1"});
+    let (status, _, body) = send(&t.app, request(Method::PUT, uri, Some(&zero))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = send(
+        &t.app,
+        request(Method::POST, "/api/v1/services/web/canary/promote", None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("\"v3\""), "{body}");
+    assert_eq!(
+        t.store.list_revisions(None, 10).await.unwrap().len(),
+        1,
+        "only the 0% write"
+    );
+}
+
+#[tokio::test]
+async fn manual_weight_edits_during_a_rollout_are_409_naming_who_drives_it() {
+    let t = test_app().await;
+    instance(&t, "web", "v1").await;
+    instance(&t, "web", "v2").await;
+    let policy = json!({"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 100}]}]});
+    let routing = "/api/v1/services/web/policies/routing";
+    assert_eq!(send(&t.app, request(Method::PUT, routing, Some(&policy))).await.0, 200);
+    let start = json!({"subset": "v2", "steps": [10, 100], "interval": "1h"});
+    let (status, _, body) = send(
+        &t.app,
+        request(Method::POST, "/api/v1/services/web/canary", Some(&start)),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["active"].clone(), body["actor"].clone()),
+        (json!(true), json!("anonymous")),
+        "{body}"
+    );
+
+    let moved = json!({"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50}]}]});
+    let weight = json!({"subset": "v2", "weight": 50});
+    for (method, uri, body) in [
+        (Method::PUT, "/api/v1/services/web/canary/weight", Some(&weight)),
+        (Method::POST, "/api/v1/services/web/canary/promote", None),
+        (Method::PUT, routing, Some(&moved)),
+        (
+            Method::PUT,
+            "/api/v1/services/web/policies/routing?dryRun=true",
+            Some(&moved),
+        ),
+        (Method::DELETE, routing, None),
+    ] {
+        let (status, ct, body) = send(&t.app, request(method.clone(), uri, body)).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::CONFLICT, PROBLEM),
+            "{method} {uri}: {body}"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("driven by a canary rollout of v2") && detail.contains("started by anonymous"),
+            "{detail}"
+        );
+    }
+    // Reverting the routing write would remove the weights the rollout drives.
+    let last = t.store.list_revisions(None, 1).await.unwrap()[0].revision;
+    let (status, _, body) = send(
+        &t.app,
+        request(Method::POST, &format!("/api/v1/revisions/{last}/revert"), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // An edit that keeps the weights (a timeout) is not the rollout's business.
+    let timeout =
+        json!({"routes": [{"name": "default", "backends": [{"subset": "v1", "weight": 100}], "timeout": "3s"}]});
+    let (status, _, body) = send(&t.app, request(Method::PUT, routing, Some(&timeout))).await;
+    assert_eq!(status, 200, "{body}");
+    // Aborting hands the weights back.
+    assert_eq!(
+        send(&t.app, request(Method::DELETE, "/api/v1/services/web/canary", None))
+            .await
+            .0,
+        200
+    );
+    let (status, _, body) = send(&t.app, request(Method::PUT, routing, Some(&moved))).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// (METHOD, path) of every operation in the document.
@@ -286,7 +437,8 @@ fn every_operation_documents_its_success_body_and_its_request_body() {
                     );
                 }
             }
-            if matches!(method.as_str(), "put" | "post") && !path.ends_with("/revert") {
+            // Revert and promote act on what is stored and take no body.
+            if matches!(method.as_str(), "put" | "post") && !path.ends_with("/revert") && !path.ends_with("/promote") {
                 let body = &op["requestBody"]["content"];
                 assert!(
                     body.as_object()

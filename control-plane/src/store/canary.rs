@@ -1,4 +1,5 @@
-//! Store access for automated canary rollouts (`canary_rollouts`, migration 0002).
+//! Store access for automated canary rollouts (`canary_rollouts`, migrations 0002 and
+//! 0005). A rollout is active while its state is `running` or `holding`.
 
 use super::db::{now_ms, parse_json, Store, StoreError};
 
@@ -10,15 +11,19 @@ pub struct RolloutRow {
     pub step: u64,
     pub reason: String,
     pub step_started_ms: i64,
-    pub baseline_requests: u64,
-    pub baseline_errors: u64,
+    /// The driver's view of the current step (`crate::canary::StepWindow` as JSON).
+    pub window: serde_json::Value,
+    pub actor: String,
     pub started_ms: i64,
     pub updated_ms: i64,
     pub lease_owner: String,
 }
 
-const COLUMNS: &str = "service, spec, state, step, reason, step_started_ms, baseline_requests, baseline_errors,
+const COLUMNS: &str = "service, spec, state, step, reason, step_started_ms, step_window, actor,
     started_ms, updated_ms, lease_owner";
+
+/// The states in which the driver still owns the service's weights.
+const ACTIVE: &str = "state IN ('running', 'holding')";
 
 /// A `canary_rollouts` row as both backends decode it.
 #[derive(sqlx::FromRow)]
@@ -29,8 +34,8 @@ struct DbRow {
     step: i64,
     reason: String,
     step_started_ms: i64,
-    baseline_requests: i64,
-    baseline_errors: i64,
+    step_window: String,
+    actor: String,
     started_ms: i64,
     updated_ms: i64,
     lease_owner: String,
@@ -41,13 +46,13 @@ impl TryFrom<DbRow> for RolloutRow {
     fn try_from(r: DbRow) -> Result<Self, StoreError> {
         Ok(RolloutRow {
             spec: parse_json(&r.spec)?,
+            window: parse_json(&r.step_window)?,
             service: r.service,
             state: r.state,
             step: r.step as u64,
             reason: r.reason,
             step_started_ms: r.step_started_ms,
-            baseline_requests: r.baseline_requests as u64,
-            baseline_errors: r.baseline_errors as u64,
+            actor: r.actor,
             started_ms: r.started_ms,
             updated_ms: r.updated_ms,
             lease_owner: r.lease_owner,
@@ -56,24 +61,27 @@ impl TryFrom<DbRow> for RolloutRow {
 }
 
 impl Store {
-    /// Starts a rollout; `None` when one is already running for the service.
+    /// Starts a rollout; `None` when one is already active for the service.
     pub async fn start_rollout(
         &self,
         service: &str,
         spec: &serde_json::Value,
+        actor: &str,
     ) -> Result<Option<RolloutRow>, StoreError> {
         let now = now_ms();
-        // The WHERE on the upsert makes "no running rollout" and the write one atomic step.
-        let r = sqlx::query(
-            "INSERT INTO canary_rollouts (service, spec, state, started_ms, updated_ms)
-             VALUES ($1, $2, 'running', $3, $3)
+        // The WHERE on the upsert makes "no active rollout" and the write one atomic step.
+        let r = sqlx::query(&format!(
+            "INSERT INTO canary_rollouts (service, spec, state, actor, started_ms, updated_ms)
+             VALUES ($1, $2, 'running', $3, $4, $4)
              ON CONFLICT (service) DO UPDATE SET spec = excluded.spec, state = 'running', step = 0, reason = '',
-                 step_started_ms = 0, baseline_requests = 0, baseline_errors = 0, started_ms = excluded.started_ms,
-                 updated_ms = excluded.updated_ms, lease_owner = '', lease_until_ms = 0
-             WHERE canary_rollouts.state <> 'running'",
-        )
+                 step_started_ms = 0, step_window = '{{}}', actor = excluded.actor,
+                 started_ms = excluded.started_ms, updated_ms = excluded.updated_ms, lease_owner = '',
+                 lease_until_ms = 0
+             WHERE NOT canary_rollouts.{ACTIVE}"
+        ))
         .bind(service)
         .bind(spec.to_string())
+        .bind(actor)
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -92,9 +100,18 @@ impl Store {
             .transpose()
     }
 
+    /// The rollout that drives `service`'s weights now, if any.
+    pub async fn active_rollout(&self, service: &str) -> Result<Option<RolloutRow>, StoreError> {
+        Ok(self
+            .get_rollout(service)
+            .await?
+            .filter(|r| r.state == "running" || r.state == "holding"))
+    }
+
+    /// Every active rollout (running or holding).
     pub async fn running_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
         sqlx::query_as::<_, DbRow>(&format!(
-            "SELECT {COLUMNS} FROM canary_rollouts WHERE state = 'running' ORDER BY service"
+            "SELECT {COLUMNS} FROM canary_rollouts WHERE {ACTIVE} ORDER BY service"
         ))
         .fetch_all(&self.pool)
         .await?
@@ -103,14 +120,14 @@ impl Store {
         .collect()
     }
 
-    /// Takes or renews the lease on a running rollout; true when `owner` holds it, so
+    /// Takes or renews the lease on an active rollout; true when `owner` holds it, so
     /// that with several replicas exactly one drives each rollout.
     pub async fn claim_rollout(&self, service: &str, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
         let now = now_ms();
-        let r = sqlx::query(
+        let r = sqlx::query(&format!(
             "UPDATE canary_rollouts SET lease_owner = $1, lease_until_ms = $2
-             WHERE service = $3 AND state = 'running' AND (lease_owner = $1 OR lease_until_ms < $4)",
-        )
+             WHERE service = $3 AND {ACTIVE} AND (lease_owner = $1 OR lease_until_ms < $4)"
+        ))
         .bind(owner)
         .bind(now + lease_ms)
         .bind(service)
@@ -123,17 +140,16 @@ impl Store {
     /// Saves the driver's progress; false (nothing written) when `owner` lost the
     /// lease or the rollout stopped meanwhile (an abort through the API, say).
     pub async fn save_rollout(&self, r: &RolloutRow, owner: &str) -> Result<bool, StoreError> {
-        let res = sqlx::query(
+        let res = sqlx::query(&format!(
             "UPDATE canary_rollouts SET state = $1, step = $2, reason = $3, step_started_ms = $4,
-                 baseline_requests = $5, baseline_errors = $6, updated_ms = $7
-             WHERE service = $8 AND lease_owner = $9 AND state = 'running'",
-        )
+                 step_window = $5, updated_ms = $6
+             WHERE service = $7 AND lease_owner = $8 AND {ACTIVE}"
+        ))
         .bind(&r.state)
         .bind(r.step as i64)
         .bind(&r.reason)
         .bind(r.step_started_ms)
-        .bind(r.baseline_requests as i64)
-        .bind(r.baseline_errors as i64)
+        .bind(r.window.to_string())
         .bind(now_ms())
         .bind(&r.service)
         .bind(owner)
@@ -142,12 +158,12 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    /// Stops a running rollout (`aborted`); false when none was running.
+    /// Stops an active rollout (`aborted`); false when none was active.
     pub async fn abort_rollout(&self, service: &str, reason: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let r = sqlx::query(&format!(
             "UPDATE canary_rollouts SET state = 'aborted', reason = $1, updated_ms = $2
-             WHERE service = $3 AND state = 'running'",
-        )
+             WHERE service = $3 AND {ACTIVE}"
+        ))
         .bind(reason)
         .bind(now_ms())
         .bind(service)

@@ -381,9 +381,13 @@ async fn concurrent_postgres_writers_commit_in_revision_order() {
 
 store_test!(canary_rollouts_are_exclusive_and_driven_by_one_lease_holder, |s| {
     let spec = json!({"subset": "v2", "steps": [10, 100], "interval": "1s"});
-    let r = s.start_rollout("web", &spec).await.unwrap().unwrap();
+    let r = s.start_rollout("web", &spec, "alice").await.unwrap().unwrap();
     assert_eq!((r.state.as_str(), r.step, r.step_started_ms), ("running", 0, 0));
-    assert!(s.start_rollout("web", &spec).await.unwrap().is_none(), "one at a time");
+    assert_eq!(r.actor, "alice");
+    assert!(
+        s.start_rollout("web", &spec, "bob").await.unwrap().is_none(),
+        "one at a time"
+    );
     assert!(s.claim_rollout("web", "cp-a", 60_000).await.unwrap());
     assert!(
         !s.claim_rollout("web", "cp-b", 60_000).await.unwrap(),
@@ -403,13 +407,38 @@ store_test!(canary_rollouts_are_exclusive_and_driven_by_one_lease_holder, |s| {
     );
     assert_eq!(s.get_rollout("web").await.unwrap().unwrap().state, "aborted");
     // A new rollout may start once the previous one ended; an expired lease moves.
-    let again = s.start_rollout("web", &spec).await.unwrap().unwrap();
-    assert_eq!((again.state.as_str(), again.step), ("running", 0));
+    let again = s.start_rollout("web", &spec, "bob").await.unwrap().unwrap();
+    assert_eq!(
+        (again.state.as_str(), again.step, again.actor.as_str()),
+        ("running", 0, "bob")
+    );
     assert!(s.claim_rollout("web", "cp-b", -1).await.unwrap());
     assert!(
         s.claim_rollout("web", "cp-a", 60_000).await.unwrap(),
         "cp-b's lease had expired"
     );
+});
+
+store_test!(a_holding_rollout_stays_active_and_keeps_its_step_window, |s| {
+    let spec = json!({"subset": "v2", "steps": [10, 100], "interval": "1s"});
+    let mut r = s.start_rollout("web", &spec, "alice").await.unwrap().unwrap();
+    assert!(s.claim_rollout("web", "cp-a", 60_000).await.unwrap());
+    r.state = "holding".into();
+    r.window = json!({"callers": {"client-1": {"v2": [7, 1]}}});
+    assert!(s.save_rollout(&r, "cp-a").await.unwrap());
+    let held = s.active_rollout("web").await.unwrap().expect("holding is active");
+    assert_eq!((held.state.as_str(), &held.window), ("holding", &r.window));
+    assert!(
+        s.start_rollout("web", &spec, "bob").await.unwrap().is_none(),
+        "holding blocks a second start"
+    );
+    assert_eq!(s.running_rollouts().await.unwrap().len(), 1);
+    assert!(
+        s.claim_rollout("web", "cp-a", 60_000).await.unwrap(),
+        "its driver keeps the lease"
+    );
+    assert!(s.abort_rollout("web", "stop").await.unwrap());
+    assert!(s.active_rollout("web").await.unwrap().is_none());
 });
 
 store_test!(routing_policies_and_their_revision_are_listed_for_discovery, |s| {

@@ -11,7 +11,8 @@
 //! - anything else → `200` with `{"name","method","path","query","version","requestId","bodyBytes"}`;
 //!   the request body is streamed and only counted. The `x-request-id` header is echoed back
 //!   and `x-echo-name` names the instance.
-//! - `--fail-rate F` answers `500` to that fraction of those requests.
+//! - `--fail-rate F` answers `500` to that fraction of those requests; with
+//!   `--fail-after N` only after the first N of them (a release that breaks later).
 //!
 //! On start it prints `listening on ADDR` (useful with port 0); SIGTERM/SIGINT stop
 //! accepting, let in-flight requests finish (up to 5 s) and exit 0.
@@ -51,6 +52,9 @@ struct Args {
     /// `random`: each request fails independently with that probability.
     #[arg(long, env = "ECHO_FAIL_MODE", value_enum, default_value_t = FailMode::Spread)]
     fail_mode: FailMode,
+    /// Answer the first N requests normally before `--fail-rate` applies.
+    #[arg(long, env = "ECHO_FAIL_AFTER", default_value_t = 0)]
+    fail_after: u64,
     /// Tokio worker threads (default: the CPUs this process may run on).
     #[arg(long, env = "ECHO_THREADS")]
     threads: Option<usize>,
@@ -67,6 +71,7 @@ struct App {
     name_header: HeaderValue,
     fail_rate: f64,
     fail_mode: FailMode,
+    fail_after: u64,
     counter: AtomicU64,
 }
 
@@ -75,7 +80,13 @@ impl App {
         if self.fail_rate <= 0.0 {
             return false;
         }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let Some(n) = self
+            .counter
+            .fetch_add(1, Ordering::Relaxed)
+            .checked_sub(self.fail_after)
+        else {
+            return false;
+        };
         match self.fail_mode {
             // Request n fails when the running quota floor(n·rate) steps up.
             FailMode::Spread => ((n + 1) as f64 * self.fail_rate).floor() > (n as f64 * self.fail_rate).floor(),
@@ -128,6 +139,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         name: args.name,
         fail_rate: args.fail_rate,
         fail_mode: args.fail_mode,
+        fail_after: args.fail_after,
         counter: AtomicU64::new(0),
     });
     println!("listening on {local}");
