@@ -5,9 +5,10 @@
 //! `http://web/...`). The request path is [`OutboundProxy::stack`], read top to bottom:
 //! resolve the service and pick a route (RoutingPolicy: ordered matches, weighted
 //! subsets) → record per-subset figures → retry within the route's policy and the
-//! retry budget → pick an endpoint (power of two choices, outlier ejection) → per-try
-//! timeout → forward to that instance's inbound port over a pooled connection
-//! (HTTP/1.1, or HTTP/2 for h2c callers such as gRPC).
+//! retry budget → pick an endpoint (power of two choices, outlier ejection) → route
+//! and per-try timeouts (from the request sent in full to the response head) →
+//! forward to that instance's inbound port over a pooled connection (HTTP/1.1, or
+//! HTTP/2 for h2c callers such as gRPC).
 
 pub mod balance;
 pub mod budget;
@@ -48,7 +49,8 @@ use tower::{Service, ServiceBuilder};
 /// larger or streaming bodies get one attempt.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-/// A route without `timeout` still never hangs the caller (Envoy's default).
+/// A route without `timeout` still never hangs the caller once its request is sent
+/// (Envoy's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What an attempt sends: the caller's streamed body, or a buffered one to replay,
