@@ -187,6 +187,56 @@ async fn an_upload_slower_than_the_route_timeout_reaches_the_app_whole() {
 }
 
 #[tokio::test]
+async fn a_grpc_client_stream_longer_than_its_grpc_timeout_is_answered_after_it_ends() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut m = mesh(&["web-1"]).await;
+    put_routing(
+        &mut m,
+        r#"{"routes":[{"name":"default","backends":[{"subset":"v1","weight":100}],"timeout":"300ms"}]}"#,
+    )
+    .await;
+    // HTTP/2 with prior knowledge, as a gRPC client speaks to its sidecar.
+    let stream = TcpStream::connect(("127.0.0.1", m.client.sidecar.outbound_port))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (frames, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let request = hyper::Request::post("http://web/outrider.Echo/Upload")
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "200m")
+        .body(body)
+        .unwrap();
+    let answer = tokio::spawn(sender.send_request(request));
+    // Ten messages 100 ms apart: the stream outlasts both the route timeout and
+    // grpc-timeout, whose timers start only once it has ended.
+    for _ in 0..10 {
+        frames
+            .send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x05hello"))))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(frames);
+    let response = tokio::time::timeout(SOON, answer)
+        .await
+        .expect("answer in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["bodyBytes"], 100, "{doc}");
+}
+
+#[tokio::test]
 async fn a_response_head_later_than_the_route_timeout_gets_504() {
     let mut m = mesh(&["web-1"]).await;
     put_routing(
