@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The longest a timeout setting may be, as for a route's `timeout`.
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// The control plane's gRPC address.
@@ -52,7 +55,13 @@ pub struct Config {
     /// (HTTP/2 with prior knowledge, for gRPC apps: trailers reach the caller).
     #[arg(long, env = "OUTRIDER_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
     pub app_protocol: AppProtocol,
-    /// Runtime worker threads (default: one per core).
+    /// How long the inbound proxy waits for the app's response head once the whole
+    /// request has been sent to it; then the caller gets `504`.
+    #[arg(long, env = "OUTRIDER_INBOUND_TIMEOUT", default_value = "60s")]
+    pub inbound_timeout: outrider_policy::Duration,
+    /// A request body from the world that sends nothing for this long is cut: `408`.
+    #[arg(long, env = "OUTRIDER_INBOUND_BODY_TIMEOUT", default_value = "60s")]
+    pub inbound_body_timeout: outrider_policy::Duration,
     /// Services this app calls, asked for at every connect so that even the first
     /// call needs no lookup (comma-separated; others are discovered on first call).
     #[arg(long, env = "OUTRIDER_DESTINATIONS", default_value = "")]
@@ -60,6 +69,7 @@ pub struct Config {
     /// Destinations no request named for this long are dropped (declared ones stay).
     #[arg(long, env = "OUTRIDER_DESTINATION_IDLE", default_value = "1h")]
     pub destination_idle: outrider_policy::Duration,
+    /// Runtime worker threads (default: one per core).
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
@@ -77,6 +87,13 @@ pub enum AppProtocol {
 }
 
 impl Config {
+    pub fn inbound_timeouts(&self) -> crate::inbound::Timeouts {
+        crate::inbound::Timeouts {
+            response: self.inbound_timeout.as_std(),
+            body_idle: self.inbound_body_timeout.as_std(),
+        }
+    }
+
     pub fn pod(&self) -> String {
         self.pod_name.clone().filter(|p| !p.is_empty()).unwrap_or_else(hostname)
     }
@@ -109,6 +126,18 @@ impl Config {
             .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;
         if self.destination_idle.as_std().is_zero() {
             return Err("OUTRIDER_DESTINATION_IDLE must be greater than 0".into());
+        }
+        for (name, value) in [
+            ("OUTRIDER_INBOUND_TIMEOUT", self.inbound_timeout),
+            ("OUTRIDER_INBOUND_BODY_TIMEOUT", self.inbound_body_timeout),
+        ] {
+            let value = value.as_std();
+            if value.is_zero() || value > MAX_TIMEOUT {
+                return Err(format!(
+                    "{name} must be greater than 0 and at most 1h, not {}",
+                    outrider_policy::Duration(value)
+                ));
+            }
         }
         for d in self.declared_destinations() {
             outrider_policy::validate_service_name(&d).map_err(|e| format!("OUTRIDER_DESTINATIONS: {d:?}: {e}"))?;

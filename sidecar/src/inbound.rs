@@ -24,7 +24,27 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tower::{Service, ServiceBuilder};
+
+/// How long the inbound proxy waits on either side of a request
+/// (`OUTRIDER_INBOUND_TIMEOUT`, `OUTRIDER_INBOUND_BODY_TIMEOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the app's response head, from the request having been sent in full.
+    pub response: Duration,
+    /// For the next bytes of a request body (the first included).
+    pub body_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            response: Duration::from_secs(60),
+            body_idle: Duration::from_secs(60),
+        }
+    }
+}
 
 /// The inbound proxy for one app: the shared state and the app it forwards to.
 pub struct InboundProxy {
@@ -41,9 +61,18 @@ impl InboundProxy {
     }
 
     pub fn with_app_protocol(app_addr: SocketAddr, state: Arc<SidecarState>, protocol: AppProtocol) -> Self {
+        Self::with_settings(app_addr, state, protocol, Timeouts::default())
+    }
+
+    pub fn with_settings(
+        app_addr: SocketAddr,
+        state: Arc<SidecarState>,
+        protocol: AppProtocol,
+        timeouts: Timeouts,
+    ) -> Self {
         InboundProxy {
             state,
-            app: ToApp::new(app_addr, protocol),
+            app: ToApp::new(app_addr, protocol, timeouts),
             upstream: Arc::from(app_addr.to_string()),
         }
     }

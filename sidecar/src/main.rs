@@ -141,10 +141,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let serving = Stage::default();
         let logs = Stage::default();
 
-        let proxy = Arc::new(InboundProxy::with_app_protocol(
+        let proxy = Arc::new(InboundProxy::with_settings(
             cfg.app_addr(),
             state.clone(),
             cfg.app_protocol,
+            cfg.inbound_timeouts(),
         ));
         let stop = serving.stop.clone().cancelled_owned();
         serving.spawn(info_span!("inbound"), async move {

@@ -62,6 +62,8 @@ pub struct Metrics {
     requests: [AtomicU64; 5],
     rate_limited: AtomicU64,
     upstream_errors: AtomicU64,
+    /// Outbound: instances ejected by outlier detection (any destination).
+    ejections: AtomicU64,
     latency: Histogram,
     applied_revision: AtomicU64,
     control_plane_connected: AtomicBool,
@@ -89,6 +91,7 @@ impl Metrics {
             requests: Default::default(),
             rate_limited: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
             latency: Histogram {
                 counts: Default::default(),
                 sum_ns: AtomicU64::new(0),
@@ -118,6 +121,15 @@ impl Metrics {
     /// The app could not be reached or failed mid-exchange (also recorded as a 5xx).
     pub fn record_upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The outbound proxy ejected an instance after consecutive failures.
+    pub fn record_ejection(&self) {
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
     }
 
     pub fn set_applied_revision(&self, revision: u64) {
@@ -192,6 +204,12 @@ impl Metrics {
             Kind::Counter,
             "Requests that failed because the app could not be reached.",
             self.upstream_errors_total(),
+        );
+        w.single(
+            "outrider_sidecar_ejections_total",
+            Kind::Counter,
+            "Instances the outbound proxy ejected after consecutive failures.",
+            self.ejections_total(),
         );
 
         w.family(

@@ -1,11 +1,18 @@
 //! The innermost inbound layer: rewrites a request for the app (origin-form URI on the
 //! app's address, no hop-by-hop headers, forwarding headers) and sends it over a
 //! pooled connection; an upgrade's `101` splices the two connections.
+//!
+//! Nothing waits forever: a request body that stalls is cut (`408`, the client's
+//! fault; `504` when it is the app that stopped reading), and once the request has
+//! been sent in full the app has [`Timeouts::response`] for its response head
+//! (`504`). A client whose body breaks gets `400`, not an app failure.
 
+use super::Timeouts;
 use crate::config::AppProtocol;
+use crate::proxy::body::{Progress, Watched};
 use crate::proxy::headers::{self, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::respond::local;
-use crate::proxy::{client, upgrade, Call, ErrorChain, Local, ProxyBody};
+use crate::proxy::{client, root_cause, upgrade, Call, ErrorChain, Local, ProxyBody};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -23,8 +30,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
+use tokio::time::Sleep;
 use tower::Service;
-use tracing::warn;
+use tracing::{debug, warn};
+
+/// What the app is sent: the client's body, watched for stalls and breaks.
+type AppBody = Watched<Incoming>;
 
 /// The app: its address and the pools of connections to it. Cloning shares them.
 #[derive(Clone)]
@@ -35,13 +47,14 @@ pub struct ToApp {
 struct App {
     authority: Authority,
     /// HTTP/1.1 to the app: every request for an `http1` app, upgrades for any app.
-    http1: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, AppBody>,
     /// HTTP/2 to an `h2c` app (one multiplexed connection).
-    h2c: Option<Client<HttpConnector, Incoming>>,
+    h2c: Option<Client<HttpConnector, AppBody>>,
+    timeouts: Timeouts,
 }
 
 impl ToApp {
-    pub fn new(app_addr: SocketAddr, protocol: AppProtocol) -> Self {
+    pub fn new(app_addr: SocketAddr, protocol: AppProtocol, timeouts: Timeouts) -> Self {
         // A `SocketAddr` always renders as a valid authority (`1.2.3.4:80`, `[::1]:80`).
         let authority = Authority::from_maybe_shared(Bytes::from(app_addr.to_string()))
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
@@ -50,6 +63,7 @@ impl ToApp {
                 authority,
                 http1: client::pooled(false),
                 h2c: (protocol == AppProtocol::H2c).then(|| client::pooled(true)),
+                timeouts,
             }),
         }
     }
@@ -73,30 +87,24 @@ impl Service<Call> for ToApp {
             // Upgrades exist only in HTTP/1.1, whatever `OUTRIDER_APP_PROTOCOL` says.
             let on_client = hyper::upgrade::on(&mut req);
             let asked = req.headers().get(header::UPGRADE).cloned();
-            let mut upstream = app.rewrite(req, peer.ip(), Version::HTTP_11);
+            let (mut upstream, progress) = app.rewrite(req, peer.ip(), Version::HTTP_11);
             upgrade::restore_upgrade_headers(upstream.headers_mut(), asked);
-            return ToAppFuture {
-                inner: app.http1.request(upstream),
-                on_client: Some(on_client),
-            };
+            return ToAppFuture::new(app.http1.request(upstream), Some(on_client), progress, app.timeouts);
         }
         let (client, version) = match &app.h2c {
             Some(h2c) => (h2c, Version::HTTP_2),
             None => (&app.http1, Version::HTTP_11),
         };
-        let upstream = app.rewrite(req, peer.ip(), version);
-        ToAppFuture {
-            inner: client.request(upstream),
-            on_client: None,
-        }
+        let (upstream, progress) = app.rewrite(req, peer.ip(), version);
+        ToAppFuture::new(client.request(upstream), None, progress, app.timeouts)
     }
 }
 
 impl App {
     /// Turns a request from the world into one for the app: origin-form URI on the
     /// app's address, the app's HTTP `version`, no hop-by-hop headers, forwarding
-    /// headers added.
-    fn rewrite(&self, req: Request<Incoming>, peer: IpAddr, version: Version) -> Request<Incoming> {
+    /// headers added, the body watched.
+    fn rewrite(&self, req: Request<Incoming>, peer: IpAddr, version: Version) -> (Request<AppBody>, Arc<Progress>) {
         let (mut parts, body) = req.into_parts();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
 
@@ -132,7 +140,8 @@ impl App {
             Uri::from_static("http://127.0.0.1/")
         });
         parts.version = version;
-        Request::from_parts(parts, body)
+        let (body, progress) = Watched::new(body);
+        (Request::from_parts(parts, body), progress)
     }
 }
 
@@ -142,6 +151,41 @@ pin_project! {
         inner: ResponseFuture,
         // The client's side of an upgrade, spliced to the app's on `101`.
         on_client: Option<OnUpgrade>,
+        // Fires at the next deadline: the body's idle limit while it is sent, then
+        // the response head's.
+        #[pin]
+        timer: Sleep,
+        progress: Arc<Progress>,
+        timeouts: Timeouts,
+    }
+}
+
+/// What ran out when the timer fires.
+#[derive(Clone, Copy)]
+enum Expiry {
+    /// The request has been sent; the app has not answered.
+    Head,
+    /// The request body made no progress.
+    Body,
+}
+
+impl ToAppFuture {
+    fn new(inner: ResponseFuture, on_client: Option<OnUpgrade>, progress: Arc<Progress>, timeouts: Timeouts) -> Self {
+        let (deadline, _) = next_deadline(&progress, timeouts);
+        ToAppFuture {
+            inner,
+            on_client,
+            timer: tokio::time::sleep_until(deadline.into()),
+            progress,
+            timeouts,
+        }
+    }
+}
+
+fn next_deadline(progress: &Progress, timeouts: Timeouts) -> (Instant, Expiry) {
+    match progress.sent_at() {
+        Some(sent) => (sent + timeouts.response, Expiry::Head),
+        None => (progress.last_frame_at() + timeouts.body_idle, Expiry::Body),
     }
 }
 
@@ -149,10 +193,37 @@ impl Future for ToAppFuture {
     type Output = Result<Response<ProxyBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = match ready!(this.inner.poll(cx)) {
-            Ok(response) => response,
-            Err(error) => return Poll::Ready(Ok(app_error(&error))),
+        let mut this = self.project();
+        let mut response = match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(error)) if this.progress.client_failed() => {
+                debug!(error = %ErrorChain(&error), "client's request body failed");
+                return Poll::Ready(Ok(local(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {}\n", root_cause(&error)),
+                    Local::ClientFault,
+                )));
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Ok(app_error(&error))),
+            Poll::Pending => {
+                // Registered before reading the progress, so that the request being
+                // sent wakes this task to arm the response head's timer.
+                this.progress.register(cx.waker());
+                loop {
+                    let (deadline, expiry) = next_deadline(this.progress, *this.timeouts);
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    if this.timer.deadline() != deadline {
+                        this.timer.as_mut().reset(deadline);
+                    }
+                    ready!(this.timer.as_mut().poll(cx));
+                    // A frame may have come (or the body ended) since the deadline was
+                    // computed; then a later one applies.
+                    if next_deadline(this.progress, *this.timeouts).0 > Instant::now() {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(expired(expiry, this.progress)));
+                }
+            }
         };
         let agreed = match this.on_client.take() {
             Some(on_client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -165,6 +236,32 @@ impl Future for ToAppFuture {
         headers::remove_hop_by_hop(&mut parts.headers);
         upgrade::restore_upgrade_headers(&mut parts.headers, agreed);
         Poll::Ready(Ok(Response::from_parts(parts, Either::Left(body))))
+    }
+}
+
+fn expired(expiry: Expiry, progress: &Progress) -> Response<ProxyBody> {
+    match expiry {
+        Expiry::Head => {
+            warn!("app did not answer in time");
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "app did not answer in time\n",
+                Local::UpstreamFailed,
+            )
+        }
+        Expiry::Body if progress.waiting_on_client() => local(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body timed out\n",
+            Local::ClientFault,
+        ),
+        Expiry::Body => {
+            warn!("app stopped reading the request body");
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "app did not read the request body in time\n",
+                Local::UpstreamFailed,
+            )
+        }
     }
 }
 

@@ -86,7 +86,7 @@ where
             match local_reason(response) {
                 Some(Local::RateLimited) => metrics.record_rate_limited(),
                 Some(Local::UpstreamFailed) => metrics.record_upstream_error(),
-                Some(Local::Refused) | None => {}
+                Some(Local::Refused | Local::ClientFault) | None => {}
             }
             // The latency is to the response head: the body streams on afterwards.
             metrics.record_request(response.status().as_u16(), this.started.elapsed());

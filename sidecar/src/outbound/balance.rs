@@ -8,6 +8,7 @@
 
 use super::stats::SubsetStats;
 use super::{Attempt, Clock, Dispatch, Outcome, Refused, Tried};
+use crate::state::SidecarState;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 use pin_project_lite::pin_project;
@@ -167,15 +168,17 @@ pub fn pick<'a>(
 }
 
 /// Picks the endpoint of each attempt, counts it in flight while the attempt runs,
-/// and records the outcome in its failure score and ejection state.
-#[derive(Clone, Copy)]
+/// and records the outcome in its failure score and ejection state (counting
+/// ejections in the sidecar's metrics).
+#[derive(Clone)]
 pub struct BalanceLayer {
     clock: Clock,
+    state: Arc<SidecarState>,
 }
 
 impl BalanceLayer {
-    pub fn new(clock: Clock) -> Self {
-        Self { clock }
+    pub fn new(clock: Clock, state: Arc<SidecarState>) -> Self {
+        Self { clock, state }
     }
 }
 
@@ -185,6 +188,7 @@ impl<S> Layer<S> for BalanceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Balance {
             clock: self.clock,
+            state: Arc::clone(&self.state),
             inner,
         }
     }
@@ -193,6 +197,7 @@ impl<S> Layer<S> for BalanceLayer {
 #[derive(Clone)]
 pub struct Balance<S> {
     clock: Clock,
+    state: Arc<SidecarState>,
     inner: S,
 }
 
@@ -214,7 +219,8 @@ where
             path,
             endpoints,
             avoid,
-            per_try,
+            timer,
+            progress,
             on_client,
         } = attempt;
         let now_ms = self.clock.now_ms();
@@ -232,11 +238,13 @@ where
         BalanceFuture::Sent {
             inner: self.inner.call(Dispatch {
                 req,
-                per_try,
+                timer,
+                progress,
                 on_client,
             }),
             endpoint: Some((endpoint, in_flight)),
             clock: self.clock,
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -250,6 +258,7 @@ pin_project! {
             inner: F,
             endpoint: Option<(Arc<EndpointState>, InFlight)>,
             clock: Clock,
+            state: Arc<SidecarState>,
         },
     }
 }
@@ -261,9 +270,14 @@ where
     type Output = Result<Tried<RB>, Refused>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, endpoint, clock) = match self.project() {
+        let (inner, endpoint, clock, state) = match self.project() {
             Projected::NoInstance => return Poll::Ready(Err(Refused::NoInstance)),
-            Projected::Sent { inner, endpoint, clock } => (inner, endpoint, clock),
+            Projected::Sent {
+                inner,
+                endpoint,
+                clock,
+                state,
+            } => (inner, endpoint, clock, state),
         };
         let Ok(outcome) = ready!(inner.poll(cx));
         // Polled again after completion: a caller bug, answered without panicking.
@@ -273,8 +287,12 @@ where
         drop(in_flight);
         match &outcome {
             Outcome::Answered(_) => endpoint.record_success(clock.now_ms()),
-            _ => {
+            // The caller broke its own request: the instance did nothing either way,
+            // so its count of consecutive failures and its score stay as they were.
+            Outcome::ClientFault(_) => {}
+            Outcome::ServerError(_) | Outcome::Timeout | Outcome::ConnectFailure(_) | Outcome::Reset(_) => {
                 if endpoint.record_failure(clock.now_ms()) {
+                    state.metrics.record_ejection();
                     warn!(service = %endpoint.stats.service, pod = %endpoint.pod, "ejecting an instance after consecutive failures");
                 }
             }
@@ -399,7 +417,8 @@ mod tests {
         async fn failed_attempts_eject_the_endpoint_they_went_to() {
             let dest = destination(1);
             let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let balance = BalanceLayer::new(Clock::new()).layer(timing_out(Arc::clone(&seen)));
+            let state = Arc::new(SidecarState::new());
+            let balance = BalanceLayer::new(Clock::new(), Arc::clone(&state)).layer(timing_out(Arc::clone(&seen)));
             for _ in 0..EJECT_AFTER_FAILURES {
                 let tried = balance
                     .clone()
@@ -411,13 +430,15 @@ mod tests {
             assert_eq!(*seen.lock().unwrap(), vec!["http://127.0.0.1:10000/x"; 5]);
             assert!(dest.all[0].is_ejected(Clock::new().now_ms()));
             assert_eq!(dest.all[0].outstanding(), 0, "nothing is left in flight");
+            assert_eq!(state.metrics.ejections_total(), 1);
         }
 
         #[tokio::test]
         async fn no_endpoint_is_refused_without_calling_inward() {
             let dest = destination(0);
             let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let balance = BalanceLayer::new(Clock::new()).layer(timing_out(Arc::clone(&seen)));
+            let balance =
+                BalanceLayer::new(Clock::new(), Arc::new(SidecarState::new())).layer(timing_out(Arc::clone(&seen)));
             let refused = balance
                 .oneshot(attempt(&dest, Empty::new(), Duration::from_secs(1)))
                 .await;

@@ -114,6 +114,12 @@ fn respond(dest: &Destination, outcome: Outcome<Incoming>, pod: &str) -> Respons
             upgrade::restore_upgrade_headers(&mut parts.headers, agreed);
             Response::from_parts(parts, Either::Left(body))
         }
+        // The retry layer turns this into a refusal before it gets here.
+        Outcome::ClientFault(e) => local(
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}\n"),
+            Local::ClientFault,
+        ),
         Outcome::Timeout => local(
             StatusCode::GATEWAY_TIMEOUT,
             format!("{} (pod {pod}) did not answer in time\n", dest.name),

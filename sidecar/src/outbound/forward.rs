@@ -1,8 +1,10 @@
 //! The innermost outbound layer: sends an attempt to the endpoint in its URI over a
-//! pooled connection (HTTP/2 when the caller spoke it) and says how it ended; an
-//! upgrade's `101` splices the caller's connection to the instance's.
+//! pooled connection (HTTP/2 when the caller spoke it) and says how it ended (a
+//! failure of the caller's own body is told apart from the instance's); an upgrade's
+//! `101` splices the caller's connection to the instance's.
 
 use super::{Dispatch, Outcome, UpstreamBody};
+use crate::proxy::body::Progress;
 use crate::proxy::{client, upgrade};
 use http::{StatusCode, Version};
 use hyper::body::Incoming;
@@ -64,6 +66,7 @@ impl Service<Dispatch> for Forward {
         ForwardFuture {
             inner: client.request(dispatch.req),
             on_client: dispatch.on_client,
+            progress: dispatch.progress,
         }
     }
 }
@@ -73,6 +76,7 @@ pin_project! {
         #[pin]
         inner: ResponseFuture,
         on_client: Option<OnUpgrade>,
+        progress: Arc<Progress>,
     }
 }
 
@@ -82,6 +86,9 @@ impl Future for ForwardFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            // The body failed on the caller's side first: whatever the connection
+            // reports next is the consequence, not the instance's doing.
+            Err(e) if this.progress.client_failed() => Outcome::ClientFault(e),
             Err(e) if e.is_connect() => Outcome::ConnectFailure(e),
             Err(e) => Outcome::Reset(e),
             Ok(r) if r.status().is_server_error() => Outcome::ServerError(r),

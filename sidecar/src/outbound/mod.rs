@@ -5,9 +5,10 @@
 //! `http://web/...`). The request path is [`OutboundProxy::stack`], read top to bottom:
 //! resolve the service and pick a route (RoutingPolicy: ordered matches, weighted
 //! subsets) → record per-subset figures → retry within the route's policy and the
-//! retry budget → pick an endpoint (power of two choices, outlier ejection) → per-try
-//! timeout → forward to that instance's inbound port over a pooled connection
-//! (HTTP/1.1, or HTTP/2 for h2c callers such as gRPC).
+//! retry budget → pick an endpoint (power of two choices, outlier ejection) → route
+//! and per-try timeouts (from the request sent in full to the response head) →
+//! forward to that instance's inbound port over a pooled connection (HTTP/1.1, or
+//! HTTP/2 for h2c callers such as gRPC).
 
 pub mod balance;
 pub mod budget;
@@ -20,6 +21,7 @@ pub mod table;
 pub mod timeout;
 
 use crate::proxy::access_log::{AccessLogLayer, Upstream};
+use crate::proxy::body::{Progress, Watched};
 use crate::proxy::snapshot::LoadSnapshotLayer;
 use crate::proxy::trace::TraceLayer;
 use crate::proxy::{Call, ProxyBody};
@@ -40,18 +42,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use table::{Destination, Endpoints, Retry};
-use timeout::TimeoutLayer;
+use timeout::{AttemptTimer, TimeoutLayer};
 use tower::{Service, ServiceBuilder};
 
 /// Bodies up to this size are buffered so that a failed attempt can be replayed;
 /// larger or streaming bodies get one attempt.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-/// A route without `timeout` still never hangs the caller (Envoy's default).
+/// A route without `timeout` still never hangs the caller once its request is sent
+/// (Envoy's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What an attempt sends: the caller's streamed body, or a buffered one to replay.
-pub type UpstreamBody<B = Incoming> = Either<B, Full<Bytes>>;
+/// What an attempt sends: the caller's streamed body, or a buffered one to replay,
+/// watched so that the timers start once it is sent and a client's failure is known.
+pub type UpstreamBody<B = Incoming> = Watched<Either<B, Full<Bytes>>>;
 
 /// Milliseconds since the proxy started: the time base of ejections and budgets.
 #[derive(Clone, Copy)]
@@ -74,13 +78,15 @@ impl Default for Clock {
 }
 
 /// A request the route layer has resolved: its destination, the endpoints it may go
-/// to, its retry policy and its deadline.
+/// to, its retry policy and its route timeout.
 pub struct Routed<B = Incoming> {
     pub call: Call<B>,
     pub dest: Arc<Destination>,
     pub endpoints: Endpoints,
     pub retry: Retry,
-    pub deadline: Instant,
+    /// The route's `timeout`; it starts once the request has been sent in full, and a
+    /// shorter `grpc-timeout` caps it (the retry layer reads that header).
+    pub timeout: Duration,
 }
 
 /// One attempt at a routed request, before an endpoint is picked: the request
@@ -91,7 +97,9 @@ pub struct Attempt<B = Incoming> {
     pub endpoints: Endpoints,
     /// The endpoint the previous attempt failed on, avoided when there is a choice.
     pub avoid: Option<Arc<EndpointState>>,
-    pub per_try: Duration,
+    pub timer: AttemptTimer,
+    /// How the sending of `req`'s body goes.
+    pub progress: Arc<Progress>,
     /// The caller's side of an upgrade, spliced once the instance answers `101`.
     pub on_client: Option<OnUpgrade>,
 }
@@ -99,7 +107,8 @@ pub struct Attempt<B = Incoming> {
 /// An attempt sent to one endpoint.
 pub struct Dispatch<B = Incoming> {
     pub req: Request<UpstreamBody<B>>,
-    pub per_try: Duration,
+    pub timer: AttemptTimer,
+    pub progress: Arc<Progress>,
     pub on_client: Option<OnUpgrade>,
 }
 
@@ -110,12 +119,15 @@ pub enum Outcome<RB = Incoming> {
     Timeout,
     ConnectFailure(hyper_util::client::legacy::Error),
     Reset(hyper_util::client::legacy::Error),
+    /// The caller's own body failed (it aborted, or sent a malformed chunk): no
+    /// fault of the instance, so neither a success nor a failure of it, never retried.
+    ClientFault(hyper_util::client::legacy::Error),
 }
 
 impl<RB> Outcome<RB> {
     fn retriable(&self, r: &Retry) -> bool {
         match self {
-            Outcome::Answered(_) => false,
+            Outcome::Answered(_) | Outcome::ClientFault(_) => false,
             // A per-try timeout is a gateway error, as in Envoy's `5xx`.
             Outcome::ServerError(_) | Outcome::Timeout => r.on_5xx,
             Outcome::ConnectFailure(_) => r.on_connect_failure,
@@ -135,7 +147,8 @@ pub struct Tried<RB = Incoming> {
 pub enum Refused {
     /// Every endpoint of the chosen set is gone.
     NoInstance,
-    /// The caller's body failed while being buffered for replay.
+    /// The caller's body failed (aborted, malformed), while being buffered for replay
+    /// or streamed to an instance: the caller gets `400` and no instance is blamed.
     UnreadableBody(String),
 }
 
@@ -172,7 +185,7 @@ impl OutboundProxy {
             .layer(RouteLayer::new(Arc::clone(&self.state)))
             .layer(FiguresLayer)
             .layer(RetryLayer::new(self.clock))
-            .layer(BalanceLayer::new(self.clock))
+            .layer(BalanceLayer::new(self.clock, Arc::clone(&self.state)))
             .layer(TimeoutLayer)
             .service(self.forward.clone())
     }
@@ -195,12 +208,15 @@ mod tests;
 pub(crate) mod testing {
     use super::stats::SubsetStats;
     use super::table::Destination;
+    use super::timeout::AttemptTimer;
     use super::{Attempt, EndpointState, Routed, DEFAULT_TIMEOUT};
+    use crate::proxy::body::Watched;
     use crate::proxy::Call;
     use http::uri::PathAndQuery;
     use http::Request;
+    use hyper::body::Body;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// A destination `web` with `n` endpoints in subset `v1`, all in `all`.
     pub fn destination(n: u16) -> Arc<Destination> {
@@ -236,17 +252,23 @@ pub(crate) mod testing {
             dest: Arc::clone(dest),
             endpoints: Arc::clone(&dest.all),
             retry,
-            deadline: Instant::now() + DEFAULT_TIMEOUT,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
-    pub fn attempt<B>(dest: &Destination, body: B, per_try: Duration) -> Attempt<B> {
+    pub fn attempt<B: Body<Data = bytes::Bytes, Error = std::convert::Infallible>>(
+        dest: &Destination,
+        body: B,
+        per_try: Duration,
+    ) -> Attempt<B> {
+        let (body, progress) = Watched::new(http_body_util::Either::Left(body));
         Attempt {
-            req: Request::new(http_body_util::Either::Left(body)),
+            req: Request::new(body),
             path: PathAndQuery::from_static("/x"),
             endpoints: Arc::clone(&dest.all),
             avoid: None,
-            per_try,
+            timer: AttemptTimer::first(Some(per_try), DEFAULT_TIMEOUT),
+            progress,
             on_client: None,
         }
     }

@@ -1,10 +1,14 @@
 //! The retry layer: prepares a routed request for the instances (no hop-by-hop
 //! headers, origin-form path, a buffered body when it is small enough to replay) and
-//! sends attempts until one succeeds, the route's policy says stop, the deadline
-//! passes or the destination's retry budget is spent.
+//! sends attempts until one succeeds, the route's policy says stop, the route timeout
+//! (started when the first attempt's request was sent in full; capped by a shorter
+//! `grpc-timeout`) runs out, or the destination's retry budget is spent. A request
+//! whose body the caller broke is refused as the caller's fault, never retried.
 
-use super::{Attempt, Clock, Refused, Routed, Tried, UpstreamBody, MAX_REPLAY_BODY};
-use crate::proxy::{headers, upgrade, Call};
+use super::timeout::{grpc_timeout, AttemptTimer};
+use super::{Attempt, Clock, Outcome, Refused, Routed, Tried, UpstreamBody, MAX_REPLAY_BODY};
+use crate::proxy::body::Watched;
+use crate::proxy::{headers, root_cause, upgrade, Call};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -13,6 +17,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -50,9 +55,8 @@ impl<S, B, RB> Service<Routed<B>> for Retry<S>
 where
     S: Service<Attempt<B>, Response = Tried<RB>, Error = Refused> + Clone + Send + 'static,
     S::Future: Send,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
     RB: Send + 'static,
 {
     type Response = Tried<RB>;
@@ -76,15 +80,15 @@ where
 async fn attempts<S, B, RB>(mut inner: S, clock: Clock, routed: Routed<B>) -> Result<Tried<RB>, Refused>
 where
     S: Service<Attempt<B>, Response = Tried<RB>, Error = Refused>,
-    B: Body,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
     let Routed {
         call: Call { mut req, .. },
         dest,
         endpoints,
         retry,
-        deadline,
+        timeout,
     } = routed;
     let mut on_client = upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let http2 = req.version() == Version::HTTP_2;
@@ -103,6 +107,7 @@ where
             parts.headers.insert(header::HOST, v);
         }
     }
+    let timeout = grpc_timeout(&parts.headers).map_or(timeout, |g| g.min(timeout));
     let path = parts
         .uri
         .path_and_query()
@@ -131,6 +136,8 @@ where
     }
     let mut avoid = None;
     let mut attempt = 0u32;
+    // Set once an attempt's request has been sent in full: later attempts share it.
+    let mut deadline: Option<Instant> = None;
     loop {
         let body = match (&replay, streamed.take()) {
             (Some(b), _) => Either::Right(Full::new(b.clone())),
@@ -138,8 +145,14 @@ where
             // Unreachable: a streamed body is never retried.
             (None, None) => Either::Right(Full::new(Bytes::new())),
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let per_try = retry.per_try_timeout.map_or(remaining, |t| t.min(remaining));
+        let (body, progress) = Watched::new(body);
+        let timer = match deadline {
+            None => AttemptTimer::first(retry.per_try_timeout, timeout),
+            Some(until) => AttemptTimer {
+                after_sent: retry.per_try_timeout,
+                until: Some(until),
+            },
+        };
         poll_fn(|cx| inner.poll_ready(cx)).await?;
         let tried = inner
             .call(Attempt {
@@ -147,14 +160,21 @@ where
                 path: path.clone(),
                 endpoints: endpoints.clone(),
                 avoid: avoid.take(),
-                per_try,
+                timer,
+                progress: Arc::clone(&progress),
                 on_client: on_client.take(),
             })
             .await?;
+        if let Outcome::ClientFault(e) = &tried.outcome {
+            return Err(Refused::UnreadableBody(root_cause(e)));
+        }
+        if deadline.is_none() {
+            deadline = progress.sent_at().map(|sent| sent + timeout);
+        }
         let can_retry = tried.outcome.retriable(&retry)
             && attempt < retry.attempts
             && replay.is_some()
-            && Instant::now() < deadline
+            && deadline.is_none_or(|d| Instant::now() < d)
             && dest.budget.try_withdraw(clock.now_ms());
         if !can_retry {
             return Ok(tried);

@@ -1,6 +1,6 @@
 //! The route layer: resolves the service a request names (Host or absolute-form)
 //! in the destination table, picks its route and the endpoint set by the route's
-//! weights, and sets the request's retry policy and deadline.
+//! weights, and sets the request's retry policy and timeout.
 //!
 //! A name this sidecar does not hold yet is discovered on demand: the request asks
 //! the agent to watch it and waits (at most [`DISCOVERY_WAIT`]) for the control
@@ -190,13 +190,12 @@ fn route<B>(call: Call<B>) -> Routing<B> {
         Ok(e) => e,
         Err(why) => return Routing::Refused(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(why)),
     };
-    let deadline = call.started + timeout;
     Routing::Routed(Routed {
         call,
         dest,
         endpoints,
         retry,
-        deadline,
+        timeout,
     })
 }
 

@@ -6,6 +6,7 @@
 //! use (snapshot, trace span, access log) live here, and neither proxy imports the other.
 
 pub mod access_log;
+pub mod body;
 pub mod client;
 pub mod headers;
 pub mod respond;
@@ -70,13 +71,26 @@ pub enum Local {
     /// Refused before any upstream was chosen (bad request, unknown service, no
     /// healthy instance).
     Refused,
+    /// The client broke its own request (aborted or malformed body, a body that
+    /// stalled): answered `400`/`408` and counted against no upstream.
+    ClientFault,
 }
 
 impl Local {
     /// Whether an upstream was contacted for this answer (so an access record names it).
     pub fn reached_upstream(self) -> bool {
-        self == Local::UpstreamFailed
+        matches!(self, Local::UpstreamFailed | Local::ClientFault)
     }
+}
+
+/// The innermost cause of `e`: for a broken request body, what was wrong with it,
+/// without the HTTP client's wrapping.
+pub fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// Displays an error with its sources, `a: b: c`, for one-line logs.
