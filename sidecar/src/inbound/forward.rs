@@ -173,6 +173,8 @@ fn app_error(error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
     warn!(%status, error = %ErrorChain(error), "app unreachable");
     let body = if status == StatusCode::SERVICE_UNAVAILABLE {
         "app did not accept the connection in time\n"
+    } else if let Some(why) = client::failure_reason(error) {
+        why
     } else {
         "app unreachable\n"
     };

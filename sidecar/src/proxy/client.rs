@@ -1,7 +1,7 @@
 //! Pooled HTTP clients to upstreams (the app, other instances): one builder, so both
 //! proxies connect with the same timeouts and socket options.
 
-use super::CONNECT_TIMEOUT;
+use super::{CONNECT_TIMEOUT, MAX_HEADER_BYTES};
 use hyper::body::Body;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -11,7 +11,13 @@ use std::time::Duration;
 /// Idle pooled connections are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How many header fields an upstream's HTTP/1.1 response head may have (hyper's
+/// default, as for requests): past it the proxy answers 502 with that reason.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+
 /// A pooled client speaking HTTP/1.1, or HTTP/2 with prior knowledge when `http2`.
+/// Response heads (and HTTP/2 trailers, such as a long `grpc-message`) may be as large
+/// as the request heads the proxy accepts; hyper's HTTP/2 default is only 16 KiB.
 pub fn pooled<B>(http2: bool) -> Client<HttpConnector, B>
 where
     B: Body + Send + 'static + Unpin,
@@ -25,5 +31,43 @@ where
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .http2_only(http2)
+        .http2_max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
+        .http1_max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
         .build(connector)
+}
+
+/// The proxy's 502 for a response head past the limits.
+pub const HEADERS_TOO_LARGE: &str = "the response headers are too many or too large (at most 100 fields, 64 KiB)\n";
+
+/// Whether a response head that arrived is larger than [`MAX_HEADER_BYTES`]. hyper's
+/// HTTP/1.1 client bounds the head only by its read buffer, which can hold more.
+pub fn head_too_large(headers: &http::HeaderMap) -> bool {
+    let mut bytes = 0;
+    for (name, value) in headers {
+        // "name: value\r\n"
+        bytes += name.as_str().len() + value.len() + 4;
+        if bytes > MAX_HEADER_BYTES {
+            return true;
+        }
+    }
+    false
+}
+
+/// What went wrong with an upstream's answer, when it is the answer's fault rather
+/// than the connection's: said in the proxy's 502 instead of "unreachable".
+pub fn failure_reason(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some(HEADERS_TOO_LARGE);
+            }
+            if h.is_parse() {
+                return Some("the app's response is not valid HTTP\n");
+            }
+        }
+        source = e.source();
+    }
+    None
 }
