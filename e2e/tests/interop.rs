@@ -302,7 +302,8 @@ async fn http2_and_grpc_callers_keep_the_name_they_called() {
         &[&h2c.outbound(), "web.default.svc", "/outrider.Echo/Who", "{}"],
     );
     assert_eq!(outcome["code"], "OK", "{outcome}");
-    assert_eq!(outcome["answer"]["host"], "web.default.svc", "{outcome}");
+    assert_eq!(outcome["answer"]["authority"], "web.default.svc", "{outcome}");
+    assert_eq!(outcome["answer"]["version"], "HTTP/2.0", "{outcome}");
 }
 
 #[tokio::test]
