@@ -142,7 +142,8 @@ async fn a_destination_the_app_stops_calling_is_dropped_and_found_again_on_the_n
     let web1 = instance(&cp, dir.path(), "web", "web-1").await;
     let idle = [("OUTRIDER_DESTINATION_IDLE", "2s")];
     let caller = instance_with(&cp, dir.path(), "client", "client-1", &idle).await;
-    wait_healthy(&cp, &[web1.sidecar.id()]).await;
+    // The caller too: before it has connected, a call is answered 503 at once.
+    wait_healthy(&cp, &[web1.sidecar.id(), caller.sidecar.id()]).await;
     assert_eq!(call(&caller.sidecar, "web").await.0, 200);
     wait_pods(&caller.sidecar, "web", &["web-1"]).await;
 

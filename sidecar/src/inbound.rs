@@ -12,6 +12,8 @@ pub mod rate_limit;
 
 use crate::config::AppProtocol;
 use crate::proxy::access_log::{AccessLogLayer, Upstream};
+use crate::proxy::conform::ConformLayer;
+use crate::proxy::respond::GrpcFormLayer;
 use crate::proxy::snapshot::LoadSnapshotLayer;
 use crate::proxy::trace::TraceLayer;
 use crate::proxy::{Call, ProxyBody};
@@ -84,6 +86,9 @@ impl InboundProxy {
     ) -> impl Service<Call, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static
     {
         ServiceBuilder::new()
+            // gRPC callers get the proxy's own answers as grpc-status; the layers
+            // below still see (and count) the HTTP status.
+            .layer(GrpcFormLayer)
             // One load of the applied snapshot serves every layer below.
             .layer(LoadSnapshotLayer::new(Arc::clone(&self.state)))
             .layer(TraceLayer::new("inbound"))
@@ -93,6 +98,8 @@ impl InboundProxy {
                 "inbound",
                 Upstream::Fixed(Arc::clone(&self.upstream)),
             ))
+            // CONNECT, Host rules, h2c upgrades, Via.
+            .layer(ConformLayer)
             .layer(RateLimitLayer)
             .service(self.app.clone())
     }

@@ -20,7 +20,6 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
@@ -47,9 +46,10 @@ pub struct ToApp {
 struct App {
     authority: Authority,
     /// HTTP/1.1 to the app: every request for an `http1` app, upgrades for any app.
-    http1: Client<HttpConnector, AppBody>,
-    /// HTTP/2 to an `h2c` app (one multiplexed connection).
-    h2c: Option<Client<HttpConnector, AppBody>>,
+    http1: Client<client::FixedConnector, AppBody>,
+    /// HTTP/2 to an `h2c` app (a multiplexed connection per name called): its URIs
+    /// carry the caller's authority, the connections go to the app.
+    h2c: Option<Client<client::FixedConnector, AppBody>>,
     timeouts: Timeouts,
 }
 
@@ -61,8 +61,8 @@ impl ToApp {
         ToApp {
             app: Arc::new(App {
                 authority,
-                http1: client::pooled(false),
-                h2c: (protocol == AppProtocol::H2c).then(|| client::pooled(true)),
+                http1: client::pooled_to(app_addr, false),
+                h2c: (protocol == AppProtocol::H2c).then(|| client::pooled_to(app_addr, true)),
                 timeouts,
             }),
         }
@@ -132,6 +132,14 @@ impl App {
         // pick the pooled connection.
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(self.authority.clone());
+        if version == Version::HTTP_2 {
+            // An h2c app reads the name the caller used from :authority.
+            if let Some(name) = parts.headers.remove(header::HOST) {
+                if let Ok(a) = Authority::try_from(name.as_bytes()) {
+                    uri.authority = Some(a);
+                }
+            }
+        }
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(PathAndQuery::from_static("/"));
         }
@@ -271,7 +279,7 @@ fn app_error(error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
     let body = if status == StatusCode::SERVICE_UNAVAILABLE {
         "app did not accept the connection in time\n"
     } else {
-        "app unreachable\n"
+        client::failure_reason(error).unwrap_or("app unreachable\n")
     };
     local(status, body, Local::UpstreamFailed)
 }

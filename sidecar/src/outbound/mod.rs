@@ -22,6 +22,8 @@ pub mod timeout;
 
 use crate::proxy::access_log::{AccessLogLayer, Upstream};
 use crate::proxy::body::{Progress, Watched};
+use crate::proxy::conform::ConformLayer;
+use crate::proxy::respond::GrpcFormLayer;
 use crate::proxy::snapshot::LoadSnapshotLayer;
 use crate::proxy::trace::TraceLayer;
 use crate::proxy::{Call, ProxyBody};
@@ -154,14 +156,22 @@ pub enum Refused {
 
 pub struct OutboundProxy {
     state: Arc<SidecarState>,
+    /// This sidecar's namespace: what a qualified name (`web.<ns>.svc`) must name.
+    namespace: Arc<str>,
     forward: Forward,
     clock: Clock,
 }
 
 impl OutboundProxy {
+    /// An outbound proxy in namespace `default`.
     pub fn new(state: Arc<SidecarState>) -> Self {
+        Self::in_namespace(state, "default")
+    }
+
+    pub fn in_namespace(state: Arc<SidecarState>, namespace: &str) -> Self {
         Self {
             state,
+            namespace: namespace.into(),
             forward: Forward::new(),
             clock: Clock::new(),
         }
@@ -174,6 +184,9 @@ impl OutboundProxy {
     ) -> impl Service<Call, Response = Response<ProxyBody>, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static
     {
         ServiceBuilder::new()
+            // gRPC callers get the proxy's own answers as grpc-status; the layers
+            // below still see (and log) the HTTP status.
+            .layer(GrpcFormLayer)
             // One load of the applied snapshot serves every layer below.
             .layer(LoadSnapshotLayer::new(Arc::clone(&self.state)))
             .layer(TraceLayer::new("outbound"))
@@ -182,7 +195,9 @@ impl OutboundProxy {
                 "outbound",
                 Upstream::TargetHost,
             ))
-            .layer(RouteLayer::new(Arc::clone(&self.state)))
+            // CONNECT, Host rules, h2c upgrades, Via.
+            .layer(ConformLayer)
+            .layer(RouteLayer::new(Arc::clone(&self.state), self.namespace.clone()))
             .layer(FiguresLayer)
             .layer(RetryLayer::new(self.clock))
             .layer(BalanceLayer::new(self.clock, Arc::clone(&self.state)))

@@ -99,9 +99,9 @@ where
     headers::remove_hop_by_hop(&mut parts.headers);
     // Keep exactly the hop-by-hop headers an upgrade needs.
     upgrade::restore_upgrade_headers(&mut parts.headers, asked);
-    if http2 {
-        parts.headers.remove(header::HOST);
-    } else if !parts.headers.contains_key(header::HOST) {
+    // HTTP/2 too: the instance's :authority is its address, so `Host` carries the
+    // name the caller used (set by `proxy::conform`).
+    if !parts.headers.contains_key(header::HOST) {
         // Absolute-form without Host (HTTP/1.0 clients): the app still sees its name.
         if let Ok(v) = HeaderValue::from_str(&dest.name) {
             parts.headers.insert(header::HOST, v);

@@ -28,11 +28,13 @@ pub const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct RouteLayer {
     state: Arc<SidecarState>,
+    namespace: Arc<str>,
 }
 
 impl RouteLayer {
-    pub fn new(state: Arc<SidecarState>) -> Self {
-        Self { state }
+    /// Routes for a sidecar in `namespace`, which qualified names must name.
+    pub fn new(state: Arc<SidecarState>, namespace: Arc<str>) -> Self {
+        Self { state, namespace }
     }
 }
 
@@ -43,6 +45,7 @@ impl<S> Layer<S> for RouteLayer {
         Route {
             inner,
             state: Arc::clone(&self.state),
+            namespace: Arc::clone(&self.namespace),
         }
     }
 }
@@ -51,6 +54,7 @@ impl<S> Layer<S> for RouteLayer {
 pub struct Route<S> {
     inner: S,
     state: Arc<SidecarState>,
+    namespace: Arc<str>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -71,7 +75,7 @@ where
     }
 
     fn call(&mut self, call: Call<B>) -> Self::Future {
-        match route(call) {
+        match route(call, &self.namespace) {
             Routing::Routed(routed) => RouteFuture::Routed {
                 inner: self.inner.call(routed),
             },
@@ -79,7 +83,13 @@ where
                 response: Some(local(status, body, Local::Refused)),
             },
             Routing::Unknown(call, name) if self.state.is_connected() => RouteFuture::Discover {
-                inner: Box::pin(discover(Arc::clone(&self.state), self.inner.clone(), call, name)),
+                inner: Box::pin(discover(
+                    Arc::clone(&self.state),
+                    Arc::clone(&self.namespace),
+                    self.inner.clone(),
+                    call,
+                    name,
+                )),
             },
             Routing::Unknown(call, _) => RouteFuture::Local {
                 response: Some(unknown(&call)),
@@ -108,6 +118,7 @@ fn unknown<B>(call: &Call<B>) -> Response<ProxyBody> {
 /// Asks for `name`, waits for the answer, then routes the request as any other.
 async fn discover<S, B>(
     state: Arc<SidecarState>,
+    namespace: Arc<str>,
     inner: S,
     mut call: Call<B>,
     name: String,
@@ -133,31 +144,35 @@ where
     })
     .await;
     call.applied = state.applied.load_full();
-    match route(call) {
+    match route(call, &namespace) {
         Routing::Routed(routed) => inner.oneshot(routed).await,
         Routing::Refused(status, body) => Ok(local(status, body, Local::Refused)),
         Routing::Unknown(call, _) => Ok(unknown(&call)),
     }
 }
 
-fn route<B>(call: Call<B>) -> Routing<B> {
+fn route<B>(call: Call<B>, namespace: &str) -> Routing<B> {
     let Some(host) = target_host(&call.req) else {
         return Routing::Refused(
             StatusCode::BAD_REQUEST,
             Bytes::from_static(b"the outbound proxy routes by Host: send `Host: <service>` or an absolute-form URI\n"),
         );
     };
-    let Some(dest) = call.applied.as_ref().and_then(|a| a.destinations.resolve(host)) else {
+    let Some(dest) = call
+        .applied
+        .as_ref()
+        .and_then(|a| a.destinations.resolve(host, namespace))
+    else {
         let held = call.applied.as_ref().map(|a| &a.destinations);
-        let name = super::table::lookup_name(host);
-        let answered = name.and_then(|n| held.and_then(|h| h.held(n)));
+        let name = super::table::lookup_name(host, namespace);
+        let answered = name.as_ref().and_then(|n| held.and_then(|h| h.held(n)));
         if let Some(d) = answered {
             // A name the mesh does not know stays held while the app keeps asking.
             d.touch();
         }
         return match name {
             Some(name) if answered.is_none() => {
-                let name = name.to_owned();
+                let name = name.to_string();
                 Routing::Unknown(call, name)
             }
             _ => Routing::Refused(
@@ -290,7 +305,7 @@ mod tests {
         };
         let mut call = Call::new(req, ([127, 0, 0, 1], 9).into());
         call.applied = state.applied.load_full();
-        let response = RouteLayer::new(Arc::clone(&state))
+        let response = RouteLayer::new(Arc::clone(&state), "default".into())
             .layer(inner)
             .oneshot(call)
             .await

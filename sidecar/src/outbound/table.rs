@@ -209,16 +209,11 @@ impl Destinations {
         names
     }
 
-    /// The destination for a request's host: the exact service name, or its first
-    /// DNS label (`web.default.svc.cluster.local` → `web`). Ports are ignored.
-    pub fn resolve(&self, host: &str) -> Option<&Arc<Destination>> {
-        let host = strip_port(host);
+    /// The destination for a request's host in `namespace` (see [`service_name`]).
+    pub fn resolve(&self, host: &str, namespace: &str) -> Option<&Arc<Destination>> {
+        let name = service_name(host, namespace)?;
         self.services
-            .get(host)
-            .or_else(|| {
-                let (first, _) = host.split_once('.')?;
-                self.services.get(first)
-            })
+            .get(&*name)
             // The control plane's answer for a name the mesh does not know.
             .filter(|d| !(d.all.is_empty() && d.policy.is_none()))
     }
@@ -334,16 +329,64 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
     })
 }
 
-/// The service name to ask the control plane for when a request names `host`: the
-/// name itself, or the first label of a dotted name (as [`Destinations::resolve`]
-/// reads it); `None` when neither is a service name.
-pub fn lookup_name(host: &str) -> Option<&str> {
+/// A service name as read from a `Host` or `:authority`: lowercased into a buffer
+/// on the stack (a valid name has at most 63 bytes), so the request path does not
+/// allocate for it.
+pub struct ServiceName {
+    buf: [u8; 63],
+    len: usize,
+}
+
+impl std::ops::Deref for ServiceName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII letters, digits and '-' are ever copied in.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// The mesh service a request for `host` names, from a sidecar in `namespace`:
+/// `web`, `web.<namespace>`, `web.<namespace>.svc` or
+/// `web.<namespace>.svc.cluster.local`, in any case, with or without a port (and a
+/// trailing dot). Anything else (`api.stripe.com`, another namespace, an address)
+/// names no mesh service: a name is never guessed from its first label.
+pub fn service_name(host: &str, namespace: &str) -> Option<ServiceName> {
     let host = strip_port(host);
-    let name = match host.split_once('.') {
-        Some((first, _)) => first,
-        None => host,
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let (first, rest) = host.split_once('.').unwrap_or((host, ""));
+    if !rest.is_empty() && !in_namespace(rest, namespace) {
+        return None;
+    }
+    let mut name = ServiceName { buf: [0; 63], len: 0 };
+    let bytes = first.as_bytes();
+    if bytes.len() > name.buf.len() {
+        return None;
+    }
+    for (slot, b) in name.buf.iter_mut().zip(bytes) {
+        *slot = b.to_ascii_lowercase();
+    }
+    name.len = bytes.len();
+    outrider_policy::validate_service_name(&name).is_ok().then_some(name)
+}
+
+/// Whether `suffix` (what follows the service's label) is `namespace`, optionally
+/// followed by `.svc` or `.svc.cluster.local`.
+fn in_namespace(suffix: &str, namespace: &str) -> bool {
+    let Some(after) = suffix
+        .get(..namespace.len())
+        .filter(|ns| ns.eq_ignore_ascii_case(namespace))
+        .map(|_| &suffix[namespace.len()..])
+    else {
+        return false;
     };
-    outrider_policy::validate_service_name(name).is_ok().then_some(name)
+    after.is_empty() || after.eq_ignore_ascii_case(".svc") || after.eq_ignore_ascii_case(".svc.cluster.local")
+}
+
+/// The service name to ask the control plane for when a request names `host` (as
+/// [`Destinations::resolve`] reads it); `None` when it names no service.
+pub fn lookup_name(host: &str, namespace: &str) -> Option<ServiceName> {
+    service_name(host, namespace)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -439,21 +482,46 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn hosts_resolve_by_name_first_label_and_without_port() {
+    fn hosts_resolve_by_name_in_this_namespace_in_any_case_without_port() {
         let d = Destinations::compile(Some(&table("")), None).unwrap();
-        for h in ["web", "web:80", "web.default.svc.cluster.local", "web.default:8080"] {
-            assert_eq!(&*d.resolve(h).unwrap().name, "web", "{h}");
+        for h in [
+            "web",
+            "web:80",
+            "WEB",
+            "Web.Default:8080",
+            "web.default.svc",
+            "web.default.svc.cluster.local",
+            "web.default.svc.cluster.local.:80",
+        ] {
+            assert_eq!(&*d.resolve(h, "default").unwrap().name, "web", "{h}");
         }
-        assert!(d.resolve("api").is_none());
+        for h in [
+            "api",
+            "web.stripe.com",
+            "web.other",
+            "web.other.svc.cluster.local",
+            "web.default.svc.example.com",
+            "web.defaults",
+            "127.0.0.1:1001",
+            "[::1]:80",
+        ] {
+            assert!(d.resolve(h, "default").is_none(), "{h}");
+        }
+        assert!(d.resolve("web.shop.svc", "shop").is_some());
+        assert_eq!(lookup_name("api.stripe.com", "default").as_deref(), None);
+        assert_eq!(lookup_name("API:443", "default").as_deref(), Some("api"));
     }
 
     #[test]
     fn endpoint_state_carries_over_across_updates() {
         let first = Destinations::compile(Some(&table("")), None).unwrap();
-        let ep = first.resolve("web").unwrap().subsets["v2"][0].clone();
+        let ep = first.resolve("web", "default").unwrap().subsets["v2"][0].clone();
         ep.stats.record(false, Duration::from_millis(1));
         let second = Destinations::compile(Some(&table("")), Some(&first)).unwrap();
-        assert!(Arc::ptr_eq(&ep, &second.resolve("web").unwrap().subsets["v2"][0]));
+        assert!(Arc::ptr_eq(
+            &ep,
+            &second.resolve("web", "default").unwrap().subsets["v2"][0]
+        ));
         assert_eq!(second.figures()[0].requests_total, 1);
     }
 
@@ -463,7 +531,7 @@ pub(crate) mod tests {
             {"name":"beta","match":{"pathPrefix":"/","headers":{"X-Canary":"always"}},"backends":[{"subset":"v2","weight":100}]},
             {"name":"default","backends":[{"subset":"v1","weight":80},{"subset":"v2","weight":20},{"subset":"v3","weight":0}]}]}"#;
         let d = Destinations::compile(Some(&table(p)), None).unwrap();
-        let web = d.resolve("web").unwrap();
+        let web = d.resolve("web", "default").unwrap();
         let mut h = HeaderMap::new();
         assert_eq!(&*web.route("/", &h).unwrap().name, "default");
         h.insert("x-canary", "always".parse().unwrap());

@@ -1,7 +1,9 @@
 //! Header rules both proxies apply: hop-by-hop headers stay on their hop, the
-//! forwarding headers an app expects, and request ids.
+//! forwarding headers an app expects (`X-Forwarded-For`, `Via`), request ids, and the
+//! name a request was sent to.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 use std::net::IpAddr;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -9,10 +11,13 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Connection-scoped headers (RFC 9110 §7.6.1) must not be forwarded: the
 /// `Connection` header itself, every header it names, and the classic list. `TE`
-/// survives only as `trailers`, which asks about the end-to-end body.
+/// survives only as `trailers`, which asks about the end-to-end body. `Trailer` is
+/// end-to-end (RFC 9110 §6.6.2) and must stay: HTTP/1.1 sends trailers only for the
+/// fields it announces.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Fast path: most requests carry none of these.
     let has_connection = headers.contains_key(header::CONNECTION);
@@ -39,7 +44,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
-    headers.remove(header::TRAILER);
+    headers.remove(&HTTP2_SETTINGS);
     if let Some(te) = headers.get(header::TE) {
         let trailers_only = te
             .to_str()
@@ -62,6 +67,44 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     };
     if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// Appends this proxy to `Via` (RFC 9110 §7.6.3) as `<version> outrider`, where
+/// version is the protocol the message was received with.
+pub fn append_via(headers: &mut HeaderMap, received: Version) {
+    let ours = match received {
+        Version::HTTP_2 => "2 outrider",
+        Version::HTTP_10 => "1.0 outrider",
+        Version::HTTP_3 => "3 outrider",
+        _ => "1.1 outrider",
+    };
+    // Several Via lines form one list; a single new one keeps the value static.
+    if headers.contains_key(header::VIA) {
+        if let Ok(v) = HeaderValue::from_str(ours) {
+            headers.append(header::VIA, v);
+        }
+    } else {
+        headers.insert(header::VIA, HeaderValue::from_static(ours));
+    }
+}
+
+/// HTTP/2 may split `Cookie` into one field per cookie; HTTP/1.1 allows only one
+/// line, so the fields are joined with `; ` (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    // Fast path: no cookie, or exactly one.
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -111,11 +154,34 @@ mod tests {
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("secret"));
         h.insert("te", HeaderValue::from_static("gzip, trailers"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"));
         h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        h.insert("trailer", HeaderValue::from_static("x-checksum"));
         remove_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["te", "x-end-to-end"]);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["te", "trailer", "x-end-to-end"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn via_names_the_received_version_and_appends_to_an_existing_one() {
+        let mut h = HeaderMap::new();
+        append_via(&mut h, Version::HTTP_2);
+        assert_eq!(h["via"], "2 outrider");
+        append_via(&mut h, Version::HTTP_11);
+        let all: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(all, ["2 outrider", "1.1 outrider"]);
+    }
+
+    #[test]
+    fn split_cookies_are_joined_into_one_field() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
     }
 
     #[test]

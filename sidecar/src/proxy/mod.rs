@@ -1,13 +1,15 @@
 //! The core both proxies are built on: the accept loop, the request every layer sees
-//! ([`Call`]), hop-by-hop rules, the proxy's own answers and upgrade splicing.
+//! ([`Call`]), hop-by-hop rules, HTTP conformance, the proxy's own answers (in gRPC
+//! form to gRPC callers) and upgrade splicing.
 //!
 //! The inbound and outbound proxies each assemble their request path from tower layers
 //! (`inbound::InboundProxy::stack`, `outbound::OutboundProxy::stack`); the layers both
-//! use (snapshot, trace span, access log) live here, and neither proxy imports the other.
+//! use (gRPC form, snapshot, trace span, access log, conformance) live here, and neither proxy imports the other.
 
 pub mod access_log;
 pub mod body;
 pub mod client;
+pub mod conform;
 pub mod headers;
 pub mod respond;
 mod server;
@@ -68,8 +70,8 @@ pub enum Local {
     RateLimited,
     /// The upstream could not be reached or failed mid-exchange.
     UpstreamFailed,
-    /// Refused before any upstream was chosen (bad request, unknown service, no
-    /// healthy instance).
+    /// Refused before any upstream was chosen (bad request, CONNECT, unknown service,
+    /// no healthy instance).
     Refused,
     /// The client broke its own request (aborted or malformed body, a body that
     /// stalled): answered `400`/`408` and counted against no upstream.

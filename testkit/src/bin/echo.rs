@@ -5,9 +5,20 @@
 //! - `GET /healthz` → `200 ok` (never subject to `--fail-rate`).
 //! - `/status/NNN` → answers with status NNN.
 //! - `?delay_ms=N` → waits N ms before answering (timeouts, retries).
-//! - `?headers=1` → the JSON body also lists the request headers.
+//! - `?headers=1` → the JSON body also lists the request headers (repeated fields
+//!   joined by `, `).
 //! - `?trailers=1` → the body ends with gRPC-style trailers `grpc-status: 0` and
-//!   `x-echo-name` (HTTP/2 carries them; HTTP/1.1 only to a client that sent `TE: trailers`).
+//!   `x-echo-name`, announced in `Trailer` (HTTP/2 carries them; HTTP/1.1 only to a
+//!   client that sent `TE: trailers`).
+//! - A request body's trailers are listed in the JSON as `trailers`; the JSON also
+//!   names the request's `authority` (its URI's, as HTTP/2 carries it) and `host`.
+//! - Request headers shape the answer, for protocol tests: `x-echo-header-bytes: N`
+//!   adds a response header `x-echo-big` of N bytes, `x-echo-header-count: N` adds N
+//!   small response headers, `x-echo-trailer-bytes: N` a trailer `x-echo-big` of N
+//!   bytes (with `?trailers=1`).
+//! - `content-type: application/grpc*` → a gRPC answer: the JSON (with the request
+//!   headers) as one message, then trailers `grpc-status` (`x-echo-grpc-status`,
+//!   default 0) and, with `x-echo-grpc-message-bytes: N`, a `grpc-message` of N bytes.
 //! - anything else → `200` with `{"name","method","path","query","version","requestId","bodyBytes"}`;
 //!   the request body is streamed and only counted. The `x-request-id` header is echoed back
 //!   and `x-echo-name` names the instance.
@@ -25,8 +36,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use http_body_util::combinators::WithTrailers;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
@@ -144,7 +155,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     println!("listening on {local}");
 
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Generous, so that the proxy's limits are what protocol tests meet.
+    builder.http2().max_header_list_size(1 << 20);
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -196,9 +209,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// A plain body, or one followed by trailers.
+/// A plain body, or one followed by trailers. The latter is a stream of frames of
+/// unknown length, so that HTTP/1.1 sends it chunked (trailers need that).
 type EchoBody =
-    Either<Full<Bytes>, WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<HeaderMap, Infallible>>>>>;
+    Either<Full<Bytes>, StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>>;
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| {
@@ -218,11 +232,20 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<EchoBo
 
     // Stream the body, counting bytes, so large uploads cost no memory.
     let mut body_bytes: u64 = 0;
+    let mut request_trailers = serde_json::Map::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     body_bytes += d.len() as u64;
+                }
+                if let Some(t) = f.trailers_ref() {
+                    request_trailers.extend(t.iter().map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                        )
+                    }));
                 }
             }
             Err(e) => return Ok(text(StatusCode::BAD_REQUEST, &format!("body error: {e}\n"))),
@@ -254,41 +277,105 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<EchoBo
         "requestId": request_id.as_ref().and_then(|v| v.to_str().ok()),
         "bodyBytes": body_bytes,
         "status": status.as_u16(),
+        "authority": parts.uri.authority().map(|a| a.as_str()),
+        "host": parts.headers.get("host").and_then(|v| v.to_str().ok()),
+        "trailers": request_trailers,
     });
-    if query_param(query, "headers").is_some_and(|v| v == "1" || v == "true") {
+    let asked = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let grpc = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc || query_param(query, "headers").is_some_and(|v| v == "1" || v == "true") {
+        // A field sent more than once is listed once, its values joined by ", ", so
+        // that tests see how many lines arrived.
         let headers: serde_json::Map<String, serde_json::Value> = parts
             .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-                )
+            .keys()
+            .map(|k| {
+                let values: Vec<String> = parts
+                    .headers
+                    .get_all(k)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                (k.as_str().to_owned(), values.join(", ").into())
             })
             .collect();
         doc["headers"] = headers.into();
     }
     let mut body = serde_json::to_vec(&doc).expect("json");
     body.push(b'\n');
+    if grpc {
+        // One length-prefixed, uncompressed gRPC message.
+        let mut framed = Vec::with_capacity(body.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        framed.extend_from_slice(&body);
+        body = framed;
+    }
 
-    let body = Full::new(Bytes::from(body));
-    let body = if query_param(query, "trailers").is_some_and(|v| v == "1" || v == "true") {
+    let body = Bytes::from(body);
+    let with_trailers = grpc || query_param(query, "trailers").is_some_and(|v| v == "1" || v == "true");
+    let body = if with_trailers {
         let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let code = asked("x-echo-grpc-status").unwrap_or(0);
+        trailers.insert("grpc-status", HeaderValue::from(code));
+        if let Some(n) = asked("x-echo-grpc-message-bytes") {
+            trailers.insert("grpc-message", filler(n));
+        }
+        if let Some(n) = asked("x-echo-trailer-bytes") {
+            trailers.insert("x-echo-big", filler(n));
+        }
         trailers.insert("x-echo-name", app.name_header.clone());
-        Either::Right(body.with_trailers(std::future::ready(Some(Ok(trailers)))))
+        Either::Right(StreamBody::new(tokio_stream::iter(vec![
+            Ok(Frame::data(body)),
+            Ok(Frame::trailers(trailers)),
+        ])))
     } else {
-        Either::Left(body)
+        Either::Left(Full::new(body))
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if grpc {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    } else {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if with_trailers {
+        // HTTP/1.1 sends only the trailers announced here.
+        h.insert(
+            "trailer",
+            HeaderValue::from_static("grpc-status, grpc-message, x-echo-big, x-echo-name"),
+        );
+    }
+    if let Some(n) = asked("x-echo-header-bytes") {
+        h.insert("x-echo-big", filler(n));
+    }
+    if let Some(n) = asked("x-echo-header-count") {
+        for i in 0..n.min(10_000) {
+            if let Ok(name) = hyper::header::HeaderName::from_bytes(format!("x-echo-{i}").as_bytes()) {
+                h.insert(name, HeaderValue::from_static("1"));
+            }
+        }
+    }
     h.insert("x-echo-name", app.name_header.clone());
     if let Some(id) = request_id {
         h.insert("x-request-id", id);
     }
     Ok(resp)
+}
+
+/// A header value of `n` bytes (at most 1 MiB).
+fn filler(n: usize) -> HeaderValue {
+    HeaderValue::from_bytes(&vec![b'x'; n.min(1 << 20)]).unwrap_or(HeaderValue::from_static("x"))
 }
 
 fn text(status: StatusCode, s: &str) -> Response<EchoBody> {
