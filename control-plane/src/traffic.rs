@@ -39,19 +39,22 @@ pub struct CallerFigures {
     pub window_requests: u64,
 }
 
+/// The per-subset figures `row`'s last report holds about `service`.
+fn figures_of<'a>(row: &'a SidecarRow, service: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    row.health
+        .as_ref()
+        .and_then(|h| h.get("destinations"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(move |f| f["service"] == service)
+}
+
 /// Every caller's figures of `service`, one entry per caller and subset.
 pub fn per_caller(service: &str, rows: &[SidecarRow]) -> Vec<CallerFigures> {
     let mut out = Vec::new();
     for row in rows {
-        let Some(list) = row
-            .health
-            .as_ref()
-            .and_then(|h| h.get("destinations"))
-            .and_then(Value::as_array)
-        else {
-            continue;
-        };
-        for f in list.iter().filter(|f| f["service"] == service) {
+        for f in figures_of(row, service) {
             out.push(CallerFigures {
                 caller: row.id.clone(),
                 connected_at_ms: row.connected_at_ms,
@@ -75,16 +78,8 @@ pub use outrider_api::SubsetTraffic;
 pub fn aggregate(service: &str, rows: &[SidecarRow], recent: impl Fn(&SidecarRow) -> bool) -> Vec<SubsetTraffic> {
     let mut by_subset: BTreeMap<String, (SubsetTraffic, f64)> = BTreeMap::new();
     for row in rows {
-        let Some(list) = row
-            .health
-            .as_ref()
-            .and_then(|h| h.get("destinations"))
-            .and_then(Value::as_array)
-        else {
-            continue;
-        };
         let fresh = recent(row);
-        for f in list.iter().filter(|f| f["service"] == service) {
+        for f in figures_of(row, service) {
             let subset = f["subset"].as_str().unwrap_or_default();
             let (t, p50_weighted) = by_subset.entry(subset.to_owned()).or_insert_with(|| {
                 (
