@@ -41,7 +41,9 @@ impl ControlService {
     }
 
     pub fn into_server(self) -> ControlPlaneServer<Self> {
-        ControlPlaneServer::new(self)
+        // Every snapshot the API can produce fits (the limits are checked when
+        // written); the sidecar decodes with the same bound.
+        ControlPlaneServer::new(self).max_encoding_message_size(outrider_policy::limits::CONTROL_MESSAGE_MAX_BYTES)
     }
 }
 

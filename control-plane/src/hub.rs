@@ -417,6 +417,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_service_at_every_size_limit_still_gets_a_snapshot_within_the_message_limit() {
+        use outrider_policy::limits::{
+            CONTENT_TYPE_MAX_BYTES, DOCUMENT_MAX_BYTES, SERVICE_CONFIG_MAX_BYTES, SERVICE_CONFIG_MAX_DOCUMENTS,
+            SNAPSHOT_MAX_BYTES,
+        };
+        use prost::Message;
+        let (hub, _dir) = hub().await;
+        let store = hub.store();
+        // The store does not validate documents; a long string stands for the largest body.
+        let big = |kind| json!({"rules": [], "pad": "p".repeat(DOCUMENT_MAX_BYTES - 32), "kind": kind});
+        for kind in [PolicyKind::RateLimit, PolicyKind::Logging] {
+            store
+                .put_policy("web", kind, &big(kind.as_str()), Precondition::None, "t")
+                .await
+                .unwrap();
+        }
+        let content_type = "t".repeat(CONTENT_TYPE_MAX_BYTES);
+        let each = SERVICE_CONFIG_MAX_BYTES / SERVICE_CONFIG_MAX_DOCUMENTS;
+        for i in 0..SERVICE_CONFIG_MAX_DOCUMENTS {
+            let name = format!("{i:03}{}", "n".repeat(197));
+            store
+                .put_config("web", &name, &content_type, &vec![b'c'; each], Precondition::None, "t")
+                .await
+                .unwrap();
+        }
+        hub.load().await;
+        let mut rx = hub.subscribe("web");
+        let snap = next(&mut rx).await;
+        assert_eq!(snap.configs.len(), SERVICE_CONFIG_MAX_DOCUMENTS);
+        let size = snap.encoded_len();
+        assert!(size > SERVICE_CONFIG_MAX_BYTES + DOCUMENT_MAX_BYTES, "{size}");
+        assert!(size <= SNAPSHOT_MAX_BYTES, "{size} > {SNAPSHOT_MAX_BYTES}");
+    }
+
+    #[tokio::test]
     async fn a_write_rebuilds_only_the_written_service() {
         let (hub, _dir) = hub().await;
         hub.load().await;

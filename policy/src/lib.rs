@@ -8,6 +8,7 @@ pub mod canary;
 mod duration;
 mod error;
 mod json;
+pub mod limits;
 mod logging;
 mod names;
 mod ratelimit;

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use outrider_api::{
-    ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, Problem, WriteQuery,
+    ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize, FieldError, Problem, WriteQuery,
 };
 
 /// A stored config document's metadata as the API shows it.
@@ -62,8 +62,8 @@ pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(Str
         (status = 200, description = "stored (ETag), or the dry-run report", body = ConfigPutResponse),
         (status = 400, description = "malformed query", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "stale If-Match", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB, or the service's documents together over 4 MiB or 256 documents", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not a valid service or document name, or a content type over 255 bytes", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -83,10 +83,21 @@ pub async fn put(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
+    if content_type.len() > outrider_policy::limits::CONTENT_TYPE_MAX_BYTES {
+        return Err(ApiError::Invalid(vec![FieldError {
+            field: "content-type".into(),
+            message: format!(
+                "must be at most {} bytes long",
+                outrider_policy::limits::CONTENT_TYPE_MAX_BYTES
+            ),
+        }]));
+    }
     if q.dry_run {
         let current = state.store.get_config(&service, &name).await?;
-        // A dry run answers what the write would: a stale If-Match is a 412 here too.
+        // A dry run answers what the write would: a stale If-Match is a 412 here too,
+        // and so is a service past its size budget a 413.
         precondition.check(current.as_ref().map(|c| c.revision))?;
+        state.store.check_config_room(&service, &name, body.len()).await?;
         let changed = current.is_none_or(|c| c.content != body.as_ref() || c.content_type != content_type);
         let document = ConfigSize {
             name,

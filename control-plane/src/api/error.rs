@@ -68,32 +68,14 @@ impl ApiError {
     }
 }
 
-/// Store errors that mean "cannot reach the database right now" (503, worth a
-/// retry), as opposed to a fault in a query or the data (500).
-fn store_unreachable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        // SQLite busy/locked; PostgreSQL connection exceptions (08…), shutdowns
-        // (57P0…) and too many connections (53300).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| matches!(c.as_ref(), "5" | "6" | "53300") || c.starts_with("08") || c.starts_with("57P0")),
-        _ => false,
-    }
-}
-
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::PreconditionFailed { current } => ApiError::Stale { current },
             StoreError::AlreadyExists => ApiError::Conflict("it exists already".into()),
-            StoreError::Db(ref db) if store_unreachable(db) => ApiError::Unavailable(e.to_string()),
+            StoreError::TooLarge(m) => ApiError::Body(m, StatusCode::PAYLOAD_TOO_LARGE),
+            ref e if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use utoipa::openapi::path::ParameterIn;
 
 /// Largest policy or config document accepted (see `docs/reference.md`).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = outrider_policy::limits::DOCUMENT_MAX_BYTES;
 
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {

@@ -124,6 +124,36 @@ async fn an_oversized_body_is_a_413_problem() {
 }
 
 #[tokio::test]
+async fn config_documents_past_the_service_budget_are_a_413_problem_dry_run_included() {
+    use outrider_policy::limits::{DOCUMENT_MAX_BYTES, SERVICE_CONFIG_MAX_BYTES};
+    let t = test_app().await;
+    let put = |name: &str, size: usize, query: &str| {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/api/v1/services/web/config/{name}{query}"))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(vec![b'x'; size]))
+            .unwrap()
+    };
+    for i in 0..SERVICE_CONFIG_MAX_BYTES / DOCUMENT_MAX_BYTES {
+        let (status, _, body) = send(&t.app, put(&format!("d{i}"), DOCUMENT_MAX_BYTES, "")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for query in ["?dryRun=true", ""] {
+        let (status, ct, body) = send(&t.app, put("one-more", 1, query)).await;
+        assert_eq!(status, 413, "{query}: {body}");
+        assert_eq!(ct.as_deref(), PROBLEM);
+        assert!(body["detail"].as_str().unwrap().contains("4194305 bytes"), "{body}");
+    }
+    let (status, _, _) = send(
+        &t.app,
+        request(Method::GET, "/api/v1/services/web/config/one-more", None),
+    )
+    .await;
+    assert_eq!(status, 404, "nothing was stored");
+}
+
+#[tokio::test]
 async fn malformed_query_and_path_parameters_are_400_problems() {
     let t = test_app().await;
     for uri in [

@@ -90,6 +90,11 @@ impl Store {
         Ok(stored)
     }
 
+    /// What [`Store::put_config`] would refuse for size, without writing (dry runs).
+    pub async fn check_config_room(&self, service: &str, name: &str, size: usize) -> Result<(), StoreError> {
+        within_service_budget(&self.pool, service, name, size).await
+    }
+
     pub async fn delete_config(
         &self,
         service: &str,
@@ -125,6 +130,7 @@ pub(super) async fn put_in(
 ) -> Result<StoredConfig, StoreError> {
     let before = current(tx, service, name).await?;
     by.expect.check(before.as_ref().map(|r| r.revision as u64))?;
+    within_service_budget(&mut **tx, service, name, content.bytes.len()).await?;
     let before = before.map(|r| history_doc(&r.content_type, &r.content));
     let after = history_doc(content.content_type, content.bytes);
     let now = super::db::now_ms();
@@ -164,6 +170,37 @@ pub(super) async fn put_in(
         revision,
         updated_at_ms: now,
     })
+}
+
+/// Refuses a write that would take the service's config documents past their
+/// combined size or count, so that its snapshot always fits one control-stream
+/// message. Read inside the write: writers are serialized, so two writes cannot both
+/// pass on the same room.
+async fn within_service_budget<'e, E>(db: E, service: &str, name: &str, size: usize) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    use outrider_policy::limits::{SERVICE_CONFIG_MAX_BYTES, SERVICE_CONFIG_MAX_DOCUMENTS};
+    let (others, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(content)), 0) FROM config_documents WHERE service = $1 AND name <> $2",
+    )
+    .bind(service)
+    .bind(name)
+    .fetch_one(db)
+    .await?;
+    let (others, bytes) = (others.max(0) as usize, bytes.max(0) as usize);
+    if others >= SERVICE_CONFIG_MAX_DOCUMENTS {
+        return Err(StoreError::TooLarge(format!(
+            "service {service:?} already has {others} other config documents; a service may have at most {SERVICE_CONFIG_MAX_DOCUMENTS}"
+        )));
+    }
+    if bytes + size > SERVICE_CONFIG_MAX_BYTES {
+        return Err(StoreError::TooLarge(format!(
+            "service {service:?}'s config documents would take {} bytes together; the limit is {SERVICE_CONFIG_MAX_BYTES}",
+            bytes + size
+        )));
+    }
+    Ok(())
 }
 
 /// Deletes the document inside `tx` (`NotFound` when there is none); returns the revision.

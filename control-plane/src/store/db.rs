@@ -47,6 +47,10 @@ pub enum StoreError {
     PreconditionFailed { current: Option<u64> },
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
+    /// The write would take a service past a limit on all its documents together
+    /// (see `outrider_policy::limits`); nothing was written.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -456,3 +456,52 @@ store_test!(routing_policies_and_their_revision_are_listed_for_discovery, |s| {
     assert_eq!(listed[0].0, "web");
     assert_eq!(s.routing_revision().await.unwrap(), p.revision);
 });
+
+store_test!(
+    config_documents_past_the_service_budget_are_refused_and_nothing_is_written,
+    |s| {
+        use outrider_policy::limits::{DOCUMENT_MAX_BYTES, SERVICE_CONFIG_MAX_BYTES, SERVICE_CONFIG_MAX_DOCUMENTS};
+        let full = vec![b'x'; DOCUMENT_MAX_BYTES];
+        let n = SERVICE_CONFIG_MAX_BYTES / DOCUMENT_MAX_BYTES;
+        for i in 0..n {
+            s.put_config("web", &format!("doc-{i}"), "text/plain", &full, Precondition::None, "t")
+                .await
+                .unwrap();
+        }
+        let revision = s.service_revision("web").await.unwrap();
+        let err = s
+            .put_config("web", "one-more", "text/plain", b"x", Precondition::None, "t")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge(_)), "{err:?}");
+        assert!(err.to_string().contains("limit"), "{err}");
+        assert!(s.get_config("web", "one-more").await.unwrap().is_none());
+        assert_eq!(
+            s.service_revision("web").await.unwrap(),
+            revision,
+            "no revision for a refused write"
+        );
+        assert!(
+            s.check_config_room("web", "one-more", 1).await.is_err(),
+            "a dry run sees the same"
+        );
+        // Replacing a document counts its new size only, not old and new together.
+        s.put_config("web", "doc-0", "text/plain", &full, Precondition::None, "t")
+            .await
+            .unwrap();
+        // Other services have budgets of their own.
+        s.put_config("api", "one-more", "text/plain", b"x", Precondition::None, "t")
+            .await
+            .unwrap();
+        for i in 0..SERVICE_CONFIG_MAX_DOCUMENTS {
+            s.put_config("many", &format!("d{i}"), "text/plain", b"", Precondition::None, "t")
+                .await
+                .unwrap();
+        }
+        let err = s
+            .put_config("many", "too-many", "text/plain", b"", Precondition::None, "t")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge(_)), "{err:?}");
+    }
+);
