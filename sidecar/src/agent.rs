@@ -62,17 +62,29 @@ enum End {
 /// its reconnects over the whole window instead of arriving in waves.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
+/// A stream that lived this long worked: its loss is news, and the next connect is
+/// prompt.
+const STABLE_STREAM: Duration = Duration::from_secs(30);
+
 impl Agent {
     /// Runs until `shutdown` is cancelled; on shutdown closes the stream cleanly so the
     /// control plane marks this sidecar disconnected at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut attempt: u32 = 0;
         loop {
+            let started = Instant::now();
             match self.session(&shutdown).await {
                 Ok(End::Shutdown) => return,
                 Ok(End::Lost) => {
                     warn!("control stream lost; reconnecting (enforcing the last snapshot meanwhile)");
-                    attempt = 0;
+                    // A stream that keeps breaking soon after it opens (a message this
+                    // sidecar cannot read, a control plane failing every session) must
+                    // back off like a refused connect, not retry ten times a second.
+                    attempt = if started.elapsed() >= STABLE_STREAM {
+                        0
+                    } else {
+                        attempt.saturating_add(1)
+                    };
                 }
                 Err(e) => {
                     if attempt == 0 {
@@ -100,7 +112,8 @@ impl Agent {
             .keep_alive_while_idle(true)
             .connect()
             .await?;
-        let mut client = ControlPlaneClient::new(channel);
+        let mut client = ControlPlaneClient::new(channel)
+            .max_decoding_message_size(outrider_policy::limits::CONTROL_MESSAGE_MAX_BYTES);
         let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
         self.state.reset_destination_version();
         let mut watch = self.state.watch_list();

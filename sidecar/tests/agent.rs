@@ -226,3 +226,30 @@ async fn a_sidecar_started_while_the_control_plane_is_down_enforces_the_persiste
     let stream = cp.accept().await.unwrap();
     assert_eq!(stream.hello.held_revision, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_keep_breaking_at_once_are_retried_with_backoff_not_in_a_tight_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let _sc = Sidecar::start(&cp.url(), dir.path());
+    // A control plane that breaks every stream right after its Hello, as one did whose
+    // snapshots the sidecar could not read.
+    let window = Duration::from_secs(4);
+    let started = std::time::Instant::now();
+    let mut streams = 0;
+    while let Some(left) = window.checked_sub(started.elapsed()) {
+        match tokio::time::timeout(left, cp.accept()).await {
+            Ok(stream) => {
+                stream
+                    .unwrap()
+                    .fail(tonic::Status::internal("cannot send the snapshot"));
+                streams += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // Backing off from 100 ms, doubling to 5 s, at least half of each ceiling: at most
+    // about seven attempts fit in four seconds; retrying at once would be dozens.
+    assert!(streams >= 2, "it does retry ({streams} streams)");
+    assert!(streams <= 10, "{streams} streams in {window:?}: no backoff");
+}
