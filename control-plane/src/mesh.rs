@@ -253,6 +253,23 @@ pub struct Mesh {
     next_session: AtomicU64,
     /// Up to where [`Mesh::silenced`] has looked (epoch ms).
     silence_checked: AtomicU64,
+    /// The store's last outage, so that silence it caused is not taken for dead pods.
+    outage: Mutex<Outage>,
+}
+
+/// While the store is down nobody's reports land, so afterwards every instance of
+/// every other replica looks silent until that replica's next flush. Instances that
+/// were alive when the outage began get a fresh unhealthy window from the moment the
+/// store came back instead of being withdrawn at once.
+#[derive(Default)]
+struct Outage {
+    /// When store calls started failing, while they still do.
+    down_since: Option<i64>,
+    /// The last outage that ended: (began, ended).
+    last: Option<(i64, i64)>,
+    /// Services whose instances were kept only by that grace: re-read once it ends,
+    /// so a replica that really died during the outage still loses its endpoints.
+    forgiven: HashSet<String>,
 }
 
 /// (id, session, last seen, health JSON) of a batched report.
@@ -275,6 +292,45 @@ impl Mesh {
             dirty_notify: Notify::new(),
             next_session: AtomicU64::new(1),
             silence_checked: AtomicU64::new((now_ms() - timing.unhealthy_after.as_millis() as i64).max(0) as u64),
+            outage: Mutex::default(),
+        }
+    }
+
+    /// Notes whether a store call reached the store, to know when an outage began and
+    /// ended (see [`Outage`]).
+    fn observe<T>(&self, r: &Result<T, StoreError>) {
+        let mut o = self.outage.lock().unwrap();
+        match r {
+            Err(e) if e.is_unavailable() => {
+                o.down_since.get_or_insert_with(now_ms);
+            }
+            Err(_) => {}
+            Ok(_) => {
+                if let Some(began) = o.down_since.take() {
+                    warn!(
+                        outage_ms = now_ms() - began,
+                        "store reachable again; instances alive before the outage keep their endpoints for one unhealthy window"
+                    );
+                    o.last = Some((began, now_ms()));
+                }
+            }
+        }
+    }
+
+    /// The last-seen time a row of another replica counts with: unchanged, unless the
+    /// instance was alive when the last store outage began, in which case the silence
+    /// starts when the store came back.
+    fn forgive(&self, service: &str, last_seen_ms: i64) -> i64 {
+        let mut o = self.outage.lock().unwrap();
+        let unhealthy = self.timing.unhealthy_after.as_millis() as i64;
+        match o.last {
+            Some((began, ended)) if last_seen_ms < ended && last_seen_ms + unhealthy >= began => {
+                if now_ms() - ended < unhealthy {
+                    o.forgiven.insert(service.to_owned());
+                }
+                ended
+            }
+            _ => last_seen_ms,
         }
     }
 
@@ -451,6 +507,9 @@ impl Mesh {
             (reports, acks)
         };
         let n = reports.len() + acks.len();
+        if n == 0 {
+            return Ok(0);
+        }
         let written = async {
             if !acks.is_empty() {
                 self.store.record_ack_batch(&acks).await?;
@@ -461,6 +520,7 @@ impl Mesh {
             Ok(n)
         }
         .await;
+        self.observe(&written);
         if written.is_err() {
             let mut local = self.local.lock().unwrap();
             for (id, session, seen, h) in reports {
@@ -488,7 +548,24 @@ impl Mesh {
         if cutoff <= from {
             return Ok(());
         }
-        let services = self.store.services_silent_between(from, cutoff).await?;
+        let services = self.store.services_silent_between(from, cutoff).await;
+        self.observe(&services);
+        let mut services = match services {
+            Ok(s) => s,
+            Err(e) => {
+                // Look at the same range again next time: silence during an outage
+                // must still be noticed once the store answers.
+                self.silence_checked.fetch_min(from as u64, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        {
+            let mut o = self.outage.lock().unwrap();
+            let ended = o.last.map_or(0, |(_, ended)| ended);
+            if !o.forgiven.is_empty() && now_ms() - ended >= self.timing.unhealthy_after.as_millis() as i64 {
+                services.extend(o.forgiven.drain());
+            }
+        }
         let tracked: Vec<String> = {
             let d = self.destinations.lock().unwrap();
             services.into_iter().filter(|s| d.contains_key(s)).collect()
@@ -536,7 +613,9 @@ impl Mesh {
             None => return Ok(Vec::new()),
             Some(d) => !d.loaded,
         };
-        let rows = self.store.list_sidecars(Some(service)).await?;
+        let rows = self.store.list_sidecars(Some(service)).await;
+        self.observe(&rows);
+        let rows = rows?;
         let routing = if first {
             Some(self.routing_of(service).await?)
         } else {
@@ -556,6 +635,8 @@ impl Mesh {
                     if let Some(h) = l.app_healthy {
                         r.health = Some(serde_json::json!({ "appHealthy": h }));
                     }
+                } else if r.connected {
+                    r.last_seen_ms = self.forgive(service, r.last_seen_ms);
                 }
                 if r.status(now, unhealthy, disconnected) != SidecarStatus::Healthy {
                     continue;
