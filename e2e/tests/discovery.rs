@@ -142,8 +142,15 @@ async fn a_destination_the_app_stops_calling_is_dropped_and_found_again_on_the_n
     let web1 = instance(&cp, dir.path(), "web", "web-1").await;
     let idle = [("OUTRIDER_DESTINATION_IDLE", "2s")];
     let caller = instance_with(&cp, dir.path(), "client", "client-1", &idle).await;
-    // The caller too: before it has connected, a call is answered 503 at once.
+    // The caller too: before it has connected, a call is answered 503 at once. Its
+    // row is healthy as soon as the control plane registered it, a moment before the
+    // sidecar itself has seen the stream open.
     wait_healthy(&cp, &[web1.sidecar.id(), caller.sidecar.id()]).await;
+    wait_until(SOON, || async {
+        caller.sidecar.config_dump().await["controlPlaneConnected"] == true
+    })
+    .await
+    .expect("the caller's sidecar sees its control stream");
     assert_eq!(call(&caller.sidecar, "web").await.0, 200);
     wait_pods(&caller.sidecar, "web", &["web-1"]).await;
 
