@@ -9,7 +9,7 @@
 
 use crate::hub::Hub;
 use crate::mesh::{SessionId, Update, Wake, MAX_WATCHES};
-use crate::store::SidecarRegistration;
+use crate::store::{now_ms, SidecarRegistration, StoreError};
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use outrider_proto::v1::{
     control_message, sidecar_message, ControlMessage, Destinations, Heartbeat, Hello, SidecarMessage, Watch,
@@ -120,6 +120,7 @@ fn registration(hello: &Hello, replica: &str) -> Result<SidecarRegistration, Str
         session: uuid::Uuid::new_v4().simple().to_string(),
         replica: replica.to_owned(),
         held_revision: hello.held_revision,
+        instance: hello.instance.clone(),
     })
 }
 
@@ -148,12 +149,25 @@ impl Session {
             // store's pool, whose wait is bounded: joins wait their turn instead of
             // failing, and API reads and batched writes keep connections of their own.
             let _turn = self.hub.joins.acquire().await;
-            store.register_sidecar(&self.reg).await
+            let live_since = now_ms() - self.hub.timing.unhealthy_after.as_millis() as i64;
+            store.register_sidecar_unless_live(&self.reg, live_since).await
         };
-        if let Err(e) = registered {
-            warn!(error = %e, "registration failed");
-            let _ = self.tx.send(Err(Status::unavailable("store unavailable; retry"))).await;
-            return;
+        match registered {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists) => {
+                warn!(id = %self.reg.id, "refused: a live stream is registered with the same pod");
+                let status = Status::already_exists(format!(
+                    "sidecar {} is registered by a live stream; a second instance of the same pod is refused until that one has been silent for {:?}",
+                    self.reg.id, self.hub.timing.unhealthy_after
+                ));
+                let _ = self.tx.send(Err(status)).await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "registration failed");
+                let _ = self.tx.send(Err(Status::unavailable("store unavailable; retry"))).await;
+                return;
+            }
         }
         info!(id = %self.reg.id, held_revision = self.reg.held_revision, "sidecar connected");
         self.hub.metrics.connected_sidecars.inc();
@@ -466,6 +480,7 @@ mod tests {
                 build_version: "test".into(),
                 held_revision: 0,
                 watch: watch.iter().map(|s| s.to_string()).collect(),
+                instance: String::new(),
             })),
         }
     }

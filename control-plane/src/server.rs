@@ -17,6 +17,17 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use tracing::{info, warn};
 
+/// A token setting as it counts: an empty or blank value is no token, so that
+/// `OUTRIDER_API_TOKEN=` neither passes the public-listener check nor turns
+/// authentication off by matching an empty bearer.
+fn present(token: &Option<String>) -> Option<String> {
+    token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
 /// Every setting is a flag and an environment variable (see `docs/reference.md`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -87,14 +98,14 @@ impl Config {
         if self.insecure {
             return Ok(());
         }
-        if !http.ip().is_loopback() && self.api_token.is_none() {
+        if !http.ip().is_loopback() && present(&self.api_token).is_none() {
             return Err(ServerError::Insecure {
                 addr: http,
                 what: "REST API",
                 token: "OUTRIDER_API_TOKEN",
             });
         }
-        if !grpc.ip().is_loopback() && self.registration_token.is_none() {
+        if !grpc.ip().is_loopback() && present(&self.registration_token).is_none() {
             return Err(ServerError::Insecure {
                 addr: grpc,
                 what: "sidecar registration",
@@ -171,7 +182,7 @@ pub async fn run(
     let state = AppState {
         hub: hub.clone(),
         store: store.clone(),
-        api_token: cfg.api_token.clone().map(Into::into),
+        api_token: present(&cfg.api_token).map(Into::into),
     };
     tasks.spawn(crate::fleet::run(state.clone(), stop.clone()).in_current_span());
     let app = api::app(state);
@@ -199,7 +210,7 @@ pub async fn run(
     tasks.spawn(hub.clone().run_background(stop.clone()).in_current_span());
     tasks.spawn(crate::canary::run_driver(hub.clone(), stop.clone()).in_current_span());
 
-    let svc = ControlService::new(hub.clone(), cfg.registration_token.clone(), stop.clone()).into_server();
+    let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone()).into_server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -26,6 +26,13 @@ async fn instance_with(cp: &ControlPlane, dir: &Path, service: &str, pod: &str, 
     let port = free_port();
     let app = echo_with(port, pod, &[]);
     let sidecar = Sidecar::start_with(&cp.grpc(), service, pod, "v1", port, &dir.join(pod), env).await;
+    // Before its stream is open a sidecar answers calls to names it does not hold with
+    // 503 at once; the control plane lists it as healthy a moment before that.
+    wait_until(SOON, || async {
+        sidecar.config_dump().await["controlPlaneConnected"] == true
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{pod} never connected: {e}"));
     Instance { _app: app, sidecar }
 }
 
@@ -72,19 +79,7 @@ async fn wait_pods(s: &Sidecar, service: &str, want: &[&str]) {
 
 /// GET `http://{service}/` through the sidecar's outbound port; (status, x-echo-name).
 async fn call(s: &Sidecar, service: &str) -> (u16, String) {
-    let r = client()
-        .get(format!("http://127.0.0.1:{}/", s.outbound_port))
-        .header("host", service)
-        .send()
-        .await
-        .unwrap();
-    let name = r
-        .headers()
-        .get("x-echo-name")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    (r.status().as_u16(), name)
+    call_service(s, service).await
 }
 
 async fn wait_healthy(cp: &ControlPlane, ids: &[String]) {
@@ -142,15 +137,8 @@ async fn a_destination_the_app_stops_calling_is_dropped_and_found_again_on_the_n
     let web1 = instance(&cp, dir.path(), "web", "web-1").await;
     let idle = [("OUTRIDER_DESTINATION_IDLE", "2s")];
     let caller = instance_with(&cp, dir.path(), "client", "client-1", &idle).await;
-    // The caller too: before it has connected, a call is answered 503 at once. Its
-    // row is healthy as soon as the control plane registered it, a moment before the
-    // sidecar itself has seen the stream open.
+    // The caller too: before it has connected, a call is answered 503 at once.
     wait_healthy(&cp, &[web1.sidecar.id(), caller.sidecar.id()]).await;
-    wait_until(SOON, || async {
-        caller.sidecar.config_dump().await["controlPlaneConnected"] == true
-    })
-    .await
-    .expect("the caller's sidecar sees its control stream");
     assert_eq!(call(&caller.sidecar, "web").await.0, 200);
     wait_pods(&caller.sidecar, "web", &["web-1"]).await;
 

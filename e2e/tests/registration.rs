@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use outrider_testkit::{echo, free_port, wait_until};
+use std::time::Duration;
 
 #[tokio::test]
 async fn sidecar_registers_healthy_and_shows_disconnected_after_a_clean_stop() {
@@ -81,28 +82,101 @@ async fn sidecar_without_the_registration_token_is_refused() {
 
 #[test]
 fn control_plane_refuses_a_public_address_without_tokens() {
+    // No token, and tokens that are empty or blank: those count as none.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, bool);
+    let cases: [Case<'_>; 3] = [
+        (&[], "OUTRIDER_API_TOKEN", false),
+        (&[("OUTRIDER_API_TOKEN", "   ")], "OUTRIDER_API_TOKEN", false),
+        (
+            &[("OUTRIDER_API_TOKEN", "t0ken"), ("OUTRIDER_REGISTRATION_TOKEN", "")],
+            "OUTRIDER_REGISTRATION_TOKEN",
+            true,
+        ),
+    ];
+    for (env, named, public_grpc) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let http = format!("0.0.0.0:{}", free_port());
+        let grpc = format!("{}:{}", if public_grpc { "0.0.0.0" } else { "127.0.0.1" }, free_port());
+        let mut p = outrider_testkit::Proc::spawn(
+            outrider_testkit::bin_path("outrider-control-plane"),
+            &[
+                "--http-addr",
+                &http,
+                "--grpc-addr",
+                &grpc,
+                "--data-dir",
+                &dir.path().display().to_string(),
+            ],
+            env,
+        );
+        let status = p
+            .wait_exit(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{env:?}: exits instead of listening"));
+        assert!(!status.success(), "{env:?}");
+        assert!(p.log().contains(named), "{env:?}: the error names {named}: {}", p.log());
+    }
+}
+
+async fn who_answers(caller: &Sidecar) -> (u16, String) {
+    call_service(caller, "web").await
+}
+
+#[tokio::test]
+async fn a_second_sidecar_with_a_live_pods_name_is_refused_and_the_mesh_keeps_routing_to_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let http = format!("0.0.0.0:{}", free_port());
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let mut p = outrider_testkit::Proc::spawn(
-        outrider_testkit::bin_path("outrider-control-plane"),
-        &[
-            "--http-addr",
-            &http,
-            "--grpc-addr",
-            &grpc,
-            "--data-dir",
-            &dir.path().display().to_string(),
-        ],
-        &[],
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let (real_port, client_port, other_port) = (free_port(), free_port(), free_port());
+    let _real_app = outrider_testkit::echo_with(real_port, "real", &[]);
+    let _client_app = echo(client_port);
+    let _other_app = outrider_testkit::echo_with(other_port, "impostor", &[]);
+    let mut real = Sidecar::start(&cp.grpc(), "web", "web-1", real_port, &dir.path().join("real")).await;
+    let caller = Sidecar::start(
+        &cp.grpc(),
+        "client",
+        "client-1",
+        client_port,
+        &dir.path().join("client"),
+    )
+    .await;
+    for id in [real.id(), caller.id()] {
+        wait_until(SOON, || async {
+            cp.sidecar_status(&id).await.as_deref() == Some("healthy")
+        })
+        .await
+        .unwrap();
+    }
+    wait_until(SOON, || async {
+        who_answers(&caller).await == (200, "real".to_owned())
+    })
+    .await
+    .expect("the caller reaches web");
+
+    // Another process registers with the same pod name (and so the same id).
+    let mut impostor = Sidecar::start(&cp.grpc(), "web", "web-1", other_port, &dir.path().join("impostor")).await;
+    wait_until(SOON, || async {
+        impostor.proc.log().contains("another live sidecar is registered")
+    })
+    .await
+    .expect("the second one is told why it is refused");
+    for _ in 0..30 {
+        assert_eq!(who_answers(&caller).await, (200, "real".to_owned()));
+    }
+    let row = cp.sidecar_row(&real.id()).await.unwrap();
+    assert_eq!(row["status"], "healthy", "{row}");
+    assert_eq!(
+        row["inboundPort"], real.inbound_port,
+        "the registration still describes the first"
     );
-    let status = p
-        .wait_exit(std::time::Duration::from_secs(10))
-        .expect("exits instead of listening");
-    assert!(!status.success());
-    assert!(
-        p.log().contains("OUTRIDER_API_TOKEN"),
-        "the error names the missing token: {}",
-        p.log()
-    );
+    assert_eq!(impostor.config_dump().await["controlPlaneConnected"], false);
+
+    // Once the first is gone, the second (still retrying) takes the name over.
+    real.proc.terminate();
+    wait_until(Duration::from_secs(30), || async {
+        who_answers(&caller).await == (200, "impostor".to_owned())
+    })
+    .await
+    .expect("the retrying sidecar registers once the name is free");
+    let row = cp.sidecar_row(&real.id()).await.unwrap();
+    assert_eq!(row["inboundPort"], impostor.inbound_port, "{row}");
+    impostor.proc.terminate();
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub struct Agent {
     pub endpoint: String,
@@ -61,6 +61,11 @@ enum End {
 /// Between reconnects. Full jitter from 0: a fleet that lost its control plane spreads
 /// its reconnects over the whole window instead of arriving in waves.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// This process, to the control plane: a reconnect whose old stream it has not seen
+/// end yet takes the registration over, while another process with the same pod name
+/// is refused.
+static INSTANCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:032x}", rand::random::<u128>()));
 
 /// A stream that lived this long worked: its loss is news, and the next connect is
 /// prompt.
@@ -126,6 +131,7 @@ impl Agent {
             build_version: env!("CARGO_PKG_VERSION").to_owned(),
             held_revision: self.state.applied_revision(),
             watch,
+            instance: INSTANCE.clone(),
         };
         // The channel has room: this cannot block.
         let _ = tx.send(msg(sidecar_message::Msg::Hello(hello))).await;
@@ -163,6 +169,14 @@ impl Agent {
                         None => {}
                     },
                     Ok(None) => break End::Lost,
+                    Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                        error!(
+                            message = status.message(),
+                            "refused: another live sidecar is registered with this pod name; \
+                             enforcing the last snapshot and retrying"
+                        );
+                        break End::Lost;
+                    }
                     Err(status) => {
                         warn!(%status, "control stream broke");
                         break End::Lost;

@@ -24,6 +24,8 @@ pub struct SidecarRegistration {
     /// The control-plane replica holding the stream.
     pub replica: String,
     pub held_revision: u64,
+    /// The sidecar process (`Hello.instance`; empty from older sidecars).
+    pub instance: String,
 }
 
 #[derive(Debug, Clone)]
@@ -223,15 +225,18 @@ impl From<DbRow> for SidecarRow {
 const REGISTER: &str =
     "INSERT INTO sidecars (id, service, version, namespace, pod, address, inbound_port, outbound_port,
                      admin_port, build_version, session, replica, connected, connected_at_ms, last_seen_ms,
-                     applied_revision)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, $14)
+                     applied_revision, instance)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13, $14, $16)
                  ON CONFLICT (id) DO UPDATE SET service = excluded.service, version = excluded.version,
                      namespace = excluded.namespace, pod = excluded.pod, address = excluded.address,
                      inbound_port = excluded.inbound_port, outbound_port = excluded.outbound_port,
                      admin_port = excluded.admin_port, build_version = excluded.build_version,
                      session = excluded.session, replica = excluded.replica, connected = 1,
                      connected_at_ms = excluded.connected_at_ms, last_seen_ms = excluded.last_seen_ms,
-                     applied_revision = excluded.applied_revision, health = NULL";
+                     applied_revision = excluded.applied_revision, health = NULL,
+                     instance = excluded.instance
+                 WHERE sidecars.connected = 0 OR sidecars.last_seen_ms < $15
+                     OR (excluded.instance <> '' AND sidecars.instance = excluded.instance)";
 
 /// Rows per statement of a batched write, well under both backends' parameter limits.
 const BATCH_ROWS: usize = 500;
@@ -255,8 +260,20 @@ fn batch_update(set: &str, from: &str, matches: &str, rows: usize, cols: usize) 
 impl Store {
     /// Registers (or re-registers) a sidecar as connected through `session`.
     pub async fn register_sidecar(&self, s: &SidecarRegistration) -> Result<(), StoreError> {
+        self.register_sidecar_unless_live(s, i64::MAX).await
+    }
+
+    /// Registers a sidecar unless a live stream of another process holds its id: a
+    /// row that is connected, was seen at or after `live_since_ms` and names another
+    /// instance is left alone and the newcomer gets [`StoreError::AlreadyExists`], so
+    /// a second registration of a pod never displaces the instance that serves it.
+    pub async fn register_sidecar_unless_live(
+        &self,
+        s: &SidecarRegistration,
+        live_since_ms: i64,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
-        sqlx::query(REGISTER)
+        let done = sqlx::query(REGISTER)
             .bind(&s.id)
             .bind(&s.service)
             .bind(&s.version)
@@ -271,8 +288,13 @@ impl Store {
             .bind(&s.replica)
             .bind(now)
             .bind(s.held_revision as i64)
+            .bind(live_since_ms)
+            .bind(&s.instance)
             .execute(&self.pool)
             .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
         Ok(())
     }
 

@@ -103,6 +103,7 @@ pub(crate) fn reg(id: &str, service: &str, session: &str) -> SidecarRegistration
         session: session.into(),
         replica: "r1".into(),
         held_revision: 0,
+        instance: String::new(),
     }
 }
 

@@ -268,3 +268,39 @@ store_test!(
         );
     }
 );
+
+store_test!(
+    a_second_live_registration_of_a_pod_is_refused_unless_it_is_the_same_process,
+    |s| {
+        let now = super::db::now_ms();
+        let live_since = now - 5_000;
+        let mut first = reg("default/web-1", "web", "first");
+        first.instance = "process-a".into();
+        s.register_sidecar_unless_live(&first, live_since).await.unwrap();
+
+        // Another process with the same pod name while the first one's stream is live.
+        let mut impostor = reg("default/web-1", "web", "second");
+        impostor.instance = "process-b".into();
+        impostor.address = "10.9.9.9".into();
+        let err = s.register_sidecar_unless_live(&impostor, live_since).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists), "{err:?}");
+        let row = &s.list_sidecars(Some("web")).await.unwrap()[0];
+        assert_eq!((row.session.as_str(), row.address.as_str()), ("first", "127.0.0.1"));
+
+        // The same process reconnecting before its old stream was seen to end.
+        let mut again = reg("default/web-1", "web", "third");
+        again.instance = "process-a".into();
+        s.register_sidecar_unless_live(&again, live_since).await.unwrap();
+        assert_eq!(s.list_sidecars(Some("web")).await.unwrap()[0].session, "third");
+
+        // A registration nobody has heard from since `live_since`, or one whose stream
+        // closed, may be taken over.
+        s.register_sidecar_unless_live(&impostor, now + 60_000).await.unwrap();
+        assert_eq!(s.list_sidecars(Some("web")).await.unwrap()[0].session, "second");
+        s.disconnect_sidecar("default/web-1", "second", "web").await.unwrap();
+        let mut next = reg("default/web-1", "web", "fourth");
+        next.instance = "process-c".into();
+        s.register_sidecar_unless_live(&next, live_since).await.unwrap();
+        assert_eq!(s.list_sidecars(Some("web")).await.unwrap()[0].session, "fourth");
+    }
+);

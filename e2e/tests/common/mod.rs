@@ -96,11 +96,15 @@ impl ControlPlane {
     }
 
     pub async fn sidecar_status(&self, id: &str) -> Option<String> {
-        let list = self.get_json("/sidecars").await;
-        list.as_array()?
-            .iter()
-            .find(|s| s["id"] == id)
+        self.sidecar_row(id)
+            .await
             .map(|s| s["status"].as_str().unwrap_or("").to_owned())
+    }
+
+    /// The sidecar's row in `GET /sidecars`.
+    pub async fn sidecar_row(&self, id: &str) -> Option<Value> {
+        let list = self.get_json("/sidecars").await;
+        list.as_array()?.iter().find(|s| s["id"] == id).cloned()
     }
 }
 
@@ -254,6 +258,24 @@ impl Sidecar {
 fn spawn_sidecar(env: &[(String, String)]) -> Proc {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Proc::spawn(bin_path("outrider-sidecar"), &[], &env)
+}
+
+/// Calls `service` through `caller`'s outbound port: the status and the name of the
+/// echo that answered (`x-echo-name`).
+pub async fn call_service(caller: &Sidecar, service: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("http://127.0.0.1:{}/", caller.outbound_port))
+        .header("host", service)
+        .send()
+        .await
+        .unwrap();
+    let name = r
+        .headers()
+        .get("x-echo-name")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (r.status().as_u16(), name)
 }
 
 pub fn count(codes: &[u16], code: u16) -> usize {

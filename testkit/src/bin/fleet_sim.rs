@@ -401,6 +401,9 @@ async fn sidecar(
         build_version: "fleet-sim".into(),
         held_revision: 0,
         watch: Vec::new(),
+        // One process per simulated sidecar slot: its reconnects take its own
+        // registration over.
+        instance: format!("fleet-sim-{}-{slot}", std::process::id()),
     };
     tx.send(SidecarMessage {
         msg: Some(sidecar_message::Msg::Hello(hello)),
