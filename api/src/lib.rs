@@ -10,6 +10,7 @@
 pub mod canary;
 pub mod configs;
 pub mod events;
+pub mod join_tokens;
 pub mod policies;
 pub mod problem;
 pub mod revisions;
@@ -20,6 +21,7 @@ pub mod tokens;
 pub use canary::{CanaryWeightRequest, RolloutRequest, RolloutState, RolloutStatus, StepFigures, WindowFigures};
 pub use configs::{ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize};
 pub use events::{ChangeEvent, CHANGE_EVENT, RESYNC_EVENT};
+pub use join_tokens::{CreatedJoinToken, JoinTokenInfo, JoinTokenRevoked, NewJoinToken};
 pub use policies::{DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, WriteQuery};
 pub use problem::{FieldError, Problem, PROBLEM_JSON};
 pub use revisions::{Propagation, RevisionDetail, RevisionQuery, RevisionSummary};

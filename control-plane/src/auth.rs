@@ -75,7 +75,10 @@ pub fn validate_token_name(name: &str) -> Result<(), String> {
 /// editors, token management for admins. Decided by method and path so that a new
 /// route is protected without anyone remembering to.
 pub fn required_role(method: &Method, path: &str) -> Role {
-    if path == "/tokens" || path.starts_with("/tokens/") {
+    if ["/tokens", "/join-tokens"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    {
         Role::Admin
     } else if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         Role::Viewer
@@ -106,7 +109,7 @@ pub async fn authenticate(
         });
     };
     if let Some(bootstrap) = bootstrap {
-        if crate::grpc::constant_time_eq(given.as_bytes(), bootstrap.as_bytes()) {
+        if crate::secret::constant_time_eq(given.as_bytes(), bootstrap.as_bytes()) {
             return Ok(Principal {
                 name: BOOTSTRAP_NAME.into(),
                 role: Role::Admin,

@@ -8,6 +8,7 @@
 //! changed meanwhile is coalesced and sent when it can send again.
 
 use crate::hub::Hub;
+use crate::join;
 use crate::mesh::{SessionId, Update, Wake, MAX_WATCHES};
 use crate::store::{now_ms, SidecarRegistration, StoreError};
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
@@ -67,12 +68,26 @@ impl ControlPlane for ControlService {
         else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
-        if let Some(expected) = &self.registration_token {
-            if !constant_time_eq(hello.token.as_bytes(), expected.as_bytes()) {
-                return Err(Status::unauthenticated("invalid registration token"));
+        let reg = registration(&hello, &self.hub.replica).map_err(Status::invalid_argument)?;
+        match join::check(
+            self.hub.store(),
+            self.registration_token.as_deref(),
+            &hello.token,
+            &reg.service,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e @ join::Refusal::Unauthenticated(_)) => return Err(Status::unauthenticated(e.to_string())),
+            Err(e @ join::Refusal::WrongService { .. }) => {
+                warn!(id = %reg.id, error = %e, "registration refused");
+                return Err(Status::permission_denied(e.to_string()));
+            }
+            Err(join::Refusal::Store(e)) => {
+                warn!(error = %e, "cannot check a registration token");
+                return Err(Status::unavailable("store unavailable; retry"));
             }
         }
-        let reg = registration(&hello, &self.hub.replica).map_err(Status::invalid_argument)?;
         // Small: a sidecar that reads slowly holds few messages here (each may be a
         // large snapshot); the session coalesces the rest.
         let (tx, rx) = mpsc::channel(2);
@@ -407,14 +422,6 @@ fn health_json(h: &outrider_proto::v1::HealthReport) -> serde_json::Value {
             "sinkErrors": l.sink_errors,
         })),
     })
-}
-
-/// Token comparison whose time does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

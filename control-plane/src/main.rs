@@ -1,5 +1,6 @@
 //! `outrider-control-plane`: parses flags and environment, sets up logging and signal
-//! handling, and runs the server — or, with `token …`, manages API tokens in the store.
+//! handling, and runs the server — or, with `token …` and `join-token …`, manages API
+//! tokens and sidecar join tokens in the store.
 
 use clap::{Parser, Subcommand};
 use outrider_control_plane::auth::{generate_token, hash_token, validate_token_name};
@@ -30,6 +31,32 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Manage join tokens: each lets sidecars register as one service and nothing else
+    /// (stored hashed; the secret is printed once, at creation).
+    JoinToken {
+        #[command(subcommand)]
+        action: JoinTokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JoinTokenAction {
+    /// Create a join token for a service and print it on stdout (only now).
+    Create {
+        /// The only service a sidecar presenting it may register as.
+        #[arg(long)]
+        service: String,
+        /// Default: <service>-<8 hex digits>.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List join tokens (names and services, never secrets).
+    List,
+    /// Revoke a join token: no new registration with it, on every replica.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -55,8 +82,14 @@ enum TokenAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Token { action }) = cli.command {
-        return token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await;
+    match cli.command {
+        Some(Command::Token { action }) => {
+            return token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await
+        }
+        Some(Command::JoinToken { action }) => {
+            return join_token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await
+        }
+        None => {}
     }
     outrider_runtime::tracing::init(cli.log_format)?;
     let listeners = server::bind(&cli.config).await?;
@@ -96,17 +129,62 @@ async fn token(action: TokenAction, database_url: Option<&str>, data_dir: &Path)
             }
             Ok(())
         }
-        TokenAction::Revoke { name } => match store.revoke_token(&name).await {
-            Err(StoreError::NotFound) => Err(anyhow::anyhow!("no live token named {name:?}")),
-            Err(e) => Err(e.into()),
-            Ok(()) => {
-                eprintln!("revoked {name:?}");
-                Ok(())
-            }
-        },
+        TokenAction::Revoke { name } => revoked(store.revoke_token(&name).await, &name, "token"),
     };
     store.close().await;
     result
+}
+
+async fn join_token(action: JoinTokenAction, database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<()> {
+    use outrider_control_plane::api::format::rfc3339;
+    let store = Store::open(database_url, data_dir).await?;
+    let result = match action {
+        JoinTokenAction::Create { service, name } => {
+            outrider_policy::validate_service_name(&service).map_err(|m| anyhow::anyhow!("--service: {m}"))?;
+            let name = name.unwrap_or_else(|| outrider_control_plane::join::default_name(&service));
+            validate_token_name(&name).map_err(|m| anyhow::anyhow!("--name {name:?}: {m}"))?;
+            let token = outrider_control_plane::join::generate();
+            match store.create_join_token(&name, &service, &hash_token(&token)).await {
+                Err(StoreError::AlreadyExists) => Err(anyhow::anyhow!(
+                    "a join token named {name:?} exists already (revoked names stay taken)"
+                )),
+                Err(e) => Err(e.into()),
+                Ok(_) => {
+                    eprintln!("created join token {name:?} for service {service:?}; it is shown once:");
+                    println!("{token}");
+                    Ok(())
+                }
+            }
+        }
+        JoinTokenAction::List => {
+            println!("{:<32} {:<24} {:<26} REVOKED", "NAME", "SERVICE", "CREATED");
+            for t in store.list_join_tokens().await? {
+                println!(
+                    "{:<32} {:<24} {:<26} {}",
+                    t.name,
+                    t.service,
+                    rfc3339(t.created_at_ms),
+                    t.revoked_at_ms.map_or_else(|| "-".to_owned(), rfc3339)
+                );
+            }
+            Ok(())
+        }
+        JoinTokenAction::Revoke { name } => revoked(store.revoke_join_token(&name).await, &name, "join token"),
+    };
+    store.close().await;
+    result
+}
+
+/// What `… revoke` says about the outcome of revoking the `what` called `name`.
+fn revoked(r: Result<(), StoreError>, name: &str, what: &str) -> anyhow::Result<()> {
+    match r {
+        Err(StoreError::NotFound) => Err(anyhow::anyhow!("no live {what} named {name:?}")),
+        Err(e) => Err(e.into()),
+        Ok(()) => {
+            eprintln!("revoked {name:?}");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -89,12 +89,15 @@ pub enum ServerError {
 
 impl Config {
     /// Security by default: no public listener without the token that protects it.
+    /// Join tokens in the store protect registration too, but the store is not open
+    /// yet here: [`run`] checks the gRPC address again once it is.
     pub fn check_security(&self) -> Result<(), ServerError> {
-        self.check_addresses(self.http_addr, self.grpc_addr)
+        self.check_addresses(self.http_addr, self.grpc_addr, true)
     }
 
-    /// The same check for the addresses actually listened on.
-    fn check_addresses(&self, http: SocketAddr, grpc: SocketAddr) -> Result<(), ServerError> {
+    /// The same check for the addresses actually listened on; `join_tokens`: whether
+    /// live join tokens exist in the store (or may, before it is open).
+    fn check_addresses(&self, http: SocketAddr, grpc: SocketAddr, join_tokens: bool) -> Result<(), ServerError> {
         if self.insecure {
             return Ok(());
         }
@@ -105,11 +108,11 @@ impl Config {
                 token: "OUTRIDER_API_TOKEN",
             });
         }
-        if !grpc.ip().is_loopback() && present(&self.registration_token).is_none() {
+        if !grpc.ip().is_loopback() && present(&self.registration_token).is_none() && !join_tokens {
             return Err(ServerError::Insecure {
                 addr: grpc,
                 what: "sidecar registration",
-                token: "OUTRIDER_REGISTRATION_TOKEN",
+                token: "OUTRIDER_REGISTRATION_TOKEN or a join token",
             });
         }
         Ok(())
@@ -159,8 +162,11 @@ pub async fn run(
         http: http_listener,
     } = listeners;
     let (http_addr, grpc_addr) = (local_addr(&http_listener)?, local_addr(&grpc_listener)?);
-    cfg.check_addresses(http_addr, grpc_addr)?;
+    cfg.check_addresses(http_addr, grpc_addr, true)?;
     let store = open_store(&cfg).await?;
+    // Before anything is served: a public gRPC port needs the mesh-wide token or at
+    // least one join token.
+    cfg.check_addresses(http_addr, grpc_addr, store.has_join_tokens().await?)?;
     info!(
         backend = ?store.backend(),
         grpc = %grpc_addr,

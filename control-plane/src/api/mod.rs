@@ -14,6 +14,7 @@ mod events;
 pub mod extract;
 pub mod format;
 mod health;
+mod join_tokens;
 pub mod openapi;
 mod policies;
 mod revisions;
@@ -50,6 +51,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::events))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(join_tokens::list, join_tokens::create))
+        .routes(routes!(join_tokens::revoke))
         .routes(routes!(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .route_layer(middleware::from_fn(extract::exact_query))

@@ -5,11 +5,12 @@
 //! one test suite proves the behaviours on each. This module holds the handle, the
 //! error type and the write transaction every change goes through; each aggregate
 //! (policies, configs, revisions, sidecars, services, tokens, rollouts, propagation,
-//! routing) has a module of its own.
+//! routing, join tokens) has a module of its own.
 
 mod canary;
 mod configs;
 mod db;
+mod join_tokens;
 mod policies;
 mod propagation;
 mod reads;
@@ -32,6 +33,7 @@ mod tests_sidecars;
 
 pub use canary::RolloutRow;
 pub use configs::StoredConfig;
+pub use join_tokens::JoinTokenInfo;
 pub use policies::StoredPolicy;
 pub use propagation::Propagation;
 pub use reads::{ServiceOverview, StatusClock, SubsetCounts};

@@ -135,11 +135,13 @@ impl Store {
 
     /// Revokes the token; `NotFound` if there is no live token of that name.
     pub async fn revoke_token(&self, name: &str) -> Result<(), StoreError> {
-        let r = sqlx::query("UPDATE api_tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL")
-            .bind(now_ms())
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        self.revoke_in("api_tokens", name).await
+    }
+
+    /// Stamps the live row `name` of a token table (`api_tokens`, `join_tokens`) revoked.
+    pub(super) async fn revoke_in(&self, table: &'static str, name: &str) -> Result<(), StoreError> {
+        let sql = format!("UPDATE {table} SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL");
+        let r = sqlx::query(&sql).bind(now_ms()).bind(name).execute(&self.pool).await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
