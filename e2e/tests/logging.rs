@@ -116,7 +116,18 @@ async fn setup(log_glob_name: &str, url: &str, access: &str) -> Setup {
     let app_port = free_port();
     let app = echo(app_port);
     let state = dir.path().join("sidecar");
-    let mut sidecar = Sidecar::start(&cp.grpc(), "web", "web-a", app_port, &state).await;
+    // The test's log volume is a temporary directory, not the default /var/log.
+    let log_paths = format!("{}/**", logs.display());
+    let mut sidecar = Sidecar::start_with(
+        &cp.grpc(),
+        "web",
+        "web-a",
+        "v1",
+        app_port,
+        &state,
+        &[("OUTRIDER_LOG_PATHS", &log_paths)],
+    )
+    .await;
     let glob = logs.join(log_glob_name).display().to_string();
     let (status, body) = cp.put_policy("web", "logging", &policy(&glob, url, access)).await;
     assert_eq!(status, 200, "{body}");

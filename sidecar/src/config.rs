@@ -51,6 +51,18 @@ pub struct Config {
     /// Bound of the on-disk log buffer used while the sink is down (bytes).
     #[arg(long, env = "OUTRIDER_LOG_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub log_buffer_bytes: u64,
+    /// The app's log files the sidecar may read (comma-separated absolute globs); a
+    /// LoggingPolicy reaching outside them is NACKed.
+    #[arg(long, env = "OUTRIDER_LOG_PATHS", default_value = crate::logship::confine::DEFAULT_LOG_PATHS)]
+    pub log_paths: String,
+    /// The only directory file sinks write under (default `<state dir>/sinks`); a
+    /// relative `sink.path` is taken from here.
+    #[arg(long, env = "OUTRIDER_SINK_DIR")]
+    pub sink_dir: Option<PathBuf>,
+    /// Hosts an http sink may POST to: `host`, `host:port`, `*.domain`
+    /// (comma-separated; unset: any host).
+    #[arg(long, env = "OUTRIDER_SINK_HOSTS", default_value = "")]
+    pub sink_hosts: String,
     /// How the inbound proxy talks to the app: `http1` (pooled HTTP/1.1) or `h2c`
     /// (HTTP/2 with prior knowledge, for gRPC apps: trailers reach the caller).
     #[arg(long, env = "OUTRIDER_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
@@ -107,6 +119,19 @@ impl Config {
             .collect()
     }
 
+    /// Where log shipping may read and write, from `OUTRIDER_LOG_PATHS`,
+    /// `OUTRIDER_SINK_DIR` and `OUTRIDER_SINK_HOSTS`; the state and config
+    /// directories are never readable.
+    pub fn log_confinement(&self) -> Result<crate::logship::Confinement, crate::logship::ConfinementError> {
+        let sink_dir = self.sink_dir.clone().unwrap_or_else(|| self.state_dir.join("sinks"));
+        crate::logship::Confinement::new(
+            &self.log_paths,
+            &sink_dir,
+            &self.sink_hosts,
+            &[&self.state_dir, &self.config_dir],
+        )
+    }
+
     pub fn app_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.app_port))
     }
@@ -122,6 +147,7 @@ impl Config {
                 self.control_plane
             ));
         }
+        self.log_confinement().map_err(|e| e.to_string())?;
         crate::configdocs::ReloadHooks::parse(&self.config_reload)
             .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;
         if self.destination_idle.as_std().is_zero() {
