@@ -1,7 +1,7 @@
 //! Shared harness: real control-plane and sidecar processes on free ports.
 #![allow(dead_code)]
 
-use outrider_testkit::{bin_path, free_port, wait_for_http_ok, wait_until, Proc};
+use outrider_testkit::{bin_path, echo, free_port, wait_for_http_ok, wait_until, Proc};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -184,6 +184,44 @@ impl Sidecar {
         s
     }
 
+    /// Starts a sidecar whose app log volume (`OUTRIDER_LOG_PATHS`) is the directory
+    /// `logs` rather than the default `/var/log`.
+    pub async fn start_with_log_volume(
+        cp_grpc: &str,
+        service: &str,
+        pod: &str,
+        app_port: u16,
+        state_dir: &Path,
+        logs: &Path,
+    ) -> Self {
+        let log_paths = format!("{}/**", logs.display());
+        Self::start_with(
+            cp_grpc,
+            service,
+            pod,
+            "v1",
+            app_port,
+            state_dir,
+            &[("OUTRIDER_LOG_PATHS", &log_paths)],
+        )
+        .await
+    }
+
+    /// A counter or gauge from the admin port's `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = client()
+            .get(format!("{}/metrics", self.admin()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn wait_up(&mut self) {
         if let Err(e) = wait_for_http_ok(&format!("{}/healthz", self.admin()), SOON).await {
             self.proc.print_log_tail(50);
@@ -254,6 +292,62 @@ impl Sidecar {
 fn spawn_sidecar(env: &[(String, String)]) -> Proc {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Proc::spawn(bin_path("outrider-sidecar"), &[], &env)
+}
+
+/// For the log-shipping tests: a control plane, an echo app and a `web` sidecar (pod
+/// `web-a`) whose app log volume is the temporary directory `logs`.
+pub struct LogSetup {
+    pub dir: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub sidecar: Sidecar,
+    pub app: Proc,
+    pub logs: PathBuf,
+    /// The sidecar's state directory.
+    pub state: PathBuf,
+}
+
+impl LogSetup {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("applogs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let cp = ControlPlane::start(&dir.path().join("cp")).await;
+        let app_port = free_port();
+        let app = echo(app_port);
+        let state = dir.path().join("sidecar");
+        let sidecar = Sidecar::start_with_log_volume(&cp.grpc(), "web", "web-a", app_port, &state, &logs).await;
+        Self {
+            dir,
+            cp,
+            sidecar,
+            app,
+            logs,
+            state,
+        }
+    }
+
+    /// PUTs `doc` as web's LoggingPolicy (the control plane must accept it); returns
+    /// its revision.
+    pub async fn put(&self, doc: &str) -> u64 {
+        let (status, body) = self.cp.put_policy("web", "logging", doc).await;
+        assert_eq!(status, 200, "{body}");
+        body["revision"].as_u64().unwrap()
+    }
+
+    /// PUTs `doc` and waits until the sidecar enforces it.
+    pub async fn applied(&mut self, doc: &str) -> u64 {
+        let revision = self.put(doc).await;
+        self.sidecar.wait_revision(revision).await;
+        revision
+    }
+}
+
+/// Serves `app` on a free loopback port; returns `http://127.0.0.1:PORT`.
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
 }
 
 pub fn count(codes: &[u16], code: u16) -> usize {
