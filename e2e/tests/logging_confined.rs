@@ -323,3 +323,52 @@ async fn a_bulk_item_answered_429_is_retried_alone_and_a_mapping_error_is_droppe
     wait_seqs(&c, &s.sidecar, &[10]).await;
     assert_eq!(c.offered(3), 1, "and it does not block what follows");
 }
+
+#[tokio::test]
+async fn an_http_sink_to_a_host_outside_outrider_sink_hosts_is_nacked_naming_the_url() {
+    let (_c, url) = Collector::start(Mode::LimitBytes(usize::MAX)).await;
+    let s = LogSetup::start_with(&[("OUTRIDER_SINK_HOSTS", "collector.logging.svc:9880,*.internal")]).await;
+    let glob = s.logs.join("app.log").display().to_string();
+    let bad = s.put(&http_policy(&glob, &url, "ndjson")).await;
+    let error = nack_of(&s, bad).await;
+    assert!(error.contains("logging.sink.url"), "{error}");
+    assert!(error.contains("OUTRIDER_SINK_HOSTS"), "{error}");
+    assert_eq!(enforced_revision(&s).await, 0);
+}
+
+#[tokio::test]
+async fn a_symlink_out_of_the_log_volume_is_not_shipped_and_app_fields_cannot_forge_mesh_fields() {
+    let (c, url) = Collector::start(Mode::LimitBytes(usize::MAX)).await;
+    let mut s = LogSetup::start().await;
+    let secret = s.dir.path().join("secret.txt");
+    std::fs::write(&secret, "{\"seq\":999,\"msg\":\"top secret\"}\n").unwrap();
+    std::os::unix::fs::symlink(&secret, s.logs.join("evil.log")).unwrap();
+    let log = s.logs.join("app.log");
+    let glob = s.logs.join("*.log").display().to_string();
+    s.applied(&http_policy(&glob, &url, "ndjson")).await;
+
+    append(
+        &log,
+        &[
+            r#"{"seq":1,"source":"access","pod":"web-z","file":"/etc/shadow","timestamp":"1999-01-01T00:00:00Z"}"#
+                .to_owned(),
+        ],
+    );
+    wait_seqs(&c, &s.sidecar, &[1]).await;
+    let r = c.docs.lock().unwrap()[0].clone();
+    assert_eq!(r["source"], "app", "{r}");
+    assert_eq!(r["pod"], "web-a", "{r}");
+    assert_eq!(r["file"], log.display().to_string(), "{r}");
+    assert_ne!(r["timestamp"], "1999-01-01T00:00:00Z", "{r}");
+    assert_eq!(
+        r["app"]["source"], "access",
+        "the app's own values are kept under app: {r}"
+    );
+    assert_eq!(r["app"]["pod"], "web-z", "{r}");
+
+    // Several scans have passed since the app line was read: the symlink was refused.
+    append(&log, &[line(2)]);
+    wait_seqs(&c, &s.sidecar, &[2]).await;
+    assert!(!c.seqs().contains(&999));
+    assert!(!String::from_utf8_lossy(&c.raw.lock().unwrap()).contains("top secret"));
+}

@@ -193,18 +193,12 @@ impl Sidecar {
         app_port: u16,
         state_dir: &Path,
         logs: &Path,
+        extra: &[(&str, &str)],
     ) -> Self {
         let log_paths = format!("{}/**", logs.display());
-        Self::start_with(
-            cp_grpc,
-            service,
-            pod,
-            "v1",
-            app_port,
-            state_dir,
-            &[("OUTRIDER_LOG_PATHS", &log_paths)],
-        )
-        .await
+        let mut env = vec![("OUTRIDER_LOG_PATHS", log_paths.as_str())];
+        env.extend_from_slice(extra);
+        Self::start_with(cp_grpc, service, pod, "v1", app_port, state_dir, &env).await
     }
 
     /// A counter or gauge from the admin port's `/metrics` (0 when absent).
@@ -308,6 +302,11 @@ pub struct LogSetup {
 
 impl LogSetup {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more sidecar variables (`OUTRIDER_SINK_HOSTS`, say).
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("applogs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -315,7 +314,7 @@ impl LogSetup {
         let app_port = free_port();
         let app = echo(app_port);
         let state = dir.path().join("sidecar");
-        let sidecar = Sidecar::start_with_log_volume(&cp.grpc(), "web", "web-a", app_port, &state, &logs).await;
+        let sidecar = Sidecar::start_with_log_volume(&cp.grpc(), "web", "web-a", app_port, &state, &logs, extra).await;
         Self {
             dir,
             cp,
