@@ -288,6 +288,52 @@ fn spawn_sidecar(env: &[(String, String)]) -> Proc {
     Proc::spawn(bin_path("outrider-sidecar"), &[], &env)
 }
 
+pub fn count(codes: &[u16], code: u16) -> usize {
+    codes.iter().filter(|c| **c == code).count()
+}
+
+/// A fresh PostgreSQL database for one test, dropped on `cleanup`.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        let admin_url = std::env::var("OUTRIDER_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("outrider_e2e_{}_{}", std::process::id(), free_port());
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        Self {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("psql is needed to create test databases: {e}"),
+    }
+}
+
 /// For the log-shipping tests: a control plane, an echo app and a `web` sidecar (pod
 /// `web-a`) whose app log volume is the temporary directory `logs`.
 pub struct LogSetup {
@@ -347,50 +393,4 @@ pub async fn serve_on_loopback(app: axum::Router) -> String {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
-}
-
-pub fn count(codes: &[u16], code: u16) -> usize {
-    codes.iter().filter(|c| **c == code).count()
-}
-
-/// A fresh PostgreSQL database for one test, dropped on `cleanup`.
-pub struct PgDatabase {
-    pub url: String,
-    admin_url: String,
-    name: String,
-}
-
-impl PgDatabase {
-    pub fn create() -> Self {
-        let admin_url = std::env::var("OUTRIDER_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("outrider_e2e_{}_{}", std::process::id(), free_port());
-        psql(&admin_url, &format!("CREATE DATABASE {name}"));
-        let (base, _) = admin_url.rsplit_once('/').unwrap();
-        Self {
-            url: format!("{base}/{name}"),
-            admin_url,
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        psql(
-            &self.admin_url,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-fn psql(url: &str, sql: &str) {
-    let out = std::process::Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => panic!("psql is needed to create test databases: {e}"),
-    }
 }
