@@ -38,6 +38,17 @@ struct Allowed {
     components: Vec<String>,
 }
 
+/// Why a file a glob matched is not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// It no longer exists (or a path component cannot be resolved).
+    Gone,
+    /// In the sidecar's state, config or sink directory: expected under a wide glob.
+    Private,
+    /// Its canonical path is outside `OUTRIDER_LOG_PATHS` (a symlink out, say).
+    Outside,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HostPattern {
     /// Lower case; `*.example.com` matches any subdomain, `*` any host.
@@ -240,7 +251,15 @@ impl Confinement {
     /// (symlinks and `..` resolved) must match an allowed glob and lie outside the
     /// sidecar's own directories. Returns the canonical path to open.
     pub fn may_read(&self, path: &Path) -> Option<PathBuf> {
-        let canonical = std::fs::canonicalize(path).ok()?;
+        self.read_check(path).ok()
+    }
+
+    /// [`Self::may_read`], telling why not.
+    pub fn read_check(&self, path: &Path) -> Result<PathBuf, Unreadable> {
+        let canonical = std::fs::canonicalize(path).map_err(|_| Unreadable::Gone)?;
+        if self.private_root_of(&canonical).is_some() {
+            return Err(Unreadable::Private);
+        }
         let opts = glob::MatchOptions {
             require_literal_separator: true,
             ..glob::MatchOptions::default()
@@ -249,7 +268,11 @@ impl Confinement {
             .log_paths
             .iter()
             .any(|a| a.patterns.iter().any(|p| p.matches_path_with(&canonical, opts)));
-        (allowed && self.private_root_of(&canonical).is_none()).then_some(canonical)
+        if allowed {
+            Ok(canonical)
+        } else {
+            Err(Unreadable::Outside)
+        }
     }
 
     /// Opens the file sink at `path` (from [`Self::sink_path`]) for appending, after

@@ -16,7 +16,7 @@
 //! The consumer may refuse a record (its batch is full): the file then rewinds to the
 //! end of the last record taken, so what a batch covers always ends on a record.
 
-use super::confine::Confinement;
+use super::confine::{Confinement, Unreadable};
 use super::parse::Parser;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -39,6 +39,8 @@ pub const MAX_LINE: usize = 1024 * 1024;
 const FINGERPRINT_BYTES: usize = 1024;
 /// An unfinished multiline record is shipped once no continuation came for this long.
 const MULTILINE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How many refused paths are remembered (each is warned about once).
+const MAX_WARNED: usize = 1024;
 /// A file that was renamed away (or deleted) is closed after this long at its end.
 const GONE_GRACE: Duration = Duration::from_secs(2);
 
@@ -123,11 +125,19 @@ impl Tailer {
         for (i, (pattern, _)) in self.sources.iter().enumerate() {
             let Ok(paths) = glob::glob(pattern) else { continue };
             for path in paths.flatten() {
-                let Some(real) = self.confinement.may_read(&path) else {
-                    if self.refused.insert(path.clone()) {
-                        warn!(path = %path.display(), "not shipping a file outside OUTRIDER_LOG_PATHS or in the sidecar's own directories");
+                let real = match self.confinement.read_check(&path) {
+                    Ok(real) => real,
+                    // The sidecar's own files under a wide glob: expected, and new
+                    // ones (spool batches) appear all the time, so not worth a warning.
+                    Err(Unreadable::Private | Unreadable::Gone) => continue,
+                    Err(Unreadable::Outside) => {
+                        // Bounded: an app creating symlinks under new names must not
+                        // grow the sidecar's memory.
+                        if self.refused.len() < MAX_WARNED && self.refused.insert(path.clone()) {
+                            warn!(path = %path.display(), "not shipping a file that resolves outside OUTRIDER_LOG_PATHS");
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 let Ok(meta) = std::fs::metadata(&real) else { continue };
                 if !meta.is_file() {
