@@ -180,3 +180,55 @@ fn hostname() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["outrider-sidecar", "--service", "web", "--app-port", "8080"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn file_sinks_default_to_the_state_dirs_sinks_and_the_flags_set_the_confinement() {
+        let c = config(&["--state-dir", "/srv/state"]).log_confinement().unwrap();
+        assert_eq!(
+            c.sink_path("a.ndjson").unwrap(),
+            PathBuf::from("/srv/state/sinks/a.ndjson")
+        );
+        let c = config(&[
+            "--sink-dir",
+            "/srv/ship",
+            "--log-paths",
+            "/data/logs/**",
+            "--sink-hosts",
+            "es:9200",
+        ])
+        .log_confinement()
+        .unwrap();
+        assert_eq!(c.sink_path("a").unwrap(), PathBuf::from("/srv/ship/a"));
+        let policy: outrider_policy::LoggingPolicy = outrider_policy::parse_document(
+            br#"{"appLogs":[{"path":"/var/log/app.log"}],"sink":{"type":"http","url":"http://other:9200/_bulk"}}"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = c.check(&policy).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["logging.appLogs[0].path", "logging.sink.url"]);
+    }
+
+    #[test]
+    fn a_relative_log_path_glob_or_a_bad_sink_host_refuses_to_start_naming_the_variable() {
+        let err = config(&["--log-paths", "logs/**"]).validate().unwrap_err();
+        assert!(err.contains("OUTRIDER_LOG_PATHS"), "{err}");
+        let err = config(&["--sink-hosts", "a b"]).validate().unwrap_err();
+        assert!(err.contains("OUTRIDER_SINK_HOSTS"), "{err}");
+    }
+}
