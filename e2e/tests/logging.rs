@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use common::*;
-use outrider_testkit::{echo, free_port, wait_until};
+use outrider_testkit::wait_until;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -32,10 +32,8 @@ struct Collector {
 impl Collector {
     async fn start() -> (Self, String) {
         let c = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
         let app = Router::new().route("/ingest", post(ingest)).with_state(c.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("{}/ingest", serve_on_loopback(app).await);
         (c, url)
     }
 
@@ -99,36 +97,11 @@ fn policy(log_glob: &str, url: &str, access: &str) -> String {
     )
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    cp: ControlPlane,
-    sidecar: Sidecar,
-    _app: outrider_testkit::Proc,
-    logs: PathBuf,
-    state: PathBuf,
-}
-
-async fn setup(log_glob_name: &str, url: &str, access: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("applogs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp")).await;
-    let app_port = free_port();
-    let app = echo(app_port);
-    let state = dir.path().join("sidecar");
-    let mut sidecar = Sidecar::start(&cp.grpc(), "web", "web-a", app_port, &state).await;
-    let glob = logs.join(log_glob_name).display().to_string();
-    let (status, body) = cp.put_policy("web", "logging", &policy(&glob, url, access)).await;
-    assert_eq!(status, 200, "{body}");
-    sidecar.wait_revision(body["revision"].as_u64().unwrap()).await;
-    Setup {
-        _dir: dir,
-        cp,
-        sidecar,
-        _app: app,
-        logs,
-        state,
-    }
+async fn setup(log_glob_name: &str, url: &str, access: &str) -> LogSetup {
+    let mut s = LogSetup::start().await;
+    let glob = s.logs.join(log_glob_name).display().to_string();
+    s.applied(&policy(&glob, url, access)).await;
+    s
 }
 
 async fn wait_all(c: &Collector, n: u64, sidecar: &Sidecar) {
@@ -136,20 +109,6 @@ async fn wait_all(c: &Collector, n: u64, sidecar: &Sidecar) {
         sidecar.proc.print_log_tail(40);
         panic!("{} of {n} arrived; missing e.g. {:?}", c.seqs().0, c.missing(n));
     }
-}
-
-async fn metric(s: &Sidecar, name: &str) -> u64 {
-    let text = client()
-        .get(format!("{}/metrics", s.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -185,7 +144,7 @@ async fn twenty_thousand_json_lines_reach_the_ndjson_sink_enriched_with_service_
     })
     .await;
     assert!(shipped.is_ok(), "{}", s.cp.get_json("/sidecars").await);
-    assert!(metric(&s.sidecar, "outrider_sidecar_log_lines_read_total").await >= 20_000);
+    assert!(s.sidecar.metric("outrider_sidecar_log_lines_read_total").await >= 20_000);
 }
 
 #[tokio::test]
@@ -233,7 +192,7 @@ async fn rename_and_copytruncate_rotation_lose_no_line() {
     // must lose nothing.
     write_lines(&log, 10_000..12_000);
     wait_until(SHIP, || async {
-        metric(&s.sidecar, "outrider_sidecar_log_lines_read_total").await >= 12_000
+        s.sidecar.metric("outrider_sidecar_log_lines_read_total").await >= 12_000
     })
     .await
     .unwrap();
@@ -265,7 +224,7 @@ async fn three_second_sink_outage_loses_no_line_and_memory_stays_bounded() {
         peak = peak.max(rss_kib(s.sidecar.proc.pid()));
     }
     assert!(c.refused.load(Ordering::SeqCst) > 0, "the outage was noticed");
-    assert!(metric(&s.sidecar, "outrider_sidecar_log_sink_errors_total").await > 0);
+    assert!(s.sidecar.metric("outrider_sidecar_log_sink_errors_total").await > 0);
     c.down.store(false, Ordering::SeqCst);
     wait_all(&c, 20_000, &s.sidecar).await;
     println!("RSS before the outage {rss_before} KiB, peak during it {peak} KiB");
@@ -276,7 +235,7 @@ async fn three_second_sink_outage_loses_no_line_and_memory_stays_bounded() {
         "before {rss_before} KiB, peak {peak} KiB"
     );
     wait_until(SOON, || async {
-        metric(&s.sidecar, "outrider_sidecar_log_buffered_bytes").await == 0
+        s.sidecar.metric("outrider_sidecar_log_buffered_bytes").await == 0
     })
     .await
     .expect("the spool drains");

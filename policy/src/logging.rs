@@ -85,6 +85,10 @@ pub struct Sink {
     pub format: Option<SinkFormat>,
     #[serde(default = "default_batch")]
     pub batch_size: u32,
+    /// A batch closes at `batch_size` records or at this many bytes of records,
+    /// whichever comes first (a single larger record travels alone).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: u64,
     #[serde(default = "default_flush")]
     pub flush_interval: Duration,
     /// `gzip` compresses HTTP request bodies (`Content-Encoding: gzip`); the
@@ -107,6 +111,16 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 
 fn default_batch() -> u32 {
     500
+}
+/// The default byte bound of a batch, well under the request-body limits collectors
+/// commonly ship with.
+pub const DEFAULT_BATCH_BYTES: u64 = 1024 * 1024;
+/// The range of `batchBytes`: below 4 KiB batches degenerate into a request per line;
+/// above 64 MiB one batch is more than a sidecar should hold in memory.
+pub const BATCH_BYTES_RANGE: std::ops::RangeInclusive<u64> = 4 * 1024..=64 * 1024 * 1024;
+
+fn default_batch_bytes() -> u64 {
+    DEFAULT_BATCH_BYTES
 }
 fn default_flush() -> Duration {
     Duration::from_millis(1000)
@@ -140,6 +154,8 @@ impl Validate for LoggingPolicy {
                     format!("appLogs[{i}].path"),
                     "must be an absolute path (globs allowed)",
                 ));
+            } else if has_dot_segment(&l.path) {
+                errors.push(FieldError::new(format!("appLogs[{i}].path"), DOT_SEGMENT));
             }
             if l.parser == LogParser::Regex && l.pattern.as_deref().is_none_or(str::is_empty) {
                 errors.push(FieldError::new(
@@ -168,14 +184,14 @@ impl Validate for LoggingPolicy {
         let s = &self.sink;
         match s.kind {
             SinkType::Stdout => {}
-            SinkType::File => {
-                if !s.path.as_deref().is_some_and(|p| p.starts_with('/')) {
-                    errors.push(FieldError::new(
-                        "sink.path",
-                        "an absolute path is required for a file sink",
-                    ));
+            SinkType::File => match s.path.as_deref() {
+                None | Some("") => errors.push(FieldError::new("sink.path", "required for a file sink")),
+                Some(p) if p.ends_with('/') => {
+                    errors.push(FieldError::new("sink.path", "must name a file, not a directory"))
                 }
-            }
+                Some(p) if has_dot_segment(p) => errors.push(FieldError::new("sink.path", DOT_SEGMENT)),
+                Some(_) => {}
+            },
             SinkType::Http => {
                 if !s
                     .url
@@ -192,8 +208,26 @@ impl Validate for LoggingPolicy {
         if s.batch_size == 0 || s.batch_size > 100_000 {
             errors.push(FieldError::new("sink.batchSize", "must be between 1 and 100000"));
         }
+        if !BATCH_BYTES_RANGE.contains(&s.batch_bytes) {
+            errors.push(FieldError::new(
+                "sink.batchBytes",
+                format!(
+                    "must be between {} and {} (4 KiB to 64 MiB)",
+                    BATCH_BYTES_RANGE.start(),
+                    BATCH_BYTES_RANGE.end()
+                ),
+            ));
+        }
         s.flush_interval.check("sink.flushInterval", MAX_INTERVAL, errors);
     }
+}
+
+const DOT_SEGMENT: &str = "must not contain `.` or `..` segments";
+
+/// A `.` or `..` segment makes a path mean something other than it reads, which is how
+/// a path escapes the directory it seems to be under; no legitimate path needs one.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 #[cfg(test)]
@@ -217,6 +251,31 @@ mod tests {
         let err = parse_document::<LoggingPolicy>(br#"{"sink":{"type":"http"}}"#).unwrap_err();
         let PolicyError::Invalid(e) = err else { panic!() };
         assert_eq!(e[0].field, "sink.url");
+    }
+
+    #[test]
+    fn a_relative_file_sink_path_is_accepted_and_dot_segments_are_refused_everywhere() {
+        parse_document::<LoggingPolicy>(br#"{"sink":{"type":"file","path":"ship/out.ndjson"}}"#).unwrap();
+        let err = parse_document::<LoggingPolicy>(
+            br#"{"appLogs":[{"path":"/var/log/../../etc/hostname"}],
+                "sink":{"type":"file","path":"../escape.ndjson"}}"#,
+        )
+        .unwrap_err();
+        let PolicyError::Invalid(e) = err else { panic!() };
+        let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["appLogs[0].path", "sink.path"]);
+    }
+
+    #[test]
+    fn batch_bytes_defaults_to_one_mebibyte_and_is_bounded() {
+        let p = parse_document::<LoggingPolicy>(br#"{"sink":{"type":"stdout"}}"#).unwrap();
+        assert_eq!(p.sink.batch_bytes, 1024 * 1024);
+        for bad in ["0", "4095", "67108865"] {
+            let doc = format!(r#"{{"sink":{{"type":"stdout","batchBytes":{bad}}}}}"#);
+            let err = parse_document::<LoggingPolicy>(doc.as_bytes()).unwrap_err();
+            let PolicyError::Invalid(e) = err else { panic!() };
+            assert_eq!(e[0].field, "sink.batchBytes", "{bad}");
+        }
     }
 
     #[test]

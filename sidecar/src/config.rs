@@ -51,6 +51,18 @@ pub struct Config {
     /// Bound of the on-disk log buffer used while the sink is down (bytes).
     #[arg(long, env = "OUTRIDER_LOG_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub log_buffer_bytes: u64,
+    /// The app's log files the sidecar may read (comma-separated absolute globs); a
+    /// LoggingPolicy reaching outside them is NACKed.
+    #[arg(long, env = "OUTRIDER_LOG_PATHS", default_value = crate::logship::confine::DEFAULT_LOG_PATHS)]
+    pub log_paths: String,
+    /// The only directory file sinks write under (default `<state dir>/sinks`); a
+    /// relative `sink.path` is taken from here.
+    #[arg(long, env = "OUTRIDER_SINK_DIR")]
+    pub sink_dir: Option<PathBuf>,
+    /// Hosts an http sink may POST to: `host`, `host:port`, `*.domain`
+    /// (comma-separated; unset: any host).
+    #[arg(long, env = "OUTRIDER_SINK_HOSTS", default_value = "")]
+    pub sink_hosts: String,
     /// How the inbound proxy talks to the app: `http1` (pooled HTTP/1.1) or `h2c`
     /// (HTTP/2 with prior knowledge, for gRPC apps: trailers reach the caller).
     #[arg(long, env = "OUTRIDER_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
@@ -107,6 +119,19 @@ impl Config {
             .collect()
     }
 
+    /// Where log shipping may read and write, from `OUTRIDER_LOG_PATHS`,
+    /// `OUTRIDER_SINK_DIR` and `OUTRIDER_SINK_HOSTS`; the state and config
+    /// directories are never readable.
+    pub fn log_confinement(&self) -> Result<crate::logship::Confinement, crate::logship::ConfinementError> {
+        let sink_dir = self.sink_dir.clone().unwrap_or_else(|| self.state_dir.join("sinks"));
+        crate::logship::Confinement::new(
+            &self.log_paths,
+            &sink_dir,
+            &self.sink_hosts,
+            &[&self.state_dir, &self.config_dir],
+        )
+    }
+
     pub fn app_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.app_port))
     }
@@ -122,6 +147,7 @@ impl Config {
                 self.control_plane
             ));
         }
+        self.log_confinement().map_err(|e| e.to_string())?;
         crate::configdocs::ReloadHooks::parse(&self.config_reload)
             .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;
         if self.destination_idle.as_std().is_zero() {
@@ -153,4 +179,56 @@ fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["outrider-sidecar", "--service", "web", "--app-port", "8080"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn file_sinks_default_to_the_state_dirs_sinks_and_the_flags_set_the_confinement() {
+        let c = config(&["--state-dir", "/srv/state"]).log_confinement().unwrap();
+        assert_eq!(
+            c.sink_path("a.ndjson").unwrap(),
+            PathBuf::from("/srv/state/sinks/a.ndjson")
+        );
+        let c = config(&[
+            "--sink-dir",
+            "/srv/ship",
+            "--log-paths",
+            "/data/logs/**",
+            "--sink-hosts",
+            "es:9200",
+        ])
+        .log_confinement()
+        .unwrap();
+        assert_eq!(c.sink_path("a").unwrap(), PathBuf::from("/srv/ship/a"));
+        let policy: outrider_policy::LoggingPolicy = outrider_policy::parse_document(
+            br#"{"appLogs":[{"path":"/var/log/app.log"}],"sink":{"type":"http","url":"http://other:9200/_bulk"}}"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = c.check(&policy).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["logging.appLogs[0].path", "logging.sink.url"]);
+    }
+
+    #[test]
+    fn a_relative_log_path_glob_or_a_bad_sink_host_refuses_to_start_naming_the_variable() {
+        let err = config(&["--log-paths", "logs/**"]).validate().unwrap_err();
+        assert!(err.contains("OUTRIDER_LOG_PATHS"), "{err}");
+        let err = config(&["--sink-hosts", "a b"]).validate().unwrap_err();
+        assert!(err.contains("OUTRIDER_SINK_HOSTS"), "{err}");
+    }
 }

@@ -84,7 +84,9 @@ pub struct Figures {
     pub access_records: AtomicU64,
     /// Records the sink accepted.
     pub shipped: AtomicU64,
-    /// Records dropped: access queue full, or a batch the sink refused for good (4xx).
+    /// Records dropped: access queue full, a record the sink refused alone (413, 400,
+    /// 422 after splitting), an Elasticsearch item refused for good, or a batch refused
+    /// for good (another 4xx).
     pub dropped: AtomicU64,
     /// Bytes waiting for the sink: in the on-disk spool plus the batch in hand.
     pub buffered_bytes: AtomicU64,
@@ -142,7 +144,7 @@ impl Figures {
             .single(
                 "outrider_sidecar_log_records_dropped_total",
                 Kind::Counter,
-                "Log records dropped (access queue full, or refused by the sink for good).",
+                "Log records dropped (access queue full, or refused by the sink for good, alone or as a batch).",
                 v.dropped,
             )
             .single(

@@ -94,7 +94,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let pod = cfg.pod();
     let span = info_span!("sidecar", service = %cfg.service, pod = %pod);
     async move {
-        let state = Arc::new(SidecarState::new());
+        let confinement = Arc::new(cfg.log_confinement()?);
+        let check = Arc::clone(&confinement);
+        let state = Arc::new(SidecarState::new().with_logging_check(Box::new(move |p| check.check(p))));
         // Destinations first: the snapshot applied next picks them up.
         match persist::load_destinations(&cfg.state_dir) {
             Ok(Some(table)) => match state.load_destinations(&table) {
@@ -185,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             state_dir: cfg.state_dir.clone(),
             buffer_bytes: cfg.log_buffer_bytes,
+            confinement,
         };
         let applied = state.clone();
         let logging = PolicyFeed::new(state.subscribe(), move || {

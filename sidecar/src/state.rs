@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::outbound::table::{self, Destinations, Held, TableError};
 use crate::ratelimit::RateLimiter;
 use arc_swap::ArcSwapOption;
-use outrider_policy::{LoggingPolicy, PolicyError, RateLimitPolicy};
+use outrider_policy::{FieldError, LoggingPolicy, PolicyError, RateLimitPolicy};
 use outrider_proto::v1::{DestinationTable, Destinations as DestinationsMsg, Snapshot};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,9 +152,17 @@ pub enum ApplyError {
     RateLimit(PolicyError),
     #[error("logging policy: {0}")]
     Logging(PolicyError),
+    /// Valid as a document, but reaching outside what this sidecar's settings allow.
+    #[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    Confined(Vec<FieldError>),
     #[error("service share {0} is not in (0, 1]")]
     Share(f64),
 }
+
+/// The sidecar's own limits on a LoggingPolicy (what it may read and write), checked
+/// before one is applied. A function rather than log shipping's type, so that the
+/// state does not import `logship`, which imports the state.
+pub type LoggingCheck = Box<dyn Fn(&LoggingPolicy) -> Vec<FieldError> + Send + Sync>;
 
 /// Shared by the inbound proxy, the admin server and the agent.
 pub struct SidecarState {
@@ -170,6 +178,7 @@ pub struct SidecarState {
     /// Bumped after every destination update (what a discovering request waits on).
     destination_changes: watch::Sender<u64>,
     pub discovery: Discovery,
+    logging_check: Option<LoggingCheck>,
 }
 
 impl Default for SidecarState {
@@ -189,7 +198,14 @@ impl SidecarState {
             destinations: Mutex::default(),
             destination_changes: watch::channel(0).0,
             discovery: Discovery::default(),
+            logging_check: None,
         }
+    }
+
+    /// Refuses (for a NACK) every snapshot whose LoggingPolicy `check` finds fault with.
+    pub fn with_logging_check(mut self, check: LoggingCheck) -> Self {
+        self.logging_check = Some(check);
+        self
     }
 
     /// Ready once a snapshot has been applied, from the control plane or from disk.
@@ -339,6 +355,12 @@ impl SidecarState {
             .map(|j| outrider_policy::parse_document::<LoggingPolicy>(j.as_bytes()))
             .transpose()
             .map_err(ApplyError::Logging)?;
+        if let (Some(check), Some(policy)) = (&self.logging_check, &logging) {
+            let errors = check(policy);
+            if !errors.is_empty() {
+                return Err(ApplyError::Confined(errors));
+            }
+        }
         let previous = self.applied.load_full();
         // Buckets carry over from the previous snapshot so that a re-split or an
         // unrelated change does not hand every client a fresh burst.
@@ -441,6 +463,31 @@ mod tests {
         ));
         assert!(!state.is_ready(), "nothing was ever applied");
         assert_eq!(state.applied_revision(), 0);
+    }
+
+    #[test]
+    fn a_logging_policy_the_check_refuses_is_nacked_naming_the_field_and_the_old_one_stays() {
+        let state = SidecarState::new().with_logging_check(Box::new(|p: &LoggingPolicy| {
+            p.app_logs
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.path.starts_with("/var/log/"))
+                .map(|(i, _)| FieldError::new(format!("logging.appLogs[{i}].path"), "outside"))
+                .collect()
+        }));
+        let ok = Snapshot {
+            logging: r#"{"appLogs":[{"path":"/var/log/a.log"}],"sink":{"type":"stdout"}}"#.into(),
+            ..snapshot(1, "")
+        };
+        state.apply(&ok, Source::ControlPlane).unwrap();
+        let bad = Snapshot {
+            logging: r#"{"appLogs":[{"path":"/etc/hostname"}],"sink":{"type":"stdout"}}"#.into(),
+            ..snapshot(2, "")
+        };
+        let err = state.apply(&bad, Source::ControlPlane).unwrap_err();
+        assert!(matches!(err, ApplyError::Confined(_)), "{err}");
+        assert_eq!(err.to_string(), "logging.appLogs[0].path: outside");
+        assert_eq!(state.applied_revision(), 1);
     }
 
     #[test]

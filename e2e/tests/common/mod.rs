@@ -1,7 +1,7 @@
 //! Shared harness: real control-plane and sidecar processes on free ports.
 #![allow(dead_code)]
 
-use outrider_testkit::{bin_path, free_port, wait_for_http_ok, wait_until, Proc};
+use outrider_testkit::{bin_path, echo, free_port, wait_for_http_ok, wait_until, Proc};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -188,6 +188,38 @@ impl Sidecar {
         s
     }
 
+    /// Starts a sidecar whose app log volume (`OUTRIDER_LOG_PATHS`) is the directory
+    /// `logs` rather than the default `/var/log`.
+    pub async fn start_with_log_volume(
+        cp_grpc: &str,
+        service: &str,
+        pod: &str,
+        app_port: u16,
+        state_dir: &Path,
+        logs: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let log_paths = format!("{}/**", logs.display());
+        let mut env = vec![("OUTRIDER_LOG_PATHS", log_paths.as_str())];
+        env.extend_from_slice(extra);
+        Self::start_with(cp_grpc, service, pod, "v1", app_port, state_dir, &env).await
+    }
+
+    /// A counter or gauge from the admin port's `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = client()
+            .get(format!("{}/metrics", self.admin()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn wait_up(&mut self) {
         if let Err(e) = wait_for_http_ok(&format!("{}/healthz", self.admin()), SOON).await {
             self.proc.print_log_tail(50);
@@ -322,4 +354,65 @@ fn psql(url: &str, sql: &str) {
         Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => panic!("psql is needed to create test databases: {e}"),
     }
+}
+
+/// For the log-shipping tests: a control plane, an echo app and a `web` sidecar (pod
+/// `web-a`) whose app log volume is the temporary directory `logs`.
+pub struct LogSetup {
+    pub dir: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub sidecar: Sidecar,
+    pub app: Proc,
+    pub logs: PathBuf,
+    /// The sidecar's state directory.
+    pub state: PathBuf,
+}
+
+impl LogSetup {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more sidecar variables (`OUTRIDER_SINK_HOSTS`, say).
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("applogs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let cp = ControlPlane::start(&dir.path().join("cp")).await;
+        let app_port = free_port();
+        let app = echo(app_port);
+        let state = dir.path().join("sidecar");
+        let sidecar = Sidecar::start_with_log_volume(&cp.grpc(), "web", "web-a", app_port, &state, &logs, extra).await;
+        Self {
+            dir,
+            cp,
+            sidecar,
+            app,
+            logs,
+            state,
+        }
+    }
+
+    /// PUTs `doc` as web's LoggingPolicy (the control plane must accept it); returns
+    /// its revision.
+    pub async fn put(&self, doc: &str) -> u64 {
+        let (status, body) = self.cp.put_policy("web", "logging", doc).await;
+        assert_eq!(status, 200, "{body}");
+        body["revision"].as_u64().unwrap()
+    }
+
+    /// PUTs `doc` and waits until the sidecar enforces it.
+    pub async fn applied(&mut self, doc: &str) -> u64 {
+        let revision = self.put(doc).await;
+        self.sidecar.wait_revision(revision).await;
+        revision
+    }
+}
+
+/// Serves `app` on a free loopback port; returns `http://127.0.0.1:PORT`.
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
 }

@@ -7,9 +7,13 @@
 //! - `access`: the proxy builds a small record after the response head and `try_send`s
 //!   it on a bounded channel; when the channel is full the record is dropped and
 //!   counted, so the request path never waits for shipping.
-//! - `tail`: files matching `appLogs[].path` globs, tracked by (device, inode), with
-//!   rename and copytruncate rotation; parsed by `parse`.
-//! - `pipeline`: batches by size and interval; each batch carries the file positions
+//! - `confine`: what the sidecar's settings let a policy read and write
+//!   (`OUTRIDER_LOG_PATHS`, `OUTRIDER_SINK_DIR`, `OUTRIDER_SINK_HOSTS`), checked before a
+//!   policy is applied and again whenever a file is opened.
+//! - `tail`: files matching `appLogs[].path` globs (and the allowed globs, on their
+//!   canonical paths), tracked by (device, inode), with rename and copytruncate
+//!   rotation; parsed by `parse`.
+//! - `pipeline`: batches by records, bytes and interval; each batch carries the file positions
 //!   it covers. `spool`: when the sink fails, batches go to a bounded on-disk spool
 //!   (FIFO) and are retried with backoff; when the spool is full the reader stops
 //!   (backpressure), it never grows memory. Positions are written to
@@ -20,6 +24,7 @@
 //! proxies; the shipper takes its policy through a [`PolicyFeed`].
 
 pub mod access;
+pub mod confine;
 pub mod parse;
 pub mod pipeline;
 pub mod shipper;
@@ -30,6 +35,7 @@ pub mod tail;
 // The hand-off types live in a leaf module so that the state can hold the hub
 // without importing this module (which imports the state).
 pub use crate::loghub::{FigureValues, Figures, LogHub, ACCESS_QUEUE};
+pub use confine::{Confinement, ConfinementError};
 pub use shipper::{PolicyFeed, Shipper, ShipperError, ShipperThread, SHUTDOWN_BUDGET};
 
 /// Who this instance is; every shipped record carries these fields.

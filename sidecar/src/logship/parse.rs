@@ -77,6 +77,30 @@ pub fn enrich(m: &mut Map<String, Value>, id: &Identity) {
     m.insert("pod".into(), id.pod.clone().into());
 }
 
+/// The fields the sidecar sets on every app record. An app field of one of these
+/// names, or named `app`, is moved under `app`: a line can then neither pass for
+/// another instance, file, source or time, nor lose what the app wrote.
+pub const MESH_FIELDS: [&str; 7] = ["service", "version", "namespace", "pod", "source", "file", "timestamp"];
+
+/// An app record as shipped: `m` (the parsed line) with its clashing fields moved
+/// under `app`, then `timestamp` (when the sidecar read it), `source: app`, `file`
+/// and the identity set by the sidecar.
+pub fn stamp_app_record(m: &mut Map<String, Value>, id: &Identity, file: &str, timestamp: String) {
+    let mut moved = Map::new();
+    for key in MESH_FIELDS.iter().chain(&["app"]) {
+        if let Some(v) = m.remove(*key) {
+            moved.insert((*key).to_owned(), v);
+        }
+    }
+    if !moved.is_empty() {
+        m.insert("app".into(), Value::Object(moved));
+    }
+    m.insert("timestamp".into(), timestamp.into());
+    m.insert("source".into(), "app".into());
+    m.insert("file".into(), file.into());
+    enrich(m, id);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +127,35 @@ mod tests {
         assert_eq!(m["msg"], "disk almost full");
         assert_eq!(m["message"], "WARN disk almost full");
         assert_eq!(p.parse("lowercase")["message"], "lowercase");
+    }
+
+    #[test]
+    fn app_fields_named_like_mesh_fields_move_under_app_and_the_sidecars_win() {
+        let mut m = parser(r#"{"path":"/l/x","parser":"json"}"#).parse(
+            r#"{"source":"access","file":"/etc/shadow","timestamp":"1999-01-01T00:00:00Z",
+                "service":"billing","pod":"other","app":"mine","level":"warn"}"#,
+        );
+        let id = Identity {
+            service: "web".into(),
+            version: "v1".into(),
+            namespace: "default".into(),
+            pod: "web-1".into(),
+        };
+        stamp_app_record(&mut m, &id, "/var/log/app/a.log", "2026-01-01T00:00:00.000Z".into());
+        assert_eq!(m["source"], "app");
+        assert_eq!(m["file"], "/var/log/app/a.log");
+        assert_eq!(m["timestamp"], "2026-01-01T00:00:00.000Z");
+        assert_eq!((&m["service"], &m["pod"]), (&"web".into(), &"web-1".into()));
+        assert_eq!(m["level"], "warn", "other fields stay where they were");
+        let app = &m["app"];
+        assert_eq!(app["source"], "access");
+        assert_eq!(app["file"], "/etc/shadow");
+        assert_eq!(app["timestamp"], "1999-01-01T00:00:00Z");
+        assert_eq!(app["service"], "billing");
+        assert_eq!(app["app"], "mine", "the app's own `app` field is kept too");
+        let mut plain = parser(r#"{"path":"/l/x"}"#).parse("hello");
+        stamp_app_record(&mut plain, &id, "/f", "t".into());
+        assert!(plain.get("app").is_none(), "nothing clashed, nothing moved");
     }
 
     #[test]

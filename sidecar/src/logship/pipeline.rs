@@ -4,16 +4,18 @@
 //! restart on a new policy (or a crash) costs at most duplicates.
 
 use super::access::{self, AccessRecord};
-use super::parse::{enrich, Parser};
+use super::confine::Confinement;
+use super::parse::{stamp_app_record, Parser};
 use super::sink::{Record, SinkClient, SinkError};
 use super::spool::{Batch, Spool};
-use super::tail::{Position, Tailer};
+use super::tail::{Flow, Position, Tailer};
 use super::{rfc3339_millis, Figures, Identity};
-use outrider_policy::LoggingPolicy;
+use outrider_policy::{LogFormat, LoggingPolicy};
 use outrider_runtime::fs::{write_atomic_with, WriteOptions};
 use outrider_runtime::time::now_ms;
 use outrider_runtime::Backoff;
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Bound of the on-disk spool (`OUTRIDER_LOG_BUFFER_BYTES`).
     pub buffer_bytes: u64,
+    /// What may be read and written (`OUTRIDER_LOG_PATHS`, `OUTRIDER_SINK_DIR`, …).
+    pub confinement: Arc<Confinement>,
 }
 
 /// Reads and delivers until `stop` turns true (then flushes what it holds and ends)
@@ -51,7 +55,16 @@ pub async fn pipeline(
         identity,
         state_dir,
         buffer_bytes,
+        confinement,
     } = settings;
+    // Checked before the policy was applied; checked again here so that no way of
+    // starting a pipeline can skip it.
+    let refused = confinement.check(&policy);
+    if !refused.is_empty() {
+        let why: Vec<String> = refused.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+        warn!(errors = %why.join("; "), "the logging policy reaches outside this sidecar's settings; log shipping is off");
+        return;
+    }
     let mut sources = Vec::new();
     for l in &policy.app_logs {
         match Parser::compile(l) {
@@ -70,13 +83,13 @@ pub async fn pipeline(
             return;
         }
     };
-    let sink = SinkClient::new(&policy.sink, identity.clone());
+    let sink = SinkClient::new(&policy.sink, identity.clone(), Arc::clone(&confinement));
     // One batch in hand on each side: the reader waits (backpressure) while the
     // sender is busy or the spool is full.
     let (tx, rx) = mpsc::channel::<Batch>(1);
     let parsers: Vec<Parser> = sources.iter().map(|(_, p)| p.clone()).collect();
     let reader = read_loop(
-        Tailer::new(sources, resume),
+        Tailer::new(sources, resume, confinement),
         parsers,
         policy,
         identity,
@@ -87,6 +100,100 @@ pub async fn pipeline(
     );
     let sender = send_loop(rx, spool, sink, figures, checkpoint);
     tokio::join!(reader, sender);
+}
+
+/// The batch being filled: it closes at `batchSize` records or `batchBytes` bytes,
+/// whichever comes first. A record larger than the byte bound is taken by an empty
+/// batch only, so it travels alone and never makes its neighbours' body too large.
+struct Filling {
+    records: Vec<Record>,
+    bytes: u64,
+    max_records: usize,
+    max_bytes: u64,
+}
+
+impl Filling {
+    fn new(max_records: usize, max_bytes: u64) -> Self {
+        Self {
+            records: Vec::with_capacity(max_records.min(4096)),
+            bytes: 0,
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Takes `r`, or gives it back when the batch has no room for it.
+    fn offer(&mut self, r: Record) -> Result<(), Record> {
+        let size = r.size();
+        if self.is_full() || (!self.records.is_empty() && self.bytes + size > self.max_bytes) {
+            return Err(r);
+        }
+        self.bytes += size;
+        self.records.push(r);
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= self.max_records || self.bytes >= self.max_bytes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<Record> {
+        self.bytes = 0;
+        std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records.min(4096)))
+    }
+}
+
+/// Access records between the queue and the batch. One that did not fit waits in
+/// `carry` for the next batch: unlike a file line it exists nowhere else, and it
+/// covers no file position, so it may open the next batch.
+struct AccessFeed<'a> {
+    rx: tokio::sync::MutexGuard<'a, mpsc::Receiver<AccessRecord>>,
+    carry: Option<Record>,
+    format: LogFormat,
+    identity: &'a Identity,
+    figures: &'a Figures,
+}
+
+impl AccessFeed<'_> {
+    fn record(&self, r: &AccessRecord) -> Record {
+        self.figures.access_records.fetch_add(1, Ordering::Relaxed);
+        let m = access::to_json(r, self.format, self.identity);
+        Record {
+            unix_ms: r.unix_ms,
+            json: Value::Object(m).to_string(),
+        }
+    }
+
+    /// Offers `r` to the batch; keeps it for the next one when it does not fit.
+    fn offer(&mut self, batch: &mut Filling, r: Record) -> bool {
+        match batch.offer(r) {
+            Ok(()) => true,
+            Err(r) => {
+                self.carry = Some(r);
+                false
+            }
+        }
+    }
+
+    /// Moves queued records into the batch while it has room.
+    fn fill(&mut self, batch: &mut Filling) {
+        if let Some(r) = self.carry.take() {
+            if !self.offer(batch, r) {
+                return;
+            }
+        }
+        while !batch.is_full() {
+            let Ok(r) = self.rx.try_recv() else { break };
+            let r = self.record(&r);
+            if !self.offer(batch, r) {
+                return;
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -100,10 +207,14 @@ async fn read_loop(
     tx: mpsc::Sender<Batch>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut access_rx = access_rx.lock().await;
-    let batch_size = policy.sink.batch_size as usize;
+    let mut access = AccessFeed {
+        rx: access_rx.lock().await,
+        carry: None,
+        format: policy.access_log.format,
+        identity: &identity,
+        figures: &figures,
+    };
     let flush = policy.sink.flush_interval.as_std();
-    let format = policy.access_log.format;
     let redact: Vec<String> = policy
         .access_log
         .redact_headers
@@ -111,7 +222,7 @@ async fn read_loop(
         .map(|h| h.to_ascii_lowercase())
         .collect();
     let has_files = !policy.app_logs.is_empty();
-    let mut records: Vec<Record> = Vec::with_capacity(batch_size);
+    let mut batch = Filling::new(policy.sink.batch_size as usize, policy.sink.batch_bytes);
     let mut deadline = Instant::now() + flush;
     let mut next_scan = Instant::now();
     loop {
@@ -120,19 +231,15 @@ async fn read_loop(
             // where to resume), but access records live only in memory, so they and
             // the lines in hand go out now.
             loop {
-                while records.len() < batch_size {
-                    let Ok(r) = access_rx.try_recv() else { break };
-                    figures.access_records.fetch_add(1, Ordering::Relaxed);
-                    push_access(&mut records, &r, format, &identity);
-                }
-                if records.is_empty() {
+                access.fill(&mut batch);
+                if batch.is_empty() {
                     return;
                 }
-                let batch = Batch {
-                    records: std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
+                let b = Batch {
+                    records: batch.take(),
                     positions: tailer.positions(),
                 };
-                if tx.send(batch).await.is_err() {
+                if tx.send(b).await.is_err() {
                     return;
                 }
             }
@@ -142,39 +249,42 @@ async fn read_loop(
             next_scan = Instant::now() + SCAN_EVERY;
         }
         let mut read = 0;
+        // Set when the tailer offered a record the batch had no room for.
+        let mut full = false;
         if has_files {
             let now = now_ms();
             let mut emit = |line: super::tail::Line<'_>| {
+                if batch.is_full() {
+                    full = true;
+                    return Flow::Break(());
+                }
                 let mut m = parsers[line.source].parse(line.text);
                 redact_fields(&mut m, &redact);
-                m.entry("timestamp").or_insert_with(|| rfc3339_millis(now).into());
-                m.entry("source").or_insert_with(|| "app".into());
-                m.entry("file").or_insert_with(|| line.path.into());
-                enrich(&mut m, &identity);
-                records.push(Record {
+                stamp_app_record(&mut m, &identity, line.path, rfc3339_millis(now));
+                let record = Record {
                     unix_ms: now,
                     json: Value::Object(m).to_string(),
-                });
+                };
+                match batch.offer(record) {
+                    Ok(()) => Flow::Continue(()),
+                    // The tailer rewinds: the line is read again for the next batch.
+                    Err(_) => {
+                        full = true;
+                        Flow::Break(())
+                    }
+                }
             };
             read = tailer.read(&mut emit);
             figures.lines_read.fetch_add(read, Ordering::Relaxed);
         }
-        while records.len() < batch_size {
-            match access_rx.try_recv() {
-                Ok(r) => {
-                    figures.access_records.fetch_add(1, Ordering::Relaxed);
-                    push_access(&mut records, &r, format, &identity);
-                }
-                Err(_) => break,
-            }
-        }
+        access.fill(&mut batch);
         let due = Instant::now() >= deadline;
-        if records.len() >= batch_size || (due && !records.is_empty()) {
-            let batch = Batch {
-                records: std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
+        if full || batch.is_full() || access.carry.is_some() || (due && !batch.is_empty()) {
+            let b = Batch {
+                records: batch.take(),
                 positions: tailer.positions(),
             };
-            if tx.send(batch).await.is_err() {
+            if tx.send(b).await.is_err() {
                 return;
             }
             deadline = Instant::now() + flush;
@@ -190,10 +300,10 @@ async fn read_loop(
         // Idle: wake for an access record, the batch deadline or the next scan.
         let wake = if has_files { next_scan.min(deadline) } else { deadline };
         tokio::select! {
-            r = access_rx.recv() => match r {
+            r = access.rx.recv() => match r {
                 Some(r) => {
-                    figures.access_records.fetch_add(1, Ordering::Relaxed);
-                    push_access(&mut records, &r, format, &identity);
+                    let r = access.record(&r);
+                    access.offer(&mut batch, r);
                 }
                 None => return,
             },
@@ -206,14 +316,6 @@ async fn read_loop(
 /// Asked to stop, or its owner is gone (which asks the same).
 fn stopping(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
-}
-
-fn push_access(records: &mut Vec<Record>, r: &AccessRecord, format: outrider_policy::LogFormat, id: &Identity) {
-    let m = access::to_json(r, format, id);
-    records.push(Record {
-        unix_ms: r.unix_ms,
-        json: Value::Object(m).to_string(),
-    });
 }
 
 /// Fields of an app's JSON record named like a redacted header are masked too: an
@@ -255,12 +357,12 @@ async fn send_loop(
             figures.buffered_bytes.store(batch.bytes(), Ordering::Relaxed);
             match deliver(&sink, &batch, figures, &checkpoint).await {
                 Ok(()) => attempt = 0,
-                Err(()) => {
-                    if let Err(e) = spool.push(&batch) {
+                Err(rest) => {
+                    if let Err(e) = spool.push(&rest) {
                         // Cannot buffer on disk: keep retrying this batch in hand
                         // rather than lose it; the reader waits meanwhile.
                         warn!(error = %e, "cannot spool a batch; retrying it from memory");
-                        retry_in_memory(&sink, batch, figures, &checkpoint).await;
+                        retry_in_memory(&sink, rest, figures, &checkpoint).await;
                     }
                     attempt = 1;
                 }
@@ -277,13 +379,22 @@ async fn send_loop(
                 continue;
             }
         };
-        if deliver(&sink, &head, figures, &checkpoint).await.is_ok() {
-            spool.pop_front();
-            if spool.is_empty() {
-                info!("log sink recovered; spool delivered");
+        match deliver(&sink, &head, figures, &checkpoint).await {
+            Ok(()) => {
+                spool.pop_front();
+                if spool.is_empty() {
+                    info!("log sink recovered; spool delivered");
+                }
+                attempt = 0;
+                continue;
             }
-            attempt = 0;
-            continue;
+            // Only what is left goes back: what the sink took is never sent again.
+            Err(rest) if rest.records.len() < head.records.len() => {
+                if let Err(e) = spool.replace_front(&rest) {
+                    warn!(error = %e, "cannot rewrite a spooled batch; it is sent whole again");
+                }
+            }
+            Err(_) => {}
         }
         attempt = attempt.saturating_add(1);
         let wait = tokio::time::sleep(RETRY.delay(attempt));
@@ -308,31 +419,72 @@ async fn send_loop(
     }
 }
 
-/// Sends one batch; on success checkpoints its positions.
-async fn deliver(sink: &SinkClient, batch: &Batch, figures: &Figures, checkpoint: &Path) -> Result<(), ()> {
-    let n = batch.records.len() as u64;
-    match sink.send(&batch.records).await {
-        Ok(()) => {
-            figures.shipped.fetch_add(n, Ordering::Relaxed);
+/// Sends one batch and, once every record in it is delivered or dropped, checkpoints
+/// its positions. A body the sink rejects (413, 400, 422) is split in halves and each
+/// half sent in turn, so a record it refuses alone is dropped and counted while its
+/// neighbours go through. `Err` holds the records still to send (the whole rest after
+/// a retryable failure, or the items an Elasticsearch `_bulk` answer asked for again),
+/// with the batch's positions: the caller retries only those.
+async fn deliver(sink: &SinkClient, batch: &Batch, figures: &Figures, checkpoint: &Path) -> Result<(), Batch> {
+    let mut parts: VecDeque<&[Record]> = VecDeque::from([&batch.records[..]]);
+    let mut again: Vec<Record> = Vec::new();
+    while let Some(part) = parts.pop_front() {
+        let n = part.len() as u64;
+        match sink.send(part).await {
+            Ok(accepted) => {
+                let retry = accepted.retry.len() as u64;
+                figures
+                    .shipped
+                    .fetch_add(n - retry - accepted.refused, Ordering::Relaxed);
+                if accepted.refused > 0 {
+                    figures.dropped.fetch_add(accepted.refused, Ordering::Relaxed);
+                    warn!(
+                        records = accepted.refused,
+                        first = accepted.refusal.as_deref().unwrap_or(""),
+                        "the sink refused records for good; dropped"
+                    );
+                }
+                if retry > 0 {
+                    figures.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(records = retry, "the sink asked for records again");
+                    again.extend(accepted.retry.iter().filter_map(|&i| part.get(i).cloned()));
+                }
+            }
+            Err(SinkError::Rejected(e)) if part.len() > 1 => {
+                // Halves, in order: the earlier records go first.
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push_front(b);
+                parts.push_front(a);
+                info!(error = %e, records = n, "the sink rejected a batch; sending it in halves");
+            }
+            Err(e @ (SinkError::Rejected(_) | SinkError::Refused(_))) => {
+                figures.sink_errors.fetch_add(1, Ordering::Relaxed);
+                figures.dropped.fetch_add(n, Ordering::Relaxed);
+                warn!(error = %e, records = n, "the sink refused records for good; dropped");
+            }
+            Err(e @ SinkError::Retry(_)) => {
+                figures.sink_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, records = n, "log delivery failed");
+                again.extend_from_slice(part);
+                again.extend(parts.drain(..).flatten().cloned());
+                break;
+            }
         }
-        Err(SinkError::Refused(e)) => {
-            figures.sink_errors.fetch_add(1, Ordering::Relaxed);
-            figures.dropped.fetch_add(n, Ordering::Relaxed);
-            warn!(error = %e, records = n, "the sink refused a batch");
-        }
-        Err(e @ SinkError::Retry(_)) => {
-            figures.sink_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(error = %e, records = n, "log delivery failed");
-            return Err(());
-        }
+    }
+    if !again.is_empty() {
+        return Err(Batch {
+            records: again,
+            positions: batch.positions.clone(),
+        });
     }
     save_positions(checkpoint, &batch.positions);
     Ok(())
 }
 
-async fn retry_in_memory(sink: &SinkClient, batch: Batch, figures: &Figures, checkpoint: &Path) {
+async fn retry_in_memory(sink: &SinkClient, mut batch: Batch, figures: &Figures, checkpoint: &Path) {
     let mut attempt = 1;
-    while deliver(sink, &batch, figures, checkpoint).await.is_err() {
+    while let Err(rest) = deliver(sink, &batch, figures, checkpoint).await {
+        batch = rest;
         tokio::time::sleep(RETRY.delay(attempt)).await;
         attempt = attempt.saturating_add(1);
     }
@@ -355,5 +507,159 @@ fn save_positions(path: &Path, positions: &[Position]) {
     };
     if let Err(e) = write_atomic_with(path, &data, &not_durable) {
         warn!(path = %path.display(), error = %e, "cannot save log positions");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use std::sync::Mutex as StdMutex;
+
+    fn record(text: &str) -> Record {
+        Record {
+            unix_ms: 1,
+            json: serde_json::json!({ "message": text }).to_string(),
+        }
+    }
+
+    #[test]
+    fn a_batch_closes_at_its_byte_bound_and_a_larger_record_travels_alone() {
+        let mut b = Filling::new(100, 100);
+        b.offer(record("a")).unwrap(); // 15 + 16 bytes
+        b.offer(record("b")).unwrap();
+        let big = record(&"x".repeat(200));
+        let big = b.offer(big).unwrap_err();
+        assert_eq!(b.take().len(), 2, "the big one did not join its neighbours");
+        b.offer(big).unwrap();
+        assert!(b.is_full(), "alone, and nothing after it");
+        assert!(b.offer(record("c")).is_err());
+        let mut counted = Filling::new(2, 1 << 20);
+        counted.offer(record("a")).unwrap();
+        counted.offer(record("b")).unwrap();
+        assert!(counted.offer(record("c")).is_err(), "records bound it as well");
+    }
+
+    /// A collector on a real socket; `answer` decides each POST from its body.
+    async fn collector(
+        answer: impl Fn(&str) -> (StatusCode, String) + Clone + Send + Sync + 'static,
+    ) -> (String, Arc<StdMutex<Vec<String>>>) {
+        let got = Arc::new(StdMutex::new(Vec::new()));
+        let seen = Arc::clone(&got);
+        let app = axum::Router::new().route(
+            "/in",
+            post(move |State(()): State<()>, body: Bytes| {
+                let answer = answer.clone();
+                let seen = Arc::clone(&seen);
+                async move {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let (status, reply) = answer(&text);
+                    if status.is_success() {
+                        seen.lock().unwrap().push(text);
+                    }
+                    (status, reply)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/in", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app.with_state(())).await });
+        (url, got)
+    }
+
+    fn client(url: &str, format: &str, dir: &Path) -> SinkClient {
+        let sink: outrider_policy::Sink =
+            serde_json::from_str(&format!(r#"{{"type":"http","url":"{url}","format":"{format}"}}"#)).unwrap();
+        let confinement = Confinement::new("/var/log/**", &dir.join("sinks"), "", &[]).unwrap();
+        SinkClient::new(&sink, Identity::default(), Arc::new(confinement))
+    }
+
+    #[tokio::test]
+    async fn a_record_refused_alone_is_dropped_and_counted_and_its_neighbours_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, got) = collector(|body: &str| {
+            if body.len() > 2000 {
+                (StatusCode::PAYLOAD_TOO_LARGE, String::new())
+            } else {
+                (StatusCode::OK, String::new())
+            }
+        })
+        .await;
+        let sink = client(&url, "ndjson", dir.path());
+        let mut records: Vec<Record> = (0..5).map(|i| record(&format!("before {i}"))).collect();
+        records.push(record(&"x".repeat(3000)));
+        records.extend((0..5).map(|i| record(&format!("after {i}"))));
+        let batch = Batch {
+            records,
+            positions: Vec::new(),
+        };
+        let figures = Figures::default();
+        let checkpoint = dir.path().join(CHECKPOINT);
+        deliver(&sink, &batch, &figures, &checkpoint).await.unwrap();
+        let delivered: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(delivered.len(), 10, "{delivered:?}");
+        assert!(
+            delivered[0].contains("before 0") && delivered[9].contains("after 4"),
+            "in order"
+        );
+        let v = figures.values();
+        assert_eq!((v.shipped, v.dropped), (10, 1));
+        assert!(checkpoint.exists(), "the batch is done: its positions are saved");
+    }
+
+    #[tokio::test]
+    async fn bulk_items_answered_429_are_sent_again_alone_and_refused_items_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (url, got) = collector(move |body: &str| {
+            let docs: Vec<&str> = body.lines().skip(1).step_by(2).collect();
+            let items: Vec<String> = docs
+                .iter()
+                .map(|d| {
+                    let status = if d.contains("mapping") {
+                        400
+                    } else if d.contains("busy") && busy_once.swap(false, Ordering::SeqCst) {
+                        429
+                    } else {
+                        201
+                    };
+                    format!(r#"{{"create":{{"status":{status}}}}}"#)
+                })
+                .collect();
+            (
+                StatusCode::OK,
+                format!(r#"{{"errors":true,"items":[{}]}}"#, items.join(",")),
+            )
+        })
+        .await;
+        let sink = client(&url, "elasticsearch-bulk", dir.path());
+        let batch = Batch {
+            records: vec![record("ok 1"), record("mapping"), record("busy"), record("ok 2")],
+            positions: Vec::new(),
+        };
+        let figures = Figures::default();
+        let checkpoint = dir.path().join(CHECKPOINT);
+        let rest = deliver(&sink, &batch, &figures, &checkpoint).await.unwrap_err();
+        assert_eq!(rest.records, [record("busy")], "only the 429 item comes back");
+        assert!(!checkpoint.exists(), "not done yet: no checkpoint");
+        deliver(&sink, &rest, &figures, &checkpoint).await.unwrap();
+        let bodies = got.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 2);
+        assert_eq!(
+            bodies[1].lines().count(),
+            2,
+            "the retry carries one action and one document"
+        );
+        let v = figures.values();
+        assert_eq!((v.shipped, v.dropped), (3, 1));
+        assert!(checkpoint.exists());
     }
 }

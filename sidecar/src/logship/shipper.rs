@@ -21,7 +21,7 @@
 
 use super::access::AccessRecord;
 use super::pipeline::{pipeline, Settings};
-use super::{Figures, Identity, LogHub};
+use super::{Confinement, Figures, Identity, LogHub};
 use outrider_policy::LoggingPolicy;
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,6 +58,8 @@ pub struct Shipper {
     pub state_dir: PathBuf,
     /// Bound of the on-disk spool (`OUTRIDER_LOG_BUFFER_BYTES`).
     pub buffer_bytes: u64,
+    /// What policies may read and write.
+    pub confinement: Arc<Confinement>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,7 @@ impl Shipper {
                         identity: self.identity.clone(),
                         state_dir: self.state_dir.clone(),
                         buffer_bytes: self.buffer_bytes,
+                        confinement: Arc::clone(&self.confinement),
                     };
                     let (stop_tx, stop) = watch::channel(false);
                     let task = tokio::spawn(
@@ -200,7 +203,7 @@ mod tests {
         let json = format!(
             r#"{{"accessLog": {{"enabled": {access}}},
                  "appLogs": [{{"path": "{d}/app.log", "parser": "json"}}],
-                 "sink": {{"type": "file", "path": "{d}/shipped.ndjson", "batchSize": 1000, "flushInterval": "{flush}"}}}}"#
+                 "sink": {{"type": "file", "path": "shipped.ndjson", "batchSize": 1000, "flushInterval": "{flush}"}}}}"#
         );
         outrider_policy::parse_document(json.as_bytes()).unwrap()
     }
@@ -219,6 +222,15 @@ mod tests {
             },
             state_dir: dir.join("state"),
             buffer_bytes: 1 << 20,
+            confinement: Arc::new(
+                Confinement::new(
+                    &format!("{}/*.log", dir.display()),
+                    &dir.join("sinks"),
+                    "",
+                    &[&dir.join("state")],
+                )
+                .unwrap(),
+            ),
         };
         let (changes, changed) = watch::channel(0);
         let feed = PolicyFeed::new(changed, move || Some(policy.clone()));
@@ -232,7 +244,7 @@ mod tests {
     }
 
     fn shipped_lines(dir: &Path) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("shipped.ndjson"))
+        std::fs::read_to_string(dir.join("sinks/shipped.ndjson"))
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

@@ -2,16 +2,20 @@
 //! (one JSON object a line), `elasticsearch-bulk` (`_bulk` action/document pairs)
 //! and `loki` (the push API's JSON) — with optional gzip on HTTP bodies.
 //!
-//! A delivery either succeeds, fails in a way worth retrying (connection, timeout,
-//! 408/429/5xx, Elasticsearch item errors), or is refused for good (other 4xx): a
-//! refused batch is dropped and counted rather than retried forever, which would
-//! stop all shipping behind one bad batch.
+//! A delivery either succeeds (perhaps partly: an Elasticsearch `_bulk` answer names
+//! the items to send again and those refused for good), fails in a way worth retrying
+//! (connection, timeout, 408/429/5xx), is rejected as a body (400, 413, 422: the
+//! pipeline splits the batch to find the record at fault), or is refused for good
+//! (other 4xx: dropped and counted rather than retried forever, which would stop all
+//! shipping behind one bad batch).
 
+use super::confine::Confinement;
 use super::Identity;
 use flate2::write::GzEncoder;
 use outrider_policy::{Compression, Sink, SinkFormat, SinkType};
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bound on one HTTP delivery, so a stalled collector becomes a retry, never a hang.
@@ -24,12 +28,35 @@ pub struct Record {
     pub json: String,
 }
 
+impl Record {
+    /// What the record counts for against `batchBytes` and the spool's bound: its
+    /// JSON and a little framing.
+    pub fn size(&self) -> u64 {
+        self.json.len() as u64 + 16
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{0} (will retry)")]
     Retry(String),
+    /// The body was refused: alone, the record in it is dropped; otherwise the
+    /// batch is split to find it.
+    #[error("{0} (body rejected)")]
+    Rejected(String),
     #[error("{0} (refused; batch dropped)")]
     Refused(String),
+}
+
+/// A delivery the sink answered with success, for all records or some of them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Indexes of the records to send again (items answered 429 or 5xx).
+    pub retry: Vec<usize>,
+    /// Records refused for good (items answered another status): dropped.
+    pub refused: u64,
+    /// The first refused item's error, for the log.
+    pub refusal: Option<String>,
 }
 
 pub struct SinkClient {
@@ -37,31 +64,38 @@ pub struct SinkClient {
     format: SinkFormat,
     gzip: bool,
     url: String,
-    path: PathBuf,
+    /// The file sink's path under the sink directory; `Err` if it is not (the
+    /// policy was checked before it was applied, so only a changed setting gets here).
+    path: Result<PathBuf, String>,
+    confinement: Arc<Confinement>,
     identity: Identity,
     http: reqwest::Client,
 }
 
 impl SinkClient {
-    pub fn new(sink: &Sink, identity: Identity) -> Self {
+    pub fn new(sink: &Sink, identity: Identity, confinement: Arc<Confinement>) -> Self {
         Self {
             kind: sink.kind,
             format: sink.format.unwrap_or(SinkFormat::Ndjson),
             gzip: sink.compression == Compression::Gzip,
             url: sink.url.clone().unwrap_or_default(),
-            path: PathBuf::from(sink.path.clone().unwrap_or_default()),
+            path: confinement.sink_path(sink.path.as_deref().unwrap_or_default()),
+            confinement,
             identity,
             http: reqwest::Client::builder()
                 .timeout(HTTP_TIMEOUT)
                 .connect_timeout(Duration::from_secs(2))
+                // A redirect would take the records (307/308 keep the body) to a host
+                // nobody allowed in OUTRIDER_SINK_HOSTS.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
         }
     }
 
-    pub async fn send(&self, records: &[Record]) -> Result<(), SinkError> {
+    pub async fn send(&self, records: &[Record]) -> Result<Accepted, SinkError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Accepted::default());
         }
         match self.kind {
             // Written in place: the shipper has a thread of its own, so blocking it
@@ -71,22 +105,28 @@ impl SinkClient {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&body)
                     .and_then(|()| out.flush())
+                    .map(|()| Accepted::default())
                     .map_err(|e| SinkError::Retry(format!("stdout: {e}")))
             }
             SinkType::File => {
+                // Kept for retry rather than dropped: the lines stay in the app's files
+                // until the operator fixes the sink directory.
+                let path = self
+                    .path
+                    .as_ref()
+                    .map_err(|e| SinkError::Retry(format!("file sink: {e}")))?;
                 let body = encode(SinkFormat::Ndjson, records, &self.identity);
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
+                self.confinement
+                    .open_sink(path)
                     .and_then(|mut f| f.write_all(&body).and_then(|()| f.sync_data()))
-                    .map_err(|e| SinkError::Retry(format!("{}: {e}", self.path.display())))
+                    .map(|()| Accepted::default())
+                    .map_err(|e| SinkError::Retry(format!("{}: {e}", path.display())))
             }
             SinkType::Http => self.post(records).await,
         }
     }
 
-    async fn post(&self, records: &[Record]) -> Result<(), SinkError> {
+    async fn post(&self, records: &[Record]) -> Result<Accepted, SinkError> {
         let body = encode(self.format, records, &self.identity);
         let content_type = match self.format {
             SinkFormat::Ndjson | SinkFormat::ElasticsearchBulk => "application/x-ndjson",
@@ -107,25 +147,62 @@ impl SinkClient {
         let status = response.status();
         if status.is_success() {
             if self.format == SinkFormat::ElasticsearchBulk {
-                // _bulk answers 200 even when items failed; those must be retried.
-                let text = response.text().await.unwrap_or_default();
-                let failed = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("errors").and_then(serde_json::Value::as_bool))
-                    .unwrap_or(false);
-                if failed {
-                    return Err(SinkError::Retry("elasticsearch bulk: some items failed".into()));
-                }
+                // _bulk answers 200 even when items failed; the answer says which.
+                let text = response
+                    .text()
+                    .await
+                    .map_err(|e| SinkError::Retry(format!("POST {}: reading the answer: {e}", self.url)))?;
+                return bulk_outcome(&text, records.len());
             }
-            return Ok(());
+            return Ok(Accepted::default());
         }
         let what = format!("POST {}: {status}", self.url);
-        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Err(SinkError::Retry(what))
-        } else {
-            Err(SinkError::Refused(what))
+        match status.as_u16() {
+            408 | 429 | 500.. => Err(SinkError::Retry(what)),
+            400 | 413 | 422 => Err(SinkError::Rejected(what)),
+            _ => Err(SinkError::Refused(what)),
         }
     }
+}
+
+/// Reads an Elasticsearch `_bulk` answer to `sent` records: items answered 2xx are
+/// done, 429 and 5xx are to be sent again, any other status (a mapping error, say) is
+/// refused for good. An answer that cannot be matched to the records item by item
+/// is a failure of the whole request.
+fn bulk_outcome(text: &str, sent: usize) -> Result<Accepted, SinkError> {
+    use serde_json::Value;
+    let unreadable = |why: &str| SinkError::Retry(format!("elasticsearch bulk: {why}"));
+    let v: Value = serde_json::from_str(text).map_err(|_| unreadable("the answer is not JSON"))?;
+    if v.get("errors").and_then(Value::as_bool) == Some(false) {
+        return Ok(Accepted::default());
+    }
+    let items = v
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| unreadable("errors without items"))?;
+    if items.len() != sent {
+        return Err(unreadable(&format!("{} items answered for {sent} sent", items.len())));
+    }
+    let mut out = Accepted::default();
+    for (i, item) in items.iter().enumerate() {
+        // Each item is `{"<action>": {"status": …, "error": …}}`.
+        let result = item.as_object().and_then(|o| o.values().next());
+        let status = result.and_then(|r| r.get("status")).and_then(Value::as_u64);
+        match status {
+            Some(200..=299) => {}
+            Some(429 | 500..) | None => out.retry.push(i),
+            Some(s) => {
+                out.refused += 1;
+                if out.refusal.is_none() {
+                    let error = result
+                        .and_then(|r| r.get("error"))
+                        .map_or_else(String::new, Value::to_string);
+                    out.refusal = Some(format!("item {i}: {s} {error}"));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The request body for `format`.
@@ -229,6 +306,32 @@ mod tests {
         assert_eq!(stream["values"][0][0], "1000000000");
         let line: serde_json::Value = serde_json::from_str(stream["values"][0][1].as_str().unwrap()).unwrap();
         assert_eq!(line["message"], "a \"quoted\" one");
+    }
+
+    #[test]
+    fn a_bulk_answer_sorts_items_into_done_retried_and_refused() {
+        let answer = r#"{"took":3,"errors":true,"items":[
+            {"create":{"status":201}},
+            {"create":{"status":400,"error":{"type":"mapper_parsing_exception"}}},
+            {"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}},
+            {"create":{"status":503}},
+            {"create":{"status":201}}]}"#;
+        let a = bulk_outcome(answer, 5).unwrap();
+        assert_eq!(a.retry, [2, 3]);
+        assert_eq!(a.refused, 1);
+        assert!(a.refusal.unwrap().contains("mapper_parsing_exception"));
+        assert_eq!(
+            bulk_outcome(r#"{"errors":false,"items":[]}"#, 5).unwrap(),
+            Accepted::default()
+        );
+        assert!(
+            matches!(
+                bulk_outcome(r#"{"errors":true,"items":[]}"#, 2),
+                Err(SinkError::Retry(_))
+            ),
+            "items that cannot be matched to records retry the whole request"
+        );
+        assert!(matches!(bulk_outcome("<html>", 1), Err(SinkError::Retry(_))));
     }
 
     #[test]

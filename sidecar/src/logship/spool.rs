@@ -19,7 +19,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn bytes(&self) -> u64 {
-        self.records.iter().map(|r| r.json.len() as u64 + 16).sum()
+        self.records.iter().map(Record::size).sum()
     }
 }
 
@@ -98,25 +98,22 @@ impl Spool {
 
     pub fn push(&mut self, batch: &Batch) -> Result<(), SpoolError> {
         let path = self.path(self.next_seq);
-        let io = |source| SpoolError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut data = serde_json::to_vec(&batch.positions).unwrap_or_else(|_| b"[]".to_vec());
-        data.push(b'\n');
-        for r in &batch.records {
-            // Serialized JSON never holds a raw tab or newline, so both are safe
-            // separators.
-            data.extend_from_slice(r.unix_ms.to_string().as_bytes());
-            data.push(b'\t');
-            data.extend_from_slice(r.json.as_bytes());
-            data.push(b'\n');
-        }
-        // Durable: a spooled batch may hold access records that exist nowhere else.
-        outrider_runtime::fs::write_atomic(&path, &data).map_err(io)?;
-        self.queue.push_back((self.next_seq, data.len() as u64));
-        self.total += data.len() as u64;
+        let size = write_batch(&path, batch)?;
+        self.queue.push_back((self.next_seq, size));
+        self.total += size;
         self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Replaces the oldest batch with what is left of it to deliver (the sink took
+    /// the rest), so that a retry never resends what was accepted.
+    pub fn replace_front(&mut self, batch: &Batch) -> Result<(), SpoolError> {
+        let Some((seq, old)) = self.queue.front().copied() else {
+            return Ok(());
+        };
+        let size = write_batch(&self.path(seq), batch)?;
+        self.queue[0].1 = size;
+        self.total = self.total - old + size;
         Ok(())
     }
 
@@ -155,6 +152,27 @@ impl Spool {
     }
 }
 
+/// Writes `batch` to `path` atomically; returns the file's size.
+fn write_batch(path: &Path, batch: &Batch) -> Result<u64, SpoolError> {
+    let io = |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut data = serde_json::to_vec(&batch.positions).unwrap_or_else(|_| b"[]".to_vec());
+    data.push(b'\n');
+    for r in &batch.records {
+        // Serialized JSON never holds a raw tab or newline, so both are safe
+        // separators.
+        data.extend_from_slice(r.unix_ms.to_string().as_bytes());
+        data.push(b'\t');
+        data.extend_from_slice(r.json.as_bytes());
+        data.push(b'\n');
+    }
+    // Durable: a spooled batch may hold access records that exist nowhere else.
+    outrider_runtime::fs::write_atomic(path, &data).map_err(io)?;
+    Ok(data.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +203,26 @@ mod tests {
         s.pop_front();
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn replacing_the_front_keeps_only_what_is_left_and_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.push(&batch(5)).unwrap();
+        s.push(&batch(2)).unwrap();
+        let before = s.bytes();
+        s.replace_front(&batch(1)).unwrap();
+        assert!(s.bytes() < before);
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.front().unwrap().unwrap(), batch(1));
+        assert_eq!(
+            s.bytes(),
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        );
     }
 
     #[test]

@@ -8,14 +8,24 @@
 //! rewritten past the old offset), resets the offset to 0. A position is the end of
 //! the last record handed out, so a half-written line or an unfinished multiline
 //! record is re-read after a restart rather than lost.
+//!
+//! Confinement: a file a glob matches is followed only if its canonical path passes
+//! [`Confinement::may_read`], and it is opened by that canonical path and checked to be
+//! the same inode, so a symlink in the app's volume cannot point the sidecar elsewhere.
+//!
+//! The consumer may refuse a record (its batch is full): the file then rewinds to the
+//! end of the last record taken, so what a batch covers always ends on a record.
 
+use super::confine::{Confinement, Unreadable};
 use super::parse::Parser;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -29,6 +39,8 @@ pub const MAX_LINE: usize = 1024 * 1024;
 const FINGERPRINT_BYTES: usize = 1024;
 /// An unfinished multiline record is shipped once no continuation came for this long.
 const MULTILINE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How many refused paths are remembered (each is warned about once).
+const MAX_WARNED: usize = 1024;
 /// A file that was renamed away (or deleted) is closed after this long at its end.
 const GONE_GRACE: Duration = Duration::from_secs(2);
 
@@ -78,29 +90,56 @@ pub struct Line<'a> {
     pub text: &'a str,
 }
 
+/// What the consumer says to each record: taken, or not now (its batch is full).
+pub type Flow = ControlFlow<()>;
+
 pub struct Tailer {
     sources: Vec<(String, Parser)>,
     files: HashMap<FileKey, Tracked>,
     resume: HashMap<FileKey, Position>,
+    confinement: Arc<Confinement>,
+    /// Paths refused by the confinement, warned about once each.
+    refused: HashSet<PathBuf>,
+    /// Which file reads first in the next [`Tailer::read`], so that a file with a
+    /// backlog that fills every batch cannot starve the others.
+    turn: usize,
 }
 
 impl Tailer {
-    /// `sources`: each `appLogs[]` glob with its parser; `resume`: the checkpoint.
-    pub fn new(sources: Vec<(String, Parser)>, resume: Vec<Position>) -> Self {
+    /// `sources`: each `appLogs[]` glob with its parser; `resume`: the checkpoint;
+    /// `confinement`: what may be read at all.
+    pub fn new(sources: Vec<(String, Parser)>, resume: Vec<Position>, confinement: Arc<Confinement>) -> Self {
         Self {
             sources,
             files: HashMap::new(),
             resume: resume.into_iter().map(|p| (p.key, p)).collect(),
+            confinement,
+            refused: HashSet::new(),
+            turn: 0,
         }
     }
 
     /// Matches the globs again: opens new files, notices rotated and truncated ones.
     pub fn scan(&mut self) {
-        let mut seen: HashMap<FileKey, (PathBuf, usize)> = HashMap::new();
+        let mut seen: HashMap<FileKey, (PathBuf, PathBuf, usize)> = HashMap::new();
         for (i, (pattern, _)) in self.sources.iter().enumerate() {
             let Ok(paths) = glob::glob(pattern) else { continue };
             for path in paths.flatten() {
-                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let real = match self.confinement.read_check(&path) {
+                    Ok(real) => real,
+                    // The sidecar's own files under a wide glob: expected, and new
+                    // ones (spool batches) appear all the time, so not worth a warning.
+                    Err(Unreadable::Private | Unreadable::Gone) => continue,
+                    Err(Unreadable::Outside) => {
+                        // Bounded: an app creating symlinks under new names must not
+                        // grow the sidecar's memory.
+                        if self.refused.len() < MAX_WARNED && self.refused.insert(path.clone()) {
+                            warn!(path = %path.display(), "not shipping a file that resolves outside OUTRIDER_LOG_PATHS");
+                        }
+                        continue;
+                    }
+                };
+                let Ok(meta) = std::fs::metadata(&real) else { continue };
                 if !meta.is_file() {
                     continue;
                 }
@@ -108,12 +147,12 @@ impl Tailer {
                     dev: meta.dev(),
                     ino: meta.ino(),
                 };
-                seen.entry(key).or_insert((path, i));
+                seen.entry(key).or_insert((path, real, i));
             }
         }
         for t in self.files.values_mut() {
             match seen.remove(&t.key) {
-                Some((path, _)) => {
+                Some((path, _, _)) => {
                     t.gone = false;
                     t.path = path;
                     t.check_truncation();
@@ -121,8 +160,18 @@ impl Tailer {
                 None => t.gone = true,
             }
         }
-        for (key, (path, source)) in seen {
-            match File::open(&path) {
+        for (key, (path, real, source)) in seen {
+            // Opened by the checked canonical path, and only if it is still the inode
+            // that was checked: a path swapped for a symlink since is not followed.
+            let opened = File::open(&real).and_then(|f| {
+                let m = f.metadata()?;
+                if (m.dev(), m.ino()) == (key.dev, key.ino) {
+                    Ok(f)
+                } else {
+                    Err(std::io::Error::other("replaced while being opened"))
+                }
+            });
+            match opened {
                 Ok(file) => {
                     let mut t = Tracked {
                         key,
@@ -157,15 +206,30 @@ impl Tailer {
         }
     }
 
-    /// Reads what is available (a chunk per file) and hands out complete records.
-    /// Returns the number of physical lines read.
-    pub fn read(&mut self, emit: &mut dyn FnMut(Line<'_>)) -> u64 {
+    /// Reads what is available (a chunk per file) and hands out complete records
+    /// until `emit` breaks (it takes no more now). Returns the number of physical
+    /// lines taken.
+    pub fn read(&mut self, emit: &mut dyn FnMut(Line<'_>) -> Flow) -> u64 {
         let mut lines = 0;
         let mut closed = Vec::new();
-        for t in self.files.values_mut() {
-            lines += t.read_chunk(emit);
+        let mut keys: Vec<FileKey> = self.files.keys().copied().collect();
+        keys.sort_unstable_by_key(|k| (k.dev, k.ino));
+        if !keys.is_empty() {
+            let first = self.turn % keys.len();
+            keys.rotate_left(first);
+        }
+        self.turn = self.turn.wrapping_add(1);
+        for key in keys {
+            let Some(t) = self.files.get_mut(&key) else { continue };
+            let (n, flow) = t.read_chunk(emit);
+            lines += n;
+            if flow.is_break() {
+                break;
+            }
             if t.gone && t.eof_since.is_some_and(|s| s.elapsed() >= GONE_GRACE) {
-                t.flush_all(emit);
+                if t.flush_all(emit).is_break() {
+                    break;
+                }
                 closed.push(t.key);
             }
         }
@@ -215,10 +279,17 @@ impl Tracked {
         }
     }
 
-    fn read_chunk(&mut self, emit: &mut dyn FnMut(Line<'_>)) -> u64 {
+    /// Forgets everything read past the last record taken; it is read again.
+    fn rewind(&mut self) {
+        self.read_offset = self.committed;
+        self.partial.clear();
+        self.pending = None;
+    }
+
+    fn read_chunk(&mut self, emit: &mut dyn FnMut(Line<'_>) -> Flow) -> (u64, Flow) {
         let mut buf = vec![0u8; READ_CHUNK];
         if self.file.seek(SeekFrom::Start(self.read_offset)).is_err() {
-            return 0;
+            return (0, Flow::Continue(()));
         }
         let n = match self.file.read(&mut buf) {
             Ok(n) => n,
@@ -231,9 +302,13 @@ impl Tracked {
             self.eof_since.get_or_insert_with(Instant::now);
             if self.pending.is_some() && self.last_line_at.elapsed() >= MULTILINE_TIMEOUT {
                 let (text, end) = self.pending.take().unwrap_or_default();
-                self.hand_out(&text, end, emit);
+                if self.hand_out(&text, end, emit).is_break() {
+                    // Kept whole, to be offered again, rather than re-read and timed anew.
+                    self.pending = Some((text, end));
+                    return (0, Flow::Break(()));
+                }
             }
-            return 0;
+            return (0, Flow::Continue(()));
         }
         self.eof_since = None;
         let chunk_start = self.read_offset;
@@ -252,7 +327,10 @@ impl Tracked {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                self.line(&line, end_offset, emit);
+                if self.line(&line, end_offset, emit).is_break() {
+                    self.rewind();
+                    return (lines, Flow::Break(()));
+                }
                 lines += 1;
                 start = i + 1;
             }
@@ -260,22 +338,26 @@ impl Tracked {
         self.partial.extend_from_slice(&data[start..]);
         if self.partial.len() >= MAX_LINE {
             let line = std::mem::take(&mut self.partial);
-            self.line(&line, self.read_offset, emit);
+            if self.line(&line, self.read_offset, emit).is_break() {
+                self.rewind();
+                return (lines, Flow::Break(()));
+            }
             lines += 1;
         }
-        lines
+        (lines, Flow::Continue(()))
     }
 
-    fn line(&mut self, bytes: &[u8], end_offset: u64, emit: &mut dyn FnMut(Line<'_>)) {
+    /// One physical line; breaks when a record it completes was not taken (the
+    /// caller rewinds).
+    fn line(&mut self, bytes: &[u8], end_offset: u64, emit: &mut dyn FnMut(Line<'_>) -> Flow) -> Flow {
         let text = String::from_utf8_lossy(bytes);
         self.last_line_at = Instant::now();
         let Some(starts) = self.multiline.as_ref().map(|re| re.is_match(&text)) else {
-            self.hand_out(&text, end_offset, emit);
-            return;
+            return self.hand_out(&text, end_offset, emit);
         };
         if starts {
             if let Some((prev, end)) = self.pending.take() {
-                self.hand_out(&prev, end, emit);
+                self.hand_out(&prev, end, emit)?;
             }
             self.pending = Some((text.into_owned(), end_offset));
         } else {
@@ -287,33 +369,46 @@ impl Tracked {
                 }
                 _ => {
                     if let Some((prev, end)) = self.pending.take() {
-                        self.hand_out(&prev, end, emit);
+                        self.hand_out(&prev, end, emit)?;
                     }
-                    self.hand_out(&text, end_offset, emit);
+                    return self.hand_out(&text, end_offset, emit);
                 }
             }
         }
+        Flow::Continue(())
     }
 
-    fn hand_out(&mut self, text: &str, end: u64, emit: &mut dyn FnMut(Line<'_>)) {
-        self.committed = end;
-        let path = self.path.to_string_lossy();
-        emit(Line {
-            source: self.source,
-            path: &path,
-            text,
-        });
+    /// Offers one record; the position moves past it only if it was taken.
+    fn hand_out(&mut self, text: &str, end: u64, emit: &mut dyn FnMut(Line<'_>) -> Flow) -> Flow {
+        let flow = {
+            let path = self.path.to_string_lossy();
+            emit(Line {
+                source: self.source,
+                path: &path,
+                text,
+            })
+        };
+        if flow.is_continue() {
+            self.committed = end;
+        }
+        flow
     }
 
-    fn flush_all(&mut self, emit: &mut dyn FnMut(Line<'_>)) {
+    /// The last records of a file that is going away; breaks (keeping them) when
+    /// they were not taken.
+    fn flush_all(&mut self, emit: &mut dyn FnMut(Line<'_>) -> Flow) -> Flow {
         if let Some((text, end)) = self.pending.take() {
-            self.hand_out(&text, end, emit);
+            if self.hand_out(&text, end, emit).is_break() {
+                self.pending = Some((text, end));
+                return Flow::Break(());
+            }
         }
         if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            let text = String::from_utf8_lossy(&line).into_owned();
-            self.hand_out(&text, self.read_offset, emit);
+            let text = String::from_utf8_lossy(&self.partial).into_owned();
+            self.hand_out(&text, self.read_offset, emit)?;
+            self.partial.clear();
         }
+        Flow::Continue(())
     }
 }
 
@@ -341,14 +436,19 @@ mod tests {
     fn tailer(dir: &std::path::Path, spec: &str, resume: Vec<Position>) -> Tailer {
         let spec: AppLog = serde_json::from_str(&spec.replace("DIR", &dir.display().to_string())).unwrap();
         let parser = Parser::compile(&spec).unwrap();
-        Tailer::new(vec![(spec.path, parser)], resume)
+        let confinement = Confinement::new(&format!("{}/**", dir.display()), &dir.join("sinks"), "", &[]).unwrap();
+        Tailer::new(vec![(spec.path, parser)], resume, Arc::new(confinement))
     }
 
     fn drain(t: &mut Tailer) -> Vec<String> {
         let mut out = Vec::new();
         for _ in 0..5 {
             t.scan();
-            while t.read(&mut |l| out.push(l.text.to_owned())) > 0 {}
+            while t.read(&mut |l| {
+                out.push(l.text.to_owned());
+                Flow::Continue(())
+            }) > 0
+            {}
         }
         out
     }
@@ -451,6 +551,47 @@ mod tests {
         std::thread::sleep(MULTILINE_TIMEOUT + Duration::from_millis(50));
         got = drain(&mut t);
         assert_eq!(got, ["2024-01-01 last"]);
+    }
+
+    #[test]
+    fn a_refused_record_is_offered_again_and_the_position_ends_on_the_last_one_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        append(&log, 0..10);
+        let mut t = tailer(dir.path(), r#"{"path":"DIR/app.log"}"#, vec![]);
+        t.scan();
+        let mut taken = Vec::new();
+        // Takes three records, then is full.
+        t.read(&mut |l| {
+            if taken.len() == 3 {
+                return Flow::Break(());
+            }
+            taken.push(l.text.to_owned());
+            Flow::Continue(())
+        });
+        assert_eq!(taken, expect(0..3));
+        let line_len = expect(0..1)[0].len() as u64 + 1;
+        assert_eq!(
+            t.positions()[0].offset,
+            3 * line_len,
+            "the checkpoint covers what was taken"
+        );
+        assert_eq!(
+            drain(&mut t),
+            expect(3..10),
+            "the refused record comes again, nothing is skipped"
+        );
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_allowed_globs_is_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "do not ship\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("evil.log")).unwrap();
+        append(&dir.path().join("app.log"), 0..2);
+        let mut t = tailer(dir.path(), r#"{"path":"DIR/*.log"}"#, vec![]);
+        assert_eq!(drain(&mut t), expect(0..2));
     }
 
     #[test]
