@@ -38,7 +38,7 @@ export function loggingEditor(service) {
     return { inputs, row };
   });
   const sinkType = control('sink.type', { tag: 'select', options: ['stdout', 'file', 'http'] });
-  const sinkPath = control('sink.path', { type: 'text', placeholder: '/var/log/outrider/ship.ndjson' });
+  const sinkPath = control('sink.path', { type: 'text', placeholder: 'ship.ndjson (under the sidecar dir OUTRIDER_SINK_DIR)' });
   const sinkUrl = control('sink.url', { type: 'url', placeholder: 'http://collector:9880/ingest' });
   const sinkFormat = control('sink.format', {
     tag: 'select',
