@@ -9,7 +9,7 @@
 //! and persisted, so a restart while the control plane is away enforces exactly that.
 //! It is tried again on a timer, so freeing the disk recovers without a new write.
 
-use crate::configdocs::{doc_set, ConfigDocs};
+use crate::configdocs::{doc_set, ConfigDocs, Writer};
 use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
@@ -396,6 +396,7 @@ impl Agent {
             if let Err(e) = w.write(&doc_set(&prepared.configs)).await {
                 let error = format!("config documents: {e}");
                 warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
+                self.restore_config_docs(w).await;
                 return Accepted::NotDurable { snapshot: s, error };
             }
         }
@@ -417,12 +418,8 @@ impl Agent {
         };
         if let Some(error) = error {
             warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
-            // The app's config files go back to the set in force (best effort: the
-            // disk that refused the snapshot may refuse this too).
-            if let (Some(w), Some(current)) = (&writer, self.state.applied.load_full()) {
-                if let Err(e) = w.write(&doc_set(&current.configs)).await {
-                    warn!(error = %e, "could not restore the config documents in force");
-                }
+            if let Some(w) = &writer {
+                self.restore_config_docs(w).await;
             }
             return Accepted::NotDurable { snapshot: s, error };
         }
@@ -433,6 +430,17 @@ impl Agent {
             revision,
             nonce: s.nonce,
         })))
+    }
+
+    /// Puts the app's config files back to the set in force after a snapshot was not
+    /// made durable (best effort: the disk that refused it may refuse this too). With
+    /// nothing in force yet, files from an earlier run stay as they are.
+    async fn restore_config_docs(&self, writer: &Writer<'_>) {
+        if let Some(current) = self.state.applied.load_full() {
+            if let Err(e) = writer.write(&doc_set(&current.configs)).await {
+                warn!(error = %e, "could not restore the config documents in force");
+            }
+        }
     }
 
     async fn health(&self, last: &mut (Instant, u64)) -> HealthReport {
