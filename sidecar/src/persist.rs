@@ -435,6 +435,26 @@ mod tests {
     }
 
     #[test]
+    fn decode_answers_random_and_mangled_bytes_without_panicking() {
+        use rand::{Rng, SeedableRng};
+        // Seeded, so a failure is the same on every run.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let good = snapshot_file(&web(9));
+        for _ in 0..2000 {
+            let len = rng.random_range(0..good.len() * 2);
+            let noise: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            assert!(decode(&noise).is_err());
+            // A valid header over a random body, with a matching length and checksum:
+            // only the protobuf decoder stands between it and the sidecar.
+            let mut forged = frame(Kind::Snapshot, "web", &noise);
+            let _ = decode(&forged);
+            let at = rng.random_range(0..forged.len());
+            forged[at] = rng.random();
+            let _ = decode(&forged);
+        }
+    }
+
+    #[test]
     fn a_failed_save_keeps_the_previous_file() {
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), &web(5)).unwrap();

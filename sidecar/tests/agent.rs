@@ -6,7 +6,7 @@
 //! sidecar that starts while the control plane is down, a state or config directory
 //! it cannot write (NACK with the reason, retried until it can).
 
-use outrider_proto::v1::{Ack, ConfigDocument, Snapshot};
+use outrider_proto::v1::{Ack, ConfigDocument, DestinationService, Destinations, Snapshot};
 use outrider_testkit::fake_control_plane::{snapshot, FakeControlPlane, Reply, Stream};
 use outrider_testkit::{free_port, wait_for, wait_for_http_ok, Proc};
 use serde_json::Value;
@@ -339,4 +339,48 @@ async fn a_config_document_that_cannot_be_written_nacks_its_snapshot_until_it_ca
         "level: debug"
     );
     assert_eq!(sc.readyz().await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_update_that_cannot_be_saved_is_nacked_with_the_reason_and_acked_once_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let sc = Sidecar::start(&cp.url(), dir.path());
+    let mut stream = cp.accept().await.unwrap();
+    apply(&mut stream, snapshot(SERVICE, 1)).await;
+
+    let file = dir.path().join("state").join("destinations.pb");
+    std::fs::create_dir_all(file.join("in-the-way")).unwrap();
+    let update = Destinations {
+        version: 1,
+        nonce: "d1".into(),
+        full: true,
+        services: vec![DestinationService {
+            service: "api".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    stream.send_destinations(update).unwrap();
+    match stream.next_reply().await.unwrap() {
+        Reply::DestinationsNack(n) => {
+            assert_eq!((n.version, n.nonce.as_str()), (1, "d1"));
+            assert!(
+                n.error.starts_with("state dir: ") && n.error.contains("destinations.pb"),
+                "{}",
+                n.error
+            );
+        }
+        other => panic!("expected a DestinationsNack, got {other:?}"),
+    }
+    // Applied all the same: endpoints move whether the disk takes them or not.
+    let dump = sc.config_dump().await;
+    assert!(dump["destinations"].to_string().contains("\"api\""), "{dump}");
+
+    std::fs::remove_dir_all(&file).unwrap();
+    match reply_within(&mut stream, SOON).await {
+        Reply::DestinationsAck(a) => assert_eq!((a.version, a.nonce.as_str()), (1, "d1")),
+        other => panic!("expected a DestinationsAck, got {other:?}"),
+    }
+    assert!(file.is_file(), "destinations.pb saved before the ACK");
 }
