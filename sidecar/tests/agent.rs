@@ -97,6 +97,15 @@ impl Sidecar {
     }
 }
 
+/// A fake control plane, a sidecar in `dir` and its first stream. Keep the control
+/// plane: dropping it stops the server.
+async fn connected(dir: &Path) -> (FakeControlPlane, Sidecar, Stream) {
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let sc = Sidecar::start(&cp.url(), dir);
+    let stream = cp.accept().await.unwrap();
+    (cp, sc, stream)
+}
+
 /// Sends `snapshot`, expects it acknowledged with its own revision and nonce.
 async fn apply(stream: &mut Stream, snapshot: Snapshot) {
     let expected = ack(snapshot.revision, &snapshot.nonce);
@@ -115,9 +124,7 @@ async fn nack_of(stream: &mut Stream, snapshot: Snapshot) -> outrider_proto::v1:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_snapshot_is_nacked_with_its_error_and_the_previous_one_stays_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     apply(&mut stream, limited(3, 5)).await;
 
     let bad = Snapshot {
@@ -144,9 +151,7 @@ async fn an_invalid_snapshot_is_nacked_with_its_error_and_the_previous_one_stays
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_for_another_service_is_refused_and_the_stream_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     let identity = stream.hello.identity.clone().unwrap();
     assert_eq!((identity.service.as_str(), identity.pod.as_str()), (SERVICE, "web-1"));
 
@@ -274,9 +279,7 @@ async fn reply_within(stream: &mut Stream, within: Duration) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_cannot_be_persisted_is_nacked_with_the_reason_not_enforced_and_acked_once_the_disk_takes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     apply(&mut stream, limited(3, 5)).await;
 
     // A directory where snapshot.pb goes: every save fails (as root, permissions
@@ -311,9 +314,7 @@ async fn a_config_document_that_cannot_be_written_nacks_its_snapshot_until_it_ca
     // The config directory's path is a file: no document can be written under it.
     let config_dir = dir.path().join("config");
     std::fs::write(&config_dir, b"not a directory").unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     let with_doc = Snapshot {
         configs: vec![ConfigDocument {
             name: "app.yaml".into(),
@@ -344,9 +345,7 @@ async fn a_config_document_that_cannot_be_written_nacks_its_snapshot_until_it_ca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_update_that_cannot_be_saved_is_nacked_with_the_reason_and_acked_once_saved() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     apply(&mut stream, snapshot(SERVICE, 1)).await;
 
     let file = dir.path().join("state").join("destinations.pb");
