@@ -46,10 +46,34 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Config document names become file names in the sidecar's config dir, so no paths.
+/// Longest config document name accepted on write. A name becomes a file name in the
+/// sidecar's config directory (at most 255 bytes on Linux file systems); the margin
+/// leaves room for what is built from it there (temporary and moved-aside names).
+pub const MAX_CONFIG_NAME_LEN: usize = 200;
+
+/// Longest file name the sidecar writes (`NAME_MAX` on Linux).
+const MAX_FILE_NAME_LEN: usize = 255;
+
+/// Config document names become file names in the sidecar's config dir, so no paths,
+/// and they stay well under the file-name limit. Checked when a document is written.
 pub fn validate_config_name(name: &str) -> Result<(), String> {
+    validate_config_file_name(name)?;
+    if name.len() > MAX_CONFIG_NAME_LEN {
+        return Err(format!(
+            "invalid config name: {} bytes, at most {MAX_CONFIG_NAME_LEN} allowed",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// What the sidecar can write as a config file: a safe file name (letters, digits,
+/// `.`, `_`, `-`; not `.` or `..`) of at most 255 bytes. Looser than
+/// [`validate_config_name`] on length only, so a document stored before the write
+/// limit was lowered still reaches its sidecars.
+pub fn validate_config_file_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 253
+        && name.len() <= MAX_FILE_NAME_LEN
         && name != "."
         && name != ".."
         && name
@@ -58,8 +82,10 @@ pub fn validate_config_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
+        let shown: String = name.chars().take(64).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
         Err(format!(
-            "invalid config name {name:?}: use letters, digits, '.', '_' and '-' (a file name, no path)"
+            "invalid config name {shown:?}{more}: use 1-{MAX_CONFIG_NAME_LEN} letters, digits, '.', '_' and '-' (a file name, no path)"
         ))
     }
 }
@@ -131,6 +157,19 @@ mod tests {
         assert!(validate_config_name("app.yaml").is_ok());
         for bad in ["", ".", "..", "../x", "a/b", "a b"] {
             assert!(validate_config_name(bad).is_err(), "{bad}");
+            assert!(validate_config_file_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn config_names_over_200_bytes_are_refused_on_write_but_still_written_by_sidecars() {
+        let limit = "n".repeat(MAX_CONFIG_NAME_LEN);
+        assert!(validate_config_name(&limit).is_ok());
+        let over = "n".repeat(MAX_CONFIG_NAME_LEN + 1);
+        let err = validate_config_name(&over).unwrap_err();
+        assert!(err.contains("201 bytes, at most 200"), "{err}");
+        // Stored before the limit: the sidecar can still write it (255 is the file-name limit).
+        assert!(validate_config_file_name(&"n".repeat(253)).is_ok());
+        assert!(validate_config_file_name(&"n".repeat(256)).is_err());
     }
 }

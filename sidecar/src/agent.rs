@@ -1,9 +1,15 @@
-//! The control-stream client: registers with Hello, applies snapshots atomically,
-//! persists each accepted one before acknowledging it, asks for the destinations its
-//! app calls and applies their updates, reports health, and reconnects with
-//! exponential backoff and full jitter (`outrider_runtime::Backoff`) whenever the
-//! stream breaks.
+//! The control-stream client: registers with Hello, validates each snapshot, makes it
+//! durable (config documents written, `snapshot.pb` saved), then enforces and
+//! acknowledges it; asks for the destinations its app calls and acknowledges their
+//! updates once saved; reports health, and reconnects with exponential backoff and
+//! full jitter (`outrider_runtime::Backoff`) whenever the stream breaks.
+//!
+//! A snapshot that cannot be made durable (a full or read-only state disk) is NACKed
+//! with the reason and not enforced: what is in force is always what was last ACKed
+//! and persisted, so a restart while the control plane is away enforces exactly that.
+//! It is tried again on a timer, so freeing the disk recovers without a new write.
 
+use crate::configdocs::{doc_set, ConfigDocs, Writer};
 use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
@@ -35,6 +41,31 @@ pub struct Agent {
     /// Destinations no request named for this long are dropped and unwatched
     /// (`OUTRIDER_DESTINATION_IDLE`); declared ones are kept.
     pub destination_idle: Duration,
+    /// Where a snapshot's config documents are written before it is acknowledged.
+    pub config_docs: Option<Arc<ConfigDocs>>,
+}
+
+/// Between attempts to make a NACKed snapshot durable: soon at first (a disk freed by
+/// an operator recovers in about a second), then no more than every 10 s.
+const RETRY_DURABLE: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+
+/// A valid snapshot that could not be made durable, waiting to be tried again.
+struct Pending {
+    snapshot: Snapshot,
+    attempt: u32,
+    /// The reason last NACKed: a retry that fails the same way sends nothing.
+    error: String,
+    at: tokio::time::Instant,
+}
+
+/// What became of a snapshot.
+enum Accepted {
+    /// Enforced and persisted: the Ack to send.
+    Ack(SidecarMessage),
+    /// Refused for good (invalid, another service's): the Nack to send.
+    Refused(SidecarMessage),
+    /// Valid, but not durable: not enforced; NACK with `error` and retry.
+    NotDurable { snapshot: Snapshot, error: String },
 }
 
 /// How often held destinations are written to disk when they changed: they are for
@@ -145,6 +176,11 @@ impl Agent {
         let mut save = tokio::time::interval(SAVE_DESTINATIONS);
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unsaved = false;
+        // The newest destination update applied and not yet saved: acknowledged once
+        // it is on disk. `dest_error`: the reason last NACKed for saving, if any.
+        let mut unacked: Option<(u64, String)> = None;
+        let mut dest_error: Option<String> = None;
+        let mut pending: Option<Pending> = None;
         let mut idle_check =
             tokio::time::interval((self.destination_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -153,13 +189,31 @@ impl Agent {
                 m = inbound.message() => match m {
                     Ok(Some(cm)) => match cm.msg {
                         Some(control_message::Msg::Snapshot(s)) => {
-                            let reply = self.accept(s).await;
+                            // A newer snapshot supersedes one waiting for the disk.
+                            pending = None;
+                            let reply = match self.accept(s).await {
+                                Accepted::Ack(m) | Accepted::Refused(m) => m,
+                                Accepted::NotDurable { snapshot, error } => {
+                                    let m = nack(&snapshot, &error);
+                                    pending = Some(Pending {
+                                        snapshot,
+                                        attempt: 0,
+                                        error,
+                                        at: tokio::time::Instant::now() + RETRY_DURABLE.ceiling(0),
+                                    });
+                                    m
+                                }
+                            };
                             if tx.send(reply).await.is_err() { break End::Lost }
                         }
                         Some(control_message::Msg::Destinations(d)) => {
-                            let Some(reply) = self.accept_destinations(d) else { break End::Lost };
+                            let (version, nonce) = (d.version, d.nonce.clone());
+                            let Some(refused) = self.accept_destinations(d) else { break End::Lost };
                             unsaved = true;
-                            if tx.send(reply).await.is_err() { break End::Lost }
+                            match refused {
+                                Some(reply) => if tx.send(reply).await.is_err() { break End::Lost },
+                                None => unacked = Some((version, nonce)),
+                            }
                         }
                         Some(control_message::Msg::Heartbeat(h)) => {
                             let every = Duration::from_millis(u64::from(h.report_interval_ms).clamp(100, 60_000));
@@ -205,9 +259,49 @@ impl Agent {
                         if tx.send(msg(sidecar_message::Msg::Watch(w))).await.is_err() { break End::Lost }
                     }
                 }
+                () = sleep_until_pending(&pending), if pending.is_some() => {
+                    let Some(p) = pending.take() else { continue };
+                    match self.accept(p.snapshot).await {
+                        Accepted::Ack(m) | Accepted::Refused(m) => {
+                            if tx.send(m).await.is_err() { break End::Lost }
+                        }
+                        Accepted::NotDurable { snapshot, error } => {
+                            if error != p.error {
+                                let m = nack(&snapshot, &error);
+                                if tx.send(m).await.is_err() { break End::Lost }
+                            }
+                            let attempt = p.attempt.saturating_add(1);
+                            pending = Some(Pending {
+                                snapshot,
+                                attempt,
+                                error,
+                                at: tokio::time::Instant::now() + RETRY_DURABLE.ceiling(attempt),
+                            });
+                        }
+                    }
+                }
                 _ = save.tick(), if unsaved => {
-                    unsaved = false;
-                    self.save_destinations().await;
+                    match self.save_destinations().await {
+                        Ok(()) => {
+                            unsaved = false;
+                            if dest_error.take().is_some() {
+                                info!("destinations persisted again");
+                            }
+                            if let Some((version, nonce)) = unacked.take() {
+                                let a = DestinationsAck { version, nonce };
+                                if tx.send(msg(sidecar_message::Msg::DestinationsAck(a))).await.is_err() { break End::Lost }
+                            }
+                        }
+                        // Still unsaved: the next tick tries again. NACKed once per reason.
+                        Err(error) => if dest_error.as_ref() != Some(&error) {
+                            warn!(%error, "could not persist the destinations; not acknowledging them");
+                            dest_error = Some(error.clone());
+                            if let Some((version, nonce)) = unacked.clone() {
+                                let n = DestinationsNack { version, nonce, error };
+                                if tx.send(msg(sidecar_message::Msg::DestinationsNack(n))).await.is_err() { break End::Lost }
+                            }
+                        },
+                    }
                 }
                 _ = report.tick() => {
                     let h = self.health(&mut last).await;
@@ -226,75 +320,127 @@ impl Agent {
             }
         };
         if unsaved {
-            self.save_destinations().await;
+            if let Err(error) = self.save_destinations().await {
+                warn!(%error, "could not persist the destinations");
+            }
         }
         Ok(end)
     }
 
-    /// Applies a destination update and answers it; `None` when it is out of order
-    /// (the stream and this sidecar disagree: reconnect, and get a full resync).
-    fn accept_destinations(&self, d: Destinations) -> Option<SidecarMessage> {
+    /// Applies a destination update: `Some(None)` when it applied (acknowledged once
+    /// saved), `Some(Some(nack))` when part of it was refused, `None` when it is out
+    /// of order (the stream and this sidecar disagree: reconnect, and get a full
+    /// resync).
+    ///
+    /// Unlike a snapshot, an update is enforced before it is saved: endpoints move
+    /// whether this sidecar can write its disk or not, and routing to the ones that
+    /// are gone would break traffic. Only its ACK waits for the disk.
+    fn accept_destinations(&self, d: Destinations) -> Option<Option<SidecarMessage>> {
         let (version, nonce) = (d.version, d.nonce.clone());
         match self.state.apply_destinations(&d) {
-            Ok(()) => Some(msg(sidecar_message::Msg::DestinationsAck(DestinationsAck {
-                version,
-                nonce,
-            }))),
+            Ok(()) => Some(None),
             Err(e @ crate::state::DestinationsError::OutOfOrder { .. }) => {
                 warn!(error = %e, "resynchronising destinations");
                 None
             }
             Err(e) => {
                 warn!(version, error = %e, "refusing part of a destination update");
-                Some(msg(sidecar_message::Msg::DestinationsNack(DestinationsNack {
+                Some(Some(msg(sidecar_message::Msg::DestinationsNack(DestinationsNack {
                     version,
                     nonce,
                     error: e.to_string(),
-                })))
+                }))))
             }
         }
     }
 
-    async fn save_destinations(&self) {
+    /// Saves the held destinations; the error is the NACK reason.
+    async fn save_destinations(&self) -> Result<(), String> {
         let dir = self.state_dir.clone();
+        let service = self.identity.service.clone();
         let table = self.state.held_destinations();
-        match tokio::task::spawn_blocking(move || persist::save_destinations(&dir, &table)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "could not persist the destinations"),
-            Err(e) => warn!(error = %e, "persist task failed"),
+        match tokio::task::spawn_blocking(move || persist::save_destinations(&dir, &service, &table)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("state dir: {e}")),
+            Err(e) => Err(format!("state dir: persist task failed: {e}")),
         }
     }
 
-    /// Applies, persists, then acknowledges; a snapshot that fails validation is
-    /// NACKed and the previous one stays in force.
-    async fn accept(&self, s: Snapshot) -> SidecarMessage {
-        let (revision, nonce) = (s.revision, s.nonce.clone());
-        let nack = |error: String| {
-            warn!(revision, %error, "refusing snapshot");
-            msg(sidecar_message::Msg::Nack(Nack {
-                revision,
-                nonce: nonce.clone(),
-                error,
-            }))
-        };
+    /// Validates, makes durable, then enforces: the Ack means "in force and on disk".
+    /// A snapshot that fails validation is refused; one that cannot be written is
+    /// handed back with the reason. Either way the previous one stays in force.
+    async fn accept(&self, s: Snapshot) -> Accepted {
+        let revision = s.revision;
         if s.service != self.identity.service {
-            return nack(format!(
+            let error = format!(
                 "snapshot for service {:?}, this sidecar is {:?}",
                 s.service, self.identity.service
-            ));
+            );
+            warn!(revision, %error, "refusing snapshot");
+            return Accepted::Refused(nack(&s, &error));
         }
-        if let Err(e) = self.state.apply(&s, Source::ControlPlane) {
-            return nack(e.to_string());
+        let prepared = match self.state.prepare(&s, Source::ControlPlane) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(revision, error = %e, "refusing snapshot");
+                return Accepted::Refused(nack(&s, &e.to_string()));
+            }
+        };
+        // Held until the snapshot is in force, so the config-document owner never
+        // writes the previous set over this one meanwhile.
+        let writer = match &self.config_docs {
+            Some(docs) => Some(docs.writer().await),
+            None => None,
+        };
+        if let Some(w) = &writer {
+            if let Err(e) = w.write(&doc_set(&prepared.configs)).await {
+                let error = format!("config documents: {e}");
+                warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
+                self.restore_config_docs(w).await;
+                return Accepted::NotDurable { snapshot: s, error };
+            }
         }
         let dir = self.state_dir.clone();
-        match tokio::task::spawn_blocking(move || persist::save(&dir, &s)).await {
-            Ok(Ok(())) => {}
-            // Enforcing is what matters; a failed save only weakens static stability.
-            Ok(Err(e)) => warn!(error = %e, "could not persist the snapshot"),
-            Err(e) => warn!(error = %e, "persist task failed"),
+        let saved = tokio::task::spawn_blocking(move || {
+            let r = persist::save(&dir, &s);
+            (s, r)
+        })
+        .await;
+        let (s, error) = match saved {
+            Ok((s, Ok(()))) => (s, None),
+            Ok((s, Err(e))) => (s, Some(format!("state dir: {e}"))),
+            Err(e) => {
+                // The task owned the snapshot; without it there is nothing to retry.
+                let error = format!("state dir: persist task failed: {e}");
+                warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
+                return Accepted::Refused(nack_of(revision, prepared.nonce.clone(), error));
+            }
+        };
+        if let Some(error) = error {
+            warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
+            if let Some(w) = &writer {
+                self.restore_config_docs(w).await;
+            }
+            return Accepted::NotDurable { snapshot: s, error };
         }
+        self.state.install(prepared);
+        drop(writer);
         info!(revision, "snapshot applied");
-        msg(sidecar_message::Msg::Ack(Ack { revision, nonce }))
+        Accepted::Ack(msg(sidecar_message::Msg::Ack(Ack {
+            revision,
+            nonce: s.nonce,
+        })))
+    }
+
+    /// Puts the app's config files back to the set in force after a snapshot was not
+    /// made durable (best effort: the disk that refused it may refuse this too). With
+    /// nothing in force yet, files from an earlier run stay as they are.
+    async fn restore_config_docs(&self, writer: &Writer<'_>) {
+        if let Some(current) = self.state.applied.load_full() {
+            if let Err(e) = writer.write(&doc_set(&current.configs)).await {
+                warn!(error = %e, "could not restore the config documents in force");
+            }
+        }
     }
 
     async fn health(&self, last: &mut (Instant, u64)) -> HealthReport {
@@ -342,6 +488,22 @@ fn log_shipping(state: &SidecarState) -> LogShipping {
         buffered_bytes: v.buffered_bytes,
         sink_errors: v.sink_errors,
     }
+}
+
+/// Resolves when the pending snapshot is due (never, without one).
+async fn sleep_until_pending(pending: &Option<Pending>) {
+    match pending {
+        Some(p) => tokio::time::sleep_until(p.at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn nack(s: &Snapshot, error: &str) -> SidecarMessage {
+    nack_of(s.revision, s.nonce.clone(), error.to_owned())
+}
+
+fn nack_of(revision: u64, nonce: String, error: String) -> SidecarMessage {
+    msg(sidecar_message::Msg::Nack(Nack { revision, nonce, error }))
 }
 
 fn msg(m: sidecar_message::Msg) -> SidecarMessage {

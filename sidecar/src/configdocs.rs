@@ -2,13 +2,17 @@
 //! into `OUTRIDER_CONFIG_DIR`, served at `GET /config/{name}` on the admin port with an
 //! `ETag` and a `?wait=30s` long-poll, and optionally followed by a reload hook.
 //!
-//! [`ConfigDocs::run`] owns the directory: after every applied snapshot it writes the
-//! documents whose revision changed (`outrider_runtime::fs::write_atomic`), removes the ones that
+//! [`ConfigDocs`] owns the directory. The agent writes a snapshot's documents through a
+//! [`Writer`] before it enforces and acknowledges the snapshot (a document it cannot
+//! write NACKs the snapshot); [`ConfigDocs::run`] then, after every applied snapshot,
+//! makes sure the directory matches (the snapshot loaded from disk at start is written
+//! there), publishes the new set on a `watch` channel that long-polls wait on, and runs
+//! the reload hooks of the documents written. Writing means: the documents whose
+//! revision changed (`outrider_runtime::fs::write_atomic`), and removing the ones that
 //! were deleted — only files it wrote itself, listed in a manifest in the state
-//! directory — and then publishes the new set on a `watch` channel that long-polls wait
-//! on. Nothing here is on the request path.
+//! directory. Nothing here is on the request path.
 
-use crate::state::SidecarState;
+use crate::state::{ConfigSummary, SidecarState};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,11 +22,11 @@ use bytes::Bytes;
 use outrider_runtime::fs::write_atomic;
 use rustix::process::{kill_process, Pid, Signal};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex as AsyncMutex, MutexGuard};
 use tracing::{info, warn};
 
 /// The longest `?wait=` a client may ask for; longer asks are clamped, so a
@@ -47,6 +51,32 @@ impl Doc {
 }
 
 pub type DocSet = BTreeMap<String, Arc<Doc>>;
+
+/// The documents of an applied (or prepared) snapshot.
+pub fn doc_set(configs: &[ConfigSummary]) -> DocSet {
+    configs
+        .iter()
+        .map(|c| {
+            let doc = Doc {
+                content_type: c.content_type.clone(),
+                content: c.content.clone(),
+                revision: c.revision,
+            };
+            (c.name.clone(), Arc::new(doc))
+        })
+        .collect()
+}
+
+/// Why the documents could not all be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("config document {name:?} cannot be a file name here: {reason}")]
+    Name { name: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("config writer task failed: {0}")]
+    Task(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadSpecError {
@@ -75,7 +105,7 @@ impl ReloadHooks {
             let bad = || ReloadSpecError::Syntax(item.to_owned());
             let (name, action) = item.split_once('=').ok_or_else(bad)?;
             let name = name.trim();
-            if name != "*" && outrider_policy::validate_config_name(name).is_err() {
+            if name != "*" && outrider_policy::validate_config_file_name(name).is_err() {
                 return Err(bad());
             }
             let action = action.trim();
@@ -109,6 +139,32 @@ pub struct ConfigDocs {
     hooks: ReloadHooks,
     current: watch::Sender<Arc<DocSet>>,
     http: reqwest::Client,
+    /// One writer at a time: the agent holds it from writing a snapshot's documents
+    /// until that snapshot is in force, so [`ConfigDocs::run`] never writes an older
+    /// set over a newer one in between.
+    writing: AsyncMutex<()>,
+    /// Written and not yet reloaded (hooks run once the set is published).
+    unreloaded: Mutex<BTreeSet<String>>,
+}
+
+/// Exclusive right to write the directory; see [`ConfigDocs::writer`].
+pub struct Writer<'a> {
+    docs: &'a ConfigDocs,
+    _held: MutexGuard<'a, ()>,
+}
+
+impl Writer<'_> {
+    /// Makes the directory match `set`. On error, the documents written before the
+    /// failure stay (each is whole); the next write completes the rest.
+    pub async fn write(&self, set: &DocSet) -> Result<(), WriteError> {
+        let (dir, manifest, wanted) = (self.docs.dir.clone(), self.docs.manifest.clone(), set.clone());
+        let written = tokio::task::spawn_blocking(move || write_all(&dir, &manifest, &wanted))
+            .await
+            .map_err(|e| WriteError::Task(e.to_string()))?;
+        let (names, result) = written;
+        self.docs.unreloaded.lock().unwrap().extend(names);
+        result
+    }
 }
 
 impl ConfigDocs {
@@ -122,7 +178,17 @@ impl ConfigDocs {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
+            writing: AsyncMutex::new(()),
+            unreloaded: Mutex::default(),
         })
+    }
+
+    /// Waits for the right to write the directory.
+    pub async fn writer(&self) -> Writer<'_> {
+        Writer {
+            docs: self,
+            _held: self.writing.lock().await,
+        }
     }
 
     pub fn current(&self) -> Arc<DocSet> {
@@ -140,22 +206,16 @@ impl ConfigDocs {
         loop {
             // Mark seen before reading, so a swap during the sync is not missed.
             changes.borrow_and_update();
-            let set: DocSet = state.applied.load().as_ref().map_or_else(DocSet::new, |a| {
-                a.configs
-                    .iter()
-                    .map(|c| {
-                        let doc = Doc {
-                            content_type: c.content_type.clone(),
-                            content: c.content.clone(),
-                            revision: c.revision,
-                        };
-                        (c.name.clone(), Arc::new(doc))
-                    })
-                    .collect()
-            });
             // Nothing applied yet: leave whatever an earlier run wrote in place.
             if state.applied.load().is_some() {
-                self.sync(set).await;
+                // Read under the writer, so the set is the one in force now.
+                let writer = self.writer().await;
+                let set = state
+                    .applied
+                    .load()
+                    .as_ref()
+                    .map_or_else(DocSet::new, |a| doc_set(&a.configs));
+                self.publish(writer, set).await;
             }
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
@@ -167,26 +227,21 @@ impl ConfigDocs {
     /// Makes the directory match `set`, publishes it, then runs reload hooks for the
     /// documents that changed.
     pub async fn sync(&self, set: DocSet) {
-        let this_dir = self.dir.clone();
-        let manifest = self.manifest.clone();
-        let wanted = set.clone();
-        let written = tokio::task::spawn_blocking(move || write_all(&this_dir, &manifest, &wanted)).await;
-        let written = match written {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
-                warn!(dir = %self.dir.display(), error = %e, "could not write config documents");
-                Vec::new()
-            }
-            Err(e) => {
-                warn!(error = %e, "config writer task failed");
-                Vec::new()
-            }
-        };
+        let writer = self.writer().await;
+        self.publish(writer, set).await;
+    }
+
+    async fn publish(&self, writer: Writer<'_>, set: DocSet) {
+        if let Err(e) = writer.write(&set).await {
+            warn!(dir = %self.dir.display(), error = %e, "could not write config documents");
+        }
+        drop(writer);
         self.current.send_if_modified(|cur| {
             let changed = **cur != set;
             *cur = Arc::new(set);
             changed
         });
+        let written = std::mem::take(&mut *self.unreloaded.lock().unwrap());
         for name in written {
             for action in self.hooks.for_doc(&name) {
                 self.reload(&name, action).await;
@@ -215,44 +270,70 @@ impl ConfigDocs {
 }
 
 /// Writes the documents whose revision differs from the manifest (or whose file is
-/// missing), removes manifest entries no longer wanted, saves the manifest. Returns
-/// the names written.
-fn write_all(dir: &Path, manifest_path: &Path, set: &DocSet) -> std::io::Result<Vec<String>> {
-    std::fs::create_dir_all(dir)?;
-    let mut manifest: BTreeMap<String, u64> = std::fs::read(manifest_path)
+/// missing), removes manifest entries no longer wanted, saves the manifest if it
+/// changed. Returns the names written (also when a later step failed) and the outcome.
+fn write_all(dir: &Path, manifest_path: &Path, set: &DocSet) -> (Vec<String>, Result<(), WriteError>) {
+    let mut written = Vec::new();
+    let result = write_into(dir, manifest_path, set, &mut written);
+    (written, result)
+}
+
+fn write_into(dir: &Path, manifest_path: &Path, set: &DocSet, written: &mut Vec<String>) -> Result<(), WriteError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| WriteError::Io { path, source }
+    };
+    // Names were validated by the control plane; check again, since they become paths,
+    // and before anything is written, so a bad one changes nothing.
+    for name in set.keys() {
+        outrider_policy::validate_config_file_name(name).map_err(|reason| WriteError::Name {
+            name: name.clone(),
+            reason,
+        })?;
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let before: BTreeMap<String, u64> = std::fs::read(manifest_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let mut written = Vec::new();
-    for (name, doc) in set {
-        // Names were validated by the control plane; check again, since this one
-        // becomes a path.
-        if outrider_policy::validate_config_name(name).is_err() {
-            warn!(name, "skipping a config document whose name is not a file name");
-            continue;
+    let mut manifest = before.clone();
+    // Saves the manifest as far as it is true so far, also on the way out of an error,
+    // so that files already written are still known as the sidecar's own.
+    let save = |manifest: &BTreeMap<String, u64>| -> Result<(), WriteError> {
+        if *manifest == before && (manifest.is_empty() || manifest_path.exists()) {
+            return Ok(());
         }
+        if let Some(parent) = manifest_path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        write_atomic(manifest_path, &serde_json::to_vec(manifest).unwrap_or_default()).map_err(io(manifest_path))
+    };
+    for (name, doc) in set {
         let path = dir.join(name);
         if manifest.get(name) == Some(&doc.revision) && path.exists() {
             continue;
         }
-        write_atomic(&path, &doc.content)?;
+        if let Err(e) = write_atomic(&path, &doc.content) {
+            let _ = save(&manifest);
+            return Err(io(&path)(e));
+        }
         manifest.insert(name.clone(), doc.revision);
         written.push(name.clone());
     }
     let gone: Vec<String> = manifest.keys().filter(|n| !set.contains_key(*n)).cloned().collect();
     for name in gone {
-        match std::fs::remove_file(dir.join(&name)) {
+        let path = dir.join(&name);
+        match std::fs::remove_file(&path) {
             Ok(()) => info!(name, "removed a deleted config document"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                let _ = save(&manifest);
+                return Err(io(&path)(e));
+            }
         }
         manifest.remove(&name);
     }
-    if let Some(parent) = manifest_path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    write_atomic(manifest_path, &serde_json::to_vec(&manifest).unwrap_or_default())?;
-    Ok(written)
+    save(&manifest)
 }
 
 /// Sends SIGHUP to the pid in `pidfile`; the pid must be positive, so a pid file
@@ -286,7 +367,7 @@ async fn get_config(
     Query(q): Query<WaitQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(m) = outrider_policy::validate_config_name(&name) {
+    if let Err(m) = outrider_policy::validate_config_file_name(&name) {
         return (StatusCode::BAD_REQUEST, m).into_response();
     }
     let wait = match q.wait.as_deref().map(str::parse::<outrider_policy::Duration>) {
@@ -411,6 +492,50 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 2, "no temp files left behind: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn names_up_to_the_file_name_limit_are_written_and_a_bad_one_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cfg");
+        let docs = ConfigDocs::new(cfg.clone(), dir.path(), ReloadHooks::default());
+        // 200 is the write limit; 253 is what the API accepted before it.
+        let (limit, stored) = ("n".repeat(200), "s".repeat(253));
+        let writer = docs.writer().await;
+        writer
+            .write(&set(&[(&limit, doc(1, "a")), (&stored, doc(1, "b"))]))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(cfg.join(&limit)).unwrap(), "a");
+        assert_eq!(std::fs::read_to_string(cfg.join(&stored)).unwrap(), "b");
+
+        let err = writer
+            .write(&set(&[("fresh.txt", doc(2, "c")), ("../escape", doc(2, "d"))]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WriteError::Name { .. }), "{err}");
+        assert!(!cfg.join("fresh.txt").exists(), "nothing of a refused set is written");
+        assert!(cfg.join(&limit).exists(), "nor anything removed");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_names_the_file_and_the_documents_written_so_far_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cfg");
+        // A directory where a document goes: its rename fails.
+        std::fs::create_dir_all(cfg.join("b.txt").join("inside")).unwrap();
+        let docs = ConfigDocs::new(cfg.clone(), dir.path(), ReloadHooks::default());
+        let err = docs
+            .writer()
+            .await
+            .write(&set(&[("a.txt", doc(1, "a")), ("b.txt", doc(1, "b"))]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("b.txt"), "{err}");
+        assert_eq!(std::fs::read_to_string(cfg.join("a.txt")).unwrap(), "a");
+        let manifest: BTreeMap<String, u64> =
+            serde_json::from_slice(&std::fs::read(dir.path().join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest.keys().collect::<Vec<_>>(), ["a.txt"], "a.txt is known as ours");
     }
 
     #[tokio::test]

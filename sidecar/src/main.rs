@@ -98,7 +98,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let check = Arc::clone(&confinement);
         let state = Arc::new(SidecarState::new().with_logging_check(Box::new(move |p| check.check(p))));
         // Destinations first: the snapshot applied next picks them up.
-        match persist::load_destinations(&cfg.state_dir) {
+        // A refused file was moved aside: start without it and wait for the control
+        // plane, rather than enforce what may be garbage.
+        match persist::load_destinations(&cfg.state_dir, &cfg.service) {
             Ok(Some(table)) => match state.load_destinations(&table) {
                 Ok(()) => info!(
                     destinations = table.services.len(),
@@ -107,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => warn!(error = %e, "persisted destinations are invalid; ignoring them"),
             },
             Ok(None) => {}
-            Err(e) => warn!(error = %e, "ignoring the persisted destinations"),
+            Err(e) => warn!(error = %e, "ignoring the persisted destinations; waiting for the control plane"),
         }
         match persist::load(&cfg.state_dir, &cfg.service) {
             Ok(Some(snap)) => match state.apply(&snap, Source::Persisted) {
@@ -118,7 +120,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => warn!(error = %e, "persisted snapshot is invalid; ignoring it"),
             },
             Ok(None) => {}
-            Err(e) => warn!(error = %e, "ignoring the persisted snapshot"),
+            Err(e) => warn!(
+                error = %e,
+                "ignoring the persisted snapshot; enforcing nothing until the control plane answers"
+            ),
         }
 
         let inbound_listener = TcpListener::bind(cfg.inbound_addr)
@@ -176,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
         serving.spawn(
             info_span!("configdocs"),
-            docs.run(state.clone(), serving.stop.clone().cancelled_owned()),
+            docs.clone().run(state.clone(), serving.stop.clone().cancelled_owned()),
         );
         let shipper = Shipper {
             identity: LogIdentity {
@@ -213,6 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state: state.clone(),
             declared: cfg.declared_destinations(),
             destination_idle: cfg.destination_idle.as_std(),
+            config_docs: Some(docs.clone()),
         };
         control.spawn(info_span!("agent"), agent.run(control.stop.clone()));
 

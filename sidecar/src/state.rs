@@ -230,11 +230,24 @@ impl SidecarState {
     /// request sees either the old policy or the new one, never a mix. On error
     /// nothing changes (the caller NACKs).
     pub fn apply(&self, snapshot: &Snapshot, source: Source) -> Result<(), ApplyError> {
-        let applied = self.compile(snapshot, source)?;
+        let applied = self.prepare(snapshot, source)?;
+        self.install(applied);
+        Ok(())
+    }
+
+    /// Validates and compiles `snapshot` without enforcing it, so the agent can make it
+    /// durable (config documents, `snapshot.pb`) first and [`install`](Self::install)
+    /// it only then.
+    pub fn prepare(&self, snapshot: &Snapshot, source: Source) -> Result<Applied, ApplyError> {
+        self.compile(snapshot, source)
+    }
+
+    /// Swaps in a prepared snapshot as a whole, with the destinations held now.
+    pub fn install(&self, mut applied: Applied) {
+        applied.destinations = Arc::clone(&self.destinations.lock().unwrap().compiled);
         self.metrics.set_applied_revision(applied.revision);
         self.applied.store(Some(Arc::new(applied)));
         self.changes.send_modify(|n| *n += 1);
-        Ok(())
     }
 
     /// Notified after each applied snapshot; read `applied` for its contents.

@@ -3,9 +3,10 @@
 //!
 //! These are the paths a real control plane rarely takes: invalid snapshots (NACK, the
 //! previous one stays), a snapshot for another service, a stream that breaks, a
-//! sidecar that starts while the control plane is down.
+//! sidecar that starts while the control plane is down, a state or config directory
+//! it cannot write (NACK with the reason, retried until it can).
 
-use outrider_proto::v1::{Ack, Snapshot};
+use outrider_proto::v1::{Ack, ConfigDocument, DestinationService, Destinations, Snapshot};
 use outrider_testkit::fake_control_plane::{snapshot, FakeControlPlane, Reply, Stream};
 use outrider_testkit::{free_port, wait_for, wait_for_http_ok, Proc};
 use serde_json::Value;
@@ -96,6 +97,15 @@ impl Sidecar {
     }
 }
 
+/// A fake control plane, a sidecar in `dir` and its first stream. Keep the control
+/// plane: dropping it stops the server.
+async fn connected(dir: &Path) -> (FakeControlPlane, Sidecar, Stream) {
+    let mut cp = FakeControlPlane::start().await.unwrap();
+    let sc = Sidecar::start(&cp.url(), dir);
+    let stream = cp.accept().await.unwrap();
+    (cp, sc, stream)
+}
+
 /// Sends `snapshot`, expects it acknowledged with its own revision and nonce.
 async fn apply(stream: &mut Stream, snapshot: Snapshot) {
     let expected = ack(snapshot.revision, &snapshot.nonce);
@@ -114,9 +124,7 @@ async fn nack_of(stream: &mut Stream, snapshot: Snapshot) -> outrider_proto::v1:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_snapshot_is_nacked_with_its_error_and_the_previous_one_stays_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     apply(&mut stream, limited(3, 5)).await;
 
     let bad = Snapshot {
@@ -143,9 +151,7 @@ async fn an_invalid_snapshot_is_nacked_with_its_error_and_the_previous_one_stays
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_for_another_service_is_refused_and_the_stream_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = FakeControlPlane::start().await.unwrap();
-    let sc = Sidecar::start(&cp.url(), dir.path());
-    let mut stream = cp.accept().await.unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
     let identity = stream.hello.identity.clone().unwrap();
     assert_eq!((identity.service.as_str(), identity.pod.as_str()), (SERVICE, "web-1"));
 
@@ -252,4 +258,128 @@ async fn streams_that_keep_breaking_at_once_are_retried_with_backoff_not_in_a_ti
     // about seven attempts fit in four seconds; retrying at once would be dozens.
     assert!(streams >= 2, "it does retry ({streams} streams)");
     assert!(streams <= 10, "{streams} streams in {window:?}: no backoff");
+}
+
+/// Waits for the next Ack or Nack; the sidecar may send it only after its retry timer.
+async fn reply_within(stream: &mut Stream, within: Duration) -> Reply {
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.next_reply().await {
+                Ok(r) => return r,
+                // `next_reply` gives up after its own wait; keep waiting up to `within`.
+                Err(e) if e.to_string().contains("sent nothing") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer within the retry window")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_cannot_be_persisted_is_nacked_with_the_reason_not_enforced_and_acked_once_the_disk_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
+    apply(&mut stream, limited(3, 5)).await;
+
+    // A directory where snapshot.pb goes: every save fails (as root, permissions
+    // would not stop it), as a full or read-only disk would.
+    let file = dir.path().join("state").join("snapshot.pb");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("in-the-way")).unwrap();
+    let nack = nack_of(&mut stream, limited(4, 9)).await;
+    assert_eq!((nack.revision, nack.nonce.as_str()), (4, "n4"));
+    assert!(
+        nack.error.starts_with("state dir: ") && nack.error.contains("snapshot.pb"),
+        "the reason names the state dir and the file: {}",
+        nack.error
+    );
+    let dump = sc.config_dump().await;
+    assert_eq!(
+        dump["revision"], 3,
+        "what could not be persisted is not enforced: {dump}"
+    );
+    assert_eq!(dump["rateLimit"]["rules"][0]["requestsPerSecond"], 5.0, "{dump}");
+
+    // The disk takes it again: the retry timer ACKs revision 4 without a new snapshot.
+    std::fs::remove_dir_all(&file).unwrap();
+    assert_eq!(reply_within(&mut stream, SOON).await, ack(4, "n4"));
+    assert_eq!(sc.config_dump().await["revision"], 4);
+    assert!(file.is_file(), "snapshot.pb written before the ACK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_document_that_cannot_be_written_nacks_its_snapshot_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    // The config directory's path is a file: no document can be written under it.
+    let config_dir = dir.path().join("config");
+    std::fs::write(&config_dir, b"not a directory").unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
+    let with_doc = Snapshot {
+        configs: vec![ConfigDocument {
+            name: "app.yaml".into(),
+            content_type: "application/yaml".into(),
+            content: b"level: debug".to_vec().into(),
+            revision: 2,
+        }],
+        ..snapshot(SERVICE, 2)
+    };
+    let nack = nack_of(&mut stream, with_doc).await;
+    assert!(
+        nack.error.starts_with("config documents: ") && nack.error.contains("config"),
+        "{}",
+        nack.error
+    );
+    assert_eq!(sc.readyz().await, 503, "not enforced: nothing is applied");
+    assert!(!dir.path().join("state").join("snapshot.pb").exists(), "nor persisted");
+
+    std::fs::remove_file(&config_dir).unwrap();
+    assert_eq!(reply_within(&mut stream, SOON).await, ack(2, "n2"));
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join("app.yaml")).unwrap(),
+        "level: debug"
+    );
+    assert_eq!(sc.readyz().await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_update_that_cannot_be_saved_is_nacked_with_the_reason_and_acked_once_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cp, sc, mut stream) = connected(dir.path()).await;
+    apply(&mut stream, snapshot(SERVICE, 1)).await;
+
+    let file = dir.path().join("state").join("destinations.pb");
+    std::fs::create_dir_all(file.join("in-the-way")).unwrap();
+    let update = Destinations {
+        version: 1,
+        nonce: "d1".into(),
+        full: true,
+        services: vec![DestinationService {
+            service: "api".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    stream.send_destinations(update).unwrap();
+    match stream.next_reply().await.unwrap() {
+        Reply::DestinationsNack(n) => {
+            assert_eq!((n.version, n.nonce.as_str()), (1, "d1"));
+            assert!(
+                n.error.starts_with("state dir: ") && n.error.contains("destinations.pb"),
+                "{}",
+                n.error
+            );
+        }
+        other => panic!("expected a DestinationsNack, got {other:?}"),
+    }
+    // Applied all the same: endpoints move whether the disk takes them or not.
+    let dump = sc.config_dump().await;
+    assert!(dump["destinations"].to_string().contains("\"api\""), "{dump}");
+
+    std::fs::remove_dir_all(&file).unwrap();
+    match reply_within(&mut stream, SOON).await {
+        Reply::DestinationsAck(a) => assert_eq!((a.version, a.nonce.as_str()), (1, "d1")),
+        other => panic!("expected a DestinationsAck, got {other:?}"),
+    }
+    assert!(file.is_file(), "destinations.pb saved before the ACK");
 }

@@ -2,7 +2,7 @@
 //! given with their content type (up to 1 MiB each).
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{check_config_name, check_service, Actor, Body, IfMatch, Path, Query};
+use super::extract::{check_config_name, check_service, check_stored_config_name, Actor, Body, IfMatch, Path, Query};
 use super::format::{etag, rfc3339, Written};
 use super::sidecars::dry_run_report;
 use super::state::AppState;
@@ -28,7 +28,7 @@ pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
 }
 
 #[utoipa::path(get, path = "/services/{service}/config/{name}", tag = "config",
-    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,255}$")),
     responses(
         (status = 200, description = "the document as stored, in its own content type; ETag", content_type = "application/octet-stream", body = Vec<u8>,
             headers(("ETag" = String, description = "the revision, quoted"))),
@@ -39,7 +39,7 @@ pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(String, String)>) -> ApiResult<Response> {
     check_service(&service)?;
-    check_config_name(&name)?;
+    check_stored_config_name(&name)?;
     let c = state
         .store
         .get_config(&service, &name)
@@ -54,7 +54,7 @@ pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(Str
 }
 
 #[utoipa::path(put, path = "/services/{service}/config/{name}", tag = "config",
-    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,200}$"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     request_body(content = Vec<u8>, description = "the document (up to 1 MiB), any content type; served back with it", content_type = "application/octet-stream"),
@@ -125,7 +125,7 @@ pub async fn put(
 }
 
 #[utoipa::path(delete, path = "/services/{service}/config/{name}", tag = "config",
-    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,255}$"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     responses(
@@ -144,7 +144,7 @@ pub async fn delete(
     IfMatch(precondition): IfMatch,
 ) -> ApiResult<Json<ConfigDeleteResponse>> {
     check_service(&service)?;
-    check_config_name(&name)?;
+    check_stored_config_name(&name)?;
     if q.dry_run {
         let Some(current) = state.store.get_config(&service, &name).await? else {
             return Err(ApiError::NotFound(format!(

@@ -172,14 +172,24 @@ pub fn check_service(service: &str) -> ApiResult<()> {
     })
 }
 
-/// A config document name from the path: 422 naming `name` when it cannot be one.
+/// A config document name from the path of a write: 422 naming `name` when it cannot
+/// be one (the write limit: room for what the sidecar builds from it).
 pub fn check_config_name(name: &str) -> ApiResult<()> {
-    outrider_policy::validate_config_name(name).map_err(|m| {
-        ApiError::Invalid(vec![FieldError {
-            field: "name".into(),
-            message: m,
-        }])
-    })
+    outrider_policy::validate_config_name(name).map_err(name_error)
+}
+
+/// A config document name from the path of a read or delete: any name a document may
+/// have been stored under, including those longer than today's write limit, so they
+/// can still be read and removed.
+pub fn check_stored_config_name(name: &str) -> ApiResult<()> {
+    outrider_policy::validate_config_file_name(name).map_err(name_error)
+}
+
+fn name_error(message: String) -> ApiError {
+    ApiError::Invalid(vec![FieldError {
+        field: "name".into(),
+        message,
+    }])
 }
 
 /// The query parameters each operation takes, read from the OpenAPI document, so the

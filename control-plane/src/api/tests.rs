@@ -834,3 +834,47 @@ async fn the_services_list_counts_instances_as_their_rows_show_them() {
                "subsets": {"v1": {"total": 1, "healthy": 0}, "v2": {"total": 2, "healthy": 1}}})
     );
 }
+
+#[tokio::test]
+async fn a_config_name_over_200_bytes_is_a_422_naming_the_field_but_one_stored_earlier_can_be_read_and_deleted() {
+    let t = test_app().await;
+    let put = |name: &str| {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/api/v1/services/web/config/{name}"))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from("x"))
+            .unwrap()
+    };
+    let (status, ct, body) = send(&t.app, put(&"n".repeat(201))).await;
+    assert_eq!(
+        (status, ct.as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["field"], "name", "{body}");
+    assert!(
+        body["errors"][0]["message"].as_str().unwrap().contains("at most 200"),
+        "{body}"
+    );
+    assert_eq!(send(&t.app, put(&"n".repeat(200))).await.0, StatusCode::OK);
+
+    // Written before the limit was lowered (the store takes any name it is given).
+    let old = "o".repeat(253);
+    t.store
+        .put_config(
+            "web",
+            &old,
+            "text/plain",
+            b"old",
+            crate::store::Precondition::None,
+            "test",
+        )
+        .await
+        .unwrap();
+    let uri = format!("/api/v1/services/web/config/{old}");
+    let (status, _, body) = send(&t.app, request(Method::GET, &uri, None)).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::String("old".into())));
+    let (status, _, body) = send(&t.app, request(Method::DELETE, &uri, None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
