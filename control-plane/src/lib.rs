@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod fleet;
 pub mod grpc;
 pub mod hub;
+pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod propagation;

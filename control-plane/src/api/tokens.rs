@@ -5,7 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Path};
 use super::format::rfc3339;
 use super::state::AppState;
-use crate::auth::{generate_token, hash_token, validate_token_name};
+use crate::auth::{generate_token, hash_token, refuse_last_admin_revocation, validate_token_name};
 use crate::store::{Role as StoreRole, StoreError, TokenInfo as Row};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -99,10 +99,14 @@ pub async fn create(
     responses(
         (status = 200, description = "revoked", body = TokenRevoked),
         (status = 404, description = "no live token of that name", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "it is the last live admin token and no OUTRIDER_API_TOKEN is set: revoking it would open the API to anyone", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<TokenRevoked>> {
+    if let Some(why) = refuse_last_admin_revocation(&state.store, state.api_token.as_deref(), &name).await? {
+        return Err(ApiError::Conflict(why));
+    }
     match state.store.revoke_token(&name).await {
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("no live token named {name:?}"))),
         r => {

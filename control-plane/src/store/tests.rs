@@ -146,7 +146,7 @@ store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
         "web",
         PolicyKind::RateLimit,
         &rl(2.0),
-        Precondition::Revision(first.revision),
+        Precondition::revision(first.revision),
         "a",
     )
     .await
@@ -156,7 +156,7 @@ store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
             "web",
             PolicyKind::RateLimit,
             &rl(3.0),
-            Precondition::Revision(first.revision),
+            Precondition::revision(first.revision),
             "b",
         )
         .await
@@ -253,7 +253,7 @@ store_test!(config_documents_keep_bytes_and_revert, |s| {
         "app.yaml",
         "text/yaml",
         b"a: 2",
-        Precondition::Revision(text.revision),
+        Precondition::revision(text.revision),
         "a",
     )
     .await
