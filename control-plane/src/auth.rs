@@ -131,33 +131,6 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Whether revoking `name` would leave the API without an admin. Without the
-/// bootstrap token, the last live admin token is what keeps the API closed: once no
-/// token is live the API would be open to anyone as admin, so that revocation is
-/// refused (the message says what to do instead).
-pub async fn refuse_last_admin_revocation(
-    store: &Store,
-    bootstrap: Option<&str>,
-    name: &str,
-) -> Result<Option<String>, StoreError> {
-    if bootstrap.is_some() {
-        return Ok(None);
-    }
-    let tokens = store.list_tokens().await?;
-    let live_admins = tokens
-        .iter()
-        .filter(|t| t.revoked_at_ms.is_none() && t.role == Role::Admin && t.name != name)
-        .count();
-    let target_live = tokens.iter().any(|t| t.name == name && t.revoked_at_ms.is_none());
-    if target_live && live_admins == 0 {
-        return Ok(Some(format!(
-            "revoking {name:?} would leave no admin token, and a control plane without any live token \
-             is open to every caller as admin: create another admin token first, or set OUTRIDER_API_TOKEN"
-        )));
-    }
-    Ok(None)
-}
-
 /// Failed authentications per client address, as a GCRA bucket each: a client may
 /// fail `burst` times in a row, then once per `period / burst`; past that its failed
 /// requests are answered 429 with `Retry-After`. Only failures are counted and a

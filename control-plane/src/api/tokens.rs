@@ -5,7 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Path};
 use super::format::rfc3339;
 use super::state::AppState;
-use crate::auth::{generate_token, hash_token, refuse_last_admin_revocation, validate_token_name};
+use crate::auth::{generate_token, hash_token, validate_token_name};
 use crate::store::{Role as StoreRole, StoreError, TokenInfo as Row};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -104,11 +104,19 @@ pub async fn create(
         (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<TokenRevoked>> {
-    if let Some(why) = refuse_last_admin_revocation(&state.store, state.api_token.as_deref(), &name).await? {
-        return Err(ApiError::Conflict(why));
-    }
-    match state.store.revoke_token(&name).await {
+    // Without the bootstrap token, the last live admin token is what keeps the API
+    // closed: with no live token left it would be open to anyone as admin.
+    let revoked = if state.api_token.is_some() {
+        state.store.revoke_token(&name).await.map(|()| true)
+    } else {
+        state.store.revoke_token_keeping_an_admin(&name).await
+    };
+    match revoked {
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("no live token named {name:?}"))),
+        Ok(false) => Err(ApiError::Conflict(format!(
+            "revoking {name:?} would leave no admin token, and a control plane without any live token is open \
+             to every caller as admin: create another admin token first, or set OUTRIDER_API_TOKEN"
+        ))),
         r => {
             r?;
             Ok(Json(TokenRevoked { name, revoked: true }))
