@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use utoipa::openapi::path::ParameterIn;
 
 /// Largest policy or config document accepted (see `docs/reference.md`).
@@ -55,13 +56,25 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// The raw body, at most [`MAX_BODY`] bytes (413 beyond).
+/// How long a body may take to arrive once its head has: the listener's head
+/// timeout ends with the head, so a client trickling a body would otherwise hold
+/// its connection as long as it likes.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The raw body, at most [`MAX_BODY`] bytes (413 beyond), within [`BODY_TIMEOUT`]
+/// (408 beyond).
 pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Body(Bytes::from_request(req, state).await?))
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+            Ok(bytes) => Ok(Body(bytes?)),
+            Err(_) => Err(ApiError::Body(
+                format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+                StatusCode::REQUEST_TIMEOUT,
+            )),
+        }
     }
 }
 

@@ -59,7 +59,7 @@ impl DocumentJson {
 /// Adds the answers the HTTP port's defences give on every operation they guard,
 /// so the document stays truthful without each handler repeating them: 403 (a
 /// `Host` a loopback listener does not answer, or a write from a foreign `Origin`),
-/// 415 on writes (a form type, or not JSON where JSON is taken), and 429 (too many
+/// 408 where a body is read (it must arrive in time), 415 on writes (a form type, or not JSON where JSON is taken), and 429 (too many
 /// failed authentications) wherever a token is checked.
 pub fn with_guard_responses(mut doc: Document) -> Document {
     use utoipa::openapi::{RefOr, Response};
@@ -95,6 +95,12 @@ pub fn with_guard_responses(mut doc: Document) -> Document {
                 "the token's role does not allow this, or the Host is not one a loopback listener answers"
             };
             responses.insert("403".into(), like(forbidden));
+            if op.request_body.is_some() {
+                responses.insert(
+                    "408".into(),
+                    like("the body did not arrive within 30 s of the request head"),
+                );
+            }
             if write {
                 let unsupported = if path.ends_with("/config/{name}") {
                     "a form content type (application/x-www-form-urlencoded, multipart/form-data)"

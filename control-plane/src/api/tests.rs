@@ -1146,3 +1146,30 @@ async fn revoking_the_last_admin_token_is_a_409_and_leaves_the_api_closed() {
     let (status, _, body) = send(&t.app, as_root(Method::DELETE, "/api/v1/tokens/root")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_a_408_problem_and_stores_nothing() {
+    // The bootstrap token is checked without the store, so nothing but the body's
+    // timer runs while time is paused (and jumps ahead when all is idle).
+    let t = test_app_with(Some("boot-secret")).await;
+    let never = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/api/v1/services/web/config/app.yaml")
+        .header(header::CONTENT_TYPE, "application/yaml")
+        .header(header::AUTHORIZATION, "Bearer boot-secret")
+        .body(never)
+        .unwrap();
+    tokio::time::pause();
+    let (status, ct, body) = send(&t.app, req).await;
+    tokio::time::resume();
+    assert_eq!(
+        (status, ct.as_deref()),
+        (StatusCode::REQUEST_TIMEOUT, PROBLEM),
+        "{body}"
+    );
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+}
