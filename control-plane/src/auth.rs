@@ -9,6 +9,11 @@ use crate::store::{Role, Store, StoreError};
 use axum::http::{header, HeaderMap, Method};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Name recorded for the bootstrap token (`OUTRIDER_API_TOKEN`).
 pub const BOOTSTRAP_NAME: &str = "admin";
@@ -94,10 +99,7 @@ pub async fn authenticate(
     bootstrap: Option<&str>,
     authorization: Option<&str>,
 ) -> Result<Principal, AuthError> {
-    let given = authorization
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let given = authorization.and_then(bearer).filter(|t| !t.is_empty());
     let Some(given) = given else {
         // No token: fine only while no token exists anywhere.
         if bootstrap.is_some() || store.has_tokens().await? {
@@ -122,6 +124,75 @@ pub async fn authenticate(
             role: t.role,
         }),
         None => Err(AuthError::Unauthorized),
+    }
+}
+
+/// The token of an `Authorization: Bearer …` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer x` and `BEARER x` work like `Bearer x`.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Failed authentications per client address, as a GCRA bucket each: a client may
+/// fail `burst` times in a row, then once per `period / burst`; past that its failed
+/// requests are answered 429 with `Retry-After`. Only failures are counted and a
+/// valid token is always checked first, so a throttled address still gets in with a
+/// good token. Tokens are 256 random bits, so this is not what stops guessing: it
+/// sheds a misbehaving client's load and makes it visible (a metric, a log line).
+pub struct AuthThrottle {
+    /// Time between two failures a client is allowed, once its burst is spent.
+    interval: Duration,
+    /// How far ahead of now a client's theoretical arrival time may run.
+    tolerance: Duration,
+    /// Theoretical arrival time of each client's next allowed failure.
+    clients: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// How many addresses are tracked at most; past that, expired entries are dropped,
+/// and if none has expired every address shares one bucket, so the map stays bounded
+/// under a flood of sources.
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+impl AuthThrottle {
+    /// `burst` failures per `period` (both at least 1).
+    pub fn new(burst: u32, period: Duration) -> Self {
+        let burst = burst.max(1);
+        let interval = (period / burst).max(Duration::from_millis(1));
+        Self {
+            interval,
+            tolerance: interval * (burst - 1),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failed authentication from `ip`. `None` while the client is within
+    /// its allowance; otherwise how long until its next failure would be allowed.
+    pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let now = Instant::now();
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&ip) {
+            clients.retain(|_, tat| *tat > now);
+        }
+        let key = if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&ip) {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            ip
+        };
+        let tat = clients.get(&key).copied().unwrap_or(now).max(now);
+        let allowed_from = tat.checked_sub(self.tolerance).unwrap_or(now);
+        if allowed_from > now {
+            return Some(allowed_from - now);
+        }
+        clients.insert(key, tat + self.interval);
+        None
+    }
+}
+
+impl Default for AuthThrottle {
+    /// Ten failures a minute per address.
+    fn default() -> Self {
+        Self::new(10, Duration::from_secs(60))
     }
 }
 
@@ -160,6 +231,34 @@ mod tests {
         assert_eq!(required_role(&Method::POST, "/revisions/3/revert"), Role::Editor);
         assert_eq!(required_role(&Method::GET, "/tokens"), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, "/tokens/alice"), Role::Admin);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_is_throttled_after_its_burst_of_failures_and_recovers_with_time() {
+        let throttle = AuthThrottle::new(3, Duration::from_secs(60));
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..3 {
+            assert_eq!(throttle.failed(a), None);
+        }
+        let wait = throttle.failed(a).expect("the fourth failure in a row is throttled");
+        assert!(wait <= Duration::from_secs(20), "{wait:?}");
+        assert_eq!(throttle.failed(b), None, "another address has its own bucket");
+        tokio::time::advance(wait).await;
+        assert_eq!(
+            throttle.failed(a),
+            None,
+            "one more failure is allowed once the interval passed"
+        );
+        assert!(throttle.failed(a).is_some());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod hub;
 pub mod join;
+pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod propagation;

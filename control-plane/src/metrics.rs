@@ -23,6 +23,10 @@ pub struct Metrics {
     pub watches: Counter,
     /// Health reports written to the store (batched or at once).
     pub health_rows_written: Counter,
+    /// REST requests refused for a missing or wrong bearer token (401 or 429).
+    pub api_auth_failures: Counter,
+    /// Of those, the ones answered 429 because their client failed too often.
+    pub api_auth_throttled: Counter,
     /// Write → ACK of each revision by each sidecar connected when it was written.
     pub propagation_seconds: Histogram,
 }
@@ -48,6 +52,8 @@ impl Metrics {
             stream_bytes_sent: Counter::default(),
             watches: Counter::default(),
             health_rows_written: Counter::default(),
+            api_auth_failures: Counter::default(),
+            api_auth_throttled: Counter::default(),
             propagation_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             registry: Registry::default(),
         };
@@ -69,6 +75,16 @@ impl Metrics {
         registry.register("snapshots_sent", "Snapshots sent to sidecars", m.snapshots_sent.clone());
         registry.register("acks", "Snapshots acknowledged by sidecars", m.acks.clone());
         registry.register("nacks", "Snapshots refused by sidecars", m.nacks.clone());
+        registry.register(
+            "api_auth_failures",
+            "REST requests refused for a missing or wrong bearer token (401 or 429)",
+            m.api_auth_failures.clone(),
+        );
+        registry.register(
+            "api_auth_throttled",
+            "REST requests answered 429 because their client address failed authentication too often",
+            m.api_auth_throttled.clone(),
+        );
         registry.register(
             "policy_writes",
             "Policy and config writes through this replica's API",

@@ -1,9 +1,12 @@
 //! Configuration and the process lifecycle: [`bind`] the listeners, then [`run`]:
 //! open the store, load, serve gRPC and HTTP on the listeners given, drain on shutdown.
 
+use crate::api::guard::Guard;
 use crate::api::{self, AppState};
+use crate::auth::AuthThrottle;
 use crate::grpc::ControlService;
 use crate::hub::{Hub, Timing};
+use crate::listen::{serve_http, HandshakeDeadline, HttpLimits};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use outrider_runtime::shutdown::{CancellationToken, TaskTracker};
@@ -14,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tracing::Instrument;
 use tracing::{info, warn};
 
@@ -61,6 +65,23 @@ pub struct Config {
     /// Silence after which a sidecar is disconnected.
     #[arg(long, env = "OUTRIDER_DISCONNECTED_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub disconnected_after: Duration,
+    /// Origins (scheme://host[:port]) besides the control plane's own whose pages may
+    /// write through the API, comma-separated; their hosts are allowed hosts too.
+    #[arg(long, env = "OUTRIDER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Host names a loopback HTTP listener answers besides localhost, 127.0.0.1 and
+    /// [::1], comma-separated (a name that resolves to this machine, e.g. behind a tunnel).
+    #[arg(long, env = "OUTRIDER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Time the HTTP port gives a request head, and an idle kept-alive connection.
+    #[arg(long, env = "OUTRIDER_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// HTTP connections open at once; more wait to be accepted.
+    #[arg(long, env = "OUTRIDER_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// Time a gRPC client has to send the HTTP/2 preface and its first frame.
+    #[arg(long, env = "OUTRIDER_GRPC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub grpc_handshake_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -81,6 +102,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Guard(#[from] crate::api::guard::GuardError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
@@ -163,6 +186,7 @@ pub async fn run(
     } = listeners;
     let (http_addr, grpc_addr) = (local_addr(&http_listener)?, local_addr(&grpc_listener)?);
     cfg.check_addresses(http_addr, grpc_addr, true)?;
+    let guard = Guard::new(http_addr.ip().is_loopback(), &cfg.allowed_origins, &cfg.allowed_hosts)?;
     let store = open_store(&cfg).await?;
     // Before anything is served: a public gRPC port needs the mesh-wide token or at
     // least one join token.
@@ -189,21 +213,16 @@ pub async fn run(
         hub: hub.clone(),
         store: store.clone(),
         api_token: present(&cfg.api_token).map(Into::into),
+        guard: Arc::new(guard),
+        throttle: Arc::new(AuthThrottle::default()),
     };
     tasks.spawn(crate::fleet::run(state.clone(), stop.clone()).in_current_span());
     let app = api::app(state);
-    let http_stop = stop.clone();
-    tasks.spawn(
-        async move {
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-            {
-                warn!(error = %e, "HTTP server ended with an error");
-            }
-        }
-        .in_current_span(),
-    );
+    let limits = HttpLimits {
+        header_timeout: cfg.http_header_timeout,
+        max_connections: cfg.http_max_connections,
+    };
+    tasks.spawn(serve_http(http_listener, app, limits, stop.clone()).in_current_span());
 
     let loader = hub.clone();
     let load_stop = stop.clone();
@@ -217,9 +236,15 @@ pub async fn run(
     tasks.spawn(crate::canary::run_driver(hub.clone(), stop.clone()).in_current_span());
 
     let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone()).into_server();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let handshake = cfg.grpc_handshake_timeout;
+    // The builder's own TCP settings apply only to listeners it binds itself.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(move |accepted| {
+        accepted.map(|stream| {
+            let _ = stream.set_nodelay(true);
+            HandshakeDeadline::new(stream, handshake)
+        })
+    });
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(svc)

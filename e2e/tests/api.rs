@@ -197,6 +197,7 @@ async fn api_token_is_required_when_configured() {
     let r = client()
         .put(cp.api("/services/web/policies/rate-limit"))
         .bearer_auth("tok-123")
+        .header("content-type", "application/json")
         .body(r#"{"rules":[{"name":"a","requestsPerSecond":1}]}"#)
         .send()
         .await

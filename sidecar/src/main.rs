@@ -141,6 +141,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, app = %cfg.app_addr(),
             app_protocol = ?cfg.app_protocol, "sidecar starting"
         );
+        // The admin port has no authentication and serves config documents and the
+        // applied policy: anyone who can reach it can read them.
+        if !cfg.admin_addr.ip().is_loopback() {
+            warn!(
+                admin = %cfg.admin_addr,
+                "the admin port (config documents, /config_dump, no authentication) listens on a \
+                 non-loopback address: anyone who can reach it can read them; bind OUTRIDER_ADMIN_ADDR \
+                 to 127.0.0.1 unless the network in front of it is trusted"
+            );
+        }
 
         // Shutdown runs these stages in order: the agent (deregister), then the
         // proxies and the admin port (drain), then log shipping (flush).

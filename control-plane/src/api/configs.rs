@@ -30,8 +30,8 @@ pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
 #[utoipa::path(get, path = "/services/{service}/config/{name}", tag = "config",
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,255}$")),
     responses(
-        (status = 200, description = "the document as stored, in its own content type; ETag", content_type = "application/octet-stream", body = Vec<u8>,
-            headers(("ETag" = String, description = "the revision, quoted"))),
+        (status = 200, description = "the document as stored, in its own content type; ETag. Always `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`; a type a browser renders as a page (HTML, XHTML, SVG, XML) also `Content-Disposition: attachment`", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("ETag" = String, description = "the revision, quoted"), ("Content-Security-Policy" = String, description = "sandbox"))),
         (status = 404, description = "no such document", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -46,11 +46,30 @@ pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(Str
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("service {service:?} has no config document {name:?}")))?;
     let ct = HeaderValue::from_str(&c.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    Ok((
+    let mut resp = (
         [(header::CONTENT_TYPE, ct), (header::ETAG, etag(c.revision))],
         c.content,
     )
-        .into_response())
+        .into_response();
+    inert(resp.headers_mut(), &c.content_type);
+    Ok(resp)
+}
+
+/// A config document is whatever its author stored, served from the dashboard's
+/// origin: it must never run there. `sandbox` gives a document opened in a tab no
+/// origin and no scripts, `nosniff` stops a browser guessing a type, and a type a
+/// browser would render as a page is a download instead.
+fn inert(headers: &mut HeaderMap, content_type: &str) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let active = matches!(
+        media.as_str(),
+        "text/html" | "application/xhtml+xml" | "image/svg+xml" | "text/xml" | "application/xml" | "text/xsl"
+    );
+    if active {
+        headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
 }
 
 #[utoipa::path(put, path = "/services/{service}/config/{name}", tag = "config",

@@ -38,6 +38,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// The body's content type is not one this route takes (a form, or not JSON).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Too many failed authentications from this client; retry after the delay.
+    #[error("too many failed authentications from this address; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     /// The store cannot be reached; the cause is for the server's log only.
     #[error("store unavailable")]
     Unavailable(String),
@@ -62,6 +68,8 @@ impl ApiError {
             ApiError::Body(_, s) => (*s, "Unacceptable body"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Store unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         }
@@ -112,6 +120,7 @@ impl IntoResponse for ApiError {
         let (status, title) = self.status_and_title();
         let mut problem = Problem::new(status.as_u16(), title, self.to_string());
         let mut cause = None;
+        let mut retry_after = None;
         match self {
             ApiError::Invalid(errs) => {
                 problem.detail = errs
@@ -123,6 +132,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Stale { current } => problem.current_revision = current,
             ApiError::Unavailable(c) | ApiError::Internal(c) => cause = Some(c),
+            ApiError::TooManyRequests { retry_after_secs } => retry_after = Some(retry_after_secs),
             _ => {}
         }
         let mut resp = (status, Json(problem)).into_response();
@@ -130,6 +140,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(c) = cause {
             resp.extensions_mut().insert(InternalCause(c));
@@ -148,4 +161,34 @@ pub async fn log_internal_errors(req: Request, next: Next) -> Response {
         tracing::error!(%method, path, status = resp.status().as_u16(), error = %cause, "request failed");
     }
     resp
+}
+
+/// Every error is problem+json, including those no handler wrote: axum's own 404
+/// and 405 (the `Allow` header kept), rejections raised before a handler runs, and
+/// the dashboard's. A short plain-text body becomes the problem's detail.
+pub async fn every_error_is_a_problem(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = std::str::from_utf8(&text).unwrap_or("").trim();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let detail = match (text.is_empty(), status) {
+        (false, _) => text.to_owned(),
+        (true, StatusCode::NOT_FOUND) => "no such resource".to_owned(),
+        (true, StatusCode::METHOD_NOT_ALLOWED) => "this resource does not take that method (see Allow)".to_owned(),
+        (true, _) => title.to_owned(),
+    };
+    let body = serde_json::to_vec(&Problem::new(status.as_u16(), title, detail)).unwrap_or_default();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

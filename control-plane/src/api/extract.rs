@@ -5,11 +5,11 @@
 
 use super::error::{ApiError, ApiResult};
 use super::state::AppState;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 use crate::store::Precondition;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
@@ -19,7 +19,9 @@ use outrider_api::FieldError;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use utoipa::openapi::path::ParameterIn;
 
 /// Largest policy or config document accepted (see `docs/reference.md`).
@@ -54,13 +56,25 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// The raw body, at most [`MAX_BODY`] bytes (413 beyond).
+/// How long a body may take to arrive once its head has: the listener's head
+/// timeout ends with the head, so a client trickling a body would otherwise hold
+/// its connection as long as it likes.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The raw body, at most [`MAX_BODY`] bytes (413 beyond), within [`BODY_TIMEOUT`]
+/// (408 beyond).
 pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Body(Bytes::from_request(req, state).await?))
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+            Ok(bytes) => Ok(Body(bytes?)),
+            Err(_) => Err(ApiError::Body(
+                format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+                StatusCode::REQUEST_TIMEOUT,
+            )),
+        }
     }
 }
 
@@ -107,23 +121,47 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// `If-Match` → what the write expects. A value that names no revision can match
-/// nothing, so it fails the write like a stale one.
+/// `If-Match` and `If-None-Match` → what the write expects.
+///
+/// `If-Match` is a list: the write goes ahead when the current revision is any of
+/// its tags, and `*` when the document exists at all; a tag that names no revision
+/// matches nothing. `If-None-Match: *` makes a write create-only. Both at once ask
+/// for a document that exists and does not, so nothing can match (412).
 pub struct IfMatch(pub Precondition);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Some(v) = parts.headers.get(header::IF_MATCH) else {
-            return Ok(IfMatch(Precondition::None));
-        };
-        let s = v.to_str().unwrap_or("").trim();
-        if s == "*" {
-            return Ok(IfMatch(Precondition::Exists));
-        }
-        let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
-        Ok(IfMatch(Precondition::Revision(s.parse().unwrap_or(u64::MAX))))
+        Ok(IfMatch(precondition(&parts.headers)))
     }
+}
+
+/// Reads the precondition headers of a write (see [`IfMatch`]).
+pub fn precondition(headers: &axum::http::HeaderMap) -> Precondition {
+    let header_text = |name| -> Option<String> {
+        let values: Vec<&str> = headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("")).collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let create_only = header_text(header::IF_NONE_MATCH).is_some_and(|v| v.split(',').any(|t| t.trim() == "*"));
+    let Some(if_match) = header_text(header::IF_MATCH) else {
+        return if create_only {
+            Precondition::Absent
+        } else {
+            Precondition::None
+        };
+    };
+    if create_only {
+        return Precondition::AnyOf(Vec::new());
+    }
+    let tags: Vec<&str> = if_match.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    if tags.contains(&"*") {
+        return Precondition::Exists;
+    }
+    Precondition::AnyOf(
+        tags.iter()
+            .filter_map(|t| t.strip_prefix("W/").unwrap_or(t).trim_matches('"').parse().ok())
+            .collect(),
+    )
 }
 
 /// Who makes a change, for the history: the authenticated token's name.
@@ -141,7 +179,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
 }
 
 /// Every `/api/v1` request passes here: who is it (401), may they (403); see `auth`.
-/// The principal rides on the request for [`Actor`].
+/// The principal rides on the request for [`Actor`]. A client address that keeps
+/// failing gets 429 with `Retry-After` instead of 401 (see `auth::AuthThrottle`);
+/// its valid tokens still work, because the token is always checked first.
 pub async fn authenticate(Extension(state): Extension<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let path = path.strip_prefix(outrider_api::API_PREFIX).unwrap_or(path);
@@ -157,6 +197,21 @@ pub async fn authenticate(Extension(state): Extension<AppState>, mut req: Reques
         Ok(p) => {
             req.extensions_mut().insert(p);
             next.run(req).await
+        }
+        Err(AuthError::Unauthorized) => {
+            state.hub.metrics.api_auth_failures.inc();
+            let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            match client.and_then(|ip| state.throttle.failed(ip).map(|wait| (ip, wait))) {
+                Some((ip, wait)) => {
+                    state.hub.metrics.api_auth_throttled.inc();
+                    tracing::warn!(client = %ip, "repeated failed authentication; answering 429");
+                    ApiError::TooManyRequests {
+                        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    }
+                    .into_response()
+                }
+                None => ApiError::Unauthorized.into_response(),
+            }
         }
         Err(e) => ApiError::from(e).into_response(),
     }

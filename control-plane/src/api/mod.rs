@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 pub mod extract;
 pub mod format;
+pub mod guard;
 mod health;
 mod join_tokens;
 pub mod openapi;
@@ -56,18 +57,20 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .route_layer(middleware::from_fn(extract::exact_query))
+        .route_layer(middleware::from_fn(guard::json_writes))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .layer(middleware::from_fn(extract::authenticate))
 }
 
 /// The whole HTTP surface and its document, before the state is supplied.
 fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest(API_PREFIX, api_routes())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    (routes, openapi::with_guard_responses(doc))
 }
 
 /// The OpenAPI document of the REST API, as `GET /api/v1/openapi.json` serves it.
@@ -82,9 +85,12 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::dashboard::routes())
         .layer(Extension(openapi::DocumentJson::new(&doc)))
         .layer(Extension(extract::QueryParams::from_doc(&doc)))
-        // The auth layer reads the state from here, so the routes (and with them the
-        // document) can be built without one.
+        .layer(middleware::from_fn(guard::browser_guard))
+        // The auth and guard layers read the state from here, so the routes (and with
+        // them the document) can be built without one.
         .layer(Extension(state.clone()))
+        .layer(middleware::map_response(guard::nosniff))
+        .layer(middleware::map_response(error::every_error_is_a_problem))
         .layer(middleware::from_fn(error::log_internal_errors))
         .with_state(state)
 }

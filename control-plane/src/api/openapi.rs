@@ -55,3 +55,61 @@ impl DocumentJson {
         DocumentJson(Bytes::from(serde_json::to_vec(doc).unwrap_or_default()))
     }
 }
+
+/// Adds the answers the HTTP port's defences give on every operation they guard,
+/// so the document stays truthful without each handler repeating them: 403 (a
+/// `Host` a loopback listener does not answer, or a write from a foreign `Origin`),
+/// 408 where a body is read (it must arrive in time), 415 on writes (a form type, or not JSON where JSON is taken), and 429 (too many
+/// failed authentications) wherever a token is checked.
+pub fn with_guard_responses(mut doc: Document) -> Document {
+    use utoipa::openapi::{RefOr, Response};
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            (false, &mut item.get),
+            (true, &mut item.put),
+            (true, &mut item.post),
+            (true, &mut item.delete),
+            (true, &mut item.patch),
+        ];
+        for (write, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let responses = &mut op.responses.responses;
+            // Every guarded operation already answers 401 as a problem; the others
+            // reuse its shape.
+            let Some(RefOr::T(problem)) = responses.get("401").cloned() else {
+                continue;
+            };
+            let like = |description: &str| -> RefOr<Response> {
+                let mut r: Response = problem.clone();
+                r.description = description.to_owned();
+                RefOr::T(r)
+            };
+            responses.insert(
+                "429".into(),
+                like("too many failed authentications from this address; Retry-After says when to retry"),
+            );
+            let forbidden = if write {
+                "the token's role does not allow this, the write's Origin is not the control plane's own \
+                 (nor in --allowed-origins), or the Host is not one a loopback listener answers"
+            } else {
+                "the token's role does not allow this, or the Host is not one a loopback listener answers"
+            };
+            responses.insert("403".into(), like(forbidden));
+            if op.request_body.is_some() {
+                responses.insert(
+                    "408".into(),
+                    like("the body did not arrive within 30 s of the request head"),
+                );
+            }
+            if write {
+                let unsupported = if path.ends_with("/config/{name}") {
+                    "a form content type (application/x-www-form-urlencoded, multipart/form-data)"
+                } else {
+                    "the body is not application/json (form and text types included)"
+                };
+                responses.insert("415".into(), like(unsupported));
+            }
+        }
+    }
+    doc
+}

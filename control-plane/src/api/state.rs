@@ -1,6 +1,9 @@
 //! What every handler of the HTTP layer shares: the hub (snapshots, events, timing),
-//! the store, and the bootstrap API token.
+//! the store, the bootstrap API token, and the HTTP port's defences (the browser
+//! guard's allowed origins and hosts, the failed-authentication throttle).
 
+use super::guard::Guard;
+use crate::auth::AuthThrottle;
 use crate::hub::Hub;
 use crate::store::Store;
 use std::sync::Arc;
@@ -11,6 +14,10 @@ pub struct AppState {
     pub store: Store,
     /// `OUTRIDER_API_TOKEN`, the bootstrap admin token (see `auth`).
     pub api_token: Option<Arc<str>>,
+    /// Which `Host` and `Origin` values the HTTP port answers (see `guard`).
+    pub guard: Arc<Guard>,
+    /// Failed authentications per client address (see `auth`).
+    pub throttle: Arc<AuthThrottle>,
 }
 
 impl AppState {

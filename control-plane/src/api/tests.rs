@@ -20,6 +20,16 @@ struct TestApp {
 }
 
 async fn test_app() -> TestApp {
+    test_app_with(None).await
+}
+
+/// With `OUTRIDER_API_TOKEN` set to `api_token`, when given.
+async fn test_app_with(api_token: Option<&str>) -> TestApp {
+    test_app_guarded(api_token, guard::Guard::new(true, &[], &[]).unwrap()).await
+}
+
+/// Listening on loopback as `guard` says.
+async fn test_app_guarded(api_token: Option<&str>, guard: guard::Guard) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(None, dir.path()).await.unwrap();
     let hub = Hub::new(store.clone(), Timing::default(), Arc::new(Metrics::new()));
@@ -28,7 +38,9 @@ async fn test_app() -> TestApp {
     let app = app(AppState {
         hub,
         store: store.clone(),
-        api_token: None,
+        api_token: api_token.map(Into::into),
+        guard: Arc::new(guard),
+        throttle: Arc::new(crate::auth::AuthThrottle::default()),
     });
     TestApp { app, store, dir }
 }
@@ -877,4 +889,361 @@ async fn a_config_name_over_200_bytes_is_a_422_naming_the_field_but_one_stored_e
     assert_eq!((status, body), (StatusCode::OK, Value::String("old".into())));
     let (status, _, body) = send(&t.app, request(Method::DELETE, &uri, None)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A request as a browser page would send it: with these headers, and `body` as is.
+fn browser(method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn a_write_from_another_origin_is_a_403_problem_and_stores_nothing() {
+    let t = test_app().await;
+    let rl = r#"{"rules": [{"name": "all", "requestsPerSecond": 10}]}"#;
+    let foreign = [
+        ("host", "127.0.0.1:18080"),
+        ("origin", "http://evil.example"),
+        ("content-type", "application/json"),
+    ];
+    for (method, uri, body) in [
+        (Method::PUT, "/api/v1/services/web/policies/rate-limit", rl),
+        (
+            Method::POST,
+            "/api/v1/tokens",
+            r#"{"name": "mallory", "role": "admin"}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1/services/web/canary",
+            r#"{"subset": "v2", "steps": [10, 100], "interval": "1s"}"#,
+        ),
+        (Method::PUT, "/api/v1/services/web/config/app.yaml", "a: 1"),
+    ] {
+        let (status, ct, body) = send(&t.app, browser(method.clone(), uri, &foreign, body)).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::FORBIDDEN, PROBLEM),
+            "{method} {uri}: {body}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains("evil.example"), "{body}");
+    }
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert!(t.store.list_tokens().await.unwrap().is_empty(), "no token created");
+    // The control plane's own origin, in any case and with its default port spelt out.
+    let own = [
+        ("host", "localhost:18080"),
+        ("origin", "HTTP://LocalHost:18080"),
+        ("content-type", "application/json"),
+    ];
+    let uri = "/api/v1/services/web/policies/rate-limit";
+    let (status, _, body) = send(&t.app, browser(Method::PUT, uri, &own, rl)).await;
+    assert_eq!(status, 200, "{body}");
+    // Reads are not refused for their Origin: a page elsewhere cannot read the answer.
+    let read = [("host", "127.0.0.1:18080"), ("origin", "http://evil.example")];
+    let (status, _, _) = send(&t.app, browser(Method::GET, uri, &read, "")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn an_allowed_origin_may_write_and_its_host_is_answered() {
+    let guard = guard::Guard::new(true, &["https://ops.example.com".into()], &[]).unwrap();
+    let t = test_app_guarded(None, guard).await;
+    let headers = [
+        ("host", "ops.example.com"),
+        ("origin", "https://ops.example.com"),
+        ("content-type", "application/json"),
+    ];
+    let rl = r#"{"rules": [{"name": "all", "requestsPerSecond": 10}]}"#;
+    let req = browser(Method::PUT, "/api/v1/services/web/policies/rate-limit", &headers, rl);
+    let (status, _, body) = send(&t.app, req).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_loopback_listener_refuses_a_foreign_host_with_a_403_problem() {
+    let t = test_app().await;
+    for uri in ["/api/v1/services", "/", "/dashboard/js/main.js", "/healthz"] {
+        let (status, ct, body) = send(
+            &t.app,
+            browser(Method::GET, uri, &[("host", "rebound.evil.example")], ""),
+        )
+        .await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::FORBIDDEN, PROBLEM),
+            "{uri}: {body}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains("--allowed-hosts"), "{body}");
+    }
+    for host in ["localhost:18080", "127.0.0.1", "[::1]:18080"] {
+        let (status, _, body) = send(&t.app, browser(Method::GET, "/api/v1/services", &[("host", host)], "")).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn form_and_plain_text_bodies_are_415_problems_where_json_is_taken() {
+    let t = test_app().await;
+    let rl = r#"{"rules": [{"name": "all", "requestsPerSecond": 10}]}"#;
+    let policy = "/api/v1/services/web/policies/rate-limit";
+    let config = "/api/v1/services/web/config/app.txt";
+    for (method, uri, ct) in [
+        (Method::PUT, policy, Some("text/plain")),
+        (Method::PUT, policy, Some("application/x-www-form-urlencoded")),
+        (Method::PUT, policy, None),
+        (Method::POST, "/api/v1/tokens", Some("text/plain;charset=UTF-8")),
+        (
+            Method::POST,
+            "/api/v1/services/web/canary",
+            Some("multipart/form-data; boundary=x"),
+        ),
+        (Method::PUT, config, Some("multipart/form-data; boundary=x")),
+        (Method::PUT, config, Some("application/x-www-form-urlencoded")),
+        (Method::DELETE, config, Some("application/x-www-form-urlencoded")),
+    ] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let (status, pct, body) = send(&t.app, browser(method.clone(), uri, &headers, rl)).await;
+        assert_eq!(
+            (status, pct.as_deref()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, PROBLEM),
+            "{method} {uri} {ct:?}: {body}"
+        );
+    }
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    // A config document keeps its own type, plain text included.
+    let (status, _, body) = send(
+        &t.app,
+        browser(Method::PUT, config, &[("content-type", "text/plain")], "hi"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn config_documents_are_served_inert_and_every_answer_says_nosniff() {
+    let t = test_app().await;
+    let page = "<script>alert(document.cookie)</script>";
+    for (name, ct, attachment) in [
+        ("page.html", "text/html", true),
+        ("app.yaml", "application/yaml", false),
+    ] {
+        let uri = format!("/api/v1/services/web/config/{name}");
+        let (status, _, body) = send(&t.app, browser(Method::PUT, &uri, &[("content-type", ct)], page)).await;
+        assert_eq!(status, 200, "{body}");
+        let resp = t.app.clone().oneshot(request(Method::GET, &uri, None)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(
+            h[header::CONTENT_TYPE],
+            ct,
+            "{name}: served in the type it was stored with"
+        );
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{name}");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], "sandbox", "{name}");
+        assert_eq!(
+            h.get(header::CONTENT_DISPOSITION).map(|v| v.to_str().unwrap()),
+            attachment.then_some("attachment"),
+            "{name}"
+        );
+    }
+    for uri in [
+        "/api/v1/services",
+        "/api/v1/services/nope",
+        "/api/v1/openapi.json",
+        "/healthz",
+        "/nope",
+    ] {
+        let resp = t.app.clone().oneshot(request(Method::GET, uri, None)).await.unwrap();
+        assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn every_error_is_problem_json_even_those_no_handler_wrote() {
+    let t = test_app().await;
+    for (method, uri, want) in [
+        (Method::GET, "/api/v1/no-such-route", StatusCode::NOT_FOUND),
+        (Method::GET, "/no-such-page", StatusCode::NOT_FOUND),
+        (Method::GET, "/dashboard/js/none.js", StatusCode::NOT_FOUND),
+        (Method::DELETE, "/api/v1/services", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::POST, "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/api/v1/revisions/abc", StatusCode::BAD_REQUEST),
+        (Method::GET, "/api/v1/revisions/%FF", StatusCode::BAD_REQUEST),
+        (Method::GET, "/api/v1/services/%FF/config/a", StatusCode::BAD_REQUEST),
+        (Method::GET, "/api/v1/sidecars?limit=abc", StatusCode::BAD_REQUEST),
+        (Method::GET, "/api/v1/revisions?limit=abc", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, ct, body) = send(&t.app, request(method.clone(), uri, None)).await;
+        assert_eq!((status, ct.as_deref()), (want, PROBLEM), "{method} {uri}: {body}");
+        assert_eq!(body["status"], want.as_u16(), "{method} {uri}: {body}");
+    }
+    let resp = t
+        .app
+        .clone()
+        .oneshot(request(Method::DELETE, "/api/v1/services", None))
+        .await
+        .unwrap();
+    assert!(
+        resp.headers().contains_key(header::ALLOW),
+        "a 405 still names the methods it takes"
+    );
+}
+
+#[tokio::test]
+async fn if_match_takes_a_list_and_if_none_match_star_creates_only() {
+    let t = test_app().await;
+    let uri = "/api/v1/services/web/policies/rate-limit";
+    let doc = json!({"rules": [{"name": "all", "requestsPerSecond": 10}]});
+    let with = |name: &'static str, value: String| {
+        let mut r = request(Method::PUT, uri, Some(&doc));
+        r.headers_mut().insert(name, value.parse().unwrap());
+        r
+    };
+    let (status, _, body) = send(&t.app, with("if-match", "*".into())).await;
+    assert_eq!(status, 412, "If-Match: * needs an existing document: {body}");
+    let (status, _, body) = send(&t.app, with("if-none-match", "*".into())).await;
+    assert_eq!(status, 200, "create-only on a new document: {body}");
+    let rev = body["revision"].as_u64().unwrap();
+    let (status, _, body) = send(&t.app, with("if-none-match", "*".into())).await;
+    assert_eq!(
+        (status, body["currentRevision"].as_u64()),
+        (StatusCode::PRECONDITION_FAILED, Some(rev))
+    );
+    let (status, _, body) = send(&t.app, with("if-match", format!("\"{}\", \"{rev}\"", rev + 10))).await;
+    assert_eq!(status, 200, "any tag of the list matches: {body}");
+    let rev = body["revision"].as_u64().unwrap();
+    let (status, _, body) = send(&t.app, with("if-match", format!("\"{}\", \"{}\"", rev + 1, rev + 2))).await;
+    assert_eq!(status, 412, "no tag of the list matches: {body}");
+    let (status, _, body) = send(&t.app, with("if-match", format!("\"x\", \"{rev}\""))).await;
+    assert_eq!(
+        status, 200,
+        "a tag that names no revision does not spoil the list: {body}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let t = test_app_with(Some("boot-secret")).await;
+    for value in ["Bearer boot-secret", "bearer boot-secret", "BEARER boot-secret"] {
+        let req = browser(Method::GET, "/api/v1/services", &[("authorization", value)], "");
+        let (status, _, body) = send(&t.app, req).await;
+        assert_eq!(status, 200, "{value}: {body}");
+    }
+    let req = browser(
+        Method::GET,
+        "/api/v1/services",
+        &[("authorization", "Basic boot-secret")],
+        "",
+    );
+    assert_eq!(send(&t.app, req).await.0, 401);
+}
+
+#[tokio::test]
+async fn repeated_bad_tokens_from_one_address_get_429_while_a_good_token_still_works() {
+    let t = test_app_with(Some("boot-secret")).await;
+    let from = |addr: &str, token: &str| {
+        let mut r = browser(Method::GET, "/api/v1/services", &[("authorization", token)], "");
+        let peer: std::net::SocketAddr = addr.parse().unwrap();
+        r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        r
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(send(&t.app, from("10.1.1.1:5000", "Bearer wrong")).await.0.as_u16());
+    }
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert_eq!(statuses[10..], [429; 2], "{statuses:?}");
+    let resp = t
+        .app
+        .clone()
+        .oneshot(from("10.1.1.1:5001", "Bearer wrong"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], outrider_api::PROBLEM_JSON);
+    let retry: u64 = resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let (status, _, body) = send(&t.app, from("10.1.1.1:5002", "Bearer boot-secret")).await;
+    assert_eq!(status, 200, "a valid token is never throttled: {body}");
+    assert_eq!(
+        send(&t.app, from("10.2.2.2:5000", "Bearer wrong")).await.0,
+        401,
+        "another address is not"
+    );
+    let metrics = send(&t.app, request(Method::GET, "/metrics", None)).await.2;
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains("outrider_control_plane_api_auth_throttled_total 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("outrider_control_plane_api_auth_failures_total 14"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn revoking_the_last_admin_token_is_a_409_and_leaves_the_api_closed() {
+    let t = test_app().await;
+    let create = |name: &str, role: &str| {
+        request(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": name, "role": role})),
+        )
+    };
+    let (status, _, root) = send(&t.app, create("root", "admin")).await;
+    assert_eq!(status, 201, "{root}");
+    let root = format!("Bearer {}", root["token"].as_str().unwrap());
+    let as_root = |method: Method, uri: &str| browser(method, uri, &[("authorization", root.as_str())], "");
+    let (status, ct, body) = send(&t.app, as_root(Method::DELETE, "/api/v1/tokens/root")).await;
+    assert_eq!((status, ct.as_deref()), (StatusCode::CONFLICT, PROBLEM), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("admin token"), "{body}");
+    let (status, _, _) = send(&t.app, request(Method::GET, "/api/v1/services", None)).await;
+    assert_eq!(status, 401, "the API stays closed to anonymous callers");
+    // With another admin live, the first may go.
+    let mut second = create("second", "admin");
+    second
+        .headers_mut()
+        .insert(header::AUTHORIZATION, root.parse().unwrap());
+    assert_eq!(send(&t.app, second).await.0, 201);
+    let (status, _, body) = send(&t.app, as_root(Method::DELETE, "/api/v1/tokens/root")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_a_408_problem_and_stores_nothing() {
+    // The bootstrap token is checked without the store, so nothing but the body's
+    // timer runs while time is paused (and jumps ahead when all is idle).
+    let t = test_app_with(Some("boot-secret")).await;
+    let never = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/api/v1/services/web/config/app.yaml")
+        .header(header::CONTENT_TYPE, "application/yaml")
+        .header(header::AUTHORIZATION, "Bearer boot-secret")
+        .body(never)
+        .unwrap();
+    tokio::time::pause();
+    let (status, ct, body) = send(&t.app, req).await;
+    tokio::time::resume();
+    assert_eq!(
+        (status, ct.as_deref()),
+        (StatusCode::REQUEST_TIMEOUT, PROBLEM),
+        "{body}"
+    );
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
 }

@@ -99,12 +99,24 @@ pub async fn create(
     responses(
         (status = 200, description = "revoked", body = TokenRevoked),
         (status = 404, description = "no live token of that name", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "it is the last live admin token and no OUTRIDER_API_TOKEN is set: revoking it would open the API to anyone", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token's role does not allow this", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<TokenRevoked>> {
-    match state.store.revoke_token(&name).await {
+    // Without the bootstrap token, the last live admin token is what keeps the API
+    // closed: with no live token left it would be open to anyone as admin.
+    let revoked = if state.api_token.is_some() {
+        state.store.revoke_token(&name).await.map(|()| true)
+    } else {
+        state.store.revoke_token_keeping_an_admin(&name).await
+    };
+    match revoked {
         Err(StoreError::NotFound) => Err(ApiError::NotFound(format!("no live token named {name:?}"))),
+        Ok(false) => Err(ApiError::Conflict(format!(
+            "revoking {name:?} would leave no admin token, and a control plane without any live token is open \
+             to every caller as admin: create another admin token first, or set OUTRIDER_API_TOKEN"
+        ))),
         r => {
             r?;
             Ok(Json(TokenRevoked { name, revoked: true }))

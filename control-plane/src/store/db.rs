@@ -122,24 +122,33 @@ pub struct Store {
     pub(super) url: String,
 }
 
-/// What a write expects to find (from `If-Match`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a write expects to find (from `If-Match` / `If-None-Match`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Precondition {
     #[default]
     None,
     /// The document must exist (`If-Match: *`).
     Exists,
-    /// The document's current revision must be this one.
-    Revision(u64),
+    /// The document must not exist yet (`If-None-Match: *`: create only).
+    Absent,
+    /// The document's current revision must be one of these (`If-Match: "3", "4"`);
+    /// an empty list matches nothing.
+    AnyOf(Vec<u64>),
 }
 
 impl Precondition {
+    /// One expected revision (`If-Match: "3"`).
+    pub fn revision(r: u64) -> Self {
+        Precondition::AnyOf(vec![r])
+    }
+
     /// Refuses the write unless the document's `current` revision is what was expected.
-    pub fn check(self, current: Option<u64>) -> Result<(), StoreError> {
+    pub fn check(&self, current: Option<u64>) -> Result<(), StoreError> {
         let ok = match self {
             Precondition::None => true,
             Precondition::Exists => current.is_some(),
-            Precondition::Revision(r) => current == Some(r),
+            Precondition::Absent => current.is_none(),
+            Precondition::AnyOf(revisions) => current.is_some_and(|c| revisions.contains(&c)),
         };
         if ok {
             Ok(())
@@ -160,7 +169,7 @@ pub(super) type WriteTx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Who makes a write, what they expect to find, and which revision it reverts (so
 /// the history line says so from the start).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Writer<'a> {
     pub(super) actor: &'a str,
     pub(super) expect: Precondition,

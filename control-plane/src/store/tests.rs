@@ -147,7 +147,7 @@ store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
         "web",
         PolicyKind::RateLimit,
         &rl(2.0),
-        Precondition::Revision(first.revision),
+        Precondition::revision(first.revision),
         "a",
     )
     .await
@@ -157,7 +157,7 @@ store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
             "web",
             PolicyKind::RateLimit,
             &rl(3.0),
-            Precondition::Revision(first.revision),
+            Precondition::revision(first.revision),
             "b",
         )
         .await
@@ -185,6 +185,37 @@ store_test!(stale_precondition_is_refused_and_changes_nothing, |s| {
         .unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed { current: None }));
 });
+
+store_test!(
+    a_revision_list_matches_any_of_its_revisions_and_absent_only_a_new_document,
+    |s| {
+        let first = s
+            .put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::Absent, "a")
+            .await
+            .unwrap();
+        let err = s
+            .put_policy("web", PolicyKind::RateLimit, &rl(2.0), Precondition::Absent, "a")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PreconditionFailed { current: Some(r) } if r == first.revision));
+        let listed = Precondition::AnyOf(vec![first.revision + 9, first.revision]);
+        let second = s
+            .put_policy("web", PolicyKind::RateLimit, &rl(2.0), listed, "a")
+            .await
+            .unwrap();
+        let none_match = Precondition::AnyOf(vec![first.revision, second.revision + 1]);
+        let err = s
+            .delete_policy("web", PolicyKind::RateLimit, none_match, "a")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PreconditionFailed { .. }));
+        assert_eq!(
+            s.latest_revision().await.unwrap(),
+            second.revision,
+            "refused writes leave no revision"
+        );
+    }
+);
 
 store_test!(history_keeps_actor_and_documents_before_and_after, |s| {
     s.put_policy("web", PolicyKind::RateLimit, &rl(1.0), Precondition::None, "alice")
@@ -254,7 +285,7 @@ store_test!(config_documents_keep_bytes_and_revert, |s| {
         "app.yaml",
         "text/yaml",
         b"a: 2",
-        Precondition::Revision(text.revision),
+        Precondition::revision(text.revision),
         "a",
     )
     .await

@@ -41,6 +41,28 @@ store_test!(a_token_name_cannot_be_taken_twice_even_after_revocation, |s| {
     ));
 });
 
+store_test!(the_last_live_admin_token_is_kept_and_any_other_token_revoked, |s| {
+    s.create_token("root", Role::Admin, "h-root").await.unwrap();
+    s.create_token("alice", Role::Editor, "h-alice").await.unwrap();
+    assert!(
+        !s.revoke_token_keeping_an_admin("root").await.unwrap(),
+        "the last admin stays"
+    );
+    assert!(s.token_by_hash("h-root").await.unwrap().is_some());
+    assert!(
+        s.revoke_token_keeping_an_admin("alice").await.unwrap(),
+        "an admin is left"
+    );
+    s.create_token("second", Role::Admin, "h-second").await.unwrap();
+    assert!(s.revoke_token_keeping_an_admin("root").await.unwrap());
+    assert!(!s.revoke_token_keeping_an_admin("second").await.unwrap());
+    assert!(matches!(
+        s.revoke_token_keeping_an_admin("nobody").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.has_tokens().await.unwrap(), "the API never reopens");
+});
+
 store_test!(propagation_counts_acks_of_sidecars_connected_at_write_time, |s| {
     s.register_sidecar(&reg("a", "web", "sa")).await.unwrap();
     s.register_sidecar(&reg("b", "web", "sb")).await.unwrap();

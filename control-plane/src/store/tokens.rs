@@ -133,6 +133,38 @@ impl Store {
             .collect()
     }
 
+    /// Revokes the token unless it is the last live admin token: `Ok(false)` then,
+    /// and nothing changes. Checked and written under the writer lock, so two
+    /// admins revoking each other at once cannot both succeed. `NotFound` if there
+    /// is no live token of that name.
+    pub async fn revoke_token_keeping_an_admin(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE role = $1 AND revoked_at_ms IS NULL AND name <> $2",
+        )
+        .bind(Role::Admin.as_str())
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE name = $1 AND revoked_at_ms IS NULL")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        if live == 0 {
+            return Err(StoreError::NotFound);
+        }
+        if others == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE api_tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL")
+            .bind(now_ms())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Revokes the token; `NotFound` if there is no live token of that name.
     pub async fn revoke_token(&self, name: &str) -> Result<(), StoreError> {
         self.revoke_in("api_tokens", name).await

@@ -17,6 +17,11 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of `GET url` as text (a metrics page, say).
+pub async fn get_text(url: &str) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 pub struct ControlPlane {
     pub proc: Proc,
     pub grpc_port: u16,
