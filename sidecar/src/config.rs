@@ -99,13 +99,6 @@ pub enum AppProtocol {
 }
 
 impl Config {
-    pub fn inbound_timeouts(&self) -> crate::inbound::Timeouts {
-        crate::inbound::Timeouts {
-            response: self.inbound_timeout.as_std(),
-            body_idle: self.inbound_body_timeout.as_std(),
-        }
-    }
-
     pub fn pod(&self) -> String {
         self.pod_name.clone().filter(|p| !p.is_empty()).unwrap_or_else(hostname)
     }

@@ -596,7 +596,11 @@ mod tests {
         docs.sync(set(&[("other", doc(1, "x"))])).await;
         assert!(child.try_wait().unwrap().is_none(), "no hook for other documents");
         docs.sync(set(&[("app.json", doc(2, "x"))])).await;
-        let status = child.wait().unwrap();
+        // Waiting must not block this runtime's only thread: the hook may run on it.
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(Signal::HUP.as_raw()));
     }

@@ -162,7 +162,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.app_addr(),
             state.clone(),
             cfg.app_protocol,
-            cfg.inbound_timeouts(),
+            inbound::Timeouts {
+                response: cfg.inbound_timeout.as_std(),
+                body_idle: cfg.inbound_body_timeout.as_std(),
+            },
         ));
         let stop = serving.stop.clone().cancelled_owned();
         serving.spawn(info_span!("inbound"), async move {

@@ -9,7 +9,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Actor, JsonBody, Path};
-use super::policies::policy_record;
+use super::format::policy_record;
 use super::state::AppState;
 use crate::canary::{routing_policy, stable_of, time_left_ms, validate, write_policy, StepWindow};
 use crate::store::{now_ms, RolloutRow, StatusClock, StoreError};

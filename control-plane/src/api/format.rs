@@ -1,9 +1,11 @@
 //! How values look on the wire: times as RFC 3339 with milliseconds, revisions as
 //! strong ETags, and the answer to a write that may have been a dry run.
 
+use crate::store::StoredPolicy;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use outrider_api::PolicyRecord;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Epoch milliseconds as RFC 3339 (`2026-01-02T03:04:05.678Z`); negatives clamp to the epoch.
@@ -31,5 +33,16 @@ impl<T: serde::Serialize> IntoResponse for Written<T> {
             Written::Stored { revision, body } => ([(header::ETAG, etag(revision))], Json(body)).into_response(),
             Written::DryRun(report) => Json(report).into_response(),
         }
+    }
+}
+
+/// A stored policy as the API shows it.
+pub fn policy_record(p: &StoredPolicy) -> PolicyRecord {
+    PolicyRecord {
+        service: p.service.clone(),
+        kind: p.kind.as_str().to_owned(),
+        revision: p.revision,
+        updated_at: rfc3339(p.updated_at_ms),
+        document: p.document.clone(),
     }
 }

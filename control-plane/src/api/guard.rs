@@ -9,7 +9,6 @@
 //! is another site is refused, and a loopback listener answers only loopback names.
 
 use super::error::ApiError;
-use super::state::AppState;
 use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
@@ -17,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The one route whose body is not JSON: config documents keep their own type.
 pub const CONFIG_ROUTE: &str = "/api/v1/services/{service}/config/{name}";
@@ -170,8 +170,8 @@ fn normalize_origin(origin: &str) -> Option<String> {
 }
 
 /// The layer over the whole app: `Host`, `Origin` and form types (see [`Guard`]).
-pub async fn browser_guard(Extension(state): Extension<AppState>, req: Request, next: Next) -> Response {
-    match state.guard.check(req.method(), req.headers(), req.uri()) {
+pub async fn browser_guard(Extension(guard): Extension<Arc<Guard>>, req: Request, next: Next) -> Response {
+    match guard.check(req.method(), req.headers(), req.uri()) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }

@@ -86,8 +86,9 @@ pub fn app(state: AppState) -> Router {
         .layer(Extension(openapi::DocumentJson::new(&doc)))
         .layer(Extension(extract::QueryParams::from_doc(&doc)))
         .layer(middleware::from_fn(guard::browser_guard))
-        // The auth and guard layers read the state from here, so the routes (and with
-        // them the document) can be built without one.
+        .layer(Extension(state.guard.clone()))
+        // The auth layer reads the state from here, so the routes (and with them the
+        // document) can be built without one.
         .layer(Extension(state.clone()))
         .layer(middleware::map_response(guard::nosniff))
         .layer(middleware::map_response(error::every_error_is_a_problem))

@@ -3,27 +3,16 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_service, Actor, Body, IfMatch, Path, Query};
-use super::format::{etag, rfc3339, Written};
+use super::format::{etag, policy_record, Written};
 use super::sidecars::dry_run_report;
 use super::state::AppState;
-use crate::store::{StoreError, StoredPolicy};
+use crate::store::StoreError;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use outrider_api::{PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, Problem, WriteQuery};
 use outrider_policy::{Policy, PolicyKind, RoutingPolicy};
-
-/// A stored policy as the API shows it.
-pub fn policy_record(p: &StoredPolicy) -> PolicyRecord {
-    PolicyRecord {
-        service: p.service.clone(),
-        kind: p.kind.as_str().to_owned(),
-        revision: p.revision,
-        updated_at: rfc3339(p.updated_at_ms),
-        document: p.document.clone(),
-    }
-}
 
 fn parse_kind(kind: &str) -> ApiResult<PolicyKind> {
     Ok(kind.parse::<PolicyKind>()?)

@@ -4,7 +4,7 @@
 use super::configs::config_meta;
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_service, Path};
-use super::policies::policy_record;
+use super::format::policy_record;
 use super::sidecars::sidecar_views;
 use super::state::AppState;
 use crate::store::{now_ms, StatusClock, SubsetCounts};

@@ -12,6 +12,7 @@
 
 pub mod balance;
 pub mod budget;
+mod endpoint;
 pub mod figures;
 pub mod forward;
 pub mod retry;
@@ -28,8 +29,9 @@ use crate::proxy::snapshot::LoadSnapshotLayer;
 use crate::proxy::trace::TraceLayer;
 use crate::proxy::{Call, ProxyBody};
 use crate::state::SidecarState;
-use balance::{BalanceLayer, EndpointState};
+use balance::BalanceLayer;
 use bytes::Bytes;
+use endpoint::EndpointState;
 use figures::FiguresLayer;
 use forward::Forward;
 use http::uri::PathAndQuery;

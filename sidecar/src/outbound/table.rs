@@ -3,8 +3,8 @@
 //! endpoint state, subset figures and retry budgets carry over from the previous table
 //! so that an update never resets load, ejections or counters.
 
-use super::balance::EndpointState;
 use super::budget::RetryBudget;
+use super::endpoint::EndpointState;
 use super::stats::SubsetStats;
 use crate::matcher::RequestMatcher;
 use http::header::HeaderMap;
