@@ -57,7 +57,9 @@ pub async fn get(State(state): State<AppState>, Path((service, name)): Path<(Str
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
-    request_body(content = Vec<u8>, description = "the document (up to 1 MiB), any content type; served back with it", content_type = "application/octet-stream"),
+    // Bytes, not the array of integers a `Vec<u8>` would be described as; optional
+    // because an empty document is a document.
+    request_body(content = Option<String>, description = "the document (up to 1 MiB, empty allowed), any content type; served back with it", content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "stored (ETag), or the dry-run report", body = ConfigPutResponse),
         (status = 400, description = "malformed query", body = Problem, content_type = "application/problem+json"),

@@ -59,12 +59,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The whole HTTP surface and its document, before the state is supplied.
 fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest(API_PREFIX, api_routes())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    openapi::document_query_refusals(&mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI document of the REST API, as `GET /api/v1/openapi.json` serves it.
