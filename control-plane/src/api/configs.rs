@@ -30,7 +30,9 @@ pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
 #[utoipa::path(get, path = "/services/{service}/config/{name}", tag = "config",
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$")),
     responses(
-        (status = 200, description = "the document as stored, in its own content type; ETag", content_type = "application/octet-stream", body = Vec<u8>,
+        // `*/*` and any value: the document in the type it was stored with, whatever
+        // that is (clients that parse YAML or JSON see a structure, not a string).
+        (status = 200, description = "the document as stored, in its own content type; ETag", content_type = "*/*", body = serde_json::Value,
             headers(("ETag" = String, description = "the revision, quoted"))),
         (status = 404, description = "no such document", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
