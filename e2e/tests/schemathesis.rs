@@ -104,7 +104,10 @@ async fn every_generated_request_gets_a_documented_answer_and_no_server_error() 
         // plane's own tests read its events.
         .args(["--exclude-path", "/api/v1/events"])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", &seed])
-        .args(["--workers", "2", "--request-timeout", "10", "--no-color"]);
+        // One worker: hypothesis describing its strategies from several threads at
+        // once trips a CPython 3.11 parser bug ("AST constructor recursion depth
+        // mismatch"), an error of the tool, not a finding.
+        .args(["--workers", "1", "--request-timeout", "10", "--no-color"]);
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
