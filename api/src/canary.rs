@@ -15,7 +15,7 @@ pub struct RolloutRequest {
     /// stable subset (or `v1`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<String>,
-    /// The canary's weight at each step, 0 to 100 (`[10, 50, 100]`).
+    /// The canary's weight at each step, 1 to 100 (`[10, 50, 100]`).
     #[schema(min_items = 1)]
     pub steps: Vec<u32>,
     /// How long each step lasts (`"30s"`).

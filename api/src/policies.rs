@@ -54,8 +54,9 @@ pub struct DryRunReport {
     pub changed: bool,
     /// Ids of the connected sidecars that would receive a new snapshot.
     pub sidecars: Vec<String>,
-    /// A policy: the canonical document; a config document: its `name` and `size`.
-    #[schema(value_type = Object)]
+    /// A policy: the canonical document; a config document: its `name` and `size`;
+    /// `null` for a `DELETE` (nothing is left).
+    #[schema(value_type = Object, nullable)]
     pub document: serde_json::Value,
 }
 

@@ -78,5 +78,7 @@ pub struct RevisionQuery {
     pub service: Option<String>,
     /// At most this many, newest first (default 100; 1 to 1000, clamped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Any u32 is taken (and clamped), not only the int32 range a u32 is described with.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
 }

@@ -42,11 +42,13 @@ impl std::str::FromStr for Duration {
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms.is_multiple_of(1000) && ms > 0 {
-            write!(f, "{}s", ms / 1000)
-        } else if self.0.subsec_nanos().is_multiple_of(1_000_000) {
-            write!(f, "{ms}ms")
+        // The short forms only when they are exact: a duration printed shorter than
+        // it is would come back from the store as another value.
+        let nanos = self.0.subsec_nanos();
+        if nanos == 0 && self.0.as_secs() > 0 {
+            write!(f, "{}s", self.0.as_secs())
+        } else if nanos.is_multiple_of(1_000_000) {
+            write!(f, "{}ms", self.0.as_millis())
         } else {
             write!(f, "{}", humantime::format_duration(self.0))
         }
@@ -79,6 +81,22 @@ mod tests {
         assert_eq!(Duration::from_millis(250).to_string(), "250ms");
         assert_eq!(Duration::from_millis(2000).to_string(), "2s");
         assert!("fast".parse::<Duration>().is_err());
+    }
+
+    #[test]
+    fn printing_never_drops_a_fraction_of_a_millisecond() {
+        for d in [
+            std::time::Duration::new(15469, 1),
+            std::time::Duration::new(2, 500_000),
+            std::time::Duration::from_nanos(1),
+        ] {
+            let printed = Duration(d).to_string();
+            assert_eq!(printed.parse::<Duration>().unwrap().0, d, "{printed}");
+        }
+        assert_eq!(
+            Duration(std::time::Duration::new(15469, 1)).to_string(),
+            "4h 17m 49s 1ns"
+        );
     }
 
     #[test]

@@ -211,6 +211,14 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_reads_back_as_the_float_that_was_written() {
+        let rate = 511_447_674.974_668_44_f64;
+        let json = format!(r#"{{"rules":[{{"name":"a","requestsPerSecond":{rate}}}]}}"#);
+        let p: RateLimitPolicy = parse_document(json.as_bytes()).unwrap();
+        assert_eq!(p.rules[0].requests_per_second.to_bits(), rate.to_bits());
+    }
+
+    #[test]
     fn burst_defaults_to_one_second_of_rate() {
         let p: RateLimitPolicy = parse_document(br#"{"rules":[{"name":"a","requestsPerSecond":0.5}]}"#).unwrap();
         assert_eq!(p.rules[0].burst(), 1.0);

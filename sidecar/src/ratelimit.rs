@@ -853,3 +853,167 @@ mod tests {
         assert_eq!(total, 100);
     }
 }
+
+/// Property tests of the GCRA arithmetic itself, over random sequences of waits,
+/// admissions and refunds, on the private pieces (`acquire`, `refund`, the compiled
+/// interval and tolerance) so that each bound is stated in the limiter's own units.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        /// Time passes: this many sixteenths of the emission interval `T`.
+        Wait(u64),
+        /// A request takes a token (or is refused).
+        Acquire,
+        /// A request takes a token that a later rule's refusal hands back.
+        AcquireRefunded,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..64u64).prop_map(Op::Wait),
+            4 => Just(Op::Acquire),
+            2 => Just(Op::AcquireRefunded),
+        ]
+    }
+
+    /// One rule keyed by `x-k`, for any valid rate and burst, possibly a
+    /// `scope: service` rule split over several instances.
+    #[derive(Debug, Clone)]
+    struct Limit {
+        rule: RateLimitRule,
+        share: f64,
+    }
+
+    impl Limit {
+        fn compile(&self) -> RateLimiter {
+            let policy = RateLimitPolicy {
+                rules: vec![self.rule.clone()],
+            };
+            RateLimiter::compile(Some(&policy), self.share, None)
+        }
+    }
+
+    fn limit() -> impl Strategy<Value = Limit> {
+        (
+            // Log-uniform rates from the slowest a policy allows to 1e6/s.
+            ((1.0f64 / 3600.0).ln()..=1e6f64.ln()).prop_map(f64::exp),
+            // Bursts log-uniform too, so that most runs drain the bucket.
+            (0.0..1000.0f64.ln()).prop_map(f64::exp),
+            any::<bool>(),
+            0.01..=1.0f64,
+        )
+            .prop_map(|(rate, burst, service, share)| Limit {
+                rule: RateLimitRule {
+                    name: "p".into(),
+                    matches: Default::default(),
+                    key: RateLimitKey::Header("x-k".into()),
+                    requests_per_second: rate,
+                    burst: Some(burst),
+                    scope: if service { Scope::Service } else { Scope::Instance },
+                },
+                share,
+            })
+    }
+
+    /// What a caller can observe of one decision: admitted, remaining, reset, retry.
+    fn summary(r: Result<Quota<'_>, (Quota<'_>, u64)>) -> (bool, u64, u64, u64) {
+        match r {
+            Ok(q) => (true, q.remaining, q.reset_secs, 0),
+            Err((q, retry)) => (false, q.remaining, q.reset_secs, retry),
+        }
+    }
+
+    fn advance(now: &mut Instant, t: u64, sixteenths: u64) {
+        *now += Duration::from_nanos(t.saturating_mul(sixteenths) / 16);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Over any window of length `w` the bucket admits at most `burst + rate × w`
+        /// requests: exactly `n·T ≤ w + τ` in the limiter's nanoseconds, and in the
+        /// policy's terms up to the rounding of `T` and `τ` to whole nanoseconds.
+        /// Refunded requests are not admissions.
+        #[test]
+        fn admissions_in_any_window_stay_within_burst_plus_rate_times_the_window(
+            limit in limit(),
+            ops in vec(op(), 1..200),
+        ) {
+            let l = limit.compile();
+            let rule = &l.rules[0];
+            let (t, tau) = (rule.interval_ns, rule.tolerance_ns);
+            let (rate, burst) = (rule.info.rate, rule.info.burst);
+            let key = Key::Header(&b"client"[..]);
+            let start = Instant::now();
+            let mut now = start;
+            let mut admitted: Vec<u64> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Wait(n) => advance(&mut now, t, n),
+                    Op::Acquire => {
+                        if rule.acquire(&key, now).is_ok() {
+                            admitted.push(now.duration_since(start).as_nanos() as u64);
+                        }
+                    }
+                    Op::AcquireRefunded => {
+                        if rule.acquire(&key, now).is_ok() {
+                            rule.refund(&key, now);
+                        }
+                    }
+                }
+            }
+            for i in 0..admitted.len() {
+                for j in i..admitted.len() {
+                    let n = (j - i + 1) as u64;
+                    let w = admitted[j] - admitted[i];
+                    prop_assert!(
+                        u128::from(n) * u128::from(t) <= u128::from(w) + u128::from(tau),
+                        "{n} admitted in {w} ns with T = {t} ns, τ = {tau} ns"
+                    );
+                    // T is rounded to the nearest nanosecond (so 1/T may exceed
+                    // rate/1e9 by a factor 1/(1 - rate/2e9)) and τ likewise (+0.5/T).
+                    let bound = burst + rate * (w as f64 / NANOS_PER_SEC) / (1.0 - rate / 2e9) + 0.5 / t as f64;
+                    prop_assert!(
+                        n as f64 <= bound * (1.0 + 1e-12),
+                        "{n} admitted in {w} ns at rate {rate}/s, burst {burst}"
+                    );
+                }
+            }
+        }
+
+        /// A request refunded after a later rule refused it leaves the bucket as if
+        /// it had never come: a bucket that also saw those requests admits and
+        /// refuses exactly what a bucket that did not see them does, with the same
+        /// remaining count and reset time.
+        #[test]
+        fn a_refund_restores_exactly_the_capacity_taken(limit in limit(), ops in vec(op(), 1..200)) {
+            let l = limit.compile();
+            let rule = &l.rules[0];
+            let t = rule.interval_ns;
+            let (plain, refunded) = (Key::Header(&b"plain"[..]), Key::Header(&b"refunded"[..]));
+            let mut now = Instant::now();
+            for op in ops {
+                match op {
+                    Op::Wait(n) => advance(&mut now, t, n),
+                    Op::Acquire => {
+                        prop_assert_eq!(
+                            summary(rule.acquire(&plain, now)),
+                            summary(rule.acquire(&refunded, now))
+                        );
+                    }
+                    Op::AcquireRefunded => {
+                        if rule.acquire(&refunded, now).is_ok() {
+                            rule.refund(&refunded, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -30,7 +30,9 @@ pub fn config_meta(c: &StoredConfig) -> ConfigMeta {
 #[utoipa::path(get, path = "/services/{service}/config/{name}", tag = "config",
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,255}$")),
     responses(
-        (status = 200, description = "the document as stored, in its own content type; ETag. Always `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`; a type a browser renders as a page (HTML, XHTML, SVG, XML) also `Content-Disposition: attachment`", content_type = "application/octet-stream", body = Vec<u8>,
+        // `*/*` and any value: the document in the type it was stored with, whatever
+        // that is (clients that parse YAML or JSON see a structure, not a string).
+        (status = 200, description = "the document as stored, in its own content type; ETag. Always `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`; a type a browser renders as a page (HTML, XHTML, SVG, XML) also `Content-Disposition: attachment`", content_type = "*/*", body = serde_json::Value,
             headers(("ETag" = String, description = "the revision, quoted"), ("Content-Security-Policy" = String, description = "sandbox"))),
         (status = 404, description = "no such document", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "not a valid service or document name", body = Problem, content_type = "application/problem+json"),
@@ -76,7 +78,9 @@ fn inert(headers: &mut HeaderMap, content_type: &str) {
     params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "config document name: letters, digits, '.', '_' and '-' (a file name, no path)", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,200}$"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
-    request_body(content = Vec<u8>, description = "the document (up to 1 MiB), any content type; served back with it", content_type = "application/octet-stream"),
+    // Bytes, not the array of integers a `Vec<u8>` would be described as; optional
+    // because an empty document is a document.
+    request_body(content = Option<String>, description = "the document (up to 1 MiB, empty allowed), any content type; served back with it", content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "stored (ETag), or the dry-run report", body = ConfigPutResponse),
         (status = 400, description = "malformed query", body = Problem, content_type = "application/problem+json"),

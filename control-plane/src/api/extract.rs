@@ -298,11 +298,11 @@ pub async fn exact_query(req: Request, next: Next) -> Response {
     } else {
         req.method().as_str()
     };
-    let allowed = params
-        .0
-        .get(&(method.to_owned(), matched.as_str().to_owned()))
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    // A method the path does not serve is the router's to refuse (405), whatever its
+    // query says.
+    let Some(allowed) = params.0.get(&(method.to_owned(), matched.as_str().to_owned())) else {
+        return next.run(req).await;
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         if !allowed.iter().any(|a| a == key) {

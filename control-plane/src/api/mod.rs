@@ -64,13 +64,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The whole HTTP surface and its document, before the state is supplied.
 fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest(API_PREFIX, api_routes())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .split_for_parts();
-    (routes, openapi::with_guard_responses(doc))
+    openapi::document_query_refusals(&mut doc);
+    (router, openapi::with_guard_responses(doc))
 }
 
 /// The OpenAPI document of the REST API, as `GET /api/v1/openapi.json` serves it.

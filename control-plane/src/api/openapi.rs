@@ -1,13 +1,14 @@
 //! The OpenAPI 3.1 document of the REST API (`GET /api/v1/openapi.json`). Its paths
 //! come from the router itself (`utoipa-axum` registers each handler and its
-//! `#[utoipa::path]` together); this module adds the title and the bearer scheme.
+//! `#[utoipa::path]` together); this module adds the title, the bearer scheme and
+//! the `400` every `/api/v1` operation can answer (`extract::exact_query`).
 
 use axum::body::Bytes;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Extension;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 /// What the document says before the routes add their paths.
@@ -33,6 +34,41 @@ impl Modify for BearerToken {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Query parameters are exact on every `/api/v1` operation, so each can answer `400`
+/// for an unknown or malformed one: documented here once for the operations whose
+/// own description does not list a `400` already.
+pub fn document_query_refusals(doc: &mut Document) {
+    let refusal = ResponseBuilder::new()
+        .description("unknown or malformed query parameter")
+        .content(
+            outrider_api::PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    let api = doc
+        .paths
+        .paths
+        .iter_mut()
+        .filter(|(path, _)| path.starts_with(outrider_api::API_PREFIX));
+    for (_, item) in api {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            op.responses
+                .responses
+                .entry("400".to_owned())
+                .or_insert_with(|| refusal.clone().into());
+        }
     }
 }
 

@@ -572,6 +572,25 @@ fn the_hubs_events_read_as_change_events() {
 }
 
 #[tokio::test]
+async fn a_method_a_path_does_not_serve_is_405_even_with_a_query() {
+    let t = test_app().await;
+    let uri = "/api/v1/services/web/policies/routing?dryRun=true";
+    let (status, _, body) = send(&t.app, request(Method::TRACE, uri, None)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+}
+
+#[test]
+fn every_api_operation_documents_the_400_of_an_unknown_query_parameter() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    for (method, path) in documented() {
+        if path.starts_with("/api/v1") {
+            let op = &doc["paths"][&path][method.as_str().to_lowercase()];
+            assert!(op["responses"]["400"].is_object(), "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn query_parameters_are_exact_so_a_misspelt_dry_run_never_writes() {
     let t = test_app().await;
     let doc = json!({"rules": [{"name": "all", "requestsPerSecond": 5}]});

@@ -6,7 +6,6 @@
 use super::sink::Record;
 use super::tail::Position;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// A batch on its way to the sink.
@@ -123,24 +122,11 @@ impl Spool {
             return Ok(None);
         };
         let path = self.path(*seq);
-        let f = std::fs::File::open(&path).map_err(|source| SpoolError::Io {
+        let data = std::fs::read(&path).map_err(|source| SpoolError::Io {
             path: path.clone(),
             source,
         })?;
-        let mut lines = BufReader::new(f).lines();
-        let corrupt = || SpoolError::Corrupt(path.clone());
-        let head = lines.next().and_then(Result::ok).ok_or_else(corrupt)?;
-        let positions = serde_json::from_str(&head).map_err(|_| corrupt())?;
-        let mut records = Vec::new();
-        for line in lines {
-            let line = line.map_err(|_| corrupt())?;
-            let (ts, json) = line.split_once('\t').ok_or_else(corrupt)?;
-            records.push(Record {
-                unix_ms: ts.parse().map_err(|_| corrupt())?,
-                json: json.to_owned(),
-            });
-        }
-        Ok(Some(Batch { records, positions }))
+        decode(&data).map(Some).ok_or(SpoolError::Corrupt(path))
     }
 
     /// Removes the oldest batch (delivered, or unreadable).
@@ -171,6 +157,26 @@ fn write_batch(path: &Path, batch: &Batch) -> Result<u64, SpoolError> {
     // Durable: a spooled batch may hold access records that exist nowhere else.
     outrider_runtime::fs::write_atomic(path, &data).map_err(io)?;
     Ok(data.len() as u64)
+}
+
+/// Reads one batch file's bytes, as [`Spool::push`] wrote them: a JSON line of
+/// positions, then one `unix_ms<TAB>json` line per record. `None` for anything else
+/// (a torn or foreign file): the caller drops it rather than shipping garbage.
+/// Pure, so that the reader can be tested and fuzzed without a disk.
+pub fn decode(data: &[u8]) -> Option<Batch> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut lines = text.lines();
+    let positions = serde_json::from_str(lines.next()?).ok()?;
+    let records = lines
+        .map(|line| {
+            let (ts, json) = line.split_once('\t')?;
+            Some(Record {
+                unix_ms: ts.parse().ok()?,
+                json: json.to_owned(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Batch { records, positions })
 }
 
 #[cfg(test)]
@@ -223,6 +229,29 @@ mod tests {
                 .map(|e| e.unwrap().metadata().unwrap().len())
                 .sum::<u64>()
         );
+    }
+
+    #[test]
+    fn torn_or_foreign_batch_files_decode_to_nothing() {
+        assert_eq!(
+            decode(b"[]\n1\t{}\n"),
+            Some(Batch {
+                records: vec![Record {
+                    unix_ms: 1,
+                    json: "{}".into()
+                }],
+                positions: Vec::new()
+            })
+        );
+        for bad in [
+            &b""[..],
+            b"not json\n",
+            b"[]\n1 no tab\n",
+            b"[]\nx\t{}\n",
+            b"[]\n1\t\xff\n",
+        ] {
+            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -94,7 +94,10 @@ where
     Ok(())
 }
 
-fn server_builder() -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 + h2c settings every proxy listener serves with (head limits,
+/// timers). Public so that the fuzz targets (`fuzz/`) serve the very same front over
+/// in-memory streams.
+pub fn server_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
