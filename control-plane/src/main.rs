@@ -129,7 +129,19 @@ async fn token(action: TokenAction, database_url: Option<&str>, data_dir: &Path)
             }
             Ok(())
         }
-        TokenAction::Revoke { name } => revoked(store.revoke_token(&name).await, &name, "token"),
+        TokenAction::Revoke { name } => {
+            let r = revoked(store.revoke_token(&name).await, &name, "token");
+            // This command works on the store, not through a running control plane,
+            // so it cannot know whether that one has OUTRIDER_API_TOKEN: say what the
+            // API's own revoke would have refused.
+            if r.is_ok() && !store.has_tokens().await? {
+                eprintln!(
+                    "warning: no live API token is left; a control plane on this store without \
+                     OUTRIDER_API_TOKEN now lets every caller in as admin"
+                );
+            }
+            r
+        }
     };
     store.close().await;
     result
