@@ -239,4 +239,16 @@ mod tests {
             .unwrap()
             .is_some());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stalls_the_tls_handshake_is_dropped_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        let (cert, key) = (write(dir.path(), "c.pem", &cert), write(dir.path(), "k.pem", &key));
+        let tls = ServerTls::from_files(Some(&cert), Some(&key)).unwrap().unwrap();
+        // The client end stays open and silent: no ClientHello ever comes.
+        let (_client, server) = tokio::io::duplex(1024);
+        let err = accept(&tls.grpc(), server, Duration::from_secs(10)).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
 }
