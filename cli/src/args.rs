@@ -33,6 +33,9 @@ pub struct Global {
     /// Bearer token for the REST API (the control plane's OUTRIDER_API_TOKEN).
     #[arg(long, global = true, env = "OUTRIDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificates that verify an https:// --server (instead of the system roots).
+    #[arg(long, global = true, env = "OUTRIDER_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

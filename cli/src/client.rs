@@ -14,6 +14,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 
 const API: [&str; 2] = ["api", "v1"];
@@ -42,26 +43,35 @@ pub struct RawResponse {
 }
 
 impl Client {
-    pub fn new(server: &str, token: Option<&str>) -> Result<Self, CliError> {
+    /// `ca_file`: PEM certificates that verify an `https://` server instead of the
+    /// system roots (`--ca-file`).
+    pub fn new(server: &str, token: Option<&str>, ca_file: Option<&Path>) -> Result<Self, CliError> {
         let bad = |reason: &str| CliError::BadServer {
             server: server.to_owned(),
             reason: reason.to_owned(),
         };
         let base = Url::parse(server).map_err(|e| bad(&format!("{e}; expected e.g. http://127.0.0.1:18080")))?;
         match base.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(bad(
-                    "this build of outriderctl speaks plain HTTP only; use an http:// address \
-                                (for example through a port-forward)",
-                ))
+            "http" | "https" => {}
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme {other:?}; expected http://host:port or https://host:port"
+                )))
             }
-            other => return Err(bad(&format!("unsupported scheme {other:?}; expected http://host:port"))),
         }
         if base.cannot_be_a_base() || base.host().is_none() {
-            return Err(bad("expected http://host:port"));
+            return Err(bad("expected http://host:port or https://host:port"));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(path) = ca_file {
+            // The operator's CA replaces the system roots: a control plane with a
+            // private certificate is verified against that CA alone.
+            builder = extra_roots(path)?.into_iter().fold(
+                builder.tls_built_in_root_certs(false),
+                reqwest::ClientBuilder::add_root_certificate,
+            );
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("outriderctl/", env!("CARGO_PKG_VERSION")))
@@ -369,6 +379,20 @@ impl Client {
     }
 }
 
+/// The certificates of `--ca-file`: at least one, or an error naming the file.
+fn extra_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, CliError> {
+    let bad = |reason: String| CliError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no certificate (expected -----BEGIN CERTIFICATE-----)".into()));
+    }
+    Ok(certs)
+}
+
 /// What `get sidecars` asks for: filters, a cap, and the page size it reads with.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SidecarsWanted<'a> {
@@ -512,7 +536,7 @@ mod tests {
 
     #[test]
     fn url_segments_are_encoded_and_base_paths_kept() {
-        let c = Client::new("http://cp:18080/outrider/", None).unwrap();
+        let c = Client::new("http://cp:18080/outrider/", None, None).unwrap();
         let u = c.url(&["api", "v1", "services", "a/b"], &[("dryRun", "true")]);
         assert_eq!(u.as_str(), "http://cp:18080/outrider/api/v1/services/a%2Fb?dryRun=true");
     }
@@ -531,9 +555,27 @@ mod tests {
 
     #[test]
     fn bad_server_addresses_are_usage_like_errors() {
-        assert!(Client::new("127.0.0.1:18080", None).is_err());
-        let e = Client::new("https://cp", None).err().unwrap().to_string();
-        assert!(e.contains("plain HTTP"), "{e}");
+        assert!(Client::new("127.0.0.1:18080", None, None).is_err());
+        let e = Client::new("ftp://cp", None, None).err().unwrap().to_string();
+        assert!(e.contains("--server") && e.contains("https://"), "{e}");
+        assert!(Client::new("https://cp", None, None).is_ok());
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "no certificate here\n").unwrap();
+        let e = Client::new("https://cp", None, Some(&path)).err().unwrap().to_string();
+        assert!(
+            e.contains("--ca-file") && e.contains("ca.pem") && e.contains("no certificate"),
+            "{e}"
+        );
+        let e = Client::new("https://cp", None, Some(&dir.path().join("gone.pem")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--ca-file") && e.contains("gone.pem"), "{e}");
     }
 
     #[test]

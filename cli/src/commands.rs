@@ -16,13 +16,18 @@ use std::path::Path;
 use std::time::SystemTime;
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let Global { server, token, output } = cli.global;
+    let Global {
+        server,
+        token,
+        ca_file,
+        output,
+    } = cli.global;
     if let Command::Completions { shell } = cli.command {
         let mut buf = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "outriderctl", &mut buf);
         return output::write_stdout(&String::from_utf8_lossy(&buf));
     }
-    let client = Client::new(&server, token.as_deref())?;
+    let client = Client::new(&server, token.as_deref(), ca_file.as_deref())?;
     match cli.command {
         Command::Get(Get::Services) => {
             let services = client.list_services().await?;

@@ -20,6 +20,8 @@ pub enum CliError {
     Invalid(String),
     #[error("invalid --server {server:?}: {reason}")]
     BadServer { server: String, reason: String },
+    #[error("cannot use --ca-file {path}: {reason}")]
+    CaFile { path: String, reason: String },
     /// The server answered with an error status.
     #[error("{0}")]
     Api(#[from] ApiError),

@@ -1,6 +1,7 @@
 //! How the two listeners treat connections that do not behave: the HTTP port's
 //! accept loop (request-head and idle timeouts, a cap on open connections, the
-//! peer's address on every request) and the gRPC port's handshake deadline.
+//! peer's address on every request) and the gRPC port's handshake deadline, with
+//! or without TLS (the TLS handshake counts against the same time).
 //!
 //! Without these, a client that opens connections and sends half a request head,
 //! or only the HTTP/2 preface, holds a socket and a task for as long as it likes.
@@ -11,14 +12,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use outrider_runtime::shutdown::CancellationToken;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
@@ -32,10 +37,17 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-/// Serves `app` over HTTP/1.1 on `listener` until `stop`, then lets in-flight
-/// requests finish (the caller bounds how long). Each request carries its peer's
-/// address as `ConnectInfo<SocketAddr>` (the failed-authentication throttle reads it).
-pub async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, stop: CancellationToken) {
+/// Serves `app` over HTTP/1.1 on `listener` (inside TLS when `tls` is given) until
+/// `stop`, then lets in-flight requests finish (the caller bounds how long). Each
+/// request carries its peer's address as `ConnectInfo<SocketAddr>` (the
+/// failed-authentication throttle reads it).
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -51,28 +63,32 @@ pub async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, 
             },
             () = stop.cancelled() => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
+        let Some((stream, peer)) = accept_until(&listener, "HTTP", &stop).await else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req)
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        // Taken before the handshake, so that a drain waits for it too.
+        let watcher = graceful.watcher();
+        let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
             // A head that timed out or a reset is the client's doing, not a server fault.
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                // The handshake gets the head's time, so a client that stalls it
+                // holds a connection no longer than one that stalls its head.
+                Some(tls) => match crate::tls::accept(&tls, stream, limits.header_timeout).await {
+                    Ok(stream) => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "HTTP connection closed");
             }
             drop(permit);
@@ -80,6 +96,60 @@ pub async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, 
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The gRPC port's accepted connections over TLS, each handshaken on its own task
+/// (a slow client never holds up the next) within `handshake`, which also bounds
+/// the HTTP/2 preface that follows: one deadline for the whole handshake. The
+/// returned future is the accept loop, which ends at `stop`; the stream ends with it.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    handshake: Duration,
+    stop: CancellationToken,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    ReceiverStream<io::Result<HandshakeDeadline<TlsStream<TcpStream>>>>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let accepting = async move {
+        loop {
+            let Some((stream, peer)) = accept_until(&listener, "gRPC", &stop).await else {
+                break;
+            };
+            let (tls, tx) = (tls.clone(), tx.clone());
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + handshake;
+                match crate::tls::accept(&tls, stream, handshake).await {
+                    Ok(stream) => {
+                        let _ = tx.send(Ok(HandshakeDeadline::until(stream, deadline))).await;
+                    }
+                    Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+                }
+            });
+        }
+    };
+    (accepting, ReceiverStream::new(rx))
+}
+
+/// The next connection (with `TCP_NODELAY`), or `None` once `stop` is cancelled.
+async fn accept_until(listener: &TcpListener, port: &str, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    warn!(error = %e, "{port} accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
 }
 
 /// The HTTP/2 connection preface and the head of the client's first frame (its
@@ -98,10 +168,16 @@ pub struct HandshakeDeadline<IO> {
 
 impl<IO> HandshakeDeadline<IO> {
     pub fn new(io: IO, timeout: Duration) -> Self {
+        Self::until(io, tokio::time::Instant::now() + timeout)
+    }
+
+    /// The same with a deadline that has already started (a TLS handshake used part
+    /// of it).
+    pub fn until(io: IO, deadline: tokio::time::Instant) -> Self {
         Self {
             io,
             seen: 0,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 }

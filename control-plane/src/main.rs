@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     outrider_runtime::tracing::init(cli.log_format)?;
+    outrider_control_plane::tls::install_default_provider();
     let listeners = server::bind(&cli.config).await?;
     server::run(cli.config, listeners, shutdown_signal()).await?;
     Ok(())

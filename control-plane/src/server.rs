@@ -6,14 +6,16 @@ use crate::api::{self, AppState};
 use crate::auth::AuthThrottle;
 use crate::grpc::ControlService;
 use crate::hub::{Hub, Timing};
-use crate::listen::{serve_http, HandshakeDeadline, HttpLimits};
+use crate::listen::{serve_http, tls_incoming, HandshakeDeadline, HttpLimits};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::tls::ServerTls;
 use outrider_runtime::shutdown::{CancellationToken, TaskTracker};
 use outrider_runtime::Backoff;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -82,6 +84,12 @@ pub struct Config {
     /// Time a gRPC client has to send the HTTP/2 preface and its first frame.
     #[arg(long, env = "OUTRIDER_GRPC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub grpc_handshake_timeout: Duration,
+    /// PEM certificate chain (leaf first) to serve both ports over TLS; needs --tls-key.
+    #[arg(long, env = "OUTRIDER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "OUTRIDER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,6 +116,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Config {
@@ -140,6 +150,15 @@ impl Config {
         }
         Ok(())
     }
+
+    /// How both ports speak TLS, or `None` for plaintext. TLS is no substitute for
+    /// a token: the security check above is the same either way.
+    pub fn server_tls(&self) -> Result<Option<ServerTls>, ServerError> {
+        Ok(ServerTls::from_files(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?)
+    }
 }
 
 /// The control plane's two listeners, bound by the caller: [`bind`] from the config
@@ -155,6 +174,8 @@ pub struct Listeners {
 /// binds them.
 pub async fn bind(cfg: &Config) -> Result<Listeners, ServerError> {
     cfg.check_security()?;
+    // A bad certificate is found before anything listens.
+    cfg.server_tls()?;
     let bind_one = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -187,6 +208,7 @@ pub async fn run(
     let (http_addr, grpc_addr) = (local_addr(&http_listener)?, local_addr(&grpc_listener)?);
     cfg.check_addresses(http_addr, grpc_addr, true)?;
     let guard = Guard::new(http_addr.ip().is_loopback(), &cfg.allowed_origins, &cfg.allowed_hosts)?;
+    let tls = cfg.server_tls()?;
     let store = open_store(&cfg).await?;
     // Before anything is served: a public gRPC port needs the mesh-wide token or at
     // least one join token.
@@ -195,6 +217,7 @@ pub async fn run(
         backend = ?store.backend(),
         grpc = %grpc_addr,
         http = %http_addr,
+        tls = tls.is_some(),
         "control plane starting"
     );
     let timing = Timing {
@@ -222,7 +245,8 @@ pub async fn run(
         header_timeout: cfg.http_header_timeout,
         max_connections: cfg.http_max_connections,
     };
-    tasks.spawn(serve_http(http_listener, app, limits, stop.clone()).in_current_span());
+    let http_tls = tls.as_ref().map(ServerTls::http);
+    tasks.spawn(serve_http(http_listener, app, limits, http_tls, stop.clone()).in_current_span());
 
     let loader = hub.clone();
     let load_stop = stop.clone();
@@ -237,18 +261,29 @@ pub async fn run(
 
     let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone()).into_server();
     let handshake = cfg.grpc_handshake_timeout;
-    // The builder's own TCP settings apply only to listeners it binds itself.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(move |accepted| {
-        accepted.map(|stream| {
-            let _ = stream.set_nodelay(true);
-            HandshakeDeadline::new(stream, handshake)
-        })
-    });
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        .add_service(svc);
+    let done = stop.clone().cancelled_owned();
+    // The two kinds of connection are different types, hence two serve futures.
+    let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        None => {
+            // The builder's own TCP settings apply only to listeners it binds itself.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(move |accepted| {
+                accepted.map(|stream| {
+                    let _ = stream.set_nodelay(true);
+                    HandshakeDeadline::new(stream, handshake)
+                })
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, done))
+        }
+        Some(tls) => {
+            let (accepting, incoming) = tls_incoming(grpc_listener, tls.grpc(), handshake, stop.clone());
+            tasks.spawn(accepting.in_current_span());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, done))
+        }
+    };
     tasks.spawn(
         async move {
             if let Err(e) = grpc.await {

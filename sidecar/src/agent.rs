@@ -29,7 +29,8 @@ use tonic::transport::Endpoint;
 use tracing::{error, info, warn};
 
 pub struct Agent {
-    pub endpoint: String,
+    /// The control plane, plaintext or TLS as its URL says (`Trust::control_plane`).
+    pub endpoint: Endpoint,
     pub identity: Identity,
     pub token: String,
     pub state_dir: PathBuf,
@@ -75,9 +76,8 @@ const SAVE_DESTINATIONS: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("invalid control-plane address: {0}")]
-    Endpoint(String),
-    #[error("cannot reach the control plane: {0}")]
+    /// With its causes: a certificate the sidecar does not trust says so here.
+    #[error("cannot reach the control plane: {}", crate::trust::error_chain(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("control stream: {0}")]
     Stream(#[from] tonic::Status),
@@ -139,8 +139,9 @@ impl Agent {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<End, AgentError> {
-        let channel = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| AgentError::Endpoint(e.to_string()))?
+        let channel = self
+            .endpoint
+            .clone()
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -168,7 +169,7 @@ impl Agent {
         let _ = tx.send(msg(sidecar_message::Msg::Hello(hello))).await;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         self.state.set_connected(true);
-        info!(endpoint = %self.endpoint, "connected to the control plane");
+        info!(endpoint = %self.endpoint.uri(), "connected to the control plane");
 
         let mut report = tokio::time::interval(Duration::from_secs(1));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,9 +9,14 @@ const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The control plane's gRPC address.
+    /// The control plane's gRPC address: `http://` (plaintext) or `https://` (TLS,
+    /// verified with --ca-file or the system roots; never plaintext).
     #[arg(long, env = "OUTRIDER_CONTROL_PLANE", default_value = "http://127.0.0.1:18000")]
     pub control_plane: String,
+    /// PEM CA certificates that verify an https:// control plane (instead of the
+    /// system roots), and https log sinks and reload hooks (besides them).
+    #[arg(long, env = "OUTRIDER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The service this instance belongs to.
     #[arg(long, env = "OUTRIDER_SERVICE")]
     pub service: String,
@@ -125,6 +130,11 @@ impl Config {
         )
     }
 
+    /// What the sidecar's clients trust (`OUTRIDER_CA_FILE`).
+    pub fn trust(&self) -> Result<crate::trust::Trust, String> {
+        crate::trust::Trust::load(self.ca_file.as_deref()).map_err(|e| e.to_string())
+    }
+
     pub fn app_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.app_port))
     }
@@ -134,12 +144,9 @@ impl Config {
         if self.app_port == 0 {
             return Err("OUTRIDER_APP_PORT must be a port number".into());
         }
-        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
-            return Err(format!(
-                "OUTRIDER_CONTROL_PLANE must be an http:// or https:// URL, not {:?}",
-                self.control_plane
-            ));
-        }
+        self.trust()?
+            .control_plane(&self.control_plane)
+            .map_err(|e| e.to_string())?;
         self.log_confinement().map_err(|e| e.to_string())?;
         crate::configdocs::ReloadHooks::parse(&self.config_reload)
             .map_err(|e| format!("OUTRIDER_CONFIG_RELOAD: {e}"))?;

@@ -168,13 +168,15 @@ impl Writer<'_> {
 }
 
 impl ConfigDocs {
-    pub fn new(dir: PathBuf, state_dir: &Path, hooks: ReloadHooks) -> Arc<Self> {
+    /// `trust`: what an `https://` reload hook is verified against.
+    pub fn new(dir: PathBuf, state_dir: &Path, hooks: ReloadHooks, trust: &crate::trust::Trust) -> Arc<Self> {
         Arc::new(Self {
             dir,
             manifest: state_dir.join(MANIFEST),
             hooks,
             current: watch::channel(Arc::new(DocSet::new())).0,
-            http: reqwest::Client::builder()
+            http: trust
+                .http_client(reqwest::Client::builder())
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
@@ -477,7 +479,12 @@ mod tests {
         let cfg = dir.path().join("cfg");
         std::fs::create_dir_all(&cfg).unwrap();
         std::fs::write(cfg.join("mine-not"), "operator's file").unwrap();
-        let docs = ConfigDocs::new(cfg.clone(), dir.path(), ReloadHooks::default());
+        let docs = ConfigDocs::new(
+            cfg.clone(),
+            dir.path(),
+            ReloadHooks::default(),
+            &crate::trust::Trust::default(),
+        );
         docs.sync(set(&[("a.yaml", doc(1, "a: 1")), ("b.txt", doc(2, "bee"))]))
             .await;
         assert_eq!(std::fs::read_to_string(cfg.join("a.yaml")).unwrap(), "a: 1");
@@ -498,7 +505,12 @@ mod tests {
     async fn names_up_to_the_file_name_limit_are_written_and_a_bad_one_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("cfg");
-        let docs = ConfigDocs::new(cfg.clone(), dir.path(), ReloadHooks::default());
+        let docs = ConfigDocs::new(
+            cfg.clone(),
+            dir.path(),
+            ReloadHooks::default(),
+            &crate::trust::Trust::default(),
+        );
         // 200 is the write limit; 253 is what the API accepted before it.
         let (limit, stored) = ("n".repeat(200), "s".repeat(253));
         let writer = docs.writer().await;
@@ -524,7 +536,12 @@ mod tests {
         let cfg = dir.path().join("cfg");
         // A directory where a document goes: its rename fails.
         std::fs::create_dir_all(cfg.join("b.txt").join("inside")).unwrap();
-        let docs = ConfigDocs::new(cfg.clone(), dir.path(), ReloadHooks::default());
+        let docs = ConfigDocs::new(
+            cfg.clone(),
+            dir.path(),
+            ReloadHooks::default(),
+            &crate::trust::Trust::default(),
+        );
         let err = docs
             .writer()
             .await
@@ -541,7 +558,12 @@ mod tests {
     #[tokio::test]
     async fn admin_endpoint_serves_etag_and_304_and_404() {
         let dir = tempfile::tempdir().unwrap();
-        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), ReloadHooks::default());
+        let docs = ConfigDocs::new(
+            dir.path().join("c"),
+            dir.path(),
+            ReloadHooks::default(),
+            &crate::trust::Trust::default(),
+        );
         docs.sync(set(&[("app.json", doc(5, "{}"))])).await;
         assert_eq!(
             get(&docs, "/config/app.json", None).await,
@@ -560,7 +582,12 @@ mod tests {
     #[tokio::test]
     async fn long_poll_returns_when_the_document_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), ReloadHooks::default());
+        let docs = ConfigDocs::new(
+            dir.path().join("c"),
+            dir.path(),
+            ReloadHooks::default(),
+            &crate::trust::Trust::default(),
+        );
         docs.sync(set(&[("app.json", doc(5, "old"))])).await;
         let poll = tokio::spawn({
             let docs = docs.clone();
@@ -579,7 +606,12 @@ mod tests {
     #[tokio::test]
     async fn long_poll_times_out_with_304() {
         let dir = tempfile::tempdir().unwrap();
-        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), ReloadHooks::default());
+        let docs = ConfigDocs::new(
+            dir.path().join("c"),
+            dir.path(),
+            ReloadHooks::default(),
+            &crate::trust::Trust::default(),
+        );
         docs.sync(set(&[("app.json", doc(5, "old"))])).await;
         let r = get(&docs, "/config/app.json?wait=100ms", Some("\"5\"")).await;
         assert_eq!(r.0, StatusCode::NOT_MODIFIED);
@@ -592,7 +624,7 @@ mod tests {
         let pidfile = dir.path().join("app.pid");
         std::fs::write(&pidfile, child.id().to_string()).unwrap();
         let hooks = ReloadHooks::parse(&format!("app.json=sighup:{}", pidfile.display())).unwrap();
-        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), hooks);
+        let docs = ConfigDocs::new(dir.path().join("c"), dir.path(), hooks, &crate::trust::Trust::default());
         docs.sync(set(&[("other", doc(1, "x"))])).await;
         assert!(child.try_wait().unwrap().is_none(), "no hook for other documents");
         docs.sync(set(&[("app.json", doc(2, "x"))])).await;

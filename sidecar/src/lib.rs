@@ -21,3 +21,4 @@ pub mod persist;
 pub mod proxy;
 pub mod ratelimit;
 pub mod state;
+pub mod trust;

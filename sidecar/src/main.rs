@@ -95,6 +95,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let span = info_span!("sidecar", service = %cfg.service, pod = %pod);
     async move {
         let confinement = Arc::new(cfg.log_confinement()?);
+        let trust = Arc::new(cfg.trust().map_err(anyhow::Error::msg)?);
+        let endpoint = trust.control_plane(&cfg.control_plane)?;
         let check = Arc::clone(&confinement);
         let state = Arc::new(SidecarState::new().with_logging_check(Box::new(move |p| check.check(p))));
         // Destinations first: the snapshot applied next picks them up.
@@ -184,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.config_dir.clone(),
             &cfg.state_dir,
             ReloadHooks::parse(&cfg.config_reload)?,
+            &trust,
         );
         let admin_router = admin::router(state.clone()).merge(docs.clone().router());
         let stop = serving.stop.clone().cancelled_owned();
@@ -206,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir: cfg.state_dir.clone(),
             buffer_bytes: cfg.log_buffer_bytes,
             confinement,
+            trust: Arc::clone(&trust),
         };
         let applied = state.clone();
         let logging = PolicyFeed::new(state.subscribe(), move || {
@@ -214,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let shipping = shipper.spawn(&state.logs, logging, logs.stop.clone().cancelled_owned())?;
         logs.spawn(info_span!("logship"), shipping.join());
         let agent = Agent {
-            endpoint: cfg.control_plane.clone(),
+            endpoint,
             identity: Identity {
                 service: cfg.service.clone(),
                 version: cfg.subset.clone(),

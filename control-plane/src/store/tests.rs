@@ -537,3 +537,40 @@ store_test!(
         assert!(matches!(err, StoreError::TooLarge(_)), "{err:?}");
     }
 );
+
+/// `sslmode` in the URL is honoured (the store's PostgreSQL client is built with
+/// rustls): `require` speaks TLS where the server offers it and fails with a TLS
+/// error where it does not; `prefer` connects either way.
+#[tokio::test]
+async fn postgres_sslmode_require_speaks_tls_and_prefer_still_connects() {
+    let t = TestStore::postgres().await;
+    let server_ssl: String = sqlx::query_scalar("SHOW ssl").fetch_one(&t.store.pool).await.unwrap();
+    let url = t.store.url().to_owned();
+    let with = |mode: &str| format!("{url}{}sslmode={mode}", if url.contains('?') { '&' } else { '?' });
+    let dir = tempfile::tempdir().unwrap();
+
+    let preferred = Store::open(Some(&with("prefer")), dir.path()).await.unwrap();
+    preferred.close().await;
+
+    match Store::open(Some(&with("require")), dir.path()).await {
+        Ok(required) => {
+            assert_eq!(server_ssl, "on", "sslmode=require connected to a server without SSL");
+            let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&required.pool)
+                .await
+                .unwrap();
+            assert!(encrypted, "sslmode=require gave a plaintext session");
+            required.close().await;
+        }
+        Err(e) => {
+            assert_eq!(
+                server_ssl, "off",
+                "sslmode=require failed against a server with SSL: {e}"
+            );
+            let text = e.to_string();
+            assert!(!text.contains("without TLS support"), "{text}");
+            assert!(matches!(e, StoreError::Db(sqlx::Error::Tls(_))), "{text}");
+        }
+    }
+    t.cleanup().await;
+}

@@ -40,6 +40,8 @@ pub struct Settings {
     pub buffer_bytes: u64,
     /// What may be read and written (`OUTRIDER_LOG_PATHS`, `OUTRIDER_SINK_DIR`, …).
     pub confinement: Arc<Confinement>,
+    /// What an https sink is verified against.
+    pub trust: Arc<crate::trust::Trust>,
 }
 
 /// Reads and delivers until `stop` turns true (then flushes what it holds and ends)
@@ -56,6 +58,7 @@ pub async fn pipeline(
         state_dir,
         buffer_bytes,
         confinement,
+        trust,
     } = settings;
     // Checked before the policy was applied; checked again here so that no way of
     // starting a pipeline can skip it.
@@ -83,7 +86,7 @@ pub async fn pipeline(
             return;
         }
     };
-    let sink = SinkClient::new(&policy.sink, identity.clone(), Arc::clone(&confinement));
+    let sink = SinkClient::new(&policy.sink, identity.clone(), Arc::clone(&confinement), &trust);
     // One batch in hand on each side: the reader waits (backpressure) while the
     // sender is busy or the spool is full.
     let (tx, rx) = mpsc::channel::<Batch>(1);
@@ -574,7 +577,12 @@ mod tests {
         let sink: outrider_policy::Sink =
             serde_json::from_str(&format!(r#"{{"type":"http","url":"{url}","format":"{format}"}}"#)).unwrap();
         let confinement = Confinement::new("/var/log/**", &dir.join("sinks"), "", &[]).unwrap();
-        SinkClient::new(&sink, Identity::default(), Arc::new(confinement))
+        SinkClient::new(
+            &sink,
+            Identity::default(),
+            Arc::new(confinement),
+            &crate::trust::Trust::default(),
+        )
     }
 
     #[tokio::test]

@@ -60,6 +60,8 @@ pub struct Shipper {
     pub buffer_bytes: u64,
     /// What policies may read and write.
     pub confinement: Arc<Confinement>,
+    /// What an https sink is verified against (`OUTRIDER_CA_FILE` and the system roots).
+    pub trust: Arc<crate::trust::Trust>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,7 @@ impl Shipper {
                         state_dir: self.state_dir.clone(),
                         buffer_bytes: self.buffer_bytes,
                         confinement: Arc::clone(&self.confinement),
+                        trust: Arc::clone(&self.trust),
                     };
                     let (stop_tx, stop) = watch::channel(false);
                     let task = tokio::spawn(
@@ -231,6 +234,7 @@ mod tests {
                 )
                 .unwrap(),
             ),
+            trust: Arc::default(),
         };
         let (changes, changed) = watch::channel(0);
         let feed = PolicyFeed::new(changed, move || Some(policy.clone()));

@@ -73,7 +73,8 @@ pub struct SinkClient {
 }
 
 impl SinkClient {
-    pub fn new(sink: &Sink, identity: Identity, confinement: Arc<Confinement>) -> Self {
+    /// `trust`: what an `https://` sink's certificate is verified against.
+    pub fn new(sink: &Sink, identity: Identity, confinement: Arc<Confinement>, trust: &crate::trust::Trust) -> Self {
         Self {
             kind: sink.kind,
             format: sink.format.unwrap_or(SinkFormat::Ndjson),
@@ -82,7 +83,8 @@ impl SinkClient {
             path: confinement.sink_path(sink.path.as_deref().unwrap_or_default()),
             confinement,
             identity,
-            http: reqwest::Client::builder()
+            http: trust
+                .http_client(reqwest::Client::builder())
                 .timeout(HTTP_TIMEOUT)
                 .connect_timeout(Duration::from_secs(2))
                 // A redirect would take the records (307/308 keep the body) to a host
