@@ -501,6 +501,13 @@ mod tests {
     async fn control_plane(token: Option<&str>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(None, dir.path()).await.unwrap();
+        let ca_config = crate::ca::CaConfig {
+            trust_domain: "outrider.local".into(),
+            cert_ttl: Duration::from_secs(3600),
+            ca_cert: None,
+            ca_key: None,
+        };
+        let ca = Arc::new(Ca::open(&store, &ca_config).await.unwrap());
         let hub = Hub::new(store, Timing::default(), Arc::new(Metrics::new()));
         hub.load().await;
         let shutdown = CancellationToken::new();
@@ -508,7 +515,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(hub.clone().run_background(shutdown.clone()));
-        let svc = ControlService::new(hub.clone(), token.map(str::to_owned), shutdown).into_server();
+        let svc = ControlService::new(hub.clone(), token.map(str::to_owned), shutdown)
+            .with_ca(ca)
+            .into_server();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
@@ -684,6 +693,48 @@ mod tests {
         .await
         .unwrap();
         row_until(&cp.hub, |r| r.applied_revision == stored.revision).await;
+    }
+
+    fn csr_for(sans: Vec<rcgen::SanType>) -> SidecarMessage {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        let csr_der = params.serialize_request(&key).unwrap().der().to_vec();
+        SidecarMessage {
+            msg: Some(sidecar_message::Msg::CertificateRequest(CertificateRequest { csr_der })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_gets_a_certificate_only_for_the_identity_it_registered_as() {
+        let cp = control_plane(None).await;
+        let mut s = open(&cp.endpoint, hello("web-1", "")).await.unwrap();
+        next_snapshot(&mut s).await;
+        let db = rcgen::SanType::URI("spiffe://outrider.local/ns/default/svc/db".try_into().unwrap());
+        s.tx.send(csr_for(vec![db])).await.unwrap();
+        let refused = next_of(&mut s, |m| match m {
+            control_message::Msg::CertificateRefused(r) => Some(r),
+            _ => None,
+        })
+        .await;
+        assert!(refused.error.contains("svc/db"), "{}", refused.error);
+        let row = row_until(&cp.hub, |r| r.pod == "web-1").await;
+        assert_eq!(row.identity, None, "nothing recorded for a refused request");
+
+        s.tx.send(csr_for(vec![])).await.unwrap();
+        let cert = next_of(&mut s, |m| match m {
+            control_message::Msg::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .await;
+        assert!(cert.chain_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(!cert.trust_bundle_pem.is_empty());
+        let row = row_until(&cp.hub, |r| r.identity.is_some()).await;
+        assert_eq!(
+            row.identity.as_deref(),
+            Some("spiffe://outrider.local/ns/default/svc/web")
+        );
+        assert_eq!(row.certificate_expiry_ms, Some(cert.not_after_ms));
     }
 
     #[tokio::test]
