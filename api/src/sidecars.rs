@@ -37,6 +37,12 @@ pub struct Sidecar {
     pub build_version: String,
     /// Its latest health report (`null` before the first one).
     pub health: Option<SidecarHealth>,
+    /// The SPIFFE ID of its workload certificate (`null` before the first one).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// When that certificate expires, RFC 3339 (`null` without one).
+    #[serde(default)]
+    pub certificate_expiry: Option<String>,
 }
 
 /// Derived from the stream and the last report at read time.

@@ -522,6 +522,8 @@ mod tests {
             replica: "cp-1".into(),
             build_version: "0.1.0".into(),
             health: None,
+            identity: None,
+            certificate_expiry: None,
         }
     }
 

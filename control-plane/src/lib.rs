@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod ca;
 pub mod canary;
 pub mod dashboard;
 pub mod fleet;

@@ -1,6 +1,6 @@
 //! `outrider-control-plane`: parses flags and environment, sets up logging and signal
 //! handling, and runs the server — or, with `token …` and `join-token …`, manages API
-//! tokens and sidecar join tokens in the store.
+//! tokens and sidecar join tokens in the store; `ca bundle` prints the trust bundle.
 
 use clap::{Parser, Subcommand};
 use outrider_control_plane::auth::{generate_token, hash_token, validate_token_name};
@@ -37,6 +37,18 @@ enum Command {
         #[command(subcommand)]
         action: JoinTokenAction,
     },
+    /// The certificate authority that signs workload certificates.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Print the trust bundle (PEM): every root sidecars trust. Safe while a control
+    /// plane runs on the same store; on a new store it makes the root that one will use.
+    Bundle,
 }
 
 #[derive(Subcommand)]
@@ -88,6 +100,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::JoinToken { action }) => {
             return join_token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await
+        }
+        Some(Command::Ca {
+            action: CaAction::Bundle,
+        }) => {
+            let store = Store::open(cli.config.database_url.as_deref(), &cli.config.data_dir).await?;
+            let bundle = outrider_control_plane::ca::trust_bundle(&store, &cli.config.ca_config()).await;
+            store.close().await;
+            print!("{}", bundle?);
+            return Ok(());
         }
         None => {}
     }

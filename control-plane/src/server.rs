@@ -4,6 +4,7 @@
 use crate::api::guard::Guard;
 use crate::api::{self, AppState};
 use crate::auth::AuthThrottle;
+use crate::ca::{Ca, CaConfig, CaError};
 use crate::grpc::ControlService;
 use crate::hub::{Hub, Timing};
 use crate::listen::{serve_http, tls_incoming, HandshakeDeadline, HttpLimits};
@@ -90,6 +91,19 @@ pub struct Config {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "OUTRIDER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = "outrider.local")]
+    pub trust_domain: String,
+    /// Lifetime of the workload certificates issued to sidecars.
+    #[arg(long, env = "OUTRIDER_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// The operator's issuing CA certificate (PEM; its chain may follow) instead of a
+    /// root kept in the store. Needs --ca-key.
+    #[arg(long, env = "OUTRIDER_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert (PEM, PKCS #8).
+    #[arg(long, env = "OUTRIDER_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -112,6 +126,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Guard(#[from] crate::api::guard::GuardError),
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
@@ -121,6 +137,16 @@ pub enum ServerError {
 }
 
 impl Config {
+    /// The CA's part of the settings.
+    pub fn ca_config(&self) -> CaConfig {
+        CaConfig {
+            trust_domain: self.trust_domain.clone(),
+            cert_ttl: self.cert_ttl,
+            ca_cert: self.ca_cert.clone(),
+            ca_key: self.ca_key.clone(),
+        }
+    }
+
     /// Security by default: no public listener without the token that protects it.
     /// Join tokens in the store protect registration too, but the store is not open
     /// yet here: [`run`] checks the gRPC address again once it is.
@@ -213,6 +239,7 @@ pub async fn run(
     // Before anything is served: a public gRPC port needs the mesh-wide token or at
     // least one join token.
     cfg.check_addresses(http_addr, grpc_addr, store.has_join_tokens().await?)?;
+    let ca = Arc::new(Ca::open(&store, &cfg.ca_config()).await?);
     info!(
         backend = ?store.backend(),
         grpc = %grpc_addr,
@@ -259,7 +286,9 @@ pub async fn run(
     tasks.spawn(hub.clone().run_background(stop.clone()).in_current_span());
     tasks.spawn(crate::canary::run_driver(hub.clone(), stop.clone()).in_current_span());
 
-    let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone()).into_server();
+    let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone())
+        .with_ca(ca)
+        .into_server();
     let handshake = cfg.grpc_handshake_timeout;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

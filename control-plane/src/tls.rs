@@ -189,7 +189,7 @@ mod tests {
 
     fn self_signed() -> (String, String) {
         let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        (c.cert.pem(), c.signing_key.serialize_pem())
+        (c.cert.pem(), c.key_pair.serialize_pem())
     }
 
     #[test]

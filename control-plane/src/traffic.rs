@@ -141,6 +141,8 @@ mod tests {
             last_nack: None,
             last_nack_revision: None,
             health: Some(serde_json::json!({ "destinations": figures })),
+            identity: None,
+            certificate_expiry_ms: None,
         }
     }
 

@@ -85,18 +85,45 @@ struct ConfigDump<'a> {
     logging: Option<&'a LoggingPolicy>,
     configs: &'a [ConfigSummary],
     destinations: Option<serde_json::Value>,
+    /// The workload certificate in force (`null` before the first); never the key.
+    identity: Option<IdentityDump>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IdentityDump {
+    spiffe_id: String,
+    serial: String,
+    /// RFC 3339.
+    not_after: String,
+}
+
+fn identity_dump(state: &SidecarState) -> Option<IdentityDump> {
+    state.identity.load().as_deref().map(|w| IdentityDump {
+        spiffe_id: w.spiffe_id.clone(),
+        serial: w.serial.clone(),
+        not_after: rfc3339(w.not_after_ms),
+    })
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 async fn config_dump(State(state): State<Arc<SidecarState>>) -> Response {
     let applied = state.applied.load_full();
     let connected = state.is_connected();
+    let identity = identity_dump(&state);
     match applied.as_deref() {
-        Some(a) => Json(dump(Some(a), connected)).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, Json(dump(None, connected))).into_response(),
+        Some(a) => Json(dump(Some(a), connected, identity)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(dump(None, connected, identity))).into_response(),
     }
 }
 
-fn dump(applied: Option<&Applied>, control_plane_connected: bool) -> ConfigDump<'_> {
+fn dump(applied: Option<&Applied>, control_plane_connected: bool, identity: Option<IdentityDump>) -> ConfigDump<'_> {
     ConfigDump {
         revision: applied.map(|a| a.revision),
         nonce: applied.map(|a| a.nonce.as_str()),
@@ -108,6 +135,7 @@ fn dump(applied: Option<&Applied>, control_plane_connected: bool) -> ConfigDump<
         logging: applied.and_then(|a| a.logging.as_ref()),
         configs: applied.map_or(&[], |a| a.configs.as_slice()),
         destinations: applied.map(|a| a.destinations.dump()),
+        identity,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The control-stream client: registers with Hello, validates each snapshot, makes it
 //! durable (config documents written, `snapshot.pb` saved), then enforces and
 //! acknowledges it; asks for the destinations its app calls and acknowledges their
-//! updates once saved; reports health, and reconnects with exponential backoff and
+//! updates once saved; asks for its workload certificate after Hello and again when
+//! renewal is due (see `identity`); reports health, and reconnects with exponential backoff and
 //! full jitter (`outrider_runtime::Backoff`) whenever the stream breaks.
 //!
 //! A snapshot that cannot be made durable (a full or read-only state disk) is NACKed
@@ -10,12 +11,14 @@
 //! It is tried again on a timer, so freeing the disk recovers without a new write.
 
 use crate::configdocs::{doc_set, ConfigDocs, Writer};
+use crate::identity::IdentityFiles;
 use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, Destinations, DestinationsAck, DestinationsNack, HealthReport, Hello,
-    Identity, LatencySummary, LogShipping, Nack, SidecarMessage, Snapshot, Watch,
+    control_message, sidecar_message, Ack, Certificate, CertificateRequest, Destinations, DestinationsAck,
+    DestinationsNack, HealthReport, Hello, Identity, LatencySummary, LogShipping, Nack, SidecarMessage, Snapshot,
+    Watch,
 };
 use outrider_runtime::shutdown::CancellationToken;
 use outrider_runtime::Backoff;
@@ -44,7 +47,14 @@ pub struct Agent {
     pub destination_idle: Duration,
     /// Where a snapshot's config documents are written before it is acknowledged.
     pub config_docs: Option<Arc<ConfigDocs>>,
+    /// The workload key; `None`: no certificate is asked for (the key could not be
+    /// made or read). What is issued goes in force in `state.identity`.
+    pub workload: Option<Arc<IdentityFiles>>,
 }
+
+/// Between certificate requests that got no certificate (refused, lost, or not
+/// acceptable): soon at first, then every minute at most.
+const RETRY_CERTIFICATE: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Between attempts to make a NACKed snapshot durable: soon at first (a disk freed by
 /// an operator recovers in about a second), then no more than every 10 s.
@@ -182,6 +192,10 @@ impl Agent {
         let mut unacked: Option<(u64, String)> = None;
         let mut dest_error: Option<String> = None;
         let mut pending: Option<Pending> = None;
+        // A certificate is asked for at once when none is in force, else when renewal
+        // is due; every request re-arms this for a retry until a certificate arrives.
+        let mut cert_attempt: u32 = 0;
+        let mut cert_due = self.workload.as_ref().map(|_| self.renewal_due());
         let mut idle_check =
             tokio::time::interval((self.destination_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,6 +229,15 @@ impl Agent {
                                 Some(reply) => if tx.send(reply).await.is_err() { break End::Lost },
                                 None => unacked = Some((version, nonce)),
                             }
+                        }
+                        Some(control_message::Msg::Certificate(c)) => {
+                            if let Some(due) = self.accept_certificate(c).await {
+                                cert_attempt = 0;
+                                cert_due = Some(due);
+                            }
+                        }
+                        Some(control_message::Msg::CertificateRefused(r)) => {
+                            warn!(error = %r.error, "the control plane refused the certificate request; retrying");
                         }
                         Some(control_message::Msg::Heartbeat(h)) => {
                             let every = Duration::from_millis(u64::from(h.report_interval_ms).clamp(100, 60_000));
@@ -258,6 +281,18 @@ impl Agent {
                         unsaved = true;
                         let w = Watch { add: Vec::new(), remove: idle };
                         if tx.send(msg(sidecar_message::Msg::Watch(w))).await.is_err() { break End::Lost }
+                    }
+                }
+                () = sleep_until_opt(cert_due), if cert_due.is_some() => {
+                    cert_due = Some(tokio::time::Instant::now() + RETRY_CERTIFICATE.ceiling(cert_attempt));
+                    cert_attempt = cert_attempt.saturating_add(1);
+                    match self.workload.as_ref().map(|w| w.csr_der()) {
+                        Some(Ok(csr_der)) => {
+                            let r = CertificateRequest { csr_der };
+                            if tx.send(msg(sidecar_message::Msg::CertificateRequest(r))).await.is_err() { break End::Lost }
+                        }
+                        Some(Err(e)) => warn!(error = %e, "cannot make a certificate request"),
+                        None => cert_due = None,
                     }
                 }
                 () = sleep_until_pending(&pending), if pending.is_some() => {
@@ -326,6 +361,42 @@ impl Agent {
             }
         }
         Ok(end)
+    }
+
+    /// When to ask for a certificate: now without one in force, else at its renewal time.
+    fn renewal_due(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match self.state.identity.load().as_deref() {
+            None => now,
+            Some(w) => {
+                let wait = w.renew_at_ms.saturating_sub(outrider_runtime::time::now_ms() as i64);
+                now + Duration::from_millis(wait.max(0) as u64)
+            }
+        }
+    }
+
+    /// Checks, saves and puts in force an issued certificate; the next renewal time
+    /// when it went in force. One that is not acceptable is logged and the retry
+    /// already armed asks again.
+    async fn accept_certificate(&self, c: Certificate) -> Option<tokio::time::Instant> {
+        let files = self.workload.clone()?;
+        let now = outrider_runtime::time::now_ms() as i64;
+        let accepted = tokio::task::spawn_blocking(move || files.accept(&c.chain_pem, &c.trust_bundle_pem, now)).await;
+        match accepted {
+            Ok(Ok(w)) => {
+                info!(identity = %w.spiffe_id, serial = %w.serial, not_after_ms = w.not_after_ms, "workload certificate in force");
+                self.state.identity.store(Some(Arc::new(w)));
+                Some(self.renewal_due())
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "not taking the issued certificate");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "certificate task failed");
+                None
+            }
+        }
     }
 
     /// Applies a destination update: `Some(None)` when it applied (acknowledged once
@@ -495,6 +566,14 @@ fn log_shipping(state: &SidecarState) -> LogShipping {
 async fn sleep_until_pending(pending: &Option<Pending>) {
     match pending {
         Some(p) => tokio::time::sleep_until(p.at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `at` (never, without one).
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

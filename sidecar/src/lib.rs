@@ -11,6 +11,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod configdocs;
+pub mod identity;
 pub mod inbound;
 pub mod loghub;
 pub mod logship;

@@ -12,6 +12,7 @@ use outrider_runtime::tracing::Format as LogFormat;
 use outrider_sidecar::agent::Agent;
 use outrider_sidecar::config::Config;
 use outrider_sidecar::configdocs::{ConfigDocs, ReloadHooks};
+use outrider_sidecar::identity::IdentityFiles;
 use outrider_sidecar::inbound::{self, InboundProxy};
 use outrider_sidecar::logship::{Identity as LogIdentity, PolicyFeed, Shipper};
 use outrider_sidecar::outbound::{self, OutboundProxy};
@@ -127,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "ignoring the persisted snapshot; enforcing nothing until the control plane answers"
             ),
         }
+        let workload = open_identity(&cfg, &state).await;
 
         let inbound_listener = TcpListener::bind(cfg.inbound_addr)
             .await
@@ -236,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             declared: cfg.declared_destinations(),
             destination_idle: cfg.destination_idle.as_std(),
             config_docs: Some(docs.clone()),
+            workload,
         };
         control.spawn(info_span!("agent"), agent.run(control.stop.clone()));
 
@@ -255,4 +258,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// The workload key (made on first start) and the saved certificate if still valid,
+/// put in force at once: a restart while the control plane is away keeps the identity.
+/// A key that cannot be made or read leaves the sidecar without one (logged), not down.
+async fn open_identity(cfg: &Config, state: &SidecarState) -> Option<Arc<IdentityFiles>> {
+    let (dir, namespace, service) = (cfg.state_dir.clone(), cfg.namespace.clone(), cfg.service.clone());
+    let now = outrider_runtime::time::now_ms() as i64;
+    let opened = tokio::task::spawn_blocking(move || IdentityFiles::open(&dir, &namespace, &service, now)).await;
+    match opened {
+        Ok(Ok((files, saved))) => {
+            if let Some(w) = saved {
+                info!(identity = %w.spiffe_id, serial = %w.serial, "using the saved workload certificate");
+                state.identity.store(Some(Arc::new(w)));
+            }
+            Some(Arc::new(files))
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "no workload identity: cannot keep a key in the state directory");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "no workload identity: the key task failed");
+            None
+        }
+    }
 }

@@ -179,6 +179,8 @@ pub struct SidecarState {
     destination_changes: watch::Sender<u64>,
     pub discovery: Discovery,
     logging_check: Option<LoggingCheck>,
+    /// The workload certificate in force (`identity`), for `/config_dump` and mTLS.
+    pub identity: crate::identity::Handle,
 }
 
 impl Default for SidecarState {
@@ -199,6 +201,7 @@ impl SidecarState {
             destination_changes: watch::channel(0).0,
             discovery: Discovery::default(),
             logging_check: None,
+            identity: crate::identity::Handle::default(),
         }
     }
 

@@ -185,7 +185,9 @@ impl Stream {
                 sidecar_message::Msg::Nack(n) => return Ok(Reply::Nack(n)),
                 sidecar_message::Msg::DestinationsAck(a) => return Ok(Reply::DestinationsAck(a)),
                 sidecar_message::Msg::DestinationsNack(n) => return Ok(Reply::DestinationsNack(n)),
-                sidecar_message::Msg::Health(_) | sidecar_message::Msg::Watch(_) => {}
+                sidecar_message::Msg::Health(_)
+                | sidecar_message::Msg::Watch(_)
+                | sidecar_message::Msg::CertificateRequest(_) => {}
                 sidecar_message::Msg::Hello(h) => bail!("a second Hello on one stream: {h:?}"),
             }
         }

@@ -58,6 +58,8 @@ pub fn sidecar_view(s: SidecarRow, hub: &Hub, target: u64, now: i64) -> Sidecar 
         // Reports are written by this control plane's own sessions, so they read; a
         // row that does not is shown without figures rather than failing the list.
         health: s.health.and_then(|h| serde_json::from_value::<SidecarHealth>(h).ok()),
+        identity: s.identity,
+        certificate_expiry: s.certificate_expiry_ms.map(rfc3339),
     }
 }
 

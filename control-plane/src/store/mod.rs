@@ -5,8 +5,9 @@
 //! one test suite proves the behaviours on each. This module holds the handle, the
 //! error type and the write transaction every change goes through; each aggregate
 //! (policies, configs, revisions, sidecars, services, tokens, rollouts, propagation,
-//! routing, join tokens) has a module of its own.
+//! routing, join tokens, CA roots) has a module of its own.
 
+mod ca;
 mod canary;
 mod configs;
 mod db;
@@ -31,6 +32,7 @@ mod tests_revisions;
 #[cfg(test)]
 mod tests_sidecars;
 
+pub use ca::CaRoot;
 pub use canary::RolloutRow;
 pub use configs::StoredConfig;
 pub use join_tokens::JoinTokenInfo;

@@ -50,6 +50,9 @@ pub struct SidecarRow {
     pub last_nack: Option<String>,
     pub last_nack_revision: Option<u64>,
     pub health: Option<serde_json::Value>,
+    /// The SPIFFE ID last issued to it (`None` before its first certificate).
+    pub identity: Option<String>,
+    pub certificate_expiry_ms: Option<i64>,
 }
 
 /// Sidecar status, derived from the row at read time.
@@ -184,12 +187,14 @@ pub(super) struct DbRow {
     last_nack: Option<String>,
     last_nack_revision: Option<i64>,
     health: Option<String>,
+    identity: Option<String>,
+    certificate_expiry_ms: Option<i64>,
 }
 
 pub(super) const COLUMNS: &str =
     "id, service, version, namespace, pod, address, inbound_port, outbound_port, admin_port,
     build_version, replica, session, connected, connected_at_ms, last_seen_ms, applied_revision, last_nack,
-    last_nack_revision, health";
+    last_nack_revision, health, identity, certificate_expiry_ms";
 
 impl From<DbRow> for SidecarRow {
     fn from(r: DbRow) -> Self {
@@ -215,6 +220,8 @@ impl From<DbRow> for SidecarRow {
             // Health is a report the sidecar sent, shown as is: one that does not parse
             // is left out rather than failing the whole listing.
             health: r.health.and_then(|h| serde_json::from_str(&h).ok()),
+            identity: r.identity,
+            certificate_expiry_ms: r.certificate_expiry_ms,
         }
     }
 }

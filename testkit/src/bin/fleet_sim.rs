@@ -526,7 +526,10 @@ fn on_message(state: &mut SimState, msg: ControlMessage) -> Vec<SidecarMessage> 
             }]
         }
         // The report interval is `--report-ms`, so the benchmark controls it.
-        Some(control_message::Msg::Heartbeat(_)) | None => Vec::new(),
+        Some(control_message::Msg::Heartbeat(_))
+        | Some(control_message::Msg::Certificate(_))
+        | Some(control_message::Msg::CertificateRefused(_))
+        | None => Vec::new(),
     }
 }
 
