@@ -22,7 +22,9 @@ pub use canary::{CanaryWeightRequest, RolloutRequest, RolloutState, RolloutStatu
 pub use configs::{ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize};
 pub use events::{ChangeEvent, CHANGE_EVENT, RESYNC_EVENT};
 pub use join_tokens::{CreatedJoinToken, JoinTokenInfo, JoinTokenRevoked, NewJoinToken};
-pub use policies::{DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, WriteQuery};
+pub use policies::{
+    DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyKindName, PolicyPutResponse, PolicyRecord, WriteQuery,
+};
 pub use problem::{FieldError, Problem, PROBLEM_JSON};
 pub use revisions::{Propagation, RevisionDetail, RevisionQuery, RevisionSummary};
 pub use services::{InstanceSummary, ServiceDetail, ServiceSummary, SubsetInstances, SubsetTraffic};
