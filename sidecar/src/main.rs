@@ -96,7 +96,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     async move {
         let confinement = Arc::new(cfg.log_confinement()?);
         let check = Arc::clone(&confinement);
-        let state = Arc::new(SidecarState::new().with_logging_check(Box::new(move |p| check.check(p))));
+        let state = Arc::new(
+            SidecarState::new()
+                .with_logging_check(Box::new(move |p| check.check(p)))
+                .with_identity(&cfg.namespace, &cfg.trust_domain),
+        );
         // Destinations first: the snapshot applied next picks them up.
         // A refused file was moved aside: start without it and wait for the control
         // plane, rather than enforce what may be garbage.
