@@ -29,7 +29,7 @@ pub use problem::{FieldError, Problem, PROBLEM_JSON};
 pub use revisions::{Propagation, RevisionDetail, RevisionQuery, RevisionSummary};
 pub use services::{InstanceSummary, ServiceDetail, ServiceSummary, SubsetInstances, SubsetTraffic};
 pub use sidecars::{
-    DestinationFigures, LastNack, LogShipping, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus,
+    AuthzDenied, DestinationFigures, LastNack, LogShipping, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus,
     DEFAULT_SIDECAR_PAGE, MAX_SIDECAR_PAGE,
 };
 pub use tokens::{CreatedToken, NewToken, Role, TokenInfo, TokenRevoked};

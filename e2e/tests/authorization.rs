@@ -137,6 +137,18 @@ async fn a_dry_run_lets_everything_through_and_counts_what_it_would_deny() {
         0,
         "nothing was denied for real"
     );
+
+    // The counts reach the control plane in health reports, for the dashboard.
+    let id = s.sidecar.id();
+    let reported = outrider_testkit::wait_until(SOON, || async {
+        let row = s.cp.sidecar_row(&id).await.unwrap_or_default();
+        let denied = row["health"]["authzDenied"].as_array().cloned().unwrap_or_default();
+        denied
+            .iter()
+            .any(|d| d["rule"] == "defaultAction" && d["dryRun"] == true && d["count"] == 2)
+    })
+    .await;
+    assert!(reported.is_ok(), "{}", s.cp.sidecar_row(&id).await.unwrap_or_default());
 }
 
 #[tokio::test]

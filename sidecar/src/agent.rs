@@ -14,8 +14,8 @@ use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, Destinations, DestinationsAck, DestinationsNack, HealthReport, Hello,
-    Identity, LatencySummary, LogShipping, Nack, SidecarMessage, Snapshot, Watch,
+    control_message, sidecar_message, Ack, AuthzDenied, Destinations, DestinationsAck, DestinationsNack, HealthReport,
+    Hello, Identity, LatencySummary, LogShipping, Nack, SidecarMessage, Snapshot, Watch,
 };
 use outrider_runtime::shutdown::CancellationToken;
 use outrider_runtime::Backoff;
@@ -474,6 +474,14 @@ impl Agent {
                 .map(|a| a.destinations.figures())
                 .unwrap_or_default(),
             log_shipping: Some(log_shipping(&self.state)),
+            authz_denied: self
+                .state
+                .metrics
+                .authz
+                .values()
+                .into_iter()
+                .map(|(dry_run, rule, count)| AuthzDenied { rule, dry_run, count })
+                .collect(),
         }
     }
 }

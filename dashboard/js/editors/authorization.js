@@ -1,8 +1,10 @@
 // The authorization editor: mTLS mode, default action, dry run, and one form row per
 // rule (name, callers, path prefix, methods, action); fields the form does not show
 // (a rule's header match) are kept from the stored rule. A dry-run policy says so
-// above the form: nothing is denied, would-be denials are only counted.
+// above the form, with the would-be denials per rule summed over the service's
+// sidecars (from their health reports).
 
+import { api } from '../api.js';
 import { h } from '../dom.js';
 import { control, field, put, rowList } from './form.js';
 import { editorShell } from './shell.js';
@@ -14,6 +16,17 @@ const list = (v) =>
     .map((s) => s.trim())
     .filter(Boolean);
 
+// Would-be denials per rule over `sidecars` (their health reports), largest first.
+export function wouldDeny(sidecars) {
+  const by = new Map();
+  for (const s of sidecars || []) {
+    for (const d of s.health?.authzDenied || []) {
+      if (d.dryRun) by.set(d.rule, (by.get(d.rule) || 0) + d.count);
+    }
+  }
+  return [...by.entries()].sort((a, b) => b[1] - a[1]);
+}
+
 export function authorizationEditor(service) {
   const ed = editorShell({
     id: 'authorization',
@@ -22,6 +35,28 @@ export function authorizationEditor(service) {
     kindLabel: 'authorization',
   });
   const state = h('p', { class: 'muted', id: 'authorization-state', role: 'note' });
+  const denials = h('table', { class: 'grid', id: 'authorization-would-deny', hidden: true });
+  // Counts since each sidecar started, as its last health report said them.
+  const showDenials = async () => {
+    if (top.dryRun.value !== 'true') {
+      denials.hidden = true;
+      return;
+    }
+    const { data } = await api('GET', `/services/${encodeURIComponent(service)}`);
+    const rows = wouldDeny(data.sidecars);
+    denials.replaceChildren(
+      h('caption', { text: 'Would have been denied (since each sidecar started)' }),
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Rule' }), h('th', { scope: 'col', text: 'Requests' }))),
+      h(
+        'tbody',
+        {},
+        ...(rows.length
+          ? rows.map(([rule, n]) => h('tr', {}, h('td', { text: rule }), h('td', { class: 'num', text: String(n) })))
+          : [h('tr', {}, h('td', { text: 'none reported yet', colspan: '2' }))]),
+      ),
+    );
+    denials.hidden = false;
+  };
   const top = {
     mtls: control('mtls', { tag: 'select', options: ['permissive', 'strict'] }, 'permissive'),
     defaultAction: control('defaultAction', { tag: 'select', options: ['allow', 'deny'] }, 'allow'),
@@ -56,6 +91,9 @@ export function authorizationEditor(service) {
         ? 'Enforced: requests no rule allows get 403.'
         : 'Enforced: requests no rule denies are allowed.';
     state.className = dry ? 'muted dry-run' : 'muted';
+    showDenials().catch(() => {
+      denials.hidden = true;
+    });
   };
   for (const c of Object.values(top)) c.addEventListener('change', showState);
   ed.fromDoc = (doc) => {
@@ -86,6 +124,7 @@ export function authorizationEditor(service) {
   });
   ed.form.append(
     state,
+    denials,
     field('mTLS', top.mtls),
     field('Default action', top.defaultAction),
     field('Dry run', top.dryRun),
