@@ -22,12 +22,14 @@ pub use canary::{CanaryWeightRequest, RolloutRequest, RolloutState, RolloutStatu
 pub use configs::{ConfigDeleteResponse, ConfigDeleted, ConfigMeta, ConfigPutResponse, ConfigSize};
 pub use events::{ChangeEvent, CHANGE_EVENT, RESYNC_EVENT};
 pub use join_tokens::{CreatedJoinToken, JoinTokenInfo, JoinTokenRevoked, NewJoinToken};
-pub use policies::{DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyPutResponse, PolicyRecord, WriteQuery};
+pub use policies::{
+    DryRunReport, PolicyDeleteResponse, PolicyDeleted, PolicyKindName, PolicyPutResponse, PolicyRecord, WriteQuery,
+};
 pub use problem::{FieldError, Problem, PROBLEM_JSON};
 pub use revisions::{Propagation, RevisionDetail, RevisionQuery, RevisionSummary};
 pub use services::{InstanceSummary, ServiceDetail, ServiceSummary, SubsetInstances, SubsetTraffic};
 pub use sidecars::{
-    DestinationFigures, LastNack, LogShipping, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus,
+    AuthzDenied, DestinationFigures, LastNack, LogShipping, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus,
     DEFAULT_SIDECAR_PAGE, MAX_SIDECAR_PAGE,
 };
 pub use tokens::{CreatedToken, NewToken, Role, TokenInfo, TokenRevoked};

@@ -7,12 +7,23 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+/// The `{kind}` of `/services/{service}/policies/{kind}`, so that the OpenAPI
+/// document lists every kind a client may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKindName {
+    Routing,
+    RateLimit,
+    Logging,
+    Authorization,
+}
+
 /// A stored policy (`GET`, and the answer to a `PUT`, with an `ETag`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRecord {
     pub service: String,
-    /// `routing`, `rate-limit` or `logging`.
+    /// `routing`, `rate-limit`, `logging` or `authorization`.
     pub kind: String,
     pub revision: u64,
     /// RFC 3339.

@@ -83,6 +83,19 @@ pub struct SidecarHealth {
     pub destinations: Vec<DestinationFigures>,
     /// Log-shipping figures (`null`: not reported).
     pub log_shipping: Option<LogShipping>,
+    /// What the AuthorizationPolicy denied, or in dry run would have, since the sidecar
+    /// started, per rule.
+    pub authz_denied: Vec<AuthzDenied>,
+}
+
+/// One rule's denials (`dryRun`: would-be denials) on one sidecar since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthzDenied {
+    /// A rule's name, `defaultAction`, or `mtls`.
+    pub rule: String,
+    pub dry_run: bool,
+    pub count: u64,
 }
 
 /// What one caller saw of one destination subset.

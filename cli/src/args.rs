@@ -96,7 +96,8 @@ pub enum Get {
     /// A service's policies, or one of them.
     Policy {
         service: String,
-        /// routing, rate-limit or logging (envelope names such as RateLimitPolicy work too).
+        /// routing, rate-limit, logging or authorization (envelope names such as
+        /// RateLimitPolicy work too).
         #[arg(value_parser = parse_kind)]
         kind: Option<PolicyKind>,
     },
@@ -107,7 +108,7 @@ pub enum Delete {
     /// Delete one policy of a service.
     Policy {
         service: String,
-        /// routing, rate-limit or logging.
+        /// routing, rate-limit, logging or authorization.
         #[arg(value_parser = parse_kind)]
         kind: PolicyKind,
     },
@@ -195,7 +196,7 @@ pub fn parse_kind(s: &str) -> Result<PolicyKind, String> {
     s.parse::<PolicyKind>()
         .ok()
         .or_else(|| PolicyKind::from_envelope_name(s))
-        .ok_or_else(|| format!("unknown policy kind {s:?}: expected routing, rate-limit or logging"))
+        .ok_or_else(|| format!("unknown policy kind {s:?}: expected routing, rate-limit, logging or authorization"))
 }
 
 #[cfg(test)]

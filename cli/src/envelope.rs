@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
 const CONFIG_KIND: &str = "ConfigDocument";
-const KINDS: &str = "RoutingPolicy, RateLimitPolicy, LoggingPolicy or ConfigDocument";
+const KINDS: &str = "RoutingPolicy, RateLimitPolicy, LoggingPolicy, AuthorizationPolicy or ConfigDocument";
 
 /// One validated envelope, ready to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -383,6 +383,19 @@ content: |
         };
         assert_eq!(content_type, "application/yaml");
         assert_eq!(content, "greeting: hello\n");
+    }
+
+    #[test]
+    fn an_authorization_policy_envelope_in_yaml_is_validated_with_its_kind() {
+        let text = "kind: AuthorizationPolicy\nservice: web\nspec:\n  defaultAction: deny\n  rules:\n    - name: reads\n      from: [frontend]\n      match: {pathPrefix: /api, methods: [GET]}\n      action: allow\n";
+        let docs = parse_documents(text).unwrap();
+        assert!(
+            matches!(&docs[0], Document::Policy { policy, .. } if policy.kind() == PolicyKind::Authorization),
+            "{docs:?}"
+        );
+        let bad = "kind: AuthorizationPolicy\nservice: web\nspec:\n  rules:\n    - name: a\n      from: [Bad]\n      action: allow\n";
+        let msg = parse_documents(bad).unwrap_err().to_string();
+        assert!(msg.contains("rules[0].from[0]"), "{msg}");
     }
 
     #[test]

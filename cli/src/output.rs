@@ -4,7 +4,7 @@
 use crate::error::CliError;
 use crate::format::Output;
 use outrider_api::{PolicyRecord, RevisionSummary, ServiceSummary, Sidecar, SidecarStatus};
-use outrider_policy::{Policy, PolicyKind, Scope, SinkType};
+use outrider_policy::{Action, MtlsMode, Policy, PolicyKind, Scope, SinkType};
 use serde::Serialize;
 use std::io::Write;
 use std::time::SystemTime;
@@ -272,6 +272,19 @@ pub fn policy_summary(policy: &Policy) -> String {
                 SinkType::Http => "http",
             };
             format!("access log {access}, {} app log(s), sink {sink}", p.app_logs.len())
+        }
+        Policy::Authorization(p) => {
+            let word = |a: Action| match a {
+                Action::Allow => "allow",
+                Action::Deny => "deny",
+            };
+            let mtls = match p.mtls {
+                MtlsMode::Permissive => "permissive",
+                MtlsMode::Strict => "strict",
+            };
+            let dry = if p.dry_run { ", DRY RUN" } else { "" };
+            let rules = named(&p.rules, "rule", |r| format!("{} {}", cell(&r.name), word(r.action)));
+            format!("mtls {mtls}, default {}{dry}, {rules}", word(p.default_action))
         }
     }
 }

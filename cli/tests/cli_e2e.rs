@@ -155,6 +155,32 @@ async fn applied_rate_limit_policy_is_returned_by_get() {
     assert!(table.stdout.contains("1 rule: per-client"), "{}", table.stdout);
 }
 
+#[tokio::test]
+async fn an_applied_authorization_policy_is_shown_by_get_under_its_envelope_or_rest_name() {
+    let cp = start_control_plane().await;
+    let yaml = "kind: AuthorizationPolicy\nservice: web\nspec:\n  defaultAction: deny\n  dryRun: true\n  rules:\n    - {name: reads, from: [frontend], match: {methods: [GET]}, action: allow}\n";
+    let file = write_file(cp.dir.path(), "authz.yaml", yaml);
+    let run = ctl(&cp.url, &["apply", "-f", &file], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("AuthorizationPolicy web created"), "{}", run.stdout);
+
+    for kind in ["authorization", "AuthorizationPolicy"] {
+        let run = ctl(&cp.url, &["get", "policy", "web", kind, "-o", "json"], None);
+        assert_eq!(run.code, 0, "{kind}: {}", run.stderr);
+        let v = run.json();
+        assert_eq!(v["kind"], "authorization");
+        assert_eq!(v["document"]["rules"][0]["from"][0], "frontend");
+    }
+    let table = ctl(&cp.url, &["get", "policy", "web"], None);
+    assert!(
+        table
+            .stdout
+            .contains("mtls permissive, default deny, DRY RUN, 1 rule: reads allow"),
+        "{}",
+        table.stdout
+    );
+}
+
 /// The API's own JSON for `path`, read without outriderctl.
 async fn api_json(server: &str, path: &str) -> Value {
     let resp = reqwest::Client::new()

@@ -43,6 +43,7 @@ const ASSETS: &[(&str, &str)] = embed![
     "js/editors/routing.js",
     "js/editors/logging.js",
     "js/editors/configs.js",
+    "js/editors/authorization.js",
 ];
 
 pub fn routes() -> Router<AppState> {

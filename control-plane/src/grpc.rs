@@ -477,6 +477,11 @@ fn health_json(h: &outrider_proto::v1::HealthReport) -> serde_json::Value {
             "bufferedBytes": l.buffered_bytes,
             "sinkErrors": l.sink_errors,
         })),
+        "authzDenied": h.authz_denied.iter().map(|d| serde_json::json!({
+            "rule": d.rule,
+            "dryRun": d.dry_run,
+            "count": d.count,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -221,6 +221,7 @@ impl Hub {
             service: service.to_owned(),
             rate_limit: doc(PolicyKind::RateLimit),
             logging: doc(PolicyKind::Logging),
+            authorization: doc(PolicyKind::Authorization),
             configs: configs
                 .into_iter()
                 .map(|c| ConfigDocument {
@@ -427,7 +428,7 @@ mod tests {
         let store = hub.store();
         // The store does not validate documents; a long string stands for the largest body.
         let big = |kind| json!({"rules": [], "pad": "p".repeat(DOCUMENT_MAX_BYTES - 32), "kind": kind});
-        for kind in [PolicyKind::RateLimit, PolicyKind::Logging] {
+        for kind in [PolicyKind::RateLimit, PolicyKind::Logging, PolicyKind::Authorization] {
             store
                 .put_policy("web", kind, &big(kind.as_str()), Precondition::None, "t")
                 .await

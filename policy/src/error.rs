@@ -22,7 +22,7 @@ pub enum PolicyError {
     Malformed(String),
     #[error("invalid document: {}", summarize(.0))]
     Invalid(Vec<FieldError>),
-    #[error("unknown policy kind {0:?} (expected routing, rate-limit or logging)")]
+    #[error("unknown policy kind {0:?} (expected routing, rate-limit, logging or authorization)")]
     UnknownKind(String),
 }
 

@@ -4,6 +4,7 @@
 //! Plain Rust with no I/O, shared by the control plane (validates writes), the sidecar
 //! (validates snapshots before applying them) and the CLI (validates before sending).
 
+mod authorization;
 pub mod canary;
 mod duration;
 mod error;
@@ -14,6 +15,10 @@ mod names;
 mod ratelimit;
 mod routing;
 
+pub use authorization::{
+    spiffe_id, validate_trust_domain, Action, AuthorizationPolicy, AuthorizationRule, AuthzMatch, MtlsMode, Peer,
+    MAX_AUTHZ_RULES,
+};
 pub use duration::Duration;
 pub use error::{FieldError, PolicyError};
 pub use logging::{
@@ -31,17 +36,25 @@ pub enum PolicyKind {
     Routing,
     RateLimit,
     Logging,
+    Authorization,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Routing, PolicyKind::RateLimit, PolicyKind::Logging];
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Routing,
+        PolicyKind::RateLimit,
+        PolicyKind::Logging,
+        PolicyKind::Authorization,
+    ];
 
-    /// The name used in REST paths and in the store: `routing`, `rate-limit`, `logging`.
+    /// The name used in REST paths and in the store: `routing`, `rate-limit`, `logging`,
+    /// `authorization`.
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyKind::Routing => "routing",
             PolicyKind::RateLimit => "rate-limit",
             PolicyKind::Logging => "logging",
+            PolicyKind::Authorization => "authorization",
         }
     }
 
@@ -51,6 +64,7 @@ impl PolicyKind {
             PolicyKind::Routing => "RoutingPolicy",
             PolicyKind::RateLimit => "RateLimitPolicy",
             PolicyKind::Logging => "LoggingPolicy",
+            PolicyKind::Authorization => "AuthorizationPolicy",
         }
     }
 
@@ -119,6 +133,7 @@ pub enum Policy {
     Routing(RoutingPolicy),
     RateLimit(RateLimitPolicy),
     Logging(LoggingPolicy),
+    Authorization(AuthorizationPolicy),
 }
 
 impl Policy {
@@ -127,6 +142,7 @@ impl Policy {
             PolicyKind::Routing => Policy::Routing(parse_document(bytes)?),
             PolicyKind::RateLimit => Policy::RateLimit(parse_document(bytes)?),
             PolicyKind::Logging => Policy::Logging(parse_document(bytes)?),
+            PolicyKind::Authorization => Policy::Authorization(parse_document(bytes)?),
         })
     }
 
@@ -135,6 +151,7 @@ impl Policy {
             PolicyKind::Routing => Policy::Routing(from_value(value)?),
             PolicyKind::RateLimit => Policy::RateLimit(from_value(value)?),
             PolicyKind::Logging => Policy::Logging(from_value(value)?),
+            PolicyKind::Authorization => Policy::Authorization(from_value(value)?),
         })
     }
 
@@ -143,6 +160,7 @@ impl Policy {
             Policy::Routing(_) => PolicyKind::Routing,
             Policy::RateLimit(_) => PolicyKind::RateLimit,
             Policy::Logging(_) => PolicyKind::Logging,
+            Policy::Authorization(_) => PolicyKind::Authorization,
         }
     }
 
@@ -152,6 +170,7 @@ impl Policy {
             Policy::Routing(p) => serde_json::to_value(p),
             Policy::RateLimit(p) => serde_json::to_value(p),
             Policy::Logging(p) => serde_json::to_value(p),
+            Policy::Authorization(p) => serde_json::to_value(p),
         };
         v.expect("policy documents always serialize")
     }

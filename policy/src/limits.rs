@@ -1,6 +1,6 @@
 //! Size limits that keep every snapshot deliverable.
 //!
-//! A service's snapshot carries its RateLimitPolicy, LoggingPolicy and all its config
+//! A service's snapshot carries its RateLimitPolicy, LoggingPolicy, AuthorizationPolicy and all its config
 //! documents in one control-stream message, so each of them is bounded when it is
 //! written and the message limit both ends of the stream use is derived from the sum.
 //! Nothing the API accepts can then make a snapshot that a sidecar refuses to read.
@@ -20,9 +20,9 @@ pub const SERVICE_CONFIG_MAX_DOCUMENTS: usize = 256;
 pub const CONTENT_TYPE_MAX_BYTES: usize = 255;
 
 /// The largest snapshot the limits above allow, with room for the framing of each
-/// field: two policies of a service (routing travels to callers separately), every
+/// field: three policies of a service (routing travels to callers separately), every
 /// config document at its longest name and content type, and the fixed fields.
-pub const SNAPSHOT_MAX_BYTES: usize = 2 * DOCUMENT_MAX_BYTES
+pub const SNAPSHOT_MAX_BYTES: usize = 3 * DOCUMENT_MAX_BYTES
     + SERVICE_CONFIG_MAX_BYTES
     + SERVICE_CONFIG_MAX_DOCUMENTS * (FILE_NAME_MAX_BYTES + CONTENT_TYPE_MAX_BYTES + 64)
     + 64 * 1024;

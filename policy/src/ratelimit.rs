@@ -65,12 +65,14 @@ impl RouteMatch {
     }
 }
 
-/// What a bucket is keyed by: `none`, `client-ip` or `header:<name>`.
+/// What a bucket is keyed by: `none`, `client-ip`, `peer-identity` or `header:<name>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum RateLimitKey {
     #[default]
     None,
     ClientIp,
+    /// The caller's SPIFFE ID from mTLS; plaintext callers share one bucket.
+    PeerIdentity,
     /// Lower-cased header name.
     Header(String),
 }
@@ -81,10 +83,11 @@ impl std::str::FromStr for RateLimitKey {
         match s {
             "none" => Ok(Self::None),
             "client-ip" => Ok(Self::ClientIp),
+            "peer-identity" => Ok(Self::PeerIdentity),
             _ => match s.strip_prefix("header:") {
                 Some(h) if valid_header_name(&h.to_ascii_lowercase()) => Ok(Self::Header(h.to_ascii_lowercase())),
                 _ => Err(format!(
-                    "unknown key {s:?}: expected \"none\", \"client-ip\" or \"header:<name>\""
+                    "unknown key {s:?}: expected \"none\", \"client-ip\", \"peer-identity\" or \"header:<name>\""
                 )),
             },
         }
@@ -96,6 +99,7 @@ impl std::fmt::Display for RateLimitKey {
         match self {
             Self::None => f.write_str("none"),
             Self::ClientIp => f.write_str("client-ip"),
+            Self::PeerIdentity => f.write_str("peer-identity"),
             Self::Header(h) => write!(f, "header:{h}"),
         }
     }
@@ -188,6 +192,14 @@ mod tests {
             errors(r#"{"rules":[{"name":"a","requestsPerSecond":1e-300}]}"#),
             ["rules[0].requestsPerSecond"]
         );
+    }
+
+    #[test]
+    fn peer_identity_is_a_key_and_round_trips() {
+        let p: RateLimitPolicy =
+            parse_document(br#"{"rules":[{"name":"a","requestsPerSecond":1,"key":"peer-identity"}]}"#).unwrap();
+        assert_eq!(p.rules[0].key, RateLimitKey::PeerIdentity);
+        assert_eq!(serde_json::to_value(&p).unwrap()["rules"][0]["key"], "peer-identity");
     }
 
     #[test]

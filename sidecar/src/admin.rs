@@ -83,6 +83,7 @@ struct ConfigDump<'a> {
     healthy_instances: Option<u32>,
     rate_limit: Option<&'a RateLimitPolicy>,
     logging: Option<&'a LoggingPolicy>,
+    authorization: Option<&'a outrider_policy::AuthorizationPolicy>,
     configs: &'a [ConfigSummary],
     destinations: Option<serde_json::Value>,
     /// The workload certificate in force (`null` before the first); never the key.
@@ -133,6 +134,7 @@ fn dump(applied: Option<&Applied>, control_plane_connected: bool, identity: Opti
         healthy_instances: applied.map(|a| a.healthy_instances),
         rate_limit: applied.and_then(|a| a.rate_limit.as_ref()),
         logging: applied.and_then(|a| a.logging.as_ref()),
+        authorization: applied.and_then(|a| a.authorization.as_ref()),
         configs: applied.map_or(&[], |a| a.configs.as_slice()),
         destinations: applied.map(|a| a.destinations.dump()),
         identity,

@@ -16,7 +16,7 @@ use crate::persist;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
-    control_message, sidecar_message, Ack, Certificate, CertificateRequest, Destinations, DestinationsAck,
+    control_message, sidecar_message, Ack, AuthzDenied, Certificate, CertificateRequest, Destinations, DestinationsAck,
     DestinationsNack, HealthReport, Hello, Identity, LatencySummary, LogShipping, Nack, SidecarMessage, Snapshot,
     Watch,
 };
@@ -546,6 +546,14 @@ impl Agent {
                 .map(|a| a.destinations.figures())
                 .unwrap_or_default(),
             log_shipping: Some(log_shipping(&self.state)),
+            authz_denied: self
+                .state
+                .metrics
+                .authz
+                .values()
+                .into_iter()
+                .map(|(dry_run, rule, count)| AuthzDenied { rule, dry_run, count })
+                .collect(),
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct Config {
     pub subset: String,
     #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// The trust domain of SPIFFE IDs (`spiffe://<trust-domain>/ns/<namespace>/svc/<service>`).
+    #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = crate::state::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
     /// Defaults to the host name.
     #[arg(long, env = "OUTRIDER_POD_NAME")]
     pub pod_name: Option<String>,
@@ -141,6 +144,8 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         outrider_policy::validate_service_name(&self.service)?;
+        outrider_policy::validate_trust_domain(&self.trust_domain)
+            .map_err(|e| format!("OUTRIDER_TRUST_DOMAIN: {e}"))?;
         if self.app_port == 0 {
             return Err("OUTRIDER_APP_PORT must be a port number".into());
         }

@@ -1,11 +1,13 @@
 //! The inbound proxy (`0.0.0.0:15006`, see `docs/reference.md`): traffic from the world
-//! to this instance's app, rate-limited by the service's `RateLimitPolicy`.
+//! to this instance's app, authorized by the service's `AuthorizationPolicy` and
+//! rate-limited by its `RateLimitPolicy`.
 //!
 //! One port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c); the app is reached
 //! over pooled connections on localhost, HTTP/1.1 or h2c (`OUTRIDER_APP_PROTOCOL`).
 //! Bodies and trailers stream both ways; HTTP/1.1 upgrades (WebSocket) are spliced
 //! through. The request path is [`InboundProxy::stack`], read top to bottom.
 
+pub mod authz;
 mod forward;
 pub mod metrics;
 pub mod rate_limit;
@@ -18,6 +20,7 @@ use crate::proxy::snapshot::LoadSnapshotLayer;
 use crate::proxy::trace::TraceLayer;
 use crate::proxy::{Call, ProxyBody};
 use crate::state::SidecarState;
+use authz::AuthzLayer;
 use forward::ToApp;
 use http::Response;
 use metrics::MetricsLayer;
@@ -100,6 +103,8 @@ impl InboundProxy {
             ))
             // CONNECT, Host rules, h2c upgrades, Via.
             .layer(ConformLayer)
+            // Who may call: before rate limiting, so a denied caller spends no tokens.
+            .layer(AuthzLayer)
             .layer(RateLimitLayer)
             .service(self.app.clone())
     }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod authz;
 pub mod config;
 pub mod configdocs;
 pub mod identity;

@@ -33,6 +33,8 @@ pub struct AccessRecord {
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub direction: &'static str,
+    /// The AuthorizationPolicy's decision, when the service has one.
+    pub authz: Option<crate::authz::AuthzDecision>,
 }
 
 /// Shared between the proxy (sender side) and the shipper (receiver side).

@@ -99,7 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let trust = Arc::new(cfg.trust().map_err(anyhow::Error::msg)?);
         let endpoint = trust.control_plane(&cfg.control_plane)?;
         let check = Arc::clone(&confinement);
-        let state = Arc::new(SidecarState::new().with_logging_check(Box::new(move |p| check.check(p))));
+        let state = Arc::new(
+            SidecarState::new()
+                .with_logging_check(Box::new(move |p| check.check(p)))
+                .with_identity(&cfg.namespace, &cfg.trust_domain),
+        );
         // Destinations first: the snapshot applied next picks them up.
         // A refused file was moved aside: start without it and wait for the control
         // plane, rather than enforce what may be garbage.

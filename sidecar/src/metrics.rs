@@ -6,6 +6,7 @@
 //! writes the exposition format by hand. The health report sent to the control plane
 //! is derived from the same counters ([`Metrics::health_figures`]).
 
+use crate::authz::AuthzCounters;
 use outrider_runtime::prom::{Kind, Writer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -71,6 +72,8 @@ pub struct Metrics {
     /// describe the last report interval rather than the whole uptime. Only the
     /// health reporter touches it, never the request path.
     last_report: Mutex<[u64; BUCKETS]>,
+    /// `outrider_authz_denied_total`, one counter per rule (see `authz`).
+    pub authz: AuthzCounters,
 }
 
 struct Histogram {
@@ -99,6 +102,7 @@ impl Metrics {
             applied_revision: AtomicU64::new(0),
             control_plane_connected: AtomicBool::new(false),
             last_report: Mutex::new([0; BUCKETS]),
+            authz: AuthzCounters::default(),
         }
     }
 
@@ -249,6 +253,7 @@ impl Metrics {
             "1 while the control stream is up.",
             u8::from(self.control_plane_connected.load(Ordering::Relaxed)),
         );
+        self.authz.render(&mut w);
         out
     }
 }

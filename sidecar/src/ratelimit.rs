@@ -272,6 +272,21 @@ impl RateLimiter {
     /// GCRA updates commute, so the refund is exact). The denial names the first
     /// refusing rule.
     pub fn check(&self, path: &str, headers: &HeaderMap, client_ip: IpAddr, now: Instant) -> Decision<'_> {
+        self.check_from(path, headers, client_ip, None, now)
+    }
+
+    /// [`check`](Self::check) for a caller whose mTLS identity is `peer` (`None`: a
+    /// plaintext caller), which `key: peer-identity` rules are keyed by. Plaintext
+    /// callers share one bucket, as requests missing a key header do: an address would
+    /// let one client spread over many buckets behind a proxy, and no identity is proven.
+    pub fn check_from(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+        peer: Option<&str>,
+        now: Instant,
+    ) -> Decision<'_> {
         if self.rules.is_empty() {
             return Decision::Allow(None);
         }
@@ -280,7 +295,7 @@ impl RateLimiter {
             if !rule.matches(path, headers) {
                 continue;
             }
-            let key = rule.key_of(headers, client_ip);
+            let key = rule.key_of(headers, client_ip, peer);
             match rule.acquire(&key, now) {
                 Ok(quota) => {
                     let tighter = tightest.is_none_or(|t| {
@@ -293,7 +308,7 @@ impl RateLimiter {
                 }
                 Err((quota, retry_after_secs)) => {
                     for earlier in self.rules[..i].iter().filter(|r| r.matches(path, headers)) {
-                        earlier.refund(&earlier.key_of(headers, client_ip), now);
+                        earlier.refund(&earlier.key_of(headers, client_ip, peer), now);
                     }
                     return Decision::Deny {
                         quota,
@@ -312,6 +327,10 @@ enum Key<'r> {
     Ip(IpAddr),
     Header(&'r [u8]),
     MissingHeader,
+    /// A caller's SPIFFE ID.
+    Peer(&'r [u8]),
+    /// A plaintext caller of a `peer-identity` rule.
+    NoPeer,
 }
 
 impl CompiledRule {
@@ -367,9 +386,10 @@ impl CompiledRule {
         self.matcher.matches(path, headers)
     }
 
-    fn key_of<'r>(&self, headers: &'r HeaderMap, client_ip: IpAddr) -> Key<'r> {
+    fn key_of<'r>(&self, headers: &'r HeaderMap, client_ip: IpAddr, peer: Option<&'r str>) -> Key<'r> {
         match &self.buckets.keyed {
             Keyed::Single => Key::Single,
+            Keyed::Peer(_) => peer.map_or(Key::NoPeer, |p| Key::Peer(p.as_bytes())),
             Keyed::Ip(_) => Key::Ip(client_ip.to_canonical()),
             Keyed::Header(name, _) => match name.as_ref().and_then(|n| headers.get(n)) {
                 Some(v) => Key::Header(v.as_bytes()),
@@ -437,6 +457,8 @@ enum Keyed {
     /// `None` if the configured name is not a valid header name: every request then
     /// counts as missing the header.
     Header(Option<HeaderName>, KeyMap<Box<[u8]>>),
+    /// By the caller's SPIFFE ID; plaintext callers share `single`.
+    Peer(KeyMap<Box<[u8]>>),
 }
 
 impl Buckets {
@@ -445,6 +467,7 @@ impl Buckets {
             RateLimitKey::None => Keyed::Single,
             RateLimitKey::ClientIp => Keyed::Ip(KeyMap::new(max_keys)),
             RateLimitKey::Header(_) => Keyed::Header(header, KeyMap::new(max_keys)),
+            RateLimitKey::PeerIdentity => Keyed::Peer(KeyMap::new(max_keys)),
         };
         Buckets {
             base: Instant::now(),
@@ -463,7 +486,7 @@ impl Buckets {
         match &self.keyed {
             Keyed::Single => 0,
             Keyed::Ip(m) => m.len.load(Ordering::Relaxed),
-            Keyed::Header(_, m) => m.len.load(Ordering::Relaxed),
+            Keyed::Header(_, m) | Keyed::Peer(m) => m.len.load(Ordering::Relaxed),
         }
     }
 
@@ -474,6 +497,10 @@ impl Buckets {
                 map.with_slot(*v, |v| Box::from(v), now_ns, f)
             }
             (Key::Header(_), Keyed::Header(_, map)) => f(&map.overflow),
+            (Key::Peer(v), Keyed::Peer(map)) if v.len() <= MAX_KEY_LEN => {
+                map.with_slot(*v, |v| Box::from(v), now_ns, f)
+            }
+            (Key::Peer(_), Keyed::Peer(map)) => f(&map.overflow),
             _ => f(&self.single),
         }
     }
@@ -483,6 +510,8 @@ impl Buckets {
             (Key::Ip(ip), Keyed::Ip(map)) => map.with_existing_slot(ip, f),
             (Key::Header(v), Keyed::Header(_, map)) if v.len() <= MAX_KEY_LEN => map.with_existing_slot(*v, f),
             (Key::Header(_), Keyed::Header(_, map)) => f(&map.overflow),
+            (Key::Peer(v), Keyed::Peer(map)) if v.len() <= MAX_KEY_LEN => map.with_existing_slot(*v, f),
+            (Key::Peer(_), Keyed::Peer(map)) => f(&map.overflow),
             _ => f(&self.single),
         }
     }
@@ -747,6 +776,31 @@ mod tests {
         let fresh = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1));
         assert!(l.check("/", &HeaderMap::new(), fresh, later).is_allowed());
         assert_eq!(l.key_count("ip"), Some(1));
+    }
+
+    #[test]
+    fn peer_identity_keys_a_bucket_per_caller_and_plaintext_callers_share_one() {
+        let l = limiter(
+            r#"{"rules":[{"name":"p","key":"peer-identity","requestsPerSecond":1,"burst":1}]}"#,
+            1.0,
+        );
+        let now = Instant::now();
+        let h = HeaderMap::new();
+        let web = Some("spiffe://outrider.local/ns/default/svc/web");
+        let api = Some("spiffe://outrider.local/ns/default/svc/api");
+        assert!(l.check_from("/", &h, IP, web, now).is_allowed());
+        assert!(!l.check_from("/", &h, IP, web, now).is_allowed());
+        assert!(
+            l.check_from("/", &h, IP, api, now).is_allowed(),
+            "another caller has its own bucket"
+        );
+        let other_ip = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
+        assert!(l.check_from("/", &h, IP, None, now).is_allowed());
+        assert!(
+            !l.check_from("/", &h, other_ip, None, now).is_allowed(),
+            "plaintext callers share one bucket whatever their address"
+        );
+        assert_eq!(l.key_count("p"), Some(2));
     }
 
     #[test]

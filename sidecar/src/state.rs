@@ -5,12 +5,13 @@
 //! accepted. The two travel separately (own policy in snapshots, outbound
 //! destinations scoped and incremental), and every swap combines the newest of each.
 
+use crate::authz::Authorizer;
 use crate::loghub::LogHub;
 use crate::metrics::Metrics;
 use crate::outbound::table::{self, Destinations, Held, TableError};
 use crate::ratelimit::RateLimiter;
 use arc_swap::ArcSwapOption;
-use outrider_policy::{FieldError, LoggingPolicy, PolicyError, RateLimitPolicy};
+use outrider_policy::{AuthorizationPolicy, FieldError, LoggingPolicy, PolicyError, RateLimitPolicy};
 use outrider_proto::v1::{DestinationTable, Destinations as DestinationsMsg, Snapshot};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,10 @@ pub struct Applied {
     pub logging: Option<LoggingPolicy>,
     pub configs: Vec<ConfigSummary>,
     pub limiter: Arc<RateLimiter>,
+    /// The service's AuthorizationPolicy as written (for `/config_dump`) and compiled;
+    /// `None`: permissive, allow all.
+    pub authorization: Option<AuthorizationPolicy>,
+    pub authz: Option<Arc<Authorizer>>,
     /// Outbound routing: the watched services' endpoints and RoutingPolicy.
     pub destinations: Arc<Destinations>,
 }
@@ -53,6 +58,8 @@ impl Applied {
             logging: self.logging.clone(),
             configs: self.configs.clone(),
             limiter: Arc::clone(&self.limiter),
+            authorization: self.authorization.clone(),
+            authz: self.authz.clone(),
             destinations,
         }
     }
@@ -152,6 +159,8 @@ pub enum ApplyError {
     RateLimit(PolicyError),
     #[error("logging policy: {0}")]
     Logging(PolicyError),
+    #[error("authorization policy: {0}")]
+    Authorization(PolicyError),
     /// Valid as a document, but reaching outside what this sidecar's settings allow.
     #[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
     Confined(Vec<FieldError>),
@@ -163,6 +172,9 @@ pub enum ApplyError {
 /// before one is applied. A function rather than log shipping's type, so that the
 /// state does not import `logship`, which imports the state.
 pub type LoggingCheck = Box<dyn Fn(&LoggingPolicy) -> Vec<FieldError> + Send + Sync>;
+
+/// The trust domain of SPIFFE IDs when `OUTRIDER_TRUST_DOMAIN` is not set.
+pub const DEFAULT_TRUST_DOMAIN: &str = "outrider.local";
 
 /// Shared by the inbound proxy, the admin server and the agent.
 pub struct SidecarState {
@@ -181,6 +193,10 @@ pub struct SidecarState {
     logging_check: Option<LoggingCheck>,
     /// The workload certificate in force (`identity`), for `/config_dump` and mTLS.
     pub identity: crate::identity::Handle,
+    /// This instance's namespace and trust domain: what a policy's service names in
+    /// `from` are resolved against.
+    namespace: String,
+    trust_domain: String,
 }
 
 impl Default for SidecarState {
@@ -202,7 +218,17 @@ impl SidecarState {
             discovery: Discovery::default(),
             logging_check: None,
             identity: crate::identity::Handle::default(),
+            namespace: "default".into(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
         }
+    }
+
+    /// Resolves AuthorizationPolicy callers against `namespace` of `trust_domain`
+    /// (`OUTRIDER_NAMESPACE`, `OUTRIDER_TRUST_DOMAIN`).
+    pub fn with_identity(mut self, namespace: &str, trust_domain: &str) -> Self {
+        self.namespace = namespace.into();
+        self.trust_domain = trust_domain.into();
+        self
     }
 
     /// Refuses (for a NACK) every snapshot whose LoggingPolicy `check` finds fault with.
@@ -371,6 +397,10 @@ impl SidecarState {
             .map(|j| outrider_policy::parse_document::<LoggingPolicy>(j.as_bytes()))
             .transpose()
             .map_err(ApplyError::Logging)?;
+        let authorization = non_empty(&s.authorization)
+            .map(|j| outrider_policy::parse_document::<AuthorizationPolicy>(j.as_bytes()))
+            .transpose()
+            .map_err(ApplyError::Authorization)?;
         if let (Some(check), Some(policy)) = (&self.logging_check, &logging) {
             let errors = check(policy);
             if !errors.is_empty() {
@@ -385,6 +415,14 @@ impl SidecarState {
             share,
             previous.as_ref().map(|p| &*p.limiter),
         ));
+        let authz = authorization.as_ref().map(|p| {
+            Arc::new(Authorizer::compile(
+                p,
+                &self.trust_domain,
+                &self.namespace,
+                &self.metrics.authz,
+            ))
+        });
         let destinations = Arc::clone(&self.destinations.lock().unwrap().compiled);
         let configs = s
             .configs
@@ -407,6 +445,8 @@ impl SidecarState {
             logging,
             configs,
             limiter,
+            authorization,
+            authz,
             destinations,
         })
     }
@@ -504,6 +544,39 @@ mod tests {
         assert!(matches!(err, ApplyError::Confined(_)), "{err}");
         assert_eq!(err.to_string(), "logging.appLogs[0].path: outside");
         assert_eq!(state.applied_revision(), 1);
+    }
+
+    #[test]
+    fn an_authorization_policy_is_compiled_with_the_snapshot_and_a_bad_one_is_refused() {
+        let state = SidecarState::new().with_identity("shop", "example.org");
+        let ok = Snapshot {
+            authorization: r#"{"defaultAction": "deny", "rules": [
+              {"name": "front", "from": ["frontend"], "action": "allow"}]}"#
+                .into(),
+            ..snapshot(1, "")
+        };
+        state.apply(&ok, Source::ControlPlane).unwrap();
+        let applied = state.applied.load_full().unwrap();
+        let authz = applied.authz.as_ref().expect("compiled");
+        let (get, headers) = (http::Method::GET, http::HeaderMap::new());
+        let front = Some("spiffe://example.org/ns/shop/svc/frontend");
+        assert!(matches!(
+            authz.decide(&get, "/", &headers, front),
+            crate::authz::Verdict::Allow
+        ));
+        let bad = Snapshot {
+            authorization: r#"{"rules": [{"name": "x", "from": ["Bad"], "action": "allow"}]}"#.into(),
+            ..snapshot(2, "")
+        };
+        let err = state.apply(&bad, Source::ControlPlane).unwrap_err();
+        assert!(matches!(err, ApplyError::Authorization(_)), "{err}");
+        assert!(err.to_string().contains("rules[0].from[0]"), "{err}");
+        assert_eq!(state.applied_revision(), 1);
+        state.apply(&snapshot(3, ""), Source::ControlPlane).unwrap();
+        assert!(
+            state.applied.load_full().unwrap().authz.is_none(),
+            "no document: allow all"
+        );
     }
 
     #[test]

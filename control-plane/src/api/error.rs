@@ -105,7 +105,7 @@ impl From<PolicyError> for ApiError {
             PolicyError::Malformed(m) => ApiError::BadRequest(format!("malformed JSON: {m}")),
             PolicyError::Invalid(errs) => ApiError::Invalid(errs.into_iter().map(FieldError::from).collect()),
             PolicyError::UnknownKind(k) => ApiError::NotFound(format!(
-                "unknown policy kind {k:?}: expected routing, rate-limit or logging"
+                "unknown policy kind {k:?}: expected routing, rate-limit, logging or authorization"
             )),
         }
     }

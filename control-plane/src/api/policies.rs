@@ -19,7 +19,7 @@ fn parse_kind(kind: &str) -> ApiResult<PolicyKind> {
 }
 
 #[utoipa::path(get, path = "/services/{service}/policies/{kind}", tag = "policies",
-    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging")),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = inline(outrider_api::PolicyKindName), Path, description = "routing, rate-limit, logging or authorization")),
     responses(
         (status = 200, description = "the policy with its revision; ETag", body = PolicyRecord,
             headers(("ETag" = String, description = "the revision, quoted"))),
@@ -43,7 +43,7 @@ pub async fn get(
 }
 
 #[utoipa::path(put, path = "/services/{service}/policies/{kind}", tag = "policies",
-    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging"),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = inline(outrider_api::PolicyKindName), Path, description = "routing, rate-limit, logging or authorization"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     request_body(content = Object, description = "the policy document (see docs/reference.md)", content_type = "application/json"),
@@ -94,7 +94,7 @@ pub async fn put(
 }
 
 #[utoipa::path(delete, path = "/services/{service}/policies/{kind}", tag = "policies",
-    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = String, Path, description = "routing, rate-limit or logging"),
+    params(("service" = String, Path, description = "service name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("kind" = inline(outrider_api::PolicyKindName), Path, description = "routing, rate-limit, logging or authorization"),
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "the ETag read; 412 if the document changed since")),
     responses(

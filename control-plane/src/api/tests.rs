@@ -1266,3 +1266,99 @@ async fn a_body_that_never_arrives_is_a_408_problem_and_stores_nothing() {
         "nothing stored"
     );
 }
+
+#[tokio::test]
+async fn an_authorization_policy_is_stored_read_listed_reverted_and_deleted_like_every_kind() {
+    let t = test_app().await;
+    let uri = "/api/v1/services/web/policies/authorization";
+    let doc = json!({"defaultAction": "deny",
+        "rules": [{"name": "reads", "from": ["frontend"], "match": {"methods": ["GET"]}, "action": "allow"}]});
+    let (status, _, report) = send(&t.app, request(Method::PUT, &format!("{uri}?dryRun=true"), Some(&doc))).await;
+    assert_eq!(
+        (status, report["dryRun"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{report}"
+    );
+    assert!(
+        t.store.list_revisions(None, 10).await.unwrap().is_empty(),
+        "a dry run stores nothing"
+    );
+
+    let (status, _, stored) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["kind"], "authorization");
+    // Defaults are filled in: what the sidecar enforces is what the API shows.
+    assert_eq!(stored["document"]["mtls"], "permissive");
+    assert_eq!(stored["document"]["dryRun"], false);
+    let (status, _, read) = send(&t.app, request(Method::GET, uri, None)).await;
+    assert_eq!((status, &read["document"]), (StatusCode::OK, &stored["document"]));
+    let (_, _, detail) = send(&t.app, request(Method::GET, "/api/v1/services/web", None)).await;
+    assert_eq!(
+        detail["policies"]["authorization"]["document"], stored["document"],
+        "{detail}"
+    );
+
+    let revision = stored["revision"].as_u64().unwrap();
+    let (status, _, reverted) = send(
+        &t.app,
+        request(Method::POST, &format!("/api/v1/revisions/{revision}/revert"), None),
+    )
+    .await;
+    assert_eq!(status, 200, "{reverted}");
+    let (status, _, _) = send(&t.app, request(Method::GET, uri, None)).await;
+    assert_eq!(status, 404, "the revert restored the state before: no policy");
+    let history = t.store.list_revisions(None, 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().all(|r| r.kind == "authorization"), "{history:?}");
+
+    let (status, _, _) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+    assert_eq!(status, 200);
+    let (status, _, deleted) = send(&t.app, request(Method::DELETE, uri, None)).await;
+    assert_eq!((status, deleted["deleted"].clone()), (StatusCode::OK, json!(true)));
+}
+
+#[tokio::test]
+async fn an_invalid_authorization_policy_is_a_422_naming_every_bad_field() {
+    let t = test_app().await;
+    let doc = json!({"rules": [
+        {"name": "a", "from": ["Not A Service", "ops/admin"], "match": {"methods": ["get"]}, "action": "allow"},
+        {"name": "a", "action": "deny"}]});
+    let (status, ct, body) = send(
+        &t.app,
+        request(Method::PUT, "/api/v1/services/web/policies/authorization", Some(&doc)),
+    )
+    .await;
+    assert_eq!(
+        (status, ct.as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM),
+        "{body}"
+    );
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["rules[0].from[0]", "rules[0].match.methods[0]", "rules[1].name"]
+    );
+    assert!(t.store.list_revisions(None, 10).await.unwrap().is_empty());
+}
+
+#[test]
+fn the_document_lists_every_policy_kind_for_the_kind_parameter() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let params = doc["paths"]["/api/v1/services/{service}/policies/{kind}"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let kind = params.iter().find(|p| p["name"] == "kind").unwrap();
+    let listed: Vec<&str> = kind["schema"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{kind}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let every: Vec<&str> = outrider_policy::PolicyKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(listed, every);
+}

@@ -1,4 +1,4 @@
-//! Policy documents (routing, rate-limit, logging), one per service and kind, stored
+//! Policy documents (routing, rate-limit, logging, authorization), one per service and kind, stored
 //! as JSON: reads, and the writes that take a revision for every put or delete.
 
 use super::db::{parse_json, Change, Precondition, Store, StoreError, WriteTx, Writer};

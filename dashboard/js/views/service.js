@@ -4,6 +4,7 @@
 import { api } from '../api.js';
 import { $, h } from '../dom.js';
 import { num, pct } from '../format.js';
+import { authorizationEditor } from '../editors/authorization.js';
 import { configEditor } from '../editors/configs.js';
 import { loggingEditor } from '../editors/logging.js';
 import { rateLimitEditor } from '../editors/rate-limit.js';
@@ -75,6 +76,7 @@ export async function show(name) {
     rateLimitEditor(name),
     routingEditor(name, subsets),
     loggingEditor(name),
+    authorizationEditor(name),
     configEditor(name, data.configs),
   );
 }

@@ -2,14 +2,12 @@
 //! with `Retry-After` itself on a denial, and adds the `RateLimit` headers to the
 //! app's answer otherwise.
 
-use crate::proxy::respond::local;
+use crate::proxy::identity::PeerIdentity;
+use crate::proxy::respond::{local, AnswerOr, OnResponse};
 use crate::proxy::{Call, Local, ProxyBody};
 use crate::ratelimit::{Decision, RateLimitHeaders};
 use http::{Response, StatusCode};
-use pin_project_lite::pin_project;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use tower::{Layer, Service};
 use tracing::debug;
 
@@ -35,7 +33,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
-    type Future = RateLimitFuture<S::Future>;
+    type Future = AnswerOr<S::Future, RateLimitHeaders>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -47,10 +45,13 @@ where
         let limit = match &call.applied {
             None => None,
             Some(applied) => {
-                let decision =
-                    applied
-                        .limiter
-                        .check(call.req.uri().path(), call.req.headers(), call.peer.ip(), call.started);
+                let decision = applied.limiter.check_from(
+                    call.req.uri().path(),
+                    call.req.headers(),
+                    call.peer.ip(),
+                    PeerIdentity::of(&call.req).map(PeerIdentity::as_str),
+                    call.started,
+                );
                 if let Decision::Deny {
                     quota,
                     retry_after_secs,
@@ -63,49 +64,21 @@ where
                         Local::RateLimited,
                     );
                     decision.write_headers(response.headers_mut());
-                    return RateLimitFuture::Denied {
-                        response: Some(response),
-                    };
+                    return AnswerOr::answered(response);
                 }
                 decision.headers()
             }
         };
-        RateLimitFuture::Allowed {
+        AnswerOr::Inner {
             inner: self.inner.call(call),
-            limit,
+            after: limit,
         }
     }
 }
 
-pin_project! {
-    #[project = Projected]
-    pub enum RateLimitFuture<F> {
-        Denied { response: Option<Response<ProxyBody>> },
-        Allowed { #[pin] inner: F, limit: Option<RateLimitHeaders> },
-    }
-}
-
-impl<F, E> Future for RateLimitFuture<F>
-where
-    F: Future<Output = Result<Response<ProxyBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Projected::Denied { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                // Polled again after completion: a caller bug, answered without panicking.
-                None => Poll::Pending,
-            },
-            Projected::Allowed { inner, limit } => {
-                let mut result = ready!(inner.poll(cx));
-                if let (Ok(response), Some(limit)) = (&mut result, limit.take()) {
-                    limit.write_to(response.headers_mut());
-                }
-                Poll::Ready(result)
-            }
-        }
+impl OnResponse for RateLimitHeaders {
+    fn on_response(self, response: &mut Response<ProxyBody>) {
+        self.write_to(response.headers_mut());
     }
 }
 

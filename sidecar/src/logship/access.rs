@@ -82,6 +82,12 @@ impl Pending {
         Some(Self { record })
     }
 
+    /// Notes the AuthorizationPolicy's decision on the request.
+    pub fn with_authz(mut self, decision: Option<&crate::authz::AuthzDecision>) -> Self {
+        self.record.authz = decision.cloned();
+        self
+    }
+
     /// Completes the record from the response head and queues it.
     pub fn finish(
         self,
@@ -196,6 +202,10 @@ pub fn to_json(r: &AccessRecord, format: LogFormat, id: &Identity) -> Map<String
             m.insert("traceId".into(), opt(&r.trace_id));
         }
     }
+    if let Some(a) = &r.authz {
+        let rule = a.rule.as_deref().map_or(Value::Null, Value::from);
+        m.insert("authz".into(), serde_json::json!({"decision": a.outcome, "rule": rule}));
+    }
     super::parse::enrich(&mut m, id);
     m
 }
@@ -215,6 +225,29 @@ mod tests {
 
     fn id() -> http::HeaderValue {
         http::HeaderValue::from_static("generated")
+    }
+
+    #[test]
+    fn a_record_shows_the_authorization_decision_when_there_is_one() {
+        let ident = Identity {
+            service: "web".into(),
+            version: "v1".into(),
+            namespace: "default".into(),
+            pod: "web-1".into(),
+        };
+        let mut record = AccessRecord::default();
+        assert!(to_json(&record, LogFormat::Json, &ident).get("authz").is_none());
+        record.authz = Some(crate::authz::AuthzDecision {
+            outcome: "would-deny",
+            rule: Some("defaultAction".into()),
+        });
+        for format in [LogFormat::Json, LogFormat::Common] {
+            let v = Value::Object(to_json(&record, format, &ident));
+            assert_eq!(
+                v["authz"],
+                serde_json::json!({"decision": "would-deny", "rule": "defaultAction"})
+            );
+        }
     }
 
     #[test]

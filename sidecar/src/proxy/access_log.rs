@@ -128,7 +128,8 @@ where
         if let (Some(record), Ok(response)) = (this.record.take(), &result) {
             let reached = local_reason(response).is_none_or(|l| l.reached_upstream());
             let upstream = record.upstream.as_ref().filter(|_| reached || !record.only_if_reached);
-            record.pending.finish(
+            let decision = response.extensions().get::<crate::authz::AuthzDecision>();
+            record.pending.with_authz(decision).finish(
                 &record.state,
                 response.status().as_u16(),
                 response.headers(),

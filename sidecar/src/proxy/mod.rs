@@ -11,6 +11,7 @@ pub mod body;
 pub mod client;
 pub mod conform;
 pub mod headers;
+pub mod identity;
 pub mod respond;
 mod server;
 pub mod snapshot;

@@ -100,6 +100,55 @@ fn percent_encode(text: &[u8]) -> String {
     out
 }
 
+/// What a layer does to the inner service's response on its way out (adds headers,
+/// notes an extension).
+pub trait OnResponse {
+    fn on_response(self, response: &mut Response<ProxyBody>);
+}
+
+pin_project! {
+    /// A layer's future: its own answer, ready at once, or the inner service's
+    /// response with `after` applied to it.
+    #[project = AnswerProjected]
+    pub enum AnswerOr<F, A> {
+        Answered { response: Option<Response<ProxyBody>> },
+        Inner { #[pin] inner: F, after: Option<A> },
+    }
+}
+
+impl<F, A> AnswerOr<F, A> {
+    pub fn answered(response: Response<ProxyBody>) -> Self {
+        AnswerOr::Answered {
+            response: Some(response),
+        }
+    }
+}
+
+impl<F, A, E> Future for AnswerOr<F, A>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+    A: OnResponse,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnswerProjected::Answered { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after completion: a caller bug, answered without panicking.
+                None => Poll::Pending,
+            },
+            AnswerProjected::Inner { inner, after } => {
+                let mut result = ready!(inner.poll(cx));
+                if let (Ok(response), Some(after)) = (&mut result, after.take()) {
+                    after.on_response(response);
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
 /// Puts the proxy's own answers to gRPC callers in gRPC form (a gRPC client reads
 /// `grpc-status`, not the HTTP status). Outermost, so that metrics and access logs
 /// below it still record the HTTP status and reason.
