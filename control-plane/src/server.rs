@@ -85,6 +85,9 @@ pub struct Config {
     /// Time a gRPC client has to send the HTTP/2 preface and its first frame.
     #[arg(long, env = "OUTRIDER_GRPC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub grpc_handshake_timeout: Duration,
+    /// Failed authentications a client address may have per minute before it gets 429.
+    #[arg(long, env = "OUTRIDER_AUTH_FAILURES_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures_per_minute: u32,
     /// PEM certificate chain (leaf first) to serve both ports over TLS; needs --tls-key.
     #[arg(long, env = "OUTRIDER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -264,7 +267,7 @@ pub async fn run(
         store: store.clone(),
         api_token: present(&cfg.api_token).map(Into::into),
         guard: Arc::new(guard),
-        throttle: Arc::new(AuthThrottle::default()),
+        throttle: Arc::new(AuthThrottle::new(cfg.auth_failures_per_minute, Duration::from_secs(60))),
     };
     tasks.spawn(crate::fleet::run(state.clone(), stop.clone()).in_current_span());
     let app = api::app(state);

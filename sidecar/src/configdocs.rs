@@ -620,6 +620,8 @@ mod tests {
     #[tokio::test]
     async fn reload_hook_sends_sighup_to_the_pid_in_the_pid_file() {
         let dir = tempfile::tempdir().unwrap();
+        // `sleep` dies of SIGHUP unless it inherited it ignored: run the tests without
+        // `nohup`, which would make this one wait the 30 s out and fail.
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pidfile = dir.path().join("app.pid");
         std::fs::write(&pidfile, child.id().to_string()).unwrap();
