@@ -207,9 +207,13 @@ impl Hub {
     }
 
     async fn build(&self, service: &str) -> Result<Snapshot, StoreError> {
+        // The revision first: a write committing between these reads then makes the
+        // snapshot hold more than its label says (the next build relabels it), never
+        // less. Read last, a snapshot could claim a revision whose document it lacks,
+        // and a sidecar would report as applied what it never enforced.
+        let revision = self.store.service_revision(service).await?;
         let policies = self.store.list_policies(service).await?;
         let configs = self.store.list_configs(service).await?;
-        let revision = self.store.service_revision(service).await?;
         let doc = |k: PolicyKind| {
             policies
                 .iter()
