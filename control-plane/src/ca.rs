@@ -81,7 +81,8 @@ impl Ca {
     /// The operator's issuer when `--ca-cert`/`--ca-key` are given; otherwise the
     /// store's roots, making the first one if there is none.
     pub async fn open(store: &Store, cfg: &CaConfig) -> Result<Ca, CaError> {
-        validate_trust_domain(&cfg.trust_domain)?;
+        outrider_policy::validate_trust_domain(&cfg.trust_domain)
+            .map_err(|m| CaError::Issuer(format!("--trust-domain: {m}")))?;
         if cfg.cert_ttl < Duration::from_secs(1) {
             return Err(CaError::Issuer("--cert-ttl must be at least 1s".into()));
         }
@@ -108,7 +109,7 @@ impl Ca {
 
     /// `spiffe://<trust-domain>/ns/<namespace>/svc/<service>`.
     pub fn spiffe_id(&self, namespace: &str, service: &str) -> String {
-        format!("spiffe://{}/ns/{namespace}/svc/{service}", self.trust_domain)
+        outrider_policy::spiffe_id(&self.trust_domain, namespace, service)
     }
 
     /// The roots sidecars trust, PEM.
@@ -292,22 +293,6 @@ fn random_serial() -> SerialNumber {
     let mut bytes = rand::random::<[u8; 16]>();
     bytes[0] &= 0x7f;
     SerialNumber::from(bytes.to_vec())
-}
-
-/// A trust domain is a DNS-like name: lowercase letters, digits, `.`, `-`, `_`.
-pub fn validate_trust_domain(td: &str) -> Result<(), CaError> {
-    let ok = !td.is_empty()
-        && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CaError::Issuer(format!(
-            "--trust-domain {td:?}: lowercase letters, digits, '.', '-' and '_' only"
-        )))
-    }
 }
 
 #[cfg(test)]

@@ -317,21 +317,9 @@ impl Mesh {
         }
     }
 
-    /// The last-seen time a row of another replica counts with: unchanged, unless the
-    /// instance was alive when the last store outage began, in which case the silence
-    /// starts when the store came back.
-    fn forgive(&self, service: &str, last_seen_ms: i64) -> i64 {
-        let mut o = self.outage.lock().unwrap();
-        let unhealthy = self.timing.unhealthy_after.as_millis() as i64;
-        match o.last {
-            Some((began, ended)) if last_seen_ms < ended && last_seen_ms + unhealthy >= began => {
-                if now_ms() - ended < unhealthy {
-                    o.forgiven.insert(service.to_owned());
-                }
-                ended
-            }
-            _ => last_seen_ms,
-        }
+    /// The last store outage that ended, as (began, ended) epoch ms.
+    fn last_outage(&self) -> Option<(i64, i64)> {
+        self.outage.lock().unwrap().last
     }
 
     pub fn session_id(&self) -> SessionId {
@@ -626,6 +614,8 @@ impl Mesh {
         let disconnected = self.timing.disconnected_after.as_millis() as i64;
         let mut endpoints = BTreeMap::new();
         let mut healthy = 0u32;
+        let outage = self.last_outage();
+        let mut forgave = false;
         {
             let local = self.local.lock().unwrap();
             for mut r in rows {
@@ -635,8 +625,13 @@ impl Mesh {
                     if let Some(h) = l.app_healthy {
                         r.health = Some(serde_json::json!({ "appHealthy": h }));
                     }
-                } else if r.connected {
-                    r.last_seen_ms = self.forgive(service, r.last_seen_ms);
+                } else if let Some((began, ended)) = outage.filter(|_| r.connected) {
+                    // Another replica's instance: if it was alive when the last store
+                    // outage began, its silence counts from when the store came back.
+                    if r.last_seen_ms < ended && r.last_seen_ms + unhealthy >= began {
+                        r.last_seen_ms = ended;
+                        forgave |= now - ended < unhealthy;
+                    }
                 }
                 if r.status(now, unhealthy, disconnected) != SidecarStatus::Healthy {
                     continue;
@@ -655,6 +650,11 @@ impl Mesh {
                     },
                 );
             }
+        }
+        if forgave {
+            // Re-read once the grace ends, so that a replica that died during the
+            // outage still loses its endpoints.
+            self.outage.lock().unwrap().forgiven.insert(service.to_owned());
         }
         let mut d = self.destinations.lock().unwrap();
         let Some(dest) = d.get_mut(service) else {
