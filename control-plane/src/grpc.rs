@@ -340,7 +340,12 @@ impl Session {
                                 let (reply, issued) = self.certificate(&r);
                                 if self.tx.send(Ok(reply)).await.is_err() { return false }
                                 match issued {
-                                    Some((identity, expiry)) => store.record_certificate(id, session, &identity, expiry).await,
+                                    Some((identity, expiry)) => {
+                                        let r = store.record_certificate(id, session, &identity, expiry).await;
+                                        // Callers learn the endpoint now speaks mTLS (and as whom).
+                                        self.hub.mesh.mark_dirty(&self.reg.service);
+                                        r
+                                    }
                                     None => Ok(()),
                                 }
                             }

@@ -647,6 +647,12 @@ impl Mesh {
                         port: r.inbound_port,
                         subset: r.version,
                         pod: r.pod,
+                        // An expired certificate is no identity: callers would refuse it.
+                        identity: r
+                            .identity
+                            .filter(|_| r.certificate_expiry_ms.is_some_and(|e| e > now))
+                            .unwrap_or_default(),
+                        namespace: r.namespace,
                     },
                 );
             }
@@ -761,6 +767,7 @@ mod tests {
             port,
             subset: "v1".into(),
             pod: format!("p{port}"),
+            ..Default::default()
         }
     }
 

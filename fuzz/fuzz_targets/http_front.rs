@@ -72,6 +72,7 @@ fn world() -> &'static World {
             port: u32::from(app.port()),
             subset: subset.into(),
             pod: format!("web-{subset}"),
+            ..Default::default()
         };
         state
             .load_destinations(&DestinationTable {

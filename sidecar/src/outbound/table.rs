@@ -469,6 +469,7 @@ pub(crate) mod tests {
             port,
             subset: subset.into(),
             pod: format!("web-{port}"),
+            ..Default::default()
         };
         DestinationTable {
             services: vec![DestinationService {

@@ -132,6 +132,7 @@ fn endpoint(addr: SocketAddr, subset: &str) -> Endpoint {
         port: u32::from(addr.port()),
         subset: subset.into(),
         pod: format!("pod-{}", addr.port()),
+        ..Default::default()
     }
 }
 
