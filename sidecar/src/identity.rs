@@ -4,14 +4,14 @@
 //! Key, certificate and trust bundle live in the state directory (mode 0600, written
 //! atomically), so a restart while the control plane is away keeps the identity until
 //! the certificate expires. The current identity is published through a [`Handle`]
-//! that the (future) mTLS layer reads without locking.
+//! that both proxies' mTLS read without locking.
 
+use crate::mtls::{spiffe_id, Credentials};
 use arc_swap::ArcSwapOption;
 use outrider_runtime::fs::{write_atomic_with, WriteOptions};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use x509_parser::extensions::GeneralName;
 
 pub const KEY_FILE: &str = "identity.key";
 pub const CERT_FILE: &str = "identity.crt";
@@ -23,8 +23,10 @@ pub const BUNDLE_FILE: &str = "trust-bundle.pem";
 const RENEW_AT: f64 = 0.7;
 const RENEW_JITTER: f64 = 0.1;
 
-/// The identity in force. The key is here for the mTLS layer; nothing serialises it.
+/// The identity in force. The key is here for mTLS; nothing serialises it.
 pub struct Workload {
+    /// Both proxies' TLS settings for this certificate, built once.
+    pub tls: Arc<Credentials>,
     pub spiffe_id: String,
     /// PEM: the leaf first, then any intermediates.
     pub chain_pem: String,
@@ -174,26 +176,20 @@ impl IdentityFiles {
         if bundle_pem.trim().is_empty() {
             return Err(bad("no trust bundle came with it".into()));
         }
+        let key_pem = self.key.serialize_pem();
+        let tls = Credentials::new(chain_pem, &key_pem, bundle_pem).map_err(|e| bad(e.to_string()))?;
         Ok(Workload {
+            tls: Arc::new(tls),
             spiffe_id,
             chain_pem: chain_pem.to_owned(),
             trust_bundle_pem: bundle_pem.to_owned(),
-            key_pem: self.key.serialize_pem(),
+            key_pem,
             serial: leaf.raw_serial_as_string(),
             not_before_ms,
             not_after_ms,
             renew_at_ms: renew_at(not_before_ms, not_after_ms, rand::random::<f64>()),
         })
     }
-}
-
-/// The leaf's first `spiffe://` URI SAN.
-fn spiffe_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_owned()),
-        _ => None,
-    })
 }
 
 /// [`RENEW_AT`] of the lifetime, moved by up to ± [`RENEW_JITTER`] of it; `unit` is
@@ -224,6 +220,14 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
+    /// A root that signs nothing here: a bundle the certificates need only parse against.
+    fn roots() -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.self_signed(&key).unwrap().pem()
+    }
+
     /// Signs `files`' key for `uri`, valid for [from, to] (seconds around NOW).
     fn issue(files: &IdentityFiles, key: Option<&KeyPair>, uri: &str, from: i64, to: i64) -> String {
         let ca_key = KeyPair::generate().unwrap();
@@ -251,7 +255,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let chain = issue(&files, None, WEB, -60, 3600);
-        let first = files.accept(&chain, "ROOTS", NOW).unwrap();
+        let first = files.accept(&chain, &roots(), NOW).unwrap();
         for f in [CERT_FILE, BUNDLE_FILE] {
             let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
@@ -280,7 +284,7 @@ mod tests {
             (issue(&files, None, WEB, -7200, -3600), "expired"),
         ];
         for (chain, why) in cases {
-            let err = files.accept(&chain, "ROOTS", NOW).unwrap_err().to_string();
+            let err = files.accept(&chain, &roots(), NOW).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
         assert!(!dir.path().join(CERT_FILE).exists(), "nothing refused is saved");

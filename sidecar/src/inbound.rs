@@ -7,6 +7,7 @@
 //! Bodies and trailers stream both ways; HTTP/1.1 upgrades (WebSocket) are spliced
 //! through. The request path is [`InboundProxy::stack`], read top to bottom.
 
+pub mod accept;
 pub mod authz;
 mod forward;
 pub mod metrics;
@@ -118,7 +119,8 @@ pub async fn serve(
     proxy: Arc<InboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::proxy::serve(listener, proxy.stack(), "inbound", shutdown).await
+    let accept = accept::MeshAccept::new(Arc::clone(&proxy.state.identity));
+    crate::proxy::serve(listener, proxy.stack(), "inbound", accept, shutdown).await
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod loghub;
 pub mod logship;
 pub mod matcher;
 pub mod metrics;
+pub mod mtls;
 pub mod outbound;
 pub mod persist;
 pub mod proxy;

@@ -113,7 +113,13 @@ where
         };
         tracing::Span::current().record("pod", &*endpoint.pod);
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        // mTLS to an instance with an identity, once this sidecar holds one too; the
+        // scheme keeps the two kinds of connection in separate pools.
+        uri.scheme = Some(if endpoint.identity.is_some() && self.state.identity.load().is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         uri.authority = Some(endpoint.authority.clone());
         uri.path_and_query = Some(path);
         // Unreachable fallback: scheme, authority and path are all set.

@@ -25,6 +25,9 @@ pub struct EndpointState {
     pub authority: Authority,
     pub subset: Box<str>,
     pub pod: Box<str>,
+    /// The SPIFFE ID the instance's sidecar holds a certificate for: dialled with
+    /// mTLS and made to prove it. `None`: plaintext.
+    pub identity: Option<Arc<str>>,
     pub stats: Arc<SubsetStats>,
     outstanding: AtomicU32,
     consecutive_failures: AtomicU32,
@@ -40,6 +43,7 @@ impl EndpointState {
             authority,
             subset: subset.into(),
             pod: pod.into(),
+            identity: None,
             stats,
             outstanding: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -48,6 +52,12 @@ impl EndpointState {
             failure_score: AtomicU32::new(0),
             score_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The same, dialled with mTLS as `identity` (empty: plaintext).
+    pub fn with_identity(mut self, identity: &str) -> Self {
+        self.identity = (!identity.is_empty()).then(|| identity.into());
+        self
     }
 
     /// The failure score decayed to `now_ms` (0: healthy, 1000: failing everything).

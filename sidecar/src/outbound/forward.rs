@@ -3,13 +3,14 @@
 //! failure of the caller's own body is told apart from the instance's); an upgrade's
 //! `101` splices the caller's connection to the instance's.
 
+use super::connect::MeshConnector;
 use super::{Dispatch, Outcome, UpstreamBody};
 use crate::proxy::body::Progress;
 use crate::proxy::{client, upgrade};
+use crate::state::SidecarState;
 use http::{StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
@@ -26,24 +27,19 @@ pub struct Forward {
 }
 
 struct Clients {
-    http1: Client<HttpConnector, UpstreamBody>,
-    http2: Client<HttpConnector, UpstreamBody>,
+    http1: Client<MeshConnector, UpstreamBody>,
+    http2: Client<MeshConnector, UpstreamBody>,
 }
 
 impl Forward {
-    pub fn new() -> Self {
+    /// Pools that dial with this sidecar's workload certificate from `state`.
+    pub fn new(state: &Arc<SidecarState>) -> Self {
         Forward {
             clients: Arc::new(Clients {
-                http1: client::pooled(false),
-                http2: client::pooled(true),
+                http1: client::pooled_via(MeshConnector::new(Arc::clone(state), false), false),
+                http2: client::pooled_via(MeshConnector::new(Arc::clone(state), true), true),
             }),
         }
-    }
-}
-
-impl Default for Forward {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod balance;
 pub mod budget;
+mod connect;
 mod endpoint;
 pub mod figures;
 pub mod forward;
@@ -172,9 +173,9 @@ impl OutboundProxy {
 
     pub fn in_namespace(state: Arc<SidecarState>, namespace: &str) -> Self {
         Self {
+            forward: Forward::new(&state),
             state,
             namespace: namespace.into(),
-            forward: Forward::new(),
             clock: Clock::new(),
         }
     }
@@ -214,7 +215,7 @@ pub async fn serve(
     proxy: Arc<OutboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::proxy::serve(listener, proxy.stack(), "outbound", shutdown).await
+    crate::proxy::serve(listener, proxy.stack(), "outbound", crate::proxy::Plain, shutdown).await
 }
 
 #[cfg(test)]

@@ -218,6 +218,17 @@ impl Destinations {
             .filter(|d| !(d.all.is_empty() && d.policy.is_none()))
     }
 
+    /// The identity an endpoint must prove, by its address. A scan of the held
+    /// endpoints, done once per new mTLS connection (never per request), so the
+    /// table keeps no second index to maintain on every update.
+    pub fn identity_at(&self, authority: &Authority) -> Option<Arc<str>> {
+        self.services
+            .values()
+            .flat_map(|d| d.all.iter())
+            .find(|e| e.authority == *authority && e.identity.is_some())
+            .and_then(|e| e.identity.clone())
+    }
+
     pub fn len(&self) -> usize {
         self.services.len()
     }
@@ -254,7 +265,7 @@ impl Destinations {
                     "service": n.as_ref(),
                     "endpoints": d.all.iter().map(|e| serde_json::json!({
                         "address": e.authority.as_str(), "subset": e.subset.as_ref(), "pod": e.pod.as_ref(),
-                        "outstanding": e.outstanding(),
+                        "identity": e.identity.as_deref(), "outstanding": e.outstanding(),
                     })).collect::<Vec<_>>(),
                     "routing": d.policy,
                 })
@@ -279,8 +290,15 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
             })?,
         )
     };
-    let carried: HashMap<(&Authority, &str), &Arc<EndpointState>> = old
-        .map(|o| o.all.iter().map(|e| ((&e.authority, &*e.subset), e)).collect())
+    // An endpoint whose identity changed (its first certificate) is a new one: its
+    // pooled plaintext connections must not carry on as if it were the same.
+    let carried: HashMap<(&Authority, &str, Option<&str>), &Arc<EndpointState>> = old
+        .map(|o| {
+            o.all
+                .iter()
+                .map(|e| ((&e.authority, &*e.subset, e.identity.as_deref()), e))
+                .collect()
+        })
         .unwrap_or_default();
     let mut all = Vec::with_capacity(d.endpoints.len());
     let mut subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>> = HashMap::new();
@@ -295,7 +313,8 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
                 address: e.address.clone(),
                 port: e.port,
             })?;
-        let ep = match carried.get(&(&authority, e.subset.as_str())) {
+        let identity = (!e.identity.is_empty()).then_some(e.identity.as_str());
+        let ep = match carried.get(&(&authority, e.subset.as_str(), identity)) {
             Some(ep) => Arc::clone(ep),
             None => {
                 let s = stats
@@ -307,7 +326,7 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
                             .unwrap_or_else(|| Arc::new(SubsetStats::new(&d.service, &e.subset)))
                     })
                     .clone();
-                Arc::new(EndpointState::new(authority, &e.subset, &e.pod, s))
+                Arc::new(EndpointState::new(authority, &e.subset, &e.pod, s).with_identity(&e.identity))
             }
         };
         stats.entry(e.subset.clone()).or_insert_with(|| ep.stats.clone());

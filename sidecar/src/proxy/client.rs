@@ -31,10 +31,23 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    builder(http2).build(connector())
+    pooled_via(connector(), http2)
 }
 
-fn connector() -> HttpConnector {
+/// A pooled client like [`pooled`] that dials through `connector` (the outbound's
+/// mTLS one).
+pub fn pooled_via<C, B>(connector: C, http2: bool) -> Client<C, B>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    builder(http2).build(connector)
+}
+
+/// TCP with the proxies' connect timeout and `TCP_NODELAY`.
+pub fn connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);

@@ -18,7 +18,9 @@ pub mod snapshot;
 pub mod trace;
 pub mod upgrade;
 
-pub use server::{serve, server_builder, DRAIN_TIMEOUT, MAX_HEADER_BYTES};
+pub use server::{
+    serve, server_builder, Accept, Accepted, ConnInfo, ConnIo, OriginalDst, Plain, DRAIN_TIMEOUT, MAX_HEADER_BYTES,
+};
 
 use crate::state::Applied;
 use bytes::Bytes;

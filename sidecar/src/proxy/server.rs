@@ -1,6 +1,7 @@
 //! The accept loop both proxy listeners run: HTTP/1.1 and h2c on one port, upgrades
 //! allowed, each request handed to the proxy's tower stack, graceful drain on shutdown.
 
+use super::identity::PeerIdentity;
 use super::{Call, ErrorChain, ProxyBody};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -10,7 +11,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tower::Service;
 use tracing::{debug, info, warn, Instrument};
 
@@ -27,23 +32,89 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// are dropped. Below Kubernetes' default 30 s grace period.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// What a listener does with a connection before HTTP is spoken on it: terminate
+/// mTLS and learn the caller's identity (inbound), read the original destination of
+/// a redirected connection, or nothing ([`Plain`]). It runs on the connection's own
+/// task, so a slow handshake never holds up the accept loop.
+pub trait Accept: Clone + Send + Sync + 'static {
+    /// The stream to serve HTTP on and what every request of it carries; `None` when
+    /// the connection was dealt with here (refused, or passed through untouched).
+    fn accept(&self, stream: TcpStream, peer: SocketAddr) -> impl Future<Output = Option<Accepted>> + Send;
+}
+
+/// An accepted connection, ready for HTTP.
+pub struct Accepted {
+    pub io: ConnIo,
+    pub info: ConnInfo,
+}
+
+impl Accepted {
+    pub fn plain(stream: TcpStream) -> Self {
+        Accepted {
+            io: Either::Left(stream),
+            info: ConnInfo::default(),
+        }
+    }
+}
+
+/// What the connection tells about each of its requests, inserted into every
+/// request's extensions by [`serve`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The caller's proven identity (mTLS); `None` for plaintext.
+    pub peer_identity: Option<PeerIdentity>,
+    /// Where the caller meant to connect, for a connection redirected to the proxy.
+    pub original_dst: Option<OriginalDst>,
+}
+
+impl ConnInfo {
+    fn stamp<B>(&self, req: &mut Request<B>) {
+        if let Some(id) = &self.peer_identity {
+            req.extensions_mut().insert(id.clone());
+        }
+        if let Some(dst) = self.original_dst {
+            req.extensions_mut().insert(dst);
+        }
+    }
+}
+
+/// The address a redirected connection was sent to before capture, as a request
+/// extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginalDst(pub SocketAddr);
+
+/// Accepts every connection as plaintext HTTP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Accept for Plain {
+    async fn accept(&self, stream: TcpStream, _: SocketAddr) -> Option<Accepted> {
+        Some(Accepted::plain(stream))
+    }
+}
+
+/// A connection's byte stream: plaintext, or TLS the proxy terminated.
+pub type ConnIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+
 /// Serves `stack` on `listener` until `shutdown` resolves; then stops accepting, lets
 /// in-flight requests finish (up to [`DRAIN_TIMEOUT`]) and returns. `name` labels the
-/// listener in logs.
+/// listener in logs; `accept` prepares each connection.
 ///
 /// The stack is cloned per request, so its services hold their state behind `Arc`s;
 /// it never fails (every error is already a response).
-pub async fn serve<S>(
+pub async fn serve<S, A>(
     listener: tokio::net::TcpListener,
     stack: S,
     name: &'static str,
+    accept: A,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
     S: Service<Call, Response = Response<ProxyBody>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
+    A: Accept,
 {
-    let builder = server_builder();
+    let builder = Arc::new(server_builder());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -65,21 +136,25 @@ where
             debug!(%error, "set_nodelay failed");
         }
         let stack = stack.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let mut stack = stack.clone();
-            async move {
-                poll_fn(|cx| stack.poll_ready(cx)).await?;
-                stack.call(Call::new(req, peer)).await
-            }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let accept = accept.clone();
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
         // The connection task keeps the caller's span (the sidecar's service and pod).
         tokio::spawn(
             async move {
-                if let Err(error) = connection.await {
+                let Some(Accepted { io, info }) = accept.accept(stream, peer).await else {
+                    return;
+                };
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    let mut stack = stack.clone();
+                    info.stamp(&mut req);
+                    async move {
+                        poll_fn(|cx| stack.poll_ready(cx)).await?;
+                        stack.call(Call::new(req, peer)).await
+                    }
+                });
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                if let Err(error) = watcher.watch(connection.into_owned()).await {
                     debug!(%peer, listener = name, error = %ErrorChain(&*error), "connection ended with an error");
                 }
             }
