@@ -6,42 +6,14 @@
 //! authenticated peer are proven only in the negative (they never fit a plaintext caller).
 
 mod common;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use common::*;
 use serde_json::Value;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-
-/// The app behind the sidecar: answers 200 and keeps the headers of every request.
-#[derive(Clone, Default)]
-struct App {
-    seen: Arc<Mutex<Vec<HeaderMap>>>,
-}
-
-impl App {
-    async fn start() -> (Self, u16) {
-        let app = App::default();
-        let router = axum::Router::new()
-            .fallback(|State(app): State<App>, headers: HeaderMap| async move {
-                app.seen.lock().unwrap().push(headers);
-                "app\n"
-            })
-            .with_state(app.clone());
-        let base = serve_on_loopback(router).await;
-        let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        (app, port)
-    }
-
-    fn requests(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-}
 
 struct Setup {
     cp: ControlPlane,
     sidecar: Sidecar,
-    app: App,
+    app: RecordingApp,
     _dir: tempfile::TempDir,
 }
 
@@ -49,7 +21,7 @@ impl Setup {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cp = ControlPlane::start(&dir.path().join("cp")).await;
-        let (app, port) = App::start().await;
+        let (app, port) = RecordingApp::start().await;
         let mut sidecar = Sidecar::start(&cp.grpc(), "web", "web-a", port, &dir.path().join("a")).await;
         sidecar.wait_revision(0).await;
         Setup {

@@ -421,3 +421,40 @@ pub async fn serve_on_loopback(app: axum::Router) -> String {
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
 }
+
+/// An app that answers `200 app` and keeps the headers of every request it receives:
+/// what tests check to prove a request did, or did not, reach the app.
+#[derive(Clone, Default)]
+pub struct RecordingApp {
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>,
+}
+
+impl RecordingApp {
+    /// Serves on a loopback port; returns the app and its port.
+    pub async fn start() -> (Self, u16) {
+        use axum::extract::State;
+        let app = RecordingApp::default();
+        let router = axum::Router::new()
+            .fallback(
+                |State(app): State<RecordingApp>, headers: axum::http::HeaderMap| async move {
+                    app.seen.lock().unwrap().push(headers);
+                    "app\n"
+                },
+            )
+            .with_state(app.clone());
+        let base = serve_on_loopback(router).await;
+        let port = base.rsplit(':').next().unwrap().parse().unwrap();
+        (app, port)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The `x-outrider-peer-identity` of the last request, if it had one.
+    pub fn last_peer_identity(&self) -> Option<String> {
+        let seen = self.seen.lock().unwrap();
+        let h = seen.last()?.get("x-outrider-peer-identity")?;
+        Some(h.to_str().ok()?.to_owned())
+    }
+}
