@@ -38,6 +38,9 @@ pub enum MtlsError {
     Verifier(String),
 }
 
+/// The identity a dialled instance must prove, and whether the pool speaks HTTP/2.
+type ClientKey = (Arc<str>, bool);
+
 /// One workload certificate's TLS settings, for both proxies.
 pub struct Credentials {
     server: Arc<ServerConfig>,
@@ -47,7 +50,7 @@ pub struct Credentials {
     provider: Arc<CryptoProvider>,
     resumption: Arc<ClientSessionMemoryCache>,
     /// Client settings per (expected peer, HTTP/2): one per destination service.
-    clients: Mutex<HashMap<(Arc<str>, bool), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
 }
 
 impl std::fmt::Debug for Credentials {
