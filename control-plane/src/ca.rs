@@ -11,8 +11,10 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 /// Leaves start up to this much before they are signed, so a sidecar whose clock is a
 /// little behind ours does not see a certificate from the future. Never more than a
@@ -73,8 +75,20 @@ struct Signer {
 pub struct Ca {
     trust_domain: String,
     ttl: Duration,
+    /// Whether the roots are the store's (re-read by [`Ca::reload`]) rather than the
+    /// operator's issuer, which changes only with a restart.
+    from_store: bool,
+    /// What signs and what is trusted now; sessions subscribe to push a changed
+    /// bundle to their sidecars.
+    current: watch::Sender<Arc<Current>>,
+}
+
+/// The signer and the trust bundle in force.
+pub struct Current {
     signer: Signer,
-    bundle_pem: String,
+    /// The store's generation of the signing root (0: the operator's issuer).
+    pub signer_generation: i64,
+    pub bundle_pem: String,
 }
 
 impl Ca {
@@ -86,25 +100,46 @@ impl Ca {
         if cfg.cert_ttl < Duration::from_secs(1) {
             return Err(CaError::Issuer("--cert-ttl must be at least 1s".into()));
         }
-        let (signer, bundle_pem) = match (&cfg.ca_cert, &cfg.ca_key) {
-            (Some(cert), Some(key)) => operator_signer(cert, key)?,
-            (None, None) => {
-                let roots = roots(store, &cfg.trust_domain).await?;
-                let newest = roots
-                    .last()
-                    .ok_or_else(|| CaError::Issuer("the store has no CA root".into()))?;
-                let signer = signer(&newest.cert_pem, &newest.key_pem, String::new())
-                    .map_err(|e| CaError::Issuer(format!("stored CA root {}: {e}", newest.generation)))?;
-                (signer, bundle_of(&roots))
+        let current = match (&cfg.ca_cert, &cfg.ca_key) {
+            (Some(cert), Some(key)) => {
+                let (signer, bundle_pem) = operator_signer(cert, key)?;
+                Current {
+                    signer,
+                    signer_generation: 0,
+                    bundle_pem,
+                }
             }
+            (None, None) => current_of(&roots(store, &cfg.trust_domain).await?)?,
             _ => return Err(CaError::Issuer("--ca-cert and --ca-key go together".into())),
         };
         Ok(Ca {
             trust_domain: cfg.trust_domain.clone(),
             ttl: cfg.cert_ttl,
-            signer,
-            bundle_pem,
+            from_store: cfg.ca_cert.is_none(),
+            current: watch::Sender::new(Arc::new(current)),
         })
+    }
+
+    /// Re-reads the store's roots (another process may have added, activated or
+    /// retired one: `ca add-root` and the rest run beside the control plane);
+    /// whether anything changed. The operator's issuer is never re-read.
+    pub async fn reload(&self, store: &Store) -> Result<bool, CaError> {
+        if !self.from_store {
+            return Ok(false);
+        }
+        let roots = store.ca_roots().await?;
+        let now = self.current.borrow().clone();
+        let bundle = bundle_of(&roots);
+        if signing(&roots).map(|r| r.generation) == Some(now.signer_generation) && bundle == now.bundle_pem {
+            return Ok(false);
+        }
+        self.current.send_replace(Arc::new(current_of(&roots)?));
+        Ok(true)
+    }
+
+    /// The signer and bundle now, and each later change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Current>> {
+        self.current.subscribe()
     }
 
     /// `spiffe://<trust-domain>/ns/<namespace>/svc/<service>`.
@@ -113,8 +148,8 @@ impl Ca {
     }
 
     /// The roots sidecars trust, PEM.
-    pub fn trust_bundle_pem(&self) -> &str {
-        &self.bundle_pem
+    pub fn trust_bundle_pem(&self) -> String {
+        self.current.borrow().bundle_pem.clone()
     }
 
     /// Signs a leaf for `namespace`/`service` (the identity the stream registered as)
@@ -134,9 +169,10 @@ impl Ca {
                 }
             }
         }
+        let current = self.current.borrow().clone();
         let now = OffsetDateTime::now_utc();
         // Whole seconds, as the certificate encodes it, so the expiry recorded is exact.
-        let not_after = (now + self.ttl).min(self.signer.not_after);
+        let not_after = (now + self.ttl).min(current.signer.not_after);
         let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -150,11 +186,11 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf = params.signed_by(&csr.public_key, &self.signer.issuer, &self.signer.key)?;
+        let leaf = params.signed_by(&csr.public_key, &current.signer.issuer, &current.signer.key)?;
         Ok(Issued {
             spiffe_id,
-            chain_pem: format!("{}{}", leaf.pem(), self.signer.intermediates_pem),
-            trust_bundle_pem: self.bundle_pem.clone(),
+            chain_pem: format!("{}{}", leaf.pem(), current.signer.intermediates_pem),
+            trust_bundle_pem: current.bundle_pem.clone(),
             not_after_ms: (not_after.unix_timestamp_nanos() / 1_000_000) as i64,
         })
     }
@@ -164,7 +200,57 @@ impl Ca {
 /// otherwise every trusted root in the store (made now if there is none yet, the same
 /// way a starting control plane does, so both agree).
 pub async fn trust_bundle(store: &Store, cfg: &CaConfig) -> Result<String, CaError> {
-    Ok(Ca::open(store, cfg).await?.bundle_pem)
+    Ok(Ca::open(store, cfg).await?.trust_bundle_pem())
+}
+
+/// How often a control plane re-reads the store's roots: `ca add-root` and the other
+/// rotation steps reach every replica, and through them every sidecar, within this.
+pub const ROOTS_POLL: Duration = Duration::from_secs(2);
+
+/// Follows the store's roots until `stop`: each change goes to every session
+/// ([`Ca::subscribe`]), which sends it to its sidecar.
+pub async fn follow_roots(ca: Arc<Ca>, store: Store, stop: outrider_runtime::shutdown::CancellationToken) {
+    let mut tick = tokio::time::interval(ROOTS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match ca.reload(&store).await {
+            Ok(true) => {
+                let current = ca.current.borrow().clone();
+                tracing::info!(signer = current.signer_generation, "CA roots changed");
+            }
+            Ok(false) => {}
+            // The store is away: the roots in force stay in force.
+            Err(e) => tracing::debug!(error = %e, "could not re-read the CA roots"),
+        }
+    }
+}
+
+/// The newest activated root: the one that signs.
+fn signing(roots: &[CaRoot]) -> Option<&CaRoot> {
+    roots.iter().rev().find(|r| r.activated_at_ms.is_some())
+}
+
+/// The signer and bundle the store's `roots` give.
+fn current_of(roots: &[CaRoot]) -> Result<Current, CaError> {
+    let newest = signing(roots).ok_or_else(|| CaError::Issuer("the store has no activated CA root".into()))?;
+    let signer = signer(&newest.cert_pem, &newest.key_pem, String::new())
+        .map_err(|e| CaError::Issuer(format!("stored CA root {}: {e}", newest.generation)))?;
+    Ok(Current {
+        signer,
+        signer_generation: newest.generation,
+        bundle_pem: bundle_of(roots),
+    })
+}
+
+/// Adds a new root to the store's bundle, trusted at once and not signing until
+/// `activate_root`: `ca add-root`. Returns its generation.
+pub async fn add_root(store: &Store, trust_domain: &str) -> Result<i64, CaError> {
+    let (cert, key) = new_root(trust_domain)?;
+    Ok(store.add_ca_root(&cert, &key).await?)
 }
 
 /// The store's trusted roots, oldest first, after making the first one if needed.
@@ -339,7 +425,7 @@ mod tests {
             assert!(eku.server_auth && eku.client_auth);
             assert!(cert.key_usage().unwrap().unwrap().value.digital_signature());
             assert!(!cert.is_ca());
-            let root_der = first_der(ca.trust_bundle_pem()).unwrap();
+            let root_der = first_der(&ca.trust_bundle_pem()).unwrap();
             let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
             cert.verify_signature(Some(root.public_key())).unwrap();
         }
@@ -398,7 +484,7 @@ mod tests {
         // A leaf from one verifies against the other's bundle: the same signer.
         let (_, der) = csr(&[]);
         let leaf = leaf_der(&a.issue(&der, "default", "web").unwrap());
-        let root_der = first_der(b.trust_bundle_pem()).unwrap();
+        let root_der = first_der(&b.trust_bundle_pem()).unwrap();
         let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         cert.verify_signature(Some(root.public_key())).unwrap();

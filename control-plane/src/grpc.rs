@@ -8,7 +8,7 @@
 //! A session that cannot send (its sidecar reads slowly) holds only itself up: what
 //! changed meanwhile is coalesced and sent when it can send again.
 
-use crate::ca::{Ca, CaError};
+use crate::ca::{self, Ca, CaError};
 use crate::hub::Hub;
 use crate::join;
 use crate::mesh::{SessionId, Update, Wake, MAX_WATCHES};
@@ -16,7 +16,7 @@ use crate::store::{now_ms, SidecarRegistration, StoreError};
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use outrider_proto::v1::{
     control_message, sidecar_message, Certificate, CertificateRefused, CertificateRequest, ControlMessage,
-    Destinations, Heartbeat, Hello, SidecarMessage, Watch,
+    Destinations, Heartbeat, Hello, SidecarMessage, TrustBundle, Watch,
 };
 use outrider_runtime::shutdown::CancellationToken;
 use prost::Message as _;
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, warn, Instrument};
@@ -160,6 +160,16 @@ struct Session {
     ca: Option<Arc<Ca>>,
 }
 
+/// The CA's next change; never, without a CA (or once it is gone).
+async fn changed_trust(trust: &mut Option<watch::Receiver<Arc<ca::Current>>>) -> Option<Arc<ca::Current>> {
+    if let Some(t) = trust {
+        if t.changed().await.is_ok() {
+            return Some(t.borrow_and_update().clone());
+        }
+    }
+    std::future::pending().await
+}
+
 /// The destinations one session sends: each watched service with the version last
 /// sent, and the stream's own message version.
 struct Watching {
@@ -258,8 +268,21 @@ impl Session {
         let silence = tokio::time::sleep(quiet);
         tokio::pin!(silence);
         let mut first_revision: Option<u64> = None;
+        // Root rotation: a changed bundle, or a new signing root, goes out at once.
+        let mut trust = self.ca.as_ref().map(|ca| ca.subscribe());
+        let mut signer = trust.as_ref().map_or(0, |t| t.borrow().signer_generation);
         loop {
             tokio::select! {
+                Some(current) = changed_trust(&mut trust) => {
+                    let renew = current.signer_generation != signer;
+                    signer = current.signer_generation;
+                    info!(renew, "trust bundle changed; sending it");
+                    let m = control_message::Msg::TrustBundle(TrustBundle {
+                        trust_bundle_pem: current.bundle_pem.clone(),
+                        renew,
+                    });
+                    if self.tx.send(Ok(ControlMessage { msg: Some(m) })).await.is_err() { return false }
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return false }
                     let snap = snapshots.borrow_and_update().clone();

@@ -49,6 +49,24 @@ enum CaAction {
     /// Print the trust bundle (PEM): every root sidecars trust. Safe while a control
     /// plane runs on the same store; on a new store it makes the root that one will use.
     Bundle,
+    /// List the store's roots: generation, state (signing, trusted, waiting), created.
+    Roots,
+    /// Rotation, step 1: add a new root to the bundle. It is trusted everywhere within
+    /// seconds and signs nothing until `activate-root`.
+    AddRoot,
+    /// Rotation, step 2: the newest added root signs from now on; every connected
+    /// sidecar asks for a new certificate within ten seconds.
+    ActivateRoot,
+    /// Rotation, step 3: drop an old root from the bundle, once no certificate it
+    /// signed is in use (its successor has signed for longer than --cert-ttl).
+    RetireRoot {
+        #[arg(long)]
+        generation: i64,
+        /// Retire it even though certificates it signed may still be in use: their
+        /// holders' peers stop trusting them at once.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,15 +119,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::JoinToken { action }) => {
             return join_token(action, cli.config.database_url.as_deref(), &cli.config.data_dir).await
         }
-        Some(Command::Ca {
-            action: CaAction::Bundle,
-        }) => {
-            let store = Store::open(cli.config.database_url.as_deref(), &cli.config.data_dir).await?;
-            let bundle = outrider_control_plane::ca::trust_bundle(&store, &cli.config.ca_config()).await;
-            store.close().await;
-            print!("{}", bundle?);
-            return Ok(());
-        }
+        Some(Command::Ca { action }) => return ca(action, &cli.config).await,
         None => {}
     }
     outrider_runtime::tracing::init(cli.log_format)?;
@@ -117,6 +127,65 @@ async fn main() -> anyhow::Result<()> {
     let listeners = server::bind(&cli.config).await?;
     server::run(cli.config, listeners, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn ca(action: CaAction, config: &server::Config) -> anyhow::Result<()> {
+    use outrider_control_plane::ca;
+    let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    let cfg = config.ca_config();
+    let result: anyhow::Result<()> = async {
+        if cfg.ca_cert.is_some() && !matches!(action, CaAction::Bundle) {
+            anyhow::bail!("the roots are the operator's (--ca-cert): rotate them in your own PKI");
+        }
+        match action {
+            CaAction::Bundle => print!("{}", ca::trust_bundle(&store, &cfg).await?),
+            CaAction::Roots => {
+                // Opening the CA makes the first root on a new store, as `bundle` does.
+                ca::Ca::open(&store, &cfg).await?;
+                let roots = store.ca_roots().await?;
+                let signing = roots
+                    .iter()
+                    .rev()
+                    .find(|r| r.activated_at_ms.is_some())
+                    .map(|r| r.generation);
+                println!("{:<11} {:<9} CREATED", "GENERATION", "STATE");
+                for r in &roots {
+                    let state = match r.activated_at_ms {
+                        _ if Some(r.generation) == signing => "signing",
+                        Some(_) => "trusted",
+                        None => "waiting",
+                    };
+                    println!("{:<11} {:<9} {}", r.generation, state, rfc3339(r.created_at_ms));
+                }
+            }
+            CaAction::AddRoot => {
+                ca::Ca::open(&store, &cfg).await?;
+                let generation = ca::add_root(&store, &cfg.trust_domain).await?;
+                println!("root {generation} added: trusted now, signing after `ca activate-root`");
+            }
+            CaAction::ActivateRoot => {
+                let generation = store.activate_ca_root().await?;
+                println!("root {generation} signs now; sidecars renew their certificates within ten seconds");
+            }
+            CaAction::RetireRoot { generation, force } => {
+                let ttl = i64::try_from(cfg.cert_ttl.as_millis()).unwrap_or(i64::MAX);
+                store.retire_ca_root(generation, ttl, force).await?;
+                println!("root {generation} retired: no longer trusted");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// Epoch milliseconds as RFC 3339 (UTC, seconds).
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 async fn token(action: TokenAction, database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<()> {

@@ -289,6 +289,7 @@ pub async fn run(
     tasks.spawn(hub.clone().run_background(stop.clone()).in_current_span());
     tasks.spawn(crate::canary::run_driver(hub.clone(), stop.clone()).in_current_span());
 
+    tasks.spawn(crate::ca::follow_roots(ca.clone(), store.clone(), stop.clone()).in_current_span());
     let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone())
         .with_ca(ca)
         .into_server();

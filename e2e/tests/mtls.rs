@@ -273,3 +273,120 @@ async fn an_instance_that_cannot_prove_the_listed_identity_receives_nothing() {
     }
     assert_eq!(api_app.requests(), 1, "no request meant for web reached api");
 }
+
+/// `outrider-control-plane ca <args>` on the mesh's store: whether it succeeded, and
+/// what it printed.
+fn ca(m: &Mesh, args: &[&str]) -> (bool, String) {
+    let out = Command::new(outrider_testkit::bin_path("outrider-control-plane"))
+        .args(["--data-dir", &m.cp.data_dir.display().to_string(), "ca"])
+        .args(args)
+        .envs(m.cp.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The certificates of a PEM file, DER (none when it cannot be read).
+fn certificates(path: &Path) -> Vec<Vec<u8>> {
+    let text = std::fs::read(path).unwrap_or_default();
+    x509_parser::pem::Pem::iter_from_buffer(&text)
+        .filter_map(|p| p.ok().map(|p| p.contents))
+        .collect()
+}
+
+/// Whether the leaf in `state`'s identity.crt was signed by the root `root` (DER).
+fn signed_by(state: &Path, root: &[u8]) -> bool {
+    let Some(leaf) = certificates(&state.join("identity.crt")).into_iter().next() else {
+        return false;
+    };
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let (_, root) = x509_parser::parse_x509_certificate(root).unwrap();
+    leaf.verify_signature(Some(root.public_key())).is_ok()
+}
+
+#[tokio::test]
+async fn a_root_rotation_under_traffic_fails_no_request() {
+    // Five-second certificates, so the old root may be retired five seconds after
+    // the new one begins to sign.
+    let m = std::sync::Arc::new(Mesh::start(&[("OUTRIDER_CERT_TTL", "5s")]).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (m, stop) = (m.clone(), stop.clone());
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Fresh connections too, so that handshakes happen throughout.
+                let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+                for _ in 0..5 {
+                    let r = c
+                        .get(format!("http://127.0.0.1:{}/", m.shop.outbound_port))
+                        .header("host", "web")
+                        .send()
+                        .await;
+                    match r.map(|r| r.status().as_u16()) {
+                        Ok(200) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+            }
+            (ok, failed)
+        }
+    });
+    let bundle = |name: &str| certificates(&m.state(name).join("trust-bundle.pem"));
+    let everywhere = |want: usize| {
+        let m = m.clone();
+        async move {
+            wait_until(Duration::from_secs(30), || async {
+                ["web", "shop"]
+                    .iter()
+                    .all(|n| certificates(&m.state(n).join("trust-bundle.pem")).len() == want)
+            })
+            .await
+        }
+    };
+
+    let (added, text) = ca(&m, &["add-root"]);
+    assert!(added, "{text}");
+    everywhere(2).await.expect("both sidecars trust the new root");
+    let new_root = bundle("web")[1].clone();
+
+    let (activated, text) = ca(&m, &["activate-root"]);
+    assert!(activated, "{text}");
+    // Too early: a certificate of the old root may still be in use.
+    let (early, text) = ca(&m, &["retire-root", "--generation", "1"]);
+    assert!(!early && text.contains("may still have signed certificates"), "{text}");
+    wait_until(Duration::from_secs(30), || async {
+        ["web", "shop"].iter().all(|n| signed_by(&m.state(n), &new_root))
+    })
+    .await
+    .expect("both sidecars hold a certificate from the new root");
+
+    wait_until(Duration::from_secs(30), || async {
+        ca(&m, &["retire-root", "--generation", "1"]).0
+    })
+    .await
+    .expect("the old root can be retired once its certificates have expired");
+    everywhere(1).await.expect("both sidecars dropped the old root");
+    assert_eq!(bundle("shop")[0], new_root);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 50, "traffic ran throughout ({ok} requests)");
+    let (_, roots) = ca(&m, &["roots"]);
+    assert!(
+        roots.contains("signing") && !roots.lines().any(|l| l.starts_with("1 ")),
+        "{roots}"
+    );
+}

@@ -54,6 +54,11 @@ pub struct Agent {
 
 /// Between certificate requests that got no certificate (refused, lost, or not
 /// acceptable): soon at first, then every minute at most.
+/// After the control plane says another root signs now, each sidecar renews at a
+/// random moment within this, so the old root can be retired soon after and the CA
+/// is not asked by the whole fleet at once.
+const RENEW_ON_ROTATION: Duration = Duration::from_secs(10);
+
 const RETRY_CERTIFICATE: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Between attempts to make a NACKed snapshot durable: soon at first (a disk freed by
@@ -236,6 +241,15 @@ impl Agent {
                                 cert_due = Some(due);
                             }
                         }
+                        Some(control_message::Msg::TrustBundle(t)) => {
+                            let in_force = self.accept_trust_bundle(&t.trust_bundle_pem).await;
+                            if in_force && t.renew {
+                                // Another root signs now: renew soon, the fleet spread
+                                // over a few seconds rather than all at once.
+                                let spread = RENEW_ON_ROTATION.mul_f64(rand::random::<f64>());
+                                cert_due = Some(tokio::time::Instant::now() + spread);
+                            }
+                        }
                         Some(control_message::Msg::CertificateRefused(r)) => {
                             warn!(error = %r.error, "the control plane refused the certificate request; retrying");
                         }
@@ -395,6 +409,31 @@ impl Agent {
             Err(e) => {
                 warn!(error = %e, "certificate task failed");
                 None
+            }
+        }
+    }
+
+    /// Puts a new trust bundle in force with the certificate held; whether it did.
+    async fn accept_trust_bundle(&self, bundle_pem: &str) -> bool {
+        let (Some(files), Some(current)) = (self.workload.clone(), self.state.identity.load_full()) else {
+            // No certificate yet: the one asked for brings the bundle with it.
+            return false;
+        };
+        let now = outrider_runtime::time::now_ms() as i64;
+        let bundle = bundle_pem.to_owned();
+        match tokio::task::spawn_blocking(move || files.rebundle(&current, &bundle, now)).await {
+            Ok(Ok(w)) => {
+                info!(identity = %w.spiffe_id, "trust bundle in force");
+                self.state.identity.store(Some(Arc::new(w)));
+                true
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "not taking the trust bundle");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "trust bundle task failed");
+                false
             }
         }
     }

@@ -153,6 +153,15 @@ impl IdentityFiles {
         Ok(w)
     }
 
+    /// The certificate in force with a new trust bundle (a root added or retired),
+    /// saved; its renewal time stays.
+    pub fn rebundle(&self, current: &Workload, bundle_pem: &str, now_ms: i64) -> Result<Workload, IdentityError> {
+        let mut w = self.workload(&current.chain_pem, bundle_pem, now_ms)?;
+        w.renew_at_ms = current.renew_at_ms;
+        write_private(&self.dir.join(BUNDLE_FILE), bundle_pem.as_bytes())?;
+        Ok(w)
+    }
+
     fn workload(&self, chain_pem: &str, bundle_pem: &str, now_ms: i64) -> Result<Workload, IdentityError> {
         let bad = IdentityError::Certificate;
         let (_, pem) =

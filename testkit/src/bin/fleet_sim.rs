@@ -529,6 +529,7 @@ fn on_message(state: &mut SimState, msg: ControlMessage) -> Vec<SidecarMessage> 
         Some(control_message::Msg::Heartbeat(_))
         | Some(control_message::Msg::Certificate(_))
         | Some(control_message::Msg::CertificateRefused(_))
+        | Some(control_message::Msg::TrustBundle(_))
         | None => Vec::new(),
     }
 }
