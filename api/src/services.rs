@@ -55,6 +55,12 @@ pub struct ServiceDetail {
     pub sidecars: Vec<Sidecar>,
     /// Per subset, as the service's callers reported it.
     pub traffic: Vec<SubsetTraffic>,
+    /// Whether its sidecars take plaintext callers: `permissive` or `strict` (its
+    /// AuthorizationPolicy's `mtls`; no policy: `permissive`).
+    pub mtls: String,
+    /// Inbound requests its instances received in plaintext since each started, summed:
+    /// what should be 0 (over a while) before switching to `strict`.
+    pub plaintext_requests: u64,
 }
 
 /// One subset of a service as all its callers saw it.

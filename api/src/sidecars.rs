@@ -86,6 +86,8 @@ pub struct SidecarHealth {
     /// What the AuthorizationPolicy denied, or in dry run would have, since the sidecar
     /// started, per rule.
     pub authz_denied: Vec<AuthzDenied>,
+    /// Inbound requests that arrived in plaintext (no mTLS) since the sidecar started.
+    pub plaintext_requests: u64,
 }
 
 /// One rule's denials (`dryRun`: would-be denials) on one sidecar since it started.

@@ -420,6 +420,8 @@ mod tests {
             instances: InstanceSummary::default(),
             sidecars: vec![],
             traffic,
+            mtls: "permissive".into(),
+            plaintext_requests: 0,
         }
     }
 

@@ -505,6 +505,7 @@ fn health_json(h: &outrider_proto::v1::HealthReport) -> serde_json::Value {
             "bufferedBytes": l.buffered_bytes,
             "sinkErrors": l.sink_errors,
         })),
+        "plaintextRequests": h.plaintext_requests,
         "authzDenied": h.authz_denied.iter().map(|d| serde_json::json!({
             "rule": d.rule,
             "dryRun": d.dry_run,

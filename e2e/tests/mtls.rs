@@ -122,6 +122,15 @@ async fn mesh_calls_travel_over_mtls_and_the_app_learns_who_called() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(m.web_app.last_peer_identity(), None);
+    // What an operator reads before going strict: the mode, and the plaintext
+    // requests web still receives (this one; the mesh calls came over mTLS).
+    assert_eq!(m.web.metric("outrider_inbound_plaintext_requests_total").await, 1);
+    let reported = wait_until(SOON, || async {
+        let web = m.cp.get_json("/services/web").await;
+        web["mtls"] == "permissive" && web["plaintextRequests"] == 1
+    })
+    .await;
+    assert!(reported.is_ok(), "{}", m.cp.get_json("/services/web").await);
 
     // curl presenting shop's own certificate and key (from its state directory) is
     // a proven shop; with no certificate, or one from another CA, the handshake fails
@@ -178,6 +187,7 @@ async fn strict_mode_serves_mtls_callers_and_refuses_plaintext_ones() {
     }
     assert_eq!(m.web_app.requests(), before + 20);
     assert_eq!(m.web_app.last_peer_identity().as_deref(), Some(SHOP));
+    assert_eq!(m.cp.get_json("/services/web").await["mtls"], "strict");
 }
 
 #[tokio::test]

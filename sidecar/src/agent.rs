@@ -593,6 +593,7 @@ impl Agent {
                 .into_iter()
                 .map(|(dry_run, rule, count)| AuthzDenied { rule, dry_run, count })
                 .collect(),
+            plaintext_requests: self.state.metrics.plaintext_total(),
         }
     }
 }

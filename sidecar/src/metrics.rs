@@ -62,6 +62,8 @@ pub struct Metrics {
     /// By status class; index 0 is 1xx, 4 is 5xx.
     requests: [AtomicU64; 5],
     rate_limited: AtomicU64,
+    /// Inbound requests whose caller proved no identity (plaintext).
+    plaintext: AtomicU64,
     upstream_errors: AtomicU64,
     /// Outbound: instances ejected by outlier detection (any destination).
     ejections: AtomicU64,
@@ -93,6 +95,7 @@ impl Metrics {
         Metrics {
             requests: Default::default(),
             rate_limited: AtomicU64::new(0),
+            plaintext: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             latency: Histogram {
@@ -142,6 +145,15 @@ impl Metrics {
 
     pub fn set_control_plane_connected(&self, connected: bool) {
         self.control_plane_connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Counts an inbound request that came in plaintext.
+    pub fn count_plaintext(&self) {
+        self.plaintext.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn plaintext_total(&self) -> u64 {
+        self.plaintext.load(Ordering::Relaxed)
     }
 
     pub fn requests_total(&self) -> u64 {
@@ -202,6 +214,12 @@ impl Metrics {
             Kind::Counter,
             "Requests refused with 429 by the rate limiter.",
             self.rate_limited_total(),
+        );
+        w.single(
+            "outrider_inbound_plaintext_requests_total",
+            Kind::Counter,
+            "Inbound requests whose caller proved no identity (not mTLS).",
+            self.plaintext_total(),
         );
         w.single(
             "outrider_sidecar_upstream_errors_total",

@@ -10,7 +10,9 @@ use super::state::AppState;
 use crate::store::{now_ms, StatusClock, SubsetCounts};
 use axum::extract::State;
 use axum::Json;
-use outrider_api::{InstanceSummary, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetTraffic};
+use outrider_api::{
+    InstanceSummary, PolicyRecord, Problem, ServiceDetail, ServiceSummary, Sidecar, SidecarStatus, SubsetTraffic,
+};
 use std::collections::HashMap;
 
 /// Counts `n` instances of `version` with `status` into `sum`.
@@ -107,7 +109,7 @@ pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> 
     if !state.store.service_exists(&service).await? {
         return Err(ApiError::NotFound(format!("unknown service {service:?}")));
     }
-    let policies = state
+    let policies: std::collections::BTreeMap<String, PolicyRecord> = state
         .store
         .list_policies(&service)
         .await?
@@ -122,7 +124,19 @@ pub async fn get(State(state): State<AppState>, Path(service): Path<String>) -> 
         .map(config_meta)
         .collect();
     let sidecars = sidecar_views(&state, Some(&service)).await?;
+    let mtls = policies
+        .get("authorization")
+        .and_then(|p| p.document["mtls"].as_str())
+        .unwrap_or("permissive")
+        .to_owned();
+    let plaintext_requests = sidecars
+        .iter()
+        .filter_map(|s| s.health.as_ref())
+        .map(|h| h.plaintext_requests)
+        .sum();
     Ok(Json(ServiceDetail {
+        mtls,
+        plaintext_requests,
         revision: state.store.service_revision(&service).await?,
         policies,
         configs,

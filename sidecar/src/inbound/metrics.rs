@@ -1,6 +1,8 @@
 //! The inbound metrics layer: counts every answered request by status class and
-//! latency, and the proxy's own 429s and app failures, whichever layer produced them.
+//! latency, and the proxy's own 429s and app failures, whichever layer produced them;
+//! and the requests that came in plaintext (no mTLS), before any layer refuses them.
 
+use crate::proxy::identity::PeerIdentity;
 use crate::proxy::respond::local_reason;
 use crate::proxy::{Call, Local};
 use crate::state::SidecarState;
@@ -55,6 +57,9 @@ where
 
     fn call(&mut self, call: Call<B>) -> Self::Future {
         let started = call.started;
+        if PeerIdentity::of(&call.req).is_none() {
+            self.state.metrics.count_plaintext();
+        }
         MetricsFuture {
             inner: self.inner.call(call),
             state: Some(Arc::clone(&self.state)),
