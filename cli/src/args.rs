@@ -132,7 +132,7 @@ pub struct Apply {
 pub struct Check {
     /// Before installing: can this cluster and this user take `outriderctl install`?
     /// Needs no control plane.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubernetes")]
     pub pre: bool,
     /// Also check the installation in the cluster: the Deployment, the webhook
     /// configuration, and that every injected Pod's sidecar registered.
