@@ -40,6 +40,11 @@ fn outriderctl(args: &[&str], envs: &[(&str, &str)]) -> Run {
     }
 }
 
+/// `run` printed `text` (on stdout), or the test fails showing what it printed.
+fn has(run: &Run, text: &str) {
+    assert!(run.stdout.contains(text), "no {text:?} in:\n{}", run.stdout);
+}
+
 fn install(args: &[&str]) -> String {
     let mut all = vec!["install"];
     all.extend_from_slice(args);
@@ -346,22 +351,9 @@ fn check_pre_passes_on_a_cluster_ready_for_install() {
     let kubectl = FakeKubectl::new(&answers);
     let run = outriderctl(&["check", "--pre"], &[("PATH", &kubectl.path_env())]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    assert!(
-        run.stdout
-            .contains("✓ Kubernetes version: v1.30.2 (native sidecars: beta"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("✓ can create mutatingwebhookconfigurations"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("✓ namespace outrider: does not exist yet"),
-        "{}",
-        run.stdout
-    );
+    has(&run, "✓ Kubernetes version: v1.30.2 (native sidecars: beta");
+    has(&run, "✓ can create mutatingwebhookconfigurations");
+    has(&run, "✓ namespace outrider: does not exist yet");
     assert!(!run.stdout.contains('✗'), "{}", run.stdout);
     // Namespaced rights are asked in the namespace install creates.
     assert!(
@@ -400,23 +392,9 @@ fn check_pre_names_each_problem_with_a_hint_and_fails() {
     let kubectl = FakeKubectl::new(&answers);
     let run = outriderctl(&["check", "--pre"], &[("PATH", &kubectl.path_env())]);
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(
-        run.stdout
-            .contains("✓ Kubernetes version: v1.33.2 (native sidecars: GA)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains("✗ can create clusterroles.rbac.authorization.k8s.io: no (hint:"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("✗ namespace outrider: already exists (hint:"),
-        "{}",
-        run.stdout
-    );
+    has(&run, "✓ Kubernetes version: v1.33.2 (native sidecars: GA)");
+    has(&run, "✗ can create clusterroles.rbac.authorization.k8s.io: no (hint:");
+    has(&run, "✗ namespace outrider: already exists (hint:");
     assert!(run.stderr.contains("2 problems"), "{}", run.stderr);
 
     // No kubectl at all: one line saying so, and the flag to point at one.
@@ -427,7 +405,7 @@ fn check_pre_names_each_problem_with_a_hint_and_fails() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("--kubectl"), "{}", run.stdout);
+    has(&run, "--kubectl");
 }
 
 fn available_deployment() -> String {
@@ -512,14 +490,9 @@ async fn check_kubernetes_finds_injected_pods_whose_sidecar_never_registered() {
         &[("PATH", &kubectl.path_env())],
     );
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert!(
-        run.stdout
-            .contains("✓ control plane Deployment: 2/2 replicas available"),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stdout.contains("✓ injection webhook"), "{}", run.stdout);
-    assert!(run.stdout.contains("✓ control plane:"), "{}", run.stdout);
+    has(&run, "✓ control plane Deployment: 2/2 replicas available");
+    has(&run, "✓ injection webhook");
+    has(&run, "✓ control plane:");
     let line = run.stdout.lines().find(|l| l.contains("injected sidecars")).unwrap();
     assert!(
         line.starts_with('✗') && line.contains("1 of 2 running injected Pods") && line.contains("shop/web-2"),
@@ -583,15 +556,6 @@ fn check_kubernetes_without_a_control_plane_says_how_to_reach_it() {
         &[("PATH", &kubectl.path_env())],
     );
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(
-        run.stdout
-            .contains("✗ control plane Deployment: Error from server (NotFound)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("✗ injection webhook: a has no caBundle"),
-        "{}",
-        run.stdout
-    );
+    has(&run, "✗ control plane Deployment: Error from server (NotFound)");
+    has(&run, "✗ injection webhook: a has no caBundle");
 }
