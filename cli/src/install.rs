@@ -408,6 +408,9 @@ fn deployment(s: &InstallSettings) -> Value {
             "topologyKey": key,
             "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": selector()},
+            // Spread each ReplicaSet's Pods, so a rolling update is not skewed by
+            // the old Pods it is about to remove.
+            "matchLabelKeys": ["pod-template-hash"],
         })
     };
     let mut pod_labels = labels();

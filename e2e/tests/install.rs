@@ -266,6 +266,40 @@ async fn the_root_and_tokens_install_makes_start_a_control_plane() {
 }
 
 #[test]
+fn install_prints_the_same_text_again_given_the_same_secrets() {
+    let first = by_key(documents(&install(&[])));
+    let ca = &first["Secret/outrider-ca"]["stringData"];
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    std::fs::write(&cert, ca["ca.crt"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, ca["ca.key"].as_str().unwrap()).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let args = [
+        "--ca-cert",
+        &cert,
+        "--ca-key",
+        &key,
+        "--api-token",
+        "api",
+        "--registration-token",
+        "reg",
+    ];
+    let again = install(&args);
+    assert_eq!(again, install(&args), "nothing but the secrets varies");
+    let again = by_key(documents(&again));
+    assert_eq!(
+        again["Secret/outrider-ca"], first["Secret/outrider-ca"],
+        "the given root is kept"
+    );
+    assert_eq!(again["Secret/outrider-api"]["stringData"]["token"], "api");
+    assert_eq!(
+        again["MutatingWebhookConfiguration/outrider-sidecar-injector"],
+        first["MutatingWebhookConfiguration/outrider-sidecar-injector"],
+        "its bundle with it"
+    );
+}
+
+#[test]
 fn install_refuses_settings_that_cannot_work_in_one_line() {
     for (args, expect) in [
         (&["install", "--embedded-store", "pvc"][..], "--replicas 2"),
