@@ -1,6 +1,7 @@
 //! `outriderctl install`: every Kubernetes object the control plane needs, rendered
-//! from [`InstallSettings`] as plain values (no cluster contact, no I/O but the clock
-//! and the random source the generated Secrets use).
+//! from [`InstallSettings`] as plain values. No cluster is contacted; the only inputs
+//! besides the settings are the random source and clock of the generated Secrets and
+//! the operator's `--ca-cert`/`--ca-key` files.
 //!
 //! `deploy/kubernetes/` holds the same objects with the defaults, minus the Secrets and
 //! the webhook's `caBundle` (e2e/tests/install.rs keeps the two equal).
@@ -22,6 +23,8 @@ pub const REGISTRATION_SECRET: &str = "outrider-registration";
 /// Where the control plane finds the CA Secret's files.
 const CA_DIR: &str = "/etc/outrider/ca";
 const DATA_DIR: &str = "/var/lib/outrider";
+/// The embedded store's PersistentVolumeClaim (`--embedded-store pvc`).
+const CONTROL_PLANE_DATA: &str = "outrider-data";
 /// The UID and GID the image runs as (deploy/Dockerfile), also the sidecar's proxy UID.
 pub const OUTRIDER_UID: u32 = 2102;
 /// Years a root made by `install` lasts, as the control plane's own first-start root.
@@ -50,6 +53,9 @@ impl Token {
         let s = s.trim();
         if s.is_empty() {
             return Err("a token cannot be empty (pass `generated` to have one made)".into());
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("a token has no spaces or control characters".into());
         }
         Ok(if s == "generated" {
             Token::Generated
@@ -261,8 +267,6 @@ pub fn objects(s: &InstallSettings, secrets: Option<&CaRoot>) -> Vec<Value> {
     out.push(webhook_configuration(ns, secrets.map(|r| r.cert_pem.as_str())));
     out
 }
-
-const CONTROL_PLANE_DATA: &str = "outrider-data";
 
 /// Multi-document YAML of `objects`, after a comment naming the command.
 pub fn render(objects: &[Value]) -> Result<String, CliError> {
@@ -668,6 +672,7 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("--namespace"));
         assert_eq!(Token::parse(" generated "), Ok(Token::Generated));
         assert!(Token::parse("  ").is_err());
+        assert!(Token::parse("two words").is_err());
     }
 
     #[test]
