@@ -67,8 +67,12 @@ pub enum Command {
     /// Canary releases: shift traffic between subsets by hand or automatically.
     #[command(subcommand)]
     Canary(CanaryCommand),
-    /// Diagnose the control plane, its store and the sidecar fleet; exits 1 on problems.
-    Check,
+    /// Diagnose the control plane, its store and the sidecar fleet (and, with
+    /// --kubernetes or --pre, the cluster side); exits 1 on problems.
+    Check(Check),
+    /// Print every Kubernetes object the control plane needs, as multi-document YAML
+    /// for `kubectl apply -f -` (Secrets, its CA and tokens included, made here).
+    Install(Install),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -122,6 +126,68 @@ pub struct Apply {
     /// Validate on the server and show which sidecars would change; store nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Check {
+    /// Before installing: can this cluster and this user take `outriderctl install`?
+    /// Needs no control plane.
+    #[arg(long, conflicts_with = "kubernetes")]
+    pub pre: bool,
+    /// Also check the installation in the cluster: the Deployment, the webhook
+    /// configuration, and that every injected Pod's sidecar registered.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The control plane's namespace.
+    #[arg(long, default_value = "outrider")]
+    pub namespace: String,
+    /// The kubectl to run (its current context is the cluster checked).
+    #[arg(long, default_value = "kubectl")]
+    pub kubectl: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct Install {
+    /// The control plane's namespace (created).
+    #[arg(long, default_value = "outrider")]
+    pub namespace: String,
+    /// Control plane replicas; more than one need PostgreSQL (--database-url-secret).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub replicas: u32,
+    /// The image with every Outrider binary (deploy/Dockerfile).
+    #[arg(long, default_value_t = crate::install::default_image())]
+    pub image: String,
+    /// The image injected sidecars run (default: --image).
+    #[arg(long)]
+    pub sidecar_image: Option<String>,
+    /// The UID injected sidecars' proxies run as (their own traffic is not captured).
+    #[arg(long, default_value_t = crate::install::OUTRIDER_UID)]
+    pub proxy_uid: u32,
+    /// The Secret (created by you, key `database-url`) holding the PostgreSQL URL.
+    #[arg(long, default_value = "outrider-database", conflicts_with = "embedded_store")]
+    pub database_url_secret: String,
+    /// No PostgreSQL: the embedded store on a PersistentVolumeClaim (`pvc`) or an
+    /// emptyDir lost with the Pod (`empty-dir`). Needs --replicas 1.
+    #[arg(long, value_parser = ["pvc", "empty-dir"])]
+    pub embedded_store: Option<String>,
+    /// Size of the embedded store's PersistentVolumeClaim.
+    #[arg(long, default_value = "1Gi")]
+    pub data_size: String,
+    /// The mesh-wide registration token, or `generated` to have one made.
+    #[arg(long, default_value = "generated", value_parser = crate::install::Token::parse)]
+    pub registration_token: crate::install::Token,
+    /// The REST API's admin token, or `generated` to have one made.
+    #[arg(long, default_value = "generated", value_parser = crate::install::Token::parse)]
+    pub api_token: crate::install::Token,
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "outrider.local")]
+    pub trust_domain: String,
+    /// Your root (or issuing) CA certificate, PEM, instead of a root made here; needs --ca-key.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert (PEM, PKCS #8).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

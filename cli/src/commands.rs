@@ -1,12 +1,14 @@
 //! What each command does: the REST calls, in order, and what is printed.
 //! Answers arrive typed from `client`; `output` turns them into tables or JSON/YAML.
 
-use crate::args::{Apply, Cli, Command, Delete, Get, Global};
+use crate::args::{Apply, Check, Cli, Command, Delete, Get, Global, Install};
 use crate::client::{Client, SidecarsWanted};
 use crate::envelope::{parse_documents, Document};
 use crate::error::{one_line, CliError};
 use crate::format::Output;
-use crate::output::{self, emit, value_or_line, Table};
+use crate::install::{InstallSettings, Store};
+use crate::kubecheck::{self, CheckLine, Kubectl};
+use crate::output::{self, emit, value_or_line};
 use clap::CommandFactory;
 use outrider_api::{ConfigMeta, DryRunReport, PolicyRecord, Sidecar, SidecarStatus};
 use outrider_policy::PolicyKind;
@@ -26,6 +28,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         let mut buf = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "outriderctl", &mut buf);
         return output::write_stdout(&String::from_utf8_lossy(&buf));
+    }
+    if let Command::Install(args) = &cli.command {
+        // No control plane is asked: everything comes from the flags.
+        return install(output, args);
     }
     let client = Client::new(&server, token.as_deref(), ca_file.as_deref())?;
     match cli.command {
@@ -81,7 +87,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             value_or_line(output, &r, &line)
         }
         Command::Canary(c) => crate::canary::run(&client, output, c).await,
-        Command::Check => check(&client, output).await,
+        Command::Check(args) => check(&client, output, &args).await,
+        Command::Install(_) => unreachable!("handled above"),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }
@@ -294,24 +301,6 @@ fn dry_run_line(what: &str, report: &DryRunReport) -> String {
     }
 }
 
-/// One line of `check`.
-#[derive(Debug, Clone, Serialize)]
-struct CheckLine {
-    name: String,
-    ok: bool,
-    detail: String,
-}
-
-impl CheckLine {
-    fn new(name: &str, ok: bool, detail: String) -> Self {
-        CheckLine {
-            name: name.into(),
-            ok,
-            detail,
-        }
-    }
-}
-
 /// `check -o json|yaml`. The fleet part is absent when the sidecars could not be listed.
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -352,9 +341,77 @@ struct BehindLine {
     target_revision: u64,
 }
 
-/// `check`: the control plane's liveness and readiness (which includes its store),
-/// then the fleet: sidecar status, NACKs, sidecars behind their target revision.
-async fn check(client: &Client, format: Output) -> Result<(), CliError> {
+/// `check`: with `--pre`, only the cluster before an installation; else the control
+/// plane's liveness and readiness (which includes its store), then the fleet: sidecar
+/// status, NACKs, sidecars behind their target revision; with `--kubernetes`, the
+/// installation in the cluster as well.
+async fn check(client: &Client, format: Output, args: &Check) -> Result<(), CliError> {
+    let kubectl = Kubectl::new(&args.kubectl);
+    let mut checks: Vec<CheckLine>;
+    let mut fleet = None;
+    if args.pre {
+        checks = kubecheck::pre_checks(&kubectl, &args.namespace);
+    } else if args.kubernetes {
+        checks = kubecheck::install_checks(&kubectl, &args.namespace);
+        if checks.iter().all(|c| c.ok) {
+            // In a cluster the control plane is reached by a port-forward; without
+            // one its part is a failed line with that hint, not the end of `check`.
+            match control_plane_checks(client).await {
+                Ok((lines, sidecars)) => {
+                    checks.extend(lines);
+                    if let Some((report, sidecars)) = sidecars {
+                        checks.push(kubecheck::injected_pods(kubecheck::pods(&kubectl), &sidecars));
+                        fleet = Some(report);
+                    }
+                }
+                Err(e) => checks.push(CheckLine::fail(
+                    "control plane",
+                    e.to_string(),
+                    format!(
+                        "kubectl --namespace {} port-forward service/{} 18080, then --server http://127.0.0.1:18080",
+                        args.namespace,
+                        crate::install::CONTROL_PLANE
+                    ),
+                )),
+            }
+        }
+    } else {
+        let (lines, sidecars) = control_plane_checks(client).await?;
+        checks = lines;
+        fleet = sidecars.map(|(report, _)| report);
+    }
+    let problems: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let report = CheckReport {
+        server: client.server(),
+        healthy: problems.is_empty(),
+        checks,
+        fleet,
+    };
+    match output::structured(format, &report)? {
+        Some(s) => output::write_stdout(&s)?,
+        None => output::write_stdout(&report.checks.iter().map(CheckLine::render).collect::<String>())?,
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let n = problems.len();
+        Err(CliError::Unhealthy(format!(
+            "{n} problem{}: {}",
+            if n == 1 { "" } else { "s" },
+            problems.join("; ")
+        )))
+    }
+}
+
+/// The control plane's own lines, and the fleet with its sidecars when they could be
+/// listed. An unreachable control plane is an error, not a line.
+async fn control_plane_checks(
+    client: &Client,
+) -> Result<(Vec<CheckLine>, Option<(FleetReport, Vec<Sidecar>)>), CliError> {
     let mut checks: Vec<CheckLine> = Vec::new();
     let healthz = client.raw(&["healthz"]).await?;
     checks.push(CheckLine::new(
@@ -378,50 +435,53 @@ async fn check(client: &Client, format: Output) -> Result<(), CliError> {
         Ok(sidecars) => {
             let (fleet, lines) = fleet_checks(&sidecars);
             checks.extend(lines);
-            Some(fleet)
+            Some((fleet, sidecars))
         }
         Err(e) => {
             checks.push(CheckLine::new("sidecars", false, format!("cannot list sidecars: {e}")));
             None
         }
     };
-    let problems: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
-    let report = CheckReport {
-        server: client.server(),
-        healthy: problems.is_empty(),
-        checks,
-        fleet,
-    };
-    match output::structured(format, &report)? {
-        Some(s) => output::write_stdout(&s)?,
-        None => output::write_stdout(&check_table(&report.checks).render())?,
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        let n = problems.len();
-        Err(CliError::Unhealthy(format!(
-            "{n} problem{}: {}",
-            if n == 1 { "" } else { "s" },
-            problems.join("; ")
-        )))
-    }
+    Ok((checks, fleet))
 }
 
-fn check_table(checks: &[CheckLine]) -> Table {
-    let mut t = Table::new(&["CHECK", "STATUS", "DETAIL"]);
-    for c in checks {
-        t.row(vec![
-            c.name.clone(),
-            if c.ok { "ok" } else { "FAIL" }.into(),
-            c.detail.clone(),
-        ]);
+/// `install`: the objects as YAML documents, or `-o json` as one `v1` `List`.
+fn install(format: Output, a: &Install) -> Result<(), CliError> {
+    let store = match a.embedded_store.as_deref() {
+        None => Store::Postgres {
+            secret: a.database_url_secret.clone(),
+        },
+        Some("pvc") => Store::EmbeddedPvc {
+            size: a.data_size.clone(),
+        },
+        Some(_) => Store::EmbeddedEmptyDir,
+    };
+    let settings = InstallSettings {
+        namespace: a.namespace.clone(),
+        replicas: a.replicas,
+        image: a.image.clone(),
+        sidecar_image: a.sidecar_image.clone().unwrap_or_else(|| a.image.clone()),
+        proxy_uid: a.proxy_uid,
+        trust_domain: a.trust_domain.clone(),
+        store,
+        registration_token: a.registration_token.clone(),
+        api_token: a.api_token.clone(),
+    };
+    settings.validate()?;
+    outrider_policy::validate_trust_domain(&settings.trust_domain)
+        .map_err(|e| CliError::Invalid(format!("--trust-domain: {e}")))?;
+    let root = match (&a.ca_cert, &a.ca_key) {
+        (Some(cert), Some(key)) => crate::install::read_root(cert, key)?,
+        _ => crate::install::new_root(&settings.trust_domain)?,
+    };
+    let objects = crate::install::objects(&settings, Some(&root));
+    match format {
+        Output::Table | Output::Yaml => output::write_stdout(&crate::install::render(&objects)?),
+        Output::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            value_or_line(format, &list, "")
+        }
     }
-    t
 }
 
 /// The fleet's part of `check`: counts by status, then whether every connected

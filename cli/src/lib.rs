@@ -13,6 +13,8 @@ pub mod commands;
 pub mod envelope;
 pub mod error;
 pub mod format;
+pub mod install;
+pub mod kubecheck;
 pub mod output;
 
 pub use args::Cli;

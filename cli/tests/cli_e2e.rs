@@ -348,7 +348,7 @@ async fn check_passes_on_a_healthy_control_plane() {
     let run = ctl(&cp.url, &["check"], None);
     assert_eq!(run.code, 0, "stdout: {} stderr: {}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("control plane") && run.stdout.contains("ok"),
+        run.stdout.contains("✓ control plane") && !run.stdout.contains('✗'),
         "{}",
         run.stdout
     );

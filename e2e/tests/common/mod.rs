@@ -22,6 +22,25 @@ pub async fn get_text(url: &str) -> String {
     client().get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// An executable (`python`, `kubernetes-validate`, …) of the pinned test clients'
+/// virtualenv, which `.ci/run` makes under `target/pyclients` (`OUTRIDER_TEST_PYTHON`
+/// names its `python`). `None` when it is missing, which CI never allows.
+pub fn pyclient(name: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("OUTRIDER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyclients/bin/python"));
+    let found = python.with_file_name(name);
+    if found.exists() {
+        return Some(found);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have the Python test clients ({} is missing; .ci/run makes target/pyclients)",
+        found.display()
+    );
+    None
+}
+
 pub struct ControlPlane {
     pub proc: Proc,
     pub grpc_port: u16,
