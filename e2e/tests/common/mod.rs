@@ -141,6 +141,7 @@ pub struct Sidecar {
     pub inbound_port: u16,
     pub outbound_port: u16,
     pub admin_port: u16,
+    pub health_port: u16,
     pub pod: String,
     pub env: Vec<(String, String)>,
 }
@@ -164,6 +165,8 @@ impl Sidecar {
         let inbound_port = free_port();
         let outbound_port = free_port();
         let admin_port = free_port();
+        // Many sidecars share this host: each its own health port, not 15020.
+        let health_port = free_port();
         let mut env: Vec<(String, String)> = [
             ("OUTRIDER_CONTROL_PLANE", cp_grpc.to_owned()),
             ("OUTRIDER_SERVICE", service.to_owned()),
@@ -173,6 +176,7 @@ impl Sidecar {
             ("OUTRIDER_INBOUND_ADDR", format!("127.0.0.1:{inbound_port}")),
             ("OUTRIDER_OUTBOUND_ADDR", format!("127.0.0.1:{outbound_port}")),
             ("OUTRIDER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            ("OUTRIDER_HEALTH_ADDR", format!("127.0.0.1:{health_port}")),
             ("OUTRIDER_STATE_DIR", state_dir.display().to_string()),
             ("OUTRIDER_CONFIG_DIR", state_dir.join("config").display().to_string()),
             ("OUTRIDER_LOG", "info".to_owned()),
@@ -186,6 +190,7 @@ impl Sidecar {
             inbound_port,
             outbound_port,
             admin_port,
+            health_port,
             pod: pod.to_owned(),
             env,
         };
@@ -244,6 +249,10 @@ impl Sidecar {
 
     pub fn admin(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn health(&self) -> String {
+        format!("http://127.0.0.1:{}", self.health_port)
     }
 
     pub fn inbound(&self) -> String {
