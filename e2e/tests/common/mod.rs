@@ -1,6 +1,8 @@
 //! Shared harness: real control-plane and sidecar processes on free ports.
 #![allow(dead_code)]
 
+pub mod pods;
+
 use outrider_testkit::{bin_path, echo, free_port, wait_for_http_ok, wait_until, Proc};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub struct ControlPlane {
     pub proc: Proc,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// The address the gRPC port listens on (loopback unless told otherwise).
+    pub grpc_host: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub extra_env: Vec<(String, String)>,
@@ -38,12 +42,24 @@ impl ControlPlane {
     }
 
     pub async fn start_with(data_dir: &Path, database_url: Option<&str>, extra_env: Vec<(String, String)>) -> Self {
+        Self::start_on("127.0.0.1", data_dir, database_url, extra_env).await
+    }
+
+    /// With the gRPC port on `grpc_host` (a bridge address sidecars in other network
+    /// namespaces reach; the REST API stays on loopback).
+    pub async fn start_on(
+        grpc_host: &str,
+        data_dir: &Path,
+        database_url: Option<&str>,
+        extra_env: Vec<(String, String)>,
+    ) -> Self {
         let grpc_port = free_port();
         let http_port = free_port();
         let mut cp = Self {
-            proc: spawn_cp(grpc_port, http_port, data_dir, database_url, &extra_env),
+            proc: spawn_cp(grpc_host, grpc_port, http_port, data_dir, database_url, &extra_env),
             grpc_port,
             http_port,
+            grpc_host: grpc_host.to_owned(),
             data_dir: data_dir.to_owned(),
             database_url: database_url.map(str::to_owned),
             extra_env,
@@ -62,6 +78,7 @@ impl ControlPlane {
     /// Starts again on the same ports and store.
     pub async fn restart(&mut self) {
         self.proc = spawn_cp(
+            &self.grpc_host,
             self.grpc_port,
             self.http_port,
             &self.data_dir,
@@ -80,7 +97,7 @@ impl ControlPlane {
     }
 
     pub fn grpc(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.grpc_host, self.grpc_port)
     }
 
     /// PUTs a policy document; returns (status, body).
@@ -113,8 +130,15 @@ impl ControlPlane {
     }
 }
 
-fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(String, String)]) -> Proc {
-    let grpc_addr = format!("127.0.0.1:{grpc}");
+fn spawn_cp(
+    grpc_host: &str,
+    grpc: u16,
+    http: u16,
+    data_dir: &Path,
+    db: Option<&str>,
+    extra: &[(String, String)],
+) -> Proc {
+    let grpc_addr = format!("{grpc_host}:{grpc}");
     let http_addr = format!("127.0.0.1:{http}");
     let data = data_dir.display().to_string();
     let mut env: Vec<(&str, &str)> = vec![("OUTRIDER_LOG", "info")];
