@@ -105,7 +105,16 @@ fn remove_leftovers() {
             let _ = run("ip", &["netns", "del", name]);
         }
     }
-    let _ = run("ip", &["link", "del", BRIDGE]);
+    // A namespace outlives its name while the kernel still holds sockets of it
+    // (orphaned connections of killed processes), and its veth with it.
+    let links = run("ip", &["-o", "link", "show"]);
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = line.split(": ").nth(1).unwrap_or("");
+        let name = name.split('@').next().unwrap_or("");
+        if name.starts_with(PREFIX) {
+            let _ = run("ip", &["link", "del", name]);
+        }
+    }
 }
 
 /// One Pod: a network namespace with loopback and `eth0` (its address on the
@@ -114,6 +123,8 @@ pub struct Pod {
     pub name: String,
     pub ip: String,
     ns: String,
+    /// The host's end of the Pod's veth.
+    veth: String,
     // Dropped after the namespace, so the bridge outlives every Pod on it.
     _network: Arc<Network>,
 }
@@ -130,6 +141,7 @@ impl Pod {
             name: name.to_owned(),
             ip: ip_addr.clone(),
             ns: ns.clone(),
+            veth: veth.clone(),
             _network: Arc::clone(network),
         };
         ip(&[
@@ -231,7 +243,9 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        // Takes the Pod's end of the veth (and so the host's) with it.
+        // The veth first: the namespace itself may linger while the kernel holds
+        // sockets of it, and would keep the pair.
+        let _ = run("ip", &["link", "del", &self.veth]);
         let _ = run("ip", &["netns", "del", &self.ns]);
     }
 }
