@@ -28,16 +28,30 @@ fn skip() -> bool {
     }
 }
 
-/// On the bridge's address (so `_network` must exist first), so Pods reach it; a
-/// registration token, since that is not loopback.
-async fn control_plane(_network: &Arc<Network>, dir: &std::path::Path) -> ControlPlane {
-    ControlPlane::start_on(
+/// The host's side of a mesh of Pods: the bridge, and a control plane on the
+/// bridge's address (so Pods reach it; with a registration token, since that is
+/// not loopback). `None` when Pods cannot be made here (the test is skipped).
+struct Host {
+    cp: ControlPlane,
+    network: Arc<Network>,
+    _dir: tempfile::TempDir,
+}
+
+async fn host() -> Option<Host> {
+    if skip() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // First: the control plane listens on the bridge.
+    let network = Network::shared();
+    let cp = ControlPlane::start_on(
         GATEWAY,
-        dir,
+        dir.path(),
         None,
         vec![("OUTRIDER_REGISTRATION_TOKEN".into(), TOKEN.into())],
     )
-    .await
+    .await;
+    Some(Host { cp, network, _dir: dir })
 }
 
 /// A Pod with an app and, when asked, the capture rules and a sidecar. Fields drop
@@ -136,12 +150,9 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pods_ports_are_reached_only_through_its_sidecar() {
-    if skip() {
+    let Some(Host { cp, network, _dir }) = host().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let network = Network::shared();
-    let cp = control_plane(&network, dir.path()).await;
+    };
     let web = MeshPod::apps(
         &network,
         "web",
@@ -245,12 +256,9 @@ async fn a_pods_ports_are_reached_only_through_its_sidecar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecars_own_traffic_leaves_and_the_apps_is_captured_outbound() {
-    if skip() {
+    let Some(Host { cp, network, _dir }) = host().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let network = Network::shared();
-    let cp = control_plane(&network, dir.path()).await;
+    };
     let back = MeshPod::apps(&network, "back", &[&["--listen", "0.0.0.0:8080", "--name", "back-app"]])
         .with_sidecar(&cp, "back", &[])
         .await;
