@@ -47,11 +47,8 @@ pub struct Credentials {
     provider: Arc<CryptoProvider>,
     resumption: Arc<ClientSessionMemoryCache>,
     /// Client settings per (expected peer, HTTP/2): one per destination service.
-    clients: Mutex<ClientConfigs>,
+    clients: Mutex<HashMap<(Arc<str>, bool), Arc<ClientConfig>>>,
 }
-
-/// Client settings keyed by (expected peer, HTTP/2).
-type ClientConfigs = HashMap<(Arc<str>, bool), Arc<ClientConfig>>;
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
