@@ -81,7 +81,7 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$CP_HTTP/readyz" >/dev/null &
 curl -sf -X PUT "http://127.0.0.1:$CP_HTTP/api/v1/services/bench/policies/logging" -H 'content-type: application/json' \
   -d "{\"appLogs\":[{\"path\":\"$tmp/sc-logs/*.log\",\"parser\":\"json\"}],\"sink\":{\"type\":\"http\",\"url\":\"http://127.0.0.1:$HTTP_PORT/ingest\",\"format\":\"ndjson\",\"batchSize\":$BATCH,\"flushInterval\":\"200ms\"}}" >/dev/null
 OUTRIDER_CONTROL_PLANE=http://127.0.0.1:$CP_GRPC OUTRIDER_SERVICE=bench OUTRIDER_APP_PORT=$APP \
-OUTRIDER_INBOUND_ADDR=127.0.0.1:$(free_port) OUTRIDER_OUTBOUND_ADDR=127.0.0.1:$(free_port) OUTRIDER_ADMIN_ADDR=127.0.0.1:$(free_port) \
+OUTRIDER_INBOUND_ADDR=127.0.0.1:$(free_port) OUTRIDER_OUTBOUND_ADDR=127.0.0.1:$(free_port) OUTRIDER_ADMIN_ADDR=127.0.0.1:$(free_port) OUTRIDER_HEALTH_ADDR=off \
 OUTRIDER_STATE_DIR="$tmp/sc-state" OUTRIDER_CONFIG_DIR="$tmp/sc-config" OUTRIDER_POD_NAME=bench-1 OUTRIDER_LOG_PATHS="$tmp/sc-logs/**" \
   "$BIN/outrider-sidecar" >"$tmp/sidecar.log" 2>&1 & SC=$!; pids+=($SC)
 for _ in $(seq 100); do grep -q "log shipping starts" "$tmp/sidecar.log" && break; sleep 0.1; done

@@ -239,7 +239,7 @@ if ((!BASELINE_ONLY)); then
     log "$name ($bin): inbound 127.0.0.1:$in, admin 127.0.0.1:$admin, outbound 127.0.0.1:$out ($SERVER_THREADS thread(s), CPUs $BENCH_SERVER_CPUS)"
     OUTRIDER_CONTROL_PLANE="http://127.0.0.1:$CP_GRPC" OUTRIDER_SERVICE="$service" OUTRIDER_POD_NAME="$service-1" \
       OUTRIDER_APP_PORT="$ECHO_PORT" OUTRIDER_INBOUND_ADDR="127.0.0.1:$in" \
-      OUTRIDER_ADMIN_ADDR="127.0.0.1:$admin" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$out" \
+      OUTRIDER_ADMIN_ADDR="127.0.0.1:$admin" OUTRIDER_OUTBOUND_ADDR="127.0.0.1:$out" OUTRIDER_HEALTH_ADDR=off \
       OUTRIDER_STATE_DIR="$WORK/$name" OUTRIDER_CONFIG_DIR="$WORK/$name/config" \
       OUTRIDER_WORKER_THREADS="$SERVER_THREADS" OUTRIDER_LOG="${OUTRIDER_LOG:-warn}" \
       taskset -c "$BENCH_SERVER_CPUS" "$bin/outrider-sidecar" >"$WORK/$name.log" 2>&1 &

@@ -66,7 +66,7 @@ for line in "${fleet[@]}"; do
   pids+=($!)
   OUTRIDER_CONTROL_PLANE=http://127.0.0.1:18000 OUTRIDER_SERVICE=$svc OUTRIDER_VERSION=$ver \
   OUTRIDER_POD_NAME=$pod OUTRIDER_APP_PORT=$app OUTRIDER_INBOUND_ADDR=127.0.0.1:$inb \
-  OUTRIDER_ADMIN_ADDR=127.0.0.1:$adm OUTRIDER_OUTBOUND_ADDR=127.0.0.1:$((inb - 5)) \
+  OUTRIDER_ADMIN_ADDR=127.0.0.1:$adm OUTRIDER_OUTBOUND_ADDR=127.0.0.1:$((inb - 5)) OUTRIDER_HEALTH_ADDR=off \
   OUTRIDER_STATE_DIR="$DATA/demo/$pod/state" OUTRIDER_CONFIG_DIR="$DATA/demo/$pod/config" \
     "$BIN/outrider-sidecar" >"$DATA/demo/$pod-sidecar.log" 2>&1 &
   # Sidecars stop before their apps: put them first.

@@ -114,6 +114,8 @@ async function startSidecar(pod, version) {
     OUTRIDER_INBOUND_ADDR: `127.0.0.1:${inbound}`,
     OUTRIDER_OUTBOUND_ADDR: `127.0.0.1:${await freePort()}`,
     OUTRIDER_ADMIN_ADDR: `127.0.0.1:${admin}`,
+    // Several sidecars on one host: no health port (its 0.0.0.0:15020 would clash).
+    OUTRIDER_HEALTH_ADDR: 'off',
     OUTRIDER_STATE_DIR: join(dir, 'state'),
     OUTRIDER_CONFIG_DIR: join(dir, 'config'),
   });

@@ -423,6 +423,7 @@ fn the_sidecar_refuses_to_start_with_a_bad_inbound_timeout() {
             ("OUTRIDER_INBOUND_ADDR", inbound.as_str()),
             ("OUTRIDER_OUTBOUND_ADDR", outbound.as_str()),
             ("OUTRIDER_ADMIN_ADDR", admin.as_str()),
+            ("OUTRIDER_HEALTH_ADDR", "off"),
             ("OUTRIDER_STATE_DIR", state.as_str()),
             (var, value),
         ];

@@ -1,5 +1,7 @@
 //! The admin port (`docs/reference.md`, `127.0.0.1:15000`): liveness, readiness, Prometheus
-//! metrics and a dump of the configuration being enforced.
+//! metrics and a dump of the configuration being enforced; and the health port
+//! (`0.0.0.0:15020`), the part of it that is safe to expose to the Pod's network:
+//! liveness, readiness and metrics for kubelet probes and Prometheus, nothing else.
 //!
 //! Read-only views of [`SidecarState`]; nothing here is on the request path.
 
@@ -28,6 +30,17 @@ pub fn router(state: Arc<SidecarState>) -> Router {
         .with_state(state)
 }
 
+/// Routes of the health port: the same handlers as the admin port's, so that both
+/// answer alike, and no configuration or documents (the port faces the network).
+pub fn health_router(state: Arc<SidecarState>) -> Router {
+    Router::new()
+        // Kubernetes' own name for liveness; the handler is the admin port's.
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 /// Serves [`router`] on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish.
 pub async fn serve(
@@ -47,7 +60,8 @@ pub async fn serve_router(
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
-/// Liveness: the process answers. Deliberately independent of the control plane,
+/// Liveness: the process answers, which takes a turn of the runtime every proxy and
+/// the agent run on. Deliberately independent of the control plane,
 /// so that losing it never gets the Pod restarted (static stability, `docs/reference.md`).
 async fn healthz() -> &'static str {
     "ok"
@@ -247,6 +261,42 @@ mod tests {
         assert!(v["rateLimit"].is_null());
         assert_eq!(v["controlPlaneConnected"], false);
         assert_eq!(v["configs"], serde_json::json!([]));
+    }
+
+    async fn get_health(state: &Arc<SidecarState>, path: &str) -> (StatusCode, String) {
+        let response = health_router(Arc::clone(state))
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_health_port_answers_like_the_admin_port_and_serves_nothing_else() {
+        let empty = Arc::new(SidecarState::new());
+        assert_eq!(get_health(&empty, "/livez").await, (StatusCode::OK, "ok".into()));
+        assert_eq!(
+            get_health(&empty, "/readyz").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "no snapshot applied yet".into())
+        );
+        let state = applied_state();
+        assert_eq!(get_health(&state, "/readyz").await.0, StatusCode::OK);
+        let (status, body) = get_health(&state, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            get(&state, "/metrics").await.2,
+            "the admin port's metrics, unchanged"
+        );
+        for admin_only in ["/config_dump", "/healthz", "/config/app.yaml"] {
+            assert_eq!(
+                get_health(&state, admin_only).await.0,
+                StatusCode::NOT_FOUND,
+                "{admin_only}"
+            );
+        }
     }
 
     #[tokio::test]

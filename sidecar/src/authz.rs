@@ -205,6 +205,17 @@ impl Authorizer {
         verdict
     }
 
+    /// Whether a plaintext connection that is not HTTP (opaque TCP, judged as a whole,
+    /// not per request) may reach the app: not in strict mode, where it is counted
+    /// under `mtls` like a refused plaintext request (and let through in dry run).
+    pub fn admit_opaque_plaintext(&self) -> bool {
+        if !self.strict {
+            return true;
+        }
+        self.plaintext.count.fetch_add(1, Ordering::Relaxed);
+        self.dry_run
+    }
+
     /// Whether a dry-run log line may be written now (at most one a second; the
     /// counters carry the full figure).
     pub fn may_log(&self, now: Instant) -> bool {
@@ -317,6 +328,25 @@ mod tests {
         assert_eq!(verdict(&a, "GET", "/x", None), None);
         assert!(verdict(&a, "PUT", "/x", None).is_some());
         assert!(verdict(&a, "PURGE", "/x", None).is_some());
+    }
+
+    #[test]
+    fn opaque_plaintext_is_closed_in_strict_mode_counted_and_let_through_in_a_dry_run() {
+        let refused = |c: &AuthzCounters| {
+            c.values()
+                .iter()
+                .filter(|v| v.1 == MTLS_STRICT)
+                .map(|v| v.2)
+                .sum::<u64>()
+        };
+        let (a, counters) = authorizer(r#"{"mtls": "permissive"}"#);
+        assert!(a.admit_opaque_plaintext());
+        assert_eq!(refused(&counters), 0);
+        let (a, counters) = authorizer(r#"{"mtls": "strict"}"#);
+        assert!(!a.admit_opaque_plaintext());
+        assert_eq!(refused(&counters), 1);
+        let (a, _) = authorizer(r#"{"mtls": "strict", "dryRun": true}"#);
+        assert!(a.admit_opaque_plaintext());
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct Config {
     pub outbound_addr: SocketAddr,
     #[arg(long, env = "OUTRIDER_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// The health port (`/livez`, `/readyz`, `/metrics`) for kubelet probes and
+    /// Prometheus; `off` (or empty) serves none.
+    #[arg(long, env = "OUTRIDER_HEALTH_ADDR", default_value = "0.0.0.0:15020")]
+    pub health_addr: HealthAddr,
     /// Last-known-good snapshot and log checkpoints.
     #[arg(long, env = "OUTRIDER_STATE_DIR", default_value = "./outrider-state")]
     pub state_dir: PathBuf,
@@ -92,6 +96,25 @@ pub struct Config {
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+}
+
+/// Where the health port listens, or nowhere (`off`, or an empty value: several
+/// sidecars on one host without network namespaces cannot all have `15020`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for HealthAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            return Ok(HealthAddr(None));
+        }
+        s.parse()
+            .map(|a| HealthAddr(Some(a)))
+            .map_err(|_| format!("{s:?} is neither an address (`0.0.0.0:15020`) nor `off`"))
+    }
 }
 
 /// The protocol the app speaks on `OUTRIDER_APP_PORT`.
@@ -227,6 +250,25 @@ mod tests {
         .unwrap();
         let fields: Vec<String> = c.check(&policy).into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["logging.appLogs[0].path", "logging.sink.url"]);
+    }
+
+    #[test]
+    fn the_health_port_defaults_to_15020_on_every_address_and_off_or_empty_turns_it_off() {
+        assert_eq!(
+            config(&[]).health_addr,
+            HealthAddr(Some("0.0.0.0:15020".parse().unwrap()))
+        );
+        assert_eq!(
+            config(&["--health-addr", "127.0.0.1:0"]).health_addr,
+            HealthAddr(Some("127.0.0.1:0".parse().unwrap()))
+        );
+        for off in ["off", "OFF", "", " "] {
+            assert_eq!(config(&["--health-addr", off]).health_addr, HealthAddr(None), "{off:?}");
+        }
+        let mut all = vec!["outrider-sidecar", "--service", "web", "--app-port", "8080"];
+        all.extend(["--health-addr", "15020"]);
+        let err = Cli::try_parse_from(all).err().unwrap().to_string();
+        assert!(err.contains("neither an address"), "{err}");
     }
 
     #[test]

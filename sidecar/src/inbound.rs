@@ -11,7 +11,9 @@ pub mod accept;
 pub mod authz;
 mod forward;
 pub mod metrics;
+mod opaque;
 pub mod rate_limit;
+pub mod sniff;
 
 use crate::config::AppProtocol;
 use crate::proxy::access_log::{AccessLogLayer, Upstream};
@@ -119,7 +121,7 @@ pub async fn serve(
     proxy: Arc<InboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let accept = accept::MeshAccept::new(Arc::clone(&proxy.state.identity));
+    let accept = accept::MeshAccept::new(Arc::clone(&proxy.state));
     crate::proxy::serve(listener, proxy.stack(), "inbound", accept, shutdown).await
 }
 

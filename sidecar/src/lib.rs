@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod agent;
 pub mod authz;
+pub mod capture;
 pub mod config;
 pub mod configdocs;
 pub mod identity;

@@ -10,6 +10,7 @@ use outrider_proto::v1::Identity;
 use outrider_runtime::shutdown::{CancellationToken, Signals, TaskTracker};
 use outrider_runtime::tracing::Format as LogFormat;
 use outrider_sidecar::agent::Agent;
+use outrider_sidecar::capture::{self, InitArgs, Outcome};
 use outrider_sidecar::config::Config;
 use outrider_sidecar::configdocs::{ConfigDocs, ReloadHooks};
 use outrider_sidecar::identity::IdentityFiles;
@@ -35,6 +36,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "Outrider sidecar: proxy and agent next to each app instance"
 )]
+#[command(after_help = "Subcommand: `outrider-sidecar init --help` (writes the Pod's traffic capture rules).")]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -43,7 +45,25 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// `outrider-sidecar init`. Parsed apart from [`Cli`], whose required settings
+/// (`OUTRIDER_SERVICE`, …) an init container does not have.
+#[derive(Parser)]
+#[command(
+    name = "outrider-sidecar init",
+    version,
+    about = "Writes the Pod's traffic capture rules (iptables, nat table) and exits: run once per Pod, \
+             as root, before the app starts"
+)]
+struct InitCli {
+    #[command(flatten)]
+    args: InitArgs,
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        let cli = InitCli::parse_from(std::env::args_os().skip(1));
+        std::process::exit(init(&cli.args));
+    }
     let cli = Cli::parse();
     // One worker: a current-thread runtime does the same work without the
     // work-stealing scheduler's cross-thread bookkeeping.
@@ -58,6 +78,29 @@ fn main() -> anyhow::Result<()> {
     };
     rt.enable_all();
     rt.build()?.block_on(run(cli))
+}
+
+/// `init`: one line on stderr, and a non-zero exit code when it could not do what it
+/// was asked.
+fn init(args: &InitArgs) -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    let result = capture::init(args, &mut stdout);
+    let _ = std::io::Write::flush(&mut stdout);
+    match result {
+        Ok(Outcome::Printed) => 0,
+        Ok(Outcome::Installed { families }) => {
+            eprintln!("outrider-sidecar init: capture rules installed ({families:?})");
+            0
+        }
+        Ok(Outcome::Removed { families }) => {
+            eprintln!("outrider-sidecar init: capture rules removed ({families:?})");
+            0
+        }
+        Err(e) => {
+            eprintln!("outrider-sidecar init: {e}");
+            1
+        }
+    }
 }
 
 /// Log shipping's share of shutdown: what it cannot deliver by then stays in the files
@@ -143,10 +186,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let admin_listener = TcpListener::bind(cfg.admin_addr)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_addr))?;
+        let health_listener =
+            match cfg.health_addr.0 {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on {addr} (health; OUTRIDER_HEALTH_ADDR=off serves none)")
+                })?),
+                None => None,
+            };
         let inbound_port = inbound_listener.local_addr()?.port();
         let admin_port = admin_listener.local_addr()?.port();
         info!(
             inbound = %cfg.inbound_addr, admin = %cfg.admin_addr, app = %cfg.app_addr(),
+            health = ?cfg.health_addr.0,
             app_protocol = ?cfg.app_protocol, "sidecar starting"
         );
         // The admin port has no authentication and serves config documents and the
@@ -201,6 +252,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 warn!(error = %e, "admin server ended with an error");
             }
         });
+        if let Some(listener) = health_listener {
+            let stop = serving.stop.clone().cancelled_owned();
+            let router = admin::health_router(state.clone());
+            serving.spawn(info_span!("health"), async move {
+                if let Err(e) = admin::serve_router(listener, router, stop).await {
+                    warn!(error = %e, "health server ended with an error");
+                }
+            });
+        }
         serving.spawn(
             info_span!("configdocs"),
             docs.clone().run(state.clone(), serving.stop.clone().cancelled_owned()),

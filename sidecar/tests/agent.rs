@@ -61,6 +61,8 @@ impl Sidecar {
                 ("OUTRIDER_INBOUND_ADDR", &format!("127.0.0.1:{inbound}")),
                 ("OUTRIDER_OUTBOUND_ADDR", &format!("127.0.0.1:{outbound}")),
                 ("OUTRIDER_ADMIN_ADDR", &format!("127.0.0.1:{admin_port}")),
+                // Tests run side by side on one host: 15020 would clash.
+                ("OUTRIDER_HEALTH_ADDR", "off"),
                 ("OUTRIDER_STATE_DIR", &state_dir.display().to_string()),
                 ("OUTRIDER_CONFIG_DIR", &config_dir.display().to_string()),
                 ("OUTRIDER_LOG", "info"),

@@ -1,6 +1,8 @@
 //! Shared harness: real control-plane and sidecar processes on free ports.
 #![allow(dead_code)]
 
+pub mod pods;
+
 use outrider_testkit::{bin_path, echo, free_port, wait_for_http_ok, wait_until, Proc};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -45,6 +47,8 @@ pub struct ControlPlane {
     pub proc: Proc,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// The address the gRPC port listens on (loopback unless told otherwise).
+    pub grpc_host: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub extra_env: Vec<(String, String)>,
@@ -57,12 +61,24 @@ impl ControlPlane {
     }
 
     pub async fn start_with(data_dir: &Path, database_url: Option<&str>, extra_env: Vec<(String, String)>) -> Self {
+        Self::start_on("127.0.0.1", data_dir, database_url, extra_env).await
+    }
+
+    /// With the gRPC port on `grpc_host` (a bridge address sidecars in other network
+    /// namespaces reach; the REST API stays on loopback).
+    pub async fn start_on(
+        grpc_host: &str,
+        data_dir: &Path,
+        database_url: Option<&str>,
+        extra_env: Vec<(String, String)>,
+    ) -> Self {
         let grpc_port = free_port();
         let http_port = free_port();
         let mut cp = Self {
-            proc: spawn_cp(grpc_port, http_port, data_dir, database_url, &extra_env),
+            proc: spawn_cp(grpc_host, grpc_port, http_port, data_dir, database_url, &extra_env),
             grpc_port,
             http_port,
+            grpc_host: grpc_host.to_owned(),
             data_dir: data_dir.to_owned(),
             database_url: database_url.map(str::to_owned),
             extra_env,
@@ -81,6 +97,7 @@ impl ControlPlane {
     /// Starts again on the same ports and store.
     pub async fn restart(&mut self) {
         self.proc = spawn_cp(
+            &self.grpc_host,
             self.grpc_port,
             self.http_port,
             &self.data_dir,
@@ -99,7 +116,7 @@ impl ControlPlane {
     }
 
     pub fn grpc(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.grpc_host, self.grpc_port)
     }
 
     /// PUTs a policy document; returns (status, body).
@@ -132,8 +149,15 @@ impl ControlPlane {
     }
 }
 
-fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(String, String)]) -> Proc {
-    let grpc_addr = format!("127.0.0.1:{grpc}");
+fn spawn_cp(
+    grpc_host: &str,
+    grpc: u16,
+    http: u16,
+    data_dir: &Path,
+    db: Option<&str>,
+    extra: &[(String, String)],
+) -> Proc {
+    let grpc_addr = format!("{grpc_host}:{grpc}");
     let http_addr = format!("127.0.0.1:{http}");
     let data = data_dir.display().to_string();
     let mut env: Vec<(&str, &str)> = vec![("OUTRIDER_LOG", "info")];
@@ -160,6 +184,7 @@ pub struct Sidecar {
     pub inbound_port: u16,
     pub outbound_port: u16,
     pub admin_port: u16,
+    pub health_port: u16,
     pub pod: String,
     pub env: Vec<(String, String)>,
 }
@@ -183,6 +208,8 @@ impl Sidecar {
         let inbound_port = free_port();
         let outbound_port = free_port();
         let admin_port = free_port();
+        // Many sidecars share this host: each its own health port, not 15020.
+        let health_port = free_port();
         let mut env: Vec<(String, String)> = [
             ("OUTRIDER_CONTROL_PLANE", cp_grpc.to_owned()),
             ("OUTRIDER_SERVICE", service.to_owned()),
@@ -192,6 +219,7 @@ impl Sidecar {
             ("OUTRIDER_INBOUND_ADDR", format!("127.0.0.1:{inbound_port}")),
             ("OUTRIDER_OUTBOUND_ADDR", format!("127.0.0.1:{outbound_port}")),
             ("OUTRIDER_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            ("OUTRIDER_HEALTH_ADDR", format!("127.0.0.1:{health_port}")),
             ("OUTRIDER_STATE_DIR", state_dir.display().to_string()),
             ("OUTRIDER_CONFIG_DIR", state_dir.join("config").display().to_string()),
             ("OUTRIDER_LOG", "info".to_owned()),
@@ -205,6 +233,7 @@ impl Sidecar {
             inbound_port,
             outbound_port,
             admin_port,
+            health_port,
             pod: pod.to_owned(),
             env,
         };
@@ -263,6 +292,10 @@ impl Sidecar {
 
     pub fn admin(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn health(&self) -> String {
+        format!("http://127.0.0.1:{}", self.health_port)
     }
 
     pub fn inbound(&self) -> String {

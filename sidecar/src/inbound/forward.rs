@@ -12,7 +12,9 @@ use crate::config::AppProtocol;
 use crate::proxy::body::{Progress, Watched};
 use crate::proxy::headers::{self, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::respond::local;
+use crate::proxy::OriginalDst;
 use crate::proxy::{client, root_cause, upgrade, Call, ErrorChain, Local, ProxyBody};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -22,10 +24,11 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use pin_project_lite::pin_project;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -37,14 +40,55 @@ use tracing::{debug, warn};
 /// What the app is sent: the client's body, watched for stalls and breaks.
 type AppBody = Watched<Incoming>;
 
-/// The app: its address and the pools of connections to it. Cloning shares them.
+/// The app: its address and the pools of connections to it, and, for connections
+/// the capture rules redirected, the app on each other port they were sent to.
+/// Cloning shares them.
 #[derive(Clone)]
 pub struct ToApp {
     app: Arc<App>,
+    ports: Arc<OtherPorts>,
+}
+
+/// The app on ports other than `OUTRIDER_APP_PORT`, made on first use. Read
+/// without a lock (one load per redirected request); a new port copies the map.
+struct OtherPorts {
+    by_port: ArcSwap<HashMap<u16, Arc<App>>>,
+    protocol: AppProtocol,
+    timeouts: Timeouts,
+}
+
+/// Pools are kept for this many other ports; a request to one more gets a connection
+/// of its own. A Pod's ports are few, and a caller that walks every port of it must
+/// not grow the map without bound.
+const MAX_OTHER_PORTS: usize = 64;
+
+impl OtherPorts {
+    fn app(&self, port: u16) -> Arc<App> {
+        if let Some(app) = self.by_port.load().get(&port) {
+            return Arc::clone(app);
+        }
+        let app = Arc::new(App::new(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            self.protocol,
+            self.timeouts,
+        ));
+        let mut kept = Arc::clone(&app);
+        self.by_port.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            if let Some(raced) = map.get(&port) {
+                kept = Arc::clone(raced);
+            } else if map.len() < MAX_OTHER_PORTS {
+                map.insert(port, Arc::clone(&app));
+            }
+            map
+        });
+        kept
+    }
 }
 
 struct App {
     authority: Authority,
+    port: u16,
     /// HTTP/1.1 to the app: every request for an `http1` app, upgrades for any app.
     http1: Client<client::FixedConnector, AppBody>,
     /// HTTP/2 to an `h2c` app (a multiplexed connection per name called): its URIs
@@ -55,16 +99,55 @@ struct App {
 
 impl ToApp {
     pub fn new(app_addr: SocketAddr, protocol: AppProtocol, timeouts: Timeouts) -> Self {
+        ToApp {
+            app: Arc::new(App::new(app_addr, protocol, timeouts)),
+            ports: Arc::new(OtherPorts {
+                by_port: ArcSwap::default(),
+                protocol,
+                timeouts,
+            }),
+        }
+    }
+
+    /// The app a request goes to: on the port a redirected connection was sent to,
+    /// else on `OUTRIDER_APP_PORT`.
+    fn app_for<B>(&self, req: &Request<B>) -> AppRef<'_> {
+        match req.extensions().get::<OriginalDst>() {
+            Some(OriginalDst(dst)) if dst.port() != self.app.port => AppRef::Other(self.ports.app(dst.port())),
+            _ => AppRef::Main(&self.app),
+        }
+    }
+}
+
+/// The app of one request: the usual one borrowed (no reference count touched on
+/// the common path), or another port's.
+enum AppRef<'a> {
+    Main(&'a App),
+    Other(Arc<App>),
+}
+
+impl std::ops::Deref for AppRef<'_> {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        match self {
+            AppRef::Main(app) => app,
+            AppRef::Other(app) => app,
+        }
+    }
+}
+
+impl App {
+    fn new(app_addr: SocketAddr, protocol: AppProtocol, timeouts: Timeouts) -> Self {
         // A `SocketAddr` always renders as a valid authority (`1.2.3.4:80`, `[::1]:80`).
         let authority = Authority::from_maybe_shared(Bytes::from(app_addr.to_string()))
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
-        ToApp {
-            app: Arc::new(App {
-                authority,
-                http1: client::pooled_to(app_addr, false),
-                h2c: (protocol == AppProtocol::H2c).then(|| client::pooled_to(app_addr, true)),
-                timeouts,
-            }),
+        App {
+            authority,
+            port: app_addr.port(),
+            http1: client::pooled_to(app_addr, false),
+            h2c: (protocol == AppProtocol::H2c).then(|| client::pooled_to(app_addr, true)),
+            timeouts,
         }
     }
 }
@@ -81,7 +164,7 @@ impl Service<Call> for ToApp {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let Call { mut req, peer, .. } = call;
-        let app = &self.app;
+        let app = &self.app_for(&req);
         // A header lookup, so plain requests pay nothing for upgrade support.
         if upgrade::is_upgrade(&req) {
             // Upgrades exist only in HTTP/1.1, whatever `OUTRIDER_APP_PROTOCOL` says.

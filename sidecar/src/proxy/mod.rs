@@ -12,6 +12,7 @@ pub mod client;
 pub mod conform;
 pub mod headers;
 pub mod identity;
+pub mod redirect;
 pub mod respond;
 mod server;
 pub mod snapshot;

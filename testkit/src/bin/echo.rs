@@ -25,6 +25,11 @@
 //! - `--fail-rate F` answers `500` to that fraction of those requests; with
 //!   `--fail-after N` only after the first N of them (a release that breaks later).
 //!
+//! - `--tcp-listen ADDR` also serves raw TCP there: every byte is sent back (not
+//!   HTTP: what a database or other opaque protocol looks like to a proxy); with
+//!   `--tcp-greeting TEXT` it first sends TEXT and a newline, as server-first
+//!   protocols (MySQL, SMTP) do.
+//!
 //! On start it prints `listening on ADDR` (useful with port 0); SIGTERM/SIGINT stop
 //! accepting, let in-flight requests finish (up to 5 s) and exit 0.
 
@@ -66,6 +71,12 @@ struct Args {
     /// Answer the first N requests normally before `--fail-rate` applies.
     #[arg(long, env = "ECHO_FAIL_AFTER", default_value_t = 0)]
     fail_after: u64,
+    /// Also serve raw TCP echo on this address.
+    #[arg(long, env = "ECHO_TCP_LISTEN")]
+    tcp_listen: Option<SocketAddr>,
+    /// What the raw TCP echo says first, before the client sends anything.
+    #[arg(long, env = "ECHO_TCP_GREETING")]
+    tcp_greeting: Option<String>,
     /// Tokio worker threads (default: the CPUs this process may run on).
     #[arg(long, env = "ECHO_THREADS")]
     threads: Option<usize>,
@@ -154,6 +165,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         counter: AtomicU64::new(0),
     });
     println!("listening on {local}");
+    if let Some(addr) = args.tcp_listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        println!("tcp echo listening on {}", tcp.local_addr()?);
+        tokio::spawn(tcp_echo(tcp, args.tcp_greeting.clone()));
+    }
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Generous, so that the proxy's limits are what protocol tests meet.
@@ -371,6 +389,27 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<EchoBo
         h.insert("x-request-id", id);
     }
     Ok(resp)
+}
+
+/// Raw TCP echo: the greeting (if any), then every byte back until the client closes.
+async fn tcp_echo(listener: TcpListener, greeting: Option<String>) {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            if let Some(g) = greeting {
+                if stream.write_all(format!("{g}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let (mut read, mut write) = stream.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        });
+    }
 }
 
 /// A header value of `n` bytes (at most 1 MiB).
