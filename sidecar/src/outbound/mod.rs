@@ -258,6 +258,7 @@ pub(crate) mod testing {
             budget: Default::default(),
             policy: None,
             last_used: Default::default(),
+            namespaces: Default::default(),
         })
     }
 

@@ -164,7 +164,7 @@ fn route<B>(call: Call<B>, namespace: &str) -> Routing<B> {
         .and_then(|a| a.destinations.resolve(host, namespace))
     else {
         let held = call.applied.as_ref().map(|a| &a.destinations);
-        let name = super::table::lookup_name(host, namespace);
+        let name = super::table::lookup_name(host);
         let answered = name.as_ref().and_then(|n| held.and_then(|h| h.held(n)));
         if let Some(d) = answered {
             // A name the mesh does not know stays held while the app keeps asking.
