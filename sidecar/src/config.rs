@@ -247,7 +247,15 @@ mod tests {
             config(&["--outbound-policy", "registry-only"]).outbound_policy,
             OutboundPolicy::RegistryOnly
         );
-        let all = ["outrider-sidecar", "--service", "web", "--app-port", "8080", "--outbound-policy", "deny"];
+        let all = [
+            "outrider-sidecar",
+            "--service",
+            "web",
+            "--app-port",
+            "8080",
+            "--outbound-policy",
+            "deny",
+        ];
         let err = Cli::try_parse_from(all).err().unwrap().to_string();
         assert!(err.contains("OUTRIDER_OUTBOUND_POLICY"), "{err}");
     }

@@ -24,6 +24,9 @@ pub async fn get_text(url: &str) -> String {
 
 pub struct ControlPlane {
     pub proc: Proc,
+    /// The address the gRPC port listens on (loopback unless a test needs sidecars
+    /// in another network namespace to reach it).
+    pub grpc_ip: String,
     pub grpc_port: u16,
     pub http_port: u16,
     pub data_dir: PathBuf,
@@ -38,10 +41,22 @@ impl ControlPlane {
     }
 
     pub async fn start_with(data_dir: &Path, database_url: Option<&str>, extra_env: Vec<(String, String)>) -> Self {
+        Self::start_listening(data_dir, "127.0.0.1", database_url, extra_env).await
+    }
+
+    /// Like [`ControlPlane::start_with`] with the gRPC port on `grpc_ip` (with
+    /// `--insecure` when that is not loopback); the HTTP port stays on loopback.
+    pub async fn start_listening(
+        data_dir: &Path,
+        grpc_ip: &str,
+        database_url: Option<&str>,
+        extra_env: Vec<(String, String)>,
+    ) -> Self {
         let grpc_port = free_port();
         let http_port = free_port();
         let mut cp = Self {
-            proc: spawn_cp(grpc_port, http_port, data_dir, database_url, &extra_env),
+            proc: spawn_cp(grpc_ip, grpc_port, http_port, data_dir, database_url, &extra_env),
+            grpc_ip: grpc_ip.to_owned(),
             grpc_port,
             http_port,
             data_dir: data_dir.to_owned(),
@@ -62,6 +77,7 @@ impl ControlPlane {
     /// Starts again on the same ports and store.
     pub async fn restart(&mut self) {
         self.proc = spawn_cp(
+            &self.grpc_ip,
             self.grpc_port,
             self.http_port,
             &self.data_dir,
@@ -80,7 +96,7 @@ impl ControlPlane {
     }
 
     pub fn grpc(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.grpc_ip, self.grpc_port)
     }
 
     /// PUTs a policy document; returns (status, body).
@@ -113,8 +129,15 @@ impl ControlPlane {
     }
 }
 
-fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(String, String)]) -> Proc {
-    let grpc_addr = format!("127.0.0.1:{grpc}");
+fn spawn_cp(
+    grpc_ip: &str,
+    grpc: u16,
+    http: u16,
+    data_dir: &Path,
+    db: Option<&str>,
+    extra: &[(String, String)],
+) -> Proc {
+    let grpc_addr = format!("{grpc_ip}:{grpc}");
     let http_addr = format!("127.0.0.1:{http}");
     let data = data_dir.display().to_string();
     let mut env: Vec<(&str, &str)> = vec![("OUTRIDER_LOG", "info")];
@@ -122,18 +145,18 @@ fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(S
         env.push(("OUTRIDER_DATABASE_URL", db));
     }
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    Proc::spawn(
-        bin_path("outrider-control-plane"),
-        &[
-            "--grpc-addr",
-            &grpc_addr,
-            "--http-addr",
-            &http_addr,
-            "--data-dir",
-            &data,
-        ],
-        &env,
-    )
+    let mut args = vec![
+        "--grpc-addr",
+        &grpc_addr,
+        "--http-addr",
+        &http_addr,
+        "--data-dir",
+        &data,
+    ];
+    if grpc_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()) {
+        args.push("--insecure");
+    }
+    Proc::spawn(bin_path("outrider-control-plane"), &args, &env)
 }
 
 pub struct Sidecar {

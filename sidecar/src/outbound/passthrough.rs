@@ -81,10 +81,7 @@ pub fn forbidden(ip: IpAddr) -> bool {
     const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
     const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
     let ip = ip.to_canonical();
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip == IpAddr::V4(METADATA_V4)
-        || ip == IpAddr::V6(METADATA_V6)
+    ip.is_loopback() || ip.is_unspecified() || ip == IpAddr::V4(METADATA_V4) || ip == IpAddr::V6(METADATA_V6)
 }
 
 /// The pass-through paths of one outbound proxy: its policy and its clients.
@@ -111,10 +108,7 @@ impl Passthrough {
             direct_h1: client::pooled_via(direct(), false),
             direct_h2: client::pooled_via(direct(), true),
             forward: client::pooled_via(
-                client::connector_via(
-                    HttpConnector::new_with_resolver(Guarded),
-                    PASSTHROUGH_CONNECT_TIMEOUT,
-                ),
+                client::connector_via(HttpConnector::new_with_resolver(Guarded), PASSTHROUGH_CONNECT_TIMEOUT),
                 false,
             ),
             listener,
@@ -209,7 +203,9 @@ impl Passthrough {
         let original = call.req.extensions().get::<OriginalDst>().copied();
         let mut req = call.req;
         let on_client = upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let asked = on_client.as_ref().and_then(|_| req.headers().get(header::UPGRADE).cloned());
+        let asked = on_client
+            .as_ref()
+            .and_then(|_| req.headers().get(header::UPGRADE).cloned());
         let (mut parts, body) = req.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         upgrade::restore_upgrade_headers(&mut parts.headers, asked);
@@ -251,7 +247,10 @@ impl Passthrough {
                     return bad_target(&host);
                 };
                 let port = authority.port_u16().unwrap_or(80);
-                let literal = authority.host().trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>();
+                let literal = authority
+                    .host()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<IpAddr>();
                 if let Ok(ip) = literal {
                     if forbidden(ip) || self.is_self(SocketAddr::new(ip, port)) {
                         self.refuse(PassthroughKind::Http, Refusal::ForbiddenAddress);
@@ -480,8 +479,14 @@ mod tests {
     async fn a_name_that_resolves_only_to_loopback_is_refused() {
         let mut guarded = Guarded;
         let err = guarded.call("localhost".parse().unwrap()).await.unwrap_err();
-        assert!(matches!(err.downcast_ref::<Resolution>(), Some(Resolution::Forbidden)), "{err}");
+        assert!(
+            matches!(err.downcast_ref::<Resolution>(), Some(Resolution::Forbidden)),
+            "{err}"
+        );
         let err = guarded.call("nope.invalid".parse().unwrap()).await.unwrap_err();
-        assert!(matches!(err.downcast_ref::<Resolution>(), Some(Resolution::Unknown(_))), "{err}");
+        assert!(
+            matches!(err.downcast_ref::<Resolution>(), Some(Resolution::Unknown(_))),
+            "{err}"
+        );
     }
 }

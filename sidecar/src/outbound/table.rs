@@ -262,7 +262,10 @@ impl Destinations {
                     .get(&*name)
                     // The control plane's answer for a name the mesh does not know.
                     .filter(|d| !(d.all.is_empty() && d.policy.is_none()))?;
-                dest.in_namespace(ns.unwrap_or(namespace), ns.is_none_or(|n| n.eq_ignore_ascii_case(namespace)))
+                dest.in_namespace(
+                    ns.unwrap_or(namespace),
+                    ns.is_none_or(|n| n.eq_ignore_ascii_case(namespace)),
+                )
             }
             Host::Address(ip, port) => self.at_address(ip, port),
         }
@@ -400,7 +403,11 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
         stats.entry(e.subset.clone()).or_insert_with(|| ep.stats.clone());
         subsets.entry(e.subset.as_str().into()).or_default().push(ep.clone());
         all.push(ep);
-        let ns = if e.namespace.is_empty() { DEFAULT_NAMESPACE } else { &e.namespace };
+        let ns = if e.namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            &e.namespace
+        };
         namespace_of.push(ns.to_ascii_lowercase().into());
     }
     let mut distinct: Vec<&Box<str>> = namespace_of.iter().collect();
@@ -470,7 +477,10 @@ fn index_addresses(services: &HashMap<Box<str>, Arc<Destination>>) -> HashMap<Ip
             for e in view.all.iter() {
                 let host = e.authority.host().trim_matches(|c| c == '[' || c == ']');
                 if let (Ok(ip), Some(port)) = (host.parse::<IpAddr>(), e.authority.port_u16()) {
-                    index.entry(ip.to_canonical()).or_default().push((port, Arc::clone(view)));
+                    index
+                        .entry(ip.to_canonical())
+                        .or_default()
+                        .push((port, Arc::clone(view)));
                 }
             }
         }
@@ -558,7 +568,9 @@ pub fn parse_host(host: &str) -> Option<Host<'_>> {
         *slot = b.to_ascii_lowercase();
     }
     name.len = bytes.len();
-    outrider_policy::validate_service_name(&name).is_ok().then_some(Host::Service { name, namespace })
+    outrider_policy::validate_service_name(&name)
+        .is_ok()
+        .then_some(Host::Service { name, namespace })
 }
 
 /// A DNS label as Kubernetes names namespaces with (RFC 1123), in any case.
@@ -720,11 +732,21 @@ pub(crate) mod tests {
         ] {
             assert!(d.resolve(h, "default").is_none(), "{h}");
         }
-        assert!(d.resolve("web", "shop").is_none(), "unqualified means the caller's namespace");
-        assert!(d.resolve("web.default.svc", "shop").is_some(), "qualified reaches across namespaces");
+        assert!(
+            d.resolve("web", "shop").is_none(),
+            "unqualified means the caller's namespace"
+        );
+        assert!(
+            d.resolve("web.default.svc", "shop").is_some(),
+            "qualified reaches across namespaces"
+        );
         assert_eq!(lookup_name("api.stripe.com").as_deref(), None);
         assert_eq!(lookup_name("API:443").as_deref(), Some("api"));
-        assert_eq!(lookup_name("web.payments.svc").as_deref(), Some("web"), "asked by name, filtered by namespace");
+        assert_eq!(
+            lookup_name("web.payments.svc").as_deref(),
+            Some("web"),
+            "asked by name, filtered by namespace"
+        );
         assert_eq!(lookup_name("10.0.0.5:8080").as_deref(), None);
     }
 
@@ -734,14 +756,20 @@ pub(crate) mod tests {
             Some(Host::Service { name, namespace }) => Some((name.to_string(), namespace.map(str::to_owned))),
             _ => None,
         };
-        assert_eq!(service("Web.Payments.SVC:80"), Some(("web".into(), Some("Payments".into()))));
+        assert_eq!(
+            service("Web.Payments.SVC:80"),
+            Some(("web".into(), Some("Payments".into())))
+        );
         assert_eq!(service("web"), Some(("web".into(), None)));
         assert_eq!(service("web.default.svc.cluster.local.evil.com"), None);
         assert_eq!(
             parse_host("10.0.0.5:8080"),
             Some(Host::Address("10.0.0.5".parse().unwrap(), Some(8080)))
         );
-        assert_eq!(parse_host("10.0.0.5."), Some(Host::Address("10.0.0.5".parse().unwrap(), None)));
+        assert_eq!(
+            parse_host("10.0.0.5."),
+            Some(Host::Address("10.0.0.5".parse().unwrap(), None))
+        );
         assert_eq!(
             parse_host("[fd00::5]:80"),
             Some(Host::Address("fd00::5".parse().unwrap(), Some(80)))
@@ -795,7 +823,10 @@ pub(crate) mod tests {
         assert!(pods("10.0.0.3:8080", "default").is_empty());
         // The views share the endpoints' state with the whole destination.
         let whole = d.held("web").unwrap();
-        assert!(Arc::ptr_eq(&whole.all[1], &d.resolve("web.payments", "x").unwrap().all[0]));
+        assert!(Arc::ptr_eq(
+            &whole.all[1],
+            &d.resolve("web.payments", "x").unwrap().all[0]
+        ));
     }
 
     #[test]

@@ -417,7 +417,9 @@ async fn explicit(policy: passthrough::OutboundPolicy, host: &str) -> (u16, Stri
     let addr = listener.local_addr().unwrap();
     let proxy = Arc::new(OutboundProxy::new(state).with_policy(policy));
     tokio::spawn(serve(listener, proxy, std::future::pending()));
-    let host = host.replace("{web}", &web.addr.to_string()).replace("{proxy}", &addr.to_string());
+    let host = host
+        .replace("{web}", &web.addr.to_string())
+        .replace("{proxy}", &addr.to_string());
     let r = client()
         .request(
             Request::get(format!("http://{addr}/"))
@@ -443,7 +445,10 @@ async fn registry_only_refuses_an_unknown_host_with_a_502_problem_naming_it() {
     assert_eq!((status, kind.as_str(), hits), (502, "application/problem+json", 0));
     let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["host"], "api.example.test", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("registry-only"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("registry-only"),
+        "{problem}"
+    );
     // A mesh service is still reachable, by name and by its endpoint's address.
     let (status, _, _, hits) = explicit(passthrough::OutboundPolicy::RegistryOnly, "web").await;
     assert_eq!((status, hits), (200, 1));
@@ -463,7 +468,11 @@ async fn explicit_forwarding_never_reaches_loopback_metadata_or_the_proxy_itself
         "{proxy}",
     ] {
         let (status, kind, body, hits) = explicit(passthrough::OutboundPolicy::AllowAny, host).await;
-        assert_eq!((status, kind.as_str(), hits), (403, "application/problem+json", 0), "{host}: {body}");
+        assert_eq!(
+            (status, kind.as_str(), hits),
+            (403, "application/problem+json", 0),
+            "{host}: {body}"
+        );
     }
 }
 
@@ -499,7 +508,13 @@ async fn a_redirected_request_for_no_mesh_service_goes_to_its_original_destinati
         assert_eq!(call_stack(&proxy, req).await, (200, "v1".to_owned()), "{policy:?}");
     }
     assert_eq!(outside.hits.load(Ordering::SeqCst), 1);
-    assert_eq!(state.metrics.passthrough.passed_total(crate::metrics::PassthroughKind::Http), 1);
+    assert_eq!(
+        state
+            .metrics
+            .passthrough
+            .passed_total(crate::metrics::PassthroughKind::Http),
+        1
+    );
 }
 
 /// Sends `req` down the proxy's stack as the accept loop would; (status, x-name).
@@ -530,7 +545,10 @@ async fn call_stack(proxy: &OutboundProxy, req: Request<Empty<Bytes>>) -> (u16, 
     for (k, v) in &parts.headers {
         req = req.header(k, v);
     }
-    let r = client().request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let r = client()
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let name = r
         .headers()
         .get("x-name")
