@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+/// What the stand-in for the internet saw: how many requests, and their `Host`s.
+type Seen = (Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>);
+
 /// "The internet": answers every request with the `Host` it saw and counts them.
 struct Outside {
     addr: SocketAddr,
@@ -37,18 +40,16 @@ async fn outside(ip: IpAddr) -> Outside {
     let hosts = Arc::new(Mutex::new(Vec::new()));
     let seen = (Arc::clone(&hits), Arc::clone(&hosts));
     let app = axum::Router::new()
-        .fallback(
-            |State((hits, hosts)): State<(Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>)>, headers: HeaderMap| async move {
-                hits.fetch_add(1, Ordering::SeqCst);
-                let host = headers
-                    .get("host")
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                hosts.lock().unwrap().push(host.clone());
-                format!("outside saw {host}")
-            },
-        )
+        .fallback(|State((hits, hosts)): State<Seen>, headers: HeaderMap| async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            hosts.lock().unwrap().push(host.clone());
+            format!("outside saw {host}")
+        })
         .with_state(seen);
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -87,6 +88,16 @@ fn non_loopback_ipv4() -> Option<IpAddr> {
     })
 }
 
+/// `GET path` sent to a sidecar's outbound port with `Host: host`.
+async fn via_outbound(sidecar: &Sidecar, path: &str, host: &str) -> reqwest::Response {
+    client()
+        .get(format!("http://127.0.0.1:{}{path}", sidecar.outbound_port))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn problem_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     assert_eq!(
@@ -121,12 +132,7 @@ async fn explicit_requests_for_unknown_hosts_are_forwarded_under_allow_any_and_r
     let target = outside.addr.to_string();
 
     // Host form and absolute form (an HTTP_PROXY client) both reach the host.
-    let r = client()
-        .get(format!("http://127.0.0.1:{}/a", open.outbound_port))
-        .header("host", &target)
-        .send()
-        .await
-        .unwrap();
+    let r = via_outbound(&open, "/a", &target).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), format!("outside saw {target}"));
     let via_proxy = reqwest::Client::builder()
@@ -147,24 +153,14 @@ async fn explicit_requests_for_unknown_hosts_are_forwarded_under_allow_any_and_r
         format!("127.0.0.1:{}", cp.http_port),
         format!("localhost:{}", open.admin_port),
     ] {
-        let r = client()
-            .get(format!("http://127.0.0.1:{}/api/v1/services", open.outbound_port))
-            .header("host", &host)
-            .send()
-            .await
-            .unwrap();
+        let r = via_outbound(&open, "/api/v1/services", &host).await;
         let (status, problem) = problem_of(r).await;
         assert_eq!(status, 403, "{host}: {problem}");
         assert_eq!(problem["host"], host.as_str());
     }
 
     // registry-only: 502 naming the host, and the host never hears of it.
-    let r = client()
-        .get(format!("http://127.0.0.1:{}/c", closed.outbound_port))
-        .header("host", &target)
-        .send()
-        .await
-        .unwrap();
+    let r = via_outbound(&closed, "/c", &target).await;
     let (status, problem) = problem_of(r).await;
     assert_eq!(
         (status, problem["host"].as_str()),

@@ -186,13 +186,17 @@ async fn get(
     }
     let r = c.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     let status = r.status().as_u16();
-    let name = r
-        .headers()
-        .get("x-name")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let name = header_of(&r, "x-name");
     let body = r.into_body().collect().await.unwrap().to_bytes();
     (status, name, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A response header's value, or "" without it.
+fn header_of<B>(r: &Response<B>, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 async fn setup(routing: &str) -> (Arc<SidecarState>, SocketAddr, Upstream, Upstream) {
@@ -430,11 +434,7 @@ async fn explicit(policy: passthrough::OutboundPolicy, host: &str) -> (u16, Stri
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let kind = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let kind = header_of(&r, "content-type");
     let body = String::from_utf8_lossy(&r.into_body().collect().await.unwrap().to_bytes()).into_owned();
     (status, kind, body, web.hits.load(Ordering::SeqCst))
 }

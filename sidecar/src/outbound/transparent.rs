@@ -177,26 +177,27 @@ mod tests {
         }
     }
 
+    /// A connected pair over loopback: (the client's end, the accepted end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, accepted)
+    }
+
     #[tokio::test]
     async fn a_connection_not_redirected_has_no_original_destination() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
+        let (_client, accepted) = pair().await;
         assert_eq!(original_dst(&accepted), None);
     }
 
     #[tokio::test]
     async fn a_silent_client_is_opaque_after_the_timeout_and_a_slow_request_line_is_http() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _silent = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
+        let (_silent, accepted) = pair().await;
         assert_eq!(detect(&accepted).await, Detected::Opaque);
 
         use tokio::io::AsyncWriteExt;
-        let mut slow = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
+        let (mut slow, accepted) = pair().await;
         slow.write_all(b"GE").await.unwrap();
         let detecting = tokio::spawn(async move { detect(&accepted).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
