@@ -484,6 +484,16 @@ async fn a_redirected_request_for_no_mesh_service_goes_to_its_original_destinati
     let web = upstream("v1", false).await;
     let state = Arc::new(SidecarState::new());
     apply(&state, vec![endpoint(web.addr, "v1")], "");
+    let logging = Snapshot {
+        revision: 2,
+        nonce: "n2".into(),
+        service: "client".into(),
+        service_share: 1.0,
+        logging: r#"{"accessLog":{"enabled":true},"sink":{"type":"stdout"}}"#.into(),
+        ..Default::default()
+    };
+    state.apply(&logging, Source::ControlPlane).unwrap();
+    let mut records = state.logs.take_access_receiver().unwrap();
     for (policy, want) in [
         (passthrough::OutboundPolicy::AllowAny, 200),
         (passthrough::OutboundPolicy::RegistryOnly, 502),
@@ -515,6 +525,15 @@ async fn a_redirected_request_for_no_mesh_service_goes_to_its_original_destinati
             .passed_total(crate::metrics::PassthroughKind::Http),
         1
     );
+    // Pass-through requests are logged like routed ones, the refused one too, each
+    // with the host it was for as its upstream.
+    let mut seen = Vec::new();
+    while let Ok(r) = records.try_recv() {
+        seen.push((r.status, r.upstream.map(|u| u.to_string())));
+    }
+    let host = Some("api.example.test".to_owned());
+    assert!(seen.contains(&(200, host.clone())), "{seen:?}");
+    assert!(seen.contains(&(502, host)), "{seen:?}");
 }
 
 /// Sends `req` down the proxy's stack as the accept loop would; (status, x-name).
