@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use libfuzzer_sys::fuzz_target;
 use outrider_proto::v1::{DestinationService, DestinationTable, Endpoint, Snapshot};
 use outrider_sidecar::inbound::InboundProxy;
+use outrider_sidecar::outbound::passthrough::OutboundPolicy;
 use outrider_sidecar::outbound::OutboundProxy;
 use outrider_sidecar::proxy::{server_builder, Call};
 use outrider_sidecar::state::{SidecarState, Source};
@@ -85,8 +86,14 @@ fn world() -> &'static World {
                 routing_revision: 1,
             })
             .unwrap();
-        let (inbound, outbound) =
-            rt.block_on(async { (InboundProxy::new(app, Arc::clone(&state)), OutboundProxy::new(state)) });
+        // registry-only: a fuzzed Host for no mesh service is refused here instead of
+        // being resolved and dialled (no network beyond the in-process upstream).
+        let (inbound, outbound) = rt.block_on(async {
+            (
+                InboundProxy::new(app, Arc::clone(&state)),
+                OutboundProxy::new(state).with_policy(OutboundPolicy::RegistryOnly),
+            )
+        });
         World { rt, inbound, outbound }
     })
 }

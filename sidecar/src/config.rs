@@ -93,6 +93,16 @@ pub struct Config {
     /// Destinations no request named for this long are dropped (declared ones stay).
     #[arg(long, env = "OUTRIDER_DESTINATION_IDLE", default_value = "1h")]
     pub destination_idle: outrider_policy::Duration,
+    /// Where outbound traffic for no mesh service may go: `allow-any` (to its original
+    /// destination, or as a forward proxy to the host an explicit request names) or
+    /// `registry-only` (refused: 502 for HTTP, the connection closed otherwise).
+    #[arg(
+        long,
+        env = "OUTRIDER_OUTBOUND_POLICY",
+        default_value = "allow-any",
+        value_parser = crate::outbound::passthrough::OutboundPolicy::parse
+    )]
+    pub outbound_policy: crate::outbound::passthrough::OutboundPolicy,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "OUTRIDER_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -269,6 +279,27 @@ mod tests {
         all.extend(["--health-addr", "15020"]);
         let err = Cli::try_parse_from(all).err().unwrap().to_string();
         assert!(err.contains("neither an address"), "{err}");
+    }
+
+    #[test]
+    fn the_outbound_policy_defaults_to_allow_any_and_a_bad_one_names_the_variable() {
+        use crate::outbound::passthrough::OutboundPolicy;
+        assert_eq!(config(&[]).outbound_policy, OutboundPolicy::AllowAny);
+        assert_eq!(
+            config(&["--outbound-policy", "registry-only"]).outbound_policy,
+            OutboundPolicy::RegistryOnly
+        );
+        let all = [
+            "outrider-sidecar",
+            "--service",
+            "web",
+            "--app-port",
+            "8080",
+            "--outbound-policy",
+            "deny",
+        ];
+        let err = Cli::try_parse_from(all).err().unwrap().to_string();
+        assert!(err.contains("OUTRIDER_OUTBOUND_POLICY"), "{err}");
     }
 
     #[test]

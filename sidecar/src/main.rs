@@ -232,7 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 warn!(error = %e, "inbound proxy ended with an error");
             }
         });
-        let outbound = Arc::new(OutboundProxy::in_namespace(state.clone(), &cfg.namespace));
+        let outbound =
+            Arc::new(OutboundProxy::in_namespace(state.clone(), &cfg.namespace).with_policy(cfg.outbound_policy));
         let stop = serving.stop.clone().cancelled_owned();
         serving.spawn(info_span!("outbound"), async move {
             if let Err(e) = outbound::serve(outbound_listener, outbound, stop).await {

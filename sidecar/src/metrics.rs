@@ -76,6 +76,105 @@ pub struct Metrics {
     last_report: Mutex<[u64; BUCKETS]>,
     /// `outrider_authz_denied_total`, one counter per rule (see `authz`).
     pub authz: AuthzCounters,
+    /// Outbound traffic for no mesh service (`outbound::passthrough`).
+    pub passthrough: PassthroughCounters,
+}
+
+/// What went outside the mesh: HTTP requests or opaque TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassthroughKind {
+    Http,
+    Tcp,
+}
+
+/// Why traffic for no mesh service did not get through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `OUTRIDER_OUTBOUND_POLICY=registry-only`.
+    RegistryOnly,
+    /// Explicit forwarding to loopback, an unspecified or metadata address, the
+    /// listener itself, or a scheme other than http.
+    ForbiddenAddress,
+    /// The host named in an explicit request does not resolve.
+    Unresolvable,
+    /// The destination did not accept the connection or failed before answering.
+    Unreachable,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::RegistryOnly,
+        Refusal::ForbiddenAddress,
+        Refusal::Unresolvable,
+        Refusal::Unreachable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::RegistryOnly => "registry-only",
+            Refusal::ForbiddenAddress => "forbidden-address",
+            Refusal::Unresolvable => "unresolvable",
+            Refusal::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// `outrider_outbound_passthrough_total{kind}` and
+/// `outrider_outbound_passthrough_refused_total{kind, reason}`.
+#[derive(Default)]
+pub struct PassthroughCounters {
+    /// By kind (HTTP, TCP).
+    passed: [AtomicU64; 2],
+    /// By kind, then reason ([`Refusal::ALL`] order).
+    refused: [[AtomicU64; 4]; 2],
+}
+
+impl PassthroughCounters {
+    pub fn passed(&self, kind: PassthroughKind) {
+        self.passed[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, kind: PassthroughKind, why: Refusal) {
+        self.refused[kind as usize][why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn passed_total(&self, kind: PassthroughKind) -> u64 {
+        self.passed[kind as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn refused_total(&self, kind: PassthroughKind, why: Refusal) -> u64 {
+        self.refused[kind as usize][why as usize].load(Ordering::Relaxed)
+    }
+
+    fn render(&self, w: &mut Writer<'_>) {
+        const KINDS: [(PassthroughKind, &str); 2] = [(PassthroughKind::Http, "http"), (PassthroughKind::Tcp, "tcp")];
+        w.family(
+            "outrider_outbound_passthrough_total",
+            Kind::Counter,
+            "Outbound requests (http) and connections (tcp) for no mesh service sent to their destination.",
+        );
+        for (kind, label) in KINDS {
+            w.sample(
+                "outrider_outbound_passthrough_total",
+                &[("kind", label)],
+                self.passed_total(kind),
+            );
+        }
+        w.family(
+            "outrider_outbound_passthrough_refused_total",
+            Kind::Counter,
+            "Outbound traffic for no mesh service that did not get through, by reason.",
+        );
+        for (kind, label) in KINDS {
+            for why in Refusal::ALL {
+                w.sample(
+                    "outrider_outbound_passthrough_refused_total",
+                    &[("kind", label), ("reason", why.label())],
+                    self.refused_total(kind, why),
+                );
+            }
+        }
+    }
 }
 
 struct Histogram {
@@ -106,6 +205,7 @@ impl Metrics {
             control_plane_connected: AtomicBool::new(false),
             last_report: Mutex::new([0; BUCKETS]),
             authz: AuthzCounters::default(),
+            passthrough: PassthroughCounters::default(),
         }
     }
 
@@ -272,6 +372,7 @@ impl Metrics {
             u8::from(self.control_plane_connected.load(Ordering::Relaxed)),
         );
         self.authz.render(&mut w);
+        self.passthrough.render(&mut w);
         out
     }
 }
@@ -352,7 +453,7 @@ mod tests {
             None => series,
         };
         assert!(
-            valid_name(name) && name.starts_with("outrider_sidecar_"),
+            valid_name(name) && (name.starts_with("outrider_sidecar_") || name.starts_with("outrider_outbound_")),
             "bad sample name: {line}"
         );
     }
@@ -380,8 +481,19 @@ mod tests {
         m.record_upstream_error();
         m.set_applied_revision(42);
         m.set_control_plane_connected(true);
+        m.passthrough.passed(PassthroughKind::Tcp);
+        m.passthrough.refused(PassthroughKind::Http, Refusal::RegistryOnly);
 
         let text = m.render();
+        assert_eq!(sample(&text, "outrider_outbound_passthrough_total{kind=\"tcp\"}"), 1.0);
+        assert_eq!(sample(&text, "outrider_outbound_passthrough_total{kind=\"http\"}"), 0.0);
+        assert_eq!(
+            sample(
+                &text,
+                "outrider_outbound_passthrough_refused_total{kind=\"http\",reason=\"registry-only\"}"
+            ),
+            1.0
+        );
         text.lines().for_each(assert_valid_line);
         assert_eq!(sample(&text, "outrider_sidecar_requests_total{class=\"2xx\"}"), 2.0);
         assert_eq!(sample(&text, "outrider_sidecar_requests_total{class=\"4xx\"}"), 1.0);

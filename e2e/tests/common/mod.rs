@@ -165,18 +165,18 @@ fn spawn_cp(
         env.push(("OUTRIDER_DATABASE_URL", db));
     }
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    Proc::spawn(
-        bin_path("outrider-control-plane"),
-        &[
-            "--grpc-addr",
-            &grpc_addr,
-            "--http-addr",
-            &http_addr,
-            "--data-dir",
-            &data,
-        ],
-        &env,
-    )
+    let mut args = vec![
+        "--grpc-addr",
+        &grpc_addr,
+        "--http-addr",
+        &http_addr,
+        "--data-dir",
+        &data,
+    ];
+    if grpc_host.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()) {
+        args.push("--insecure");
+    }
+    Proc::spawn(bin_path("outrider-control-plane"), &args, &env)
 }
 
 pub struct Sidecar {

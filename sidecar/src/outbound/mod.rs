@@ -9,6 +9,10 @@
 //! and per-try timeouts (from the request sent in full to the response head) →
 //! forward to that instance's inbound port over a pooled connection (HTTP/1.1, or
 //! HTTP/2 for h2c callers such as gRPC).
+//!
+//! Connections redirected to the port by the Pod's iptables rules are read by
+//! [`transparent`] (original destination, HTTP or not); traffic for no mesh service
+//! goes to [`passthrough`] under `OUTRIDER_OUTBOUND_POLICY`.
 
 pub mod balance;
 pub mod budget;
@@ -16,11 +20,13 @@ mod connect;
 mod endpoint;
 pub mod figures;
 pub mod forward;
+pub mod passthrough;
 pub mod retry;
 pub mod route;
 pub mod stats;
 pub mod table;
 pub mod timeout;
+pub mod transparent;
 
 use crate::proxy::access_log::{AccessLogLayer, Upstream};
 use crate::proxy::body::{Progress, Watched};
@@ -40,6 +46,7 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use passthrough::{OutboundPolicy, Passthrough};
 use retry::RetryLayer;
 use route::RouteLayer;
 use std::convert::Infallible;
@@ -162,6 +169,7 @@ pub struct OutboundProxy {
     /// This sidecar's namespace: what a qualified name (`web.<ns>.svc`) must name.
     namespace: Arc<str>,
     forward: Forward,
+    passthrough: Arc<Passthrough>,
     clock: Clock,
 }
 
@@ -174,10 +182,17 @@ impl OutboundProxy {
     pub fn in_namespace(state: Arc<SidecarState>, namespace: &str) -> Self {
         Self {
             forward: Forward::new(&state),
+            passthrough: Arc::new(Passthrough::new(Arc::clone(&state), OutboundPolicy::default())),
             state,
             namespace: namespace.into(),
             clock: Clock::new(),
         }
+    }
+
+    /// With `policy` for traffic to no mesh service (`OUTRIDER_OUTBOUND_POLICY`).
+    pub fn with_policy(mut self, policy: OutboundPolicy) -> Self {
+        self.passthrough = Arc::new(Passthrough::new(Arc::clone(&self.state), policy));
+        self
     }
 
     /// The request path, outermost first. Every request gets an answer: local errors
@@ -200,7 +215,11 @@ impl OutboundProxy {
             ))
             // CONNECT, Host rules, h2c upgrades, Via.
             .layer(ConformLayer)
-            .layer(RouteLayer::new(Arc::clone(&self.state), self.namespace.clone()))
+            .layer(RouteLayer::new(
+                Arc::clone(&self.state),
+                self.namespace.clone(),
+                Arc::clone(&self.passthrough),
+            ))
             .layer(FiguresLayer)
             .layer(RetryLayer::new(self.clock))
             .layer(BalanceLayer::new(self.clock, Arc::clone(&self.state)))
@@ -210,12 +229,17 @@ impl OutboundProxy {
 }
 
 /// Serves the outbound proxy until `shutdown` resolves, then drains like the inbound.
+/// Redirected connections are told apart from explicit ones on accept.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     proxy: Arc<OutboundProxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::proxy::serve(listener, proxy.stack(), "outbound", crate::proxy::Plain, shutdown).await
+    if let Ok(addr) = listener.local_addr() {
+        proxy.passthrough.serving_on(addr);
+    }
+    let accept = transparent::Transparent::new(Arc::clone(&proxy.passthrough));
+    crate::proxy::serve(listener, proxy.stack(), "outbound", accept, shutdown).await
 }
 
 #[cfg(test)]
@@ -258,6 +282,7 @@ pub(crate) mod testing {
             budget: Default::default(),
             policy: None,
             last_used: Default::default(),
+            namespaces: Default::default(),
         })
     }
 

@@ -5,15 +5,21 @@
 //! A name this sidecar does not hold yet is discovered on demand: the request asks
 //! the agent to watch it and waits (at most [`DISCOVERY_WAIT`]) for the control
 //! plane's answer, so the first call to a service succeeds like every later one.
+//!
+//! On a redirected connection a host that names no service still reaches one when
+//! the connection's original destination is a mesh instance's address. A request
+//! for no mesh service at all goes to [`Passthrough`] (`OUTRIDER_OUTBOUND_POLICY`).
 
+use super::passthrough::Passthrough;
 use super::table::{CompiledRoute, Destination, Endpoints, Retry};
 use super::{Routed, DEFAULT_TIMEOUT};
 use crate::proxy::headers::target_host;
 use crate::proxy::respond::local;
-use crate::proxy::{upgrade, Call, Local, ProxyBody};
+use crate::proxy::{upgrade, Call, Local, OriginalDst, ProxyBody};
 use crate::state::SidecarState;
 use bytes::Bytes;
 use http::{Response, StatusCode};
+use hyper::body::Body;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,12 +35,18 @@ pub const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 pub struct RouteLayer {
     state: Arc<SidecarState>,
     namespace: Arc<str>,
+    passthrough: Arc<Passthrough>,
 }
 
 impl RouteLayer {
-    /// Routes for a sidecar in `namespace`, which qualified names must name.
-    pub fn new(state: Arc<SidecarState>, namespace: Arc<str>) -> Self {
-        Self { state, namespace }
+    /// Routes for a sidecar in `namespace` (what an unqualified name means); requests
+    /// for no mesh service go to `passthrough`.
+    pub fn new(state: Arc<SidecarState>, namespace: Arc<str>, passthrough: Arc<Passthrough>) -> Self {
+        Self {
+            state,
+            namespace,
+            passthrough,
+        }
     }
 }
 
@@ -46,6 +58,7 @@ impl<S> Layer<S> for RouteLayer {
             inner,
             state: Arc::clone(&self.state),
             namespace: Arc::clone(&self.namespace),
+            passthrough: Arc::clone(&self.passthrough),
         }
     }
 }
@@ -55,6 +68,7 @@ pub struct Route<S> {
     inner: S,
     state: Arc<SidecarState>,
     namespace: Arc<str>,
+    passthrough: Arc<Passthrough>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -63,8 +77,9 @@ impl<S, B> Service<Call<B>> for Route<S>
 where
     S: Service<Routed<B>, Response = Response<ProxyBody>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
-    B: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
@@ -86,14 +101,18 @@ where
                 inner: Box::pin(discover(
                     Arc::clone(&self.state),
                     Arc::clone(&self.namespace),
+                    Arc::clone(&self.passthrough),
                     self.inner.clone(),
                     call,
                     name,
                 )),
             },
-            Routing::Unknown(call, _) => RouteFuture::Local {
-                response: Some(unknown(&call)),
-            },
+            Routing::Unknown(call, _) | Routing::NotMesh(call) => {
+                let passing = self.passthrough.http(call);
+                RouteFuture::Discover {
+                    inner: Box::pin(async move { Ok(passing.await) }),
+                }
+            }
         }
     }
 }
@@ -104,27 +123,23 @@ enum Routing<B> {
     Refused(StatusCode, Bytes),
     /// A service name this sidecar holds nothing for yet.
     Unknown(Call<B>, String),
-}
-
-fn unknown<B>(call: &Call<B>) -> Response<ProxyBody> {
-    let host = target_host(&call.req).unwrap_or_default();
-    local(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n"),
-        Local::Refused,
-    )
+    /// For no mesh service: the pass-through's.
+    NotMesh(Call<B>),
 }
 
 /// Asks for `name`, waits for the answer, then routes the request as any other.
 async fn discover<S, B>(
     state: Arc<SidecarState>,
     namespace: Arc<str>,
+    passthrough: Arc<Passthrough>,
     inner: S,
     mut call: Call<B>,
     name: String,
 ) -> Result<Response<ProxyBody>, S::Error>
 where
     S: Service<Routed<B>, Response = Response<ProxyBody>>,
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     state.discovery.ask(&name);
     let mut changes = state.subscribe_destinations();
@@ -147,24 +162,28 @@ where
     match route(call, &namespace) {
         Routing::Routed(routed) => inner.oneshot(routed).await,
         Routing::Refused(status, body) => Ok(local(status, body, Local::Refused)),
-        Routing::Unknown(call, _) => Ok(unknown(&call)),
+        Routing::Unknown(call, _) | Routing::NotMesh(call) => Ok(passthrough.http(call).await),
     }
 }
 
 fn route<B>(call: Call<B>, namespace: &str) -> Routing<B> {
-    let Some(host) = target_host(&call.req) else {
+    let original = call.req.extensions().get::<OriginalDst>().map(|d| d.0);
+    let host = target_host(&call.req);
+    if host.is_none() && original.is_none() {
         return Routing::Refused(
             StatusCode::BAD_REQUEST,
             Bytes::from_static(b"the outbound proxy routes by Host: send `Host: <service>` or an absolute-form URI\n"),
         );
-    };
-    let Some(dest) = call
-        .applied
-        .as_ref()
-        .and_then(|a| a.destinations.resolve(host, namespace))
-    else {
-        let held = call.applied.as_ref().map(|a| &a.destinations);
-        let name = super::table::lookup_name(host, namespace);
+    }
+    let held = call.applied.as_ref().map(|a| &a.destinations);
+    let found = held.and_then(|h| {
+        host.and_then(|host| h.resolve(host, namespace))
+            // A redirected connection to a mesh instance's address is a call to its
+            // service, whatever the Host says.
+            .or_else(|| original.and_then(|dst| h.at_address(dst.ip(), Some(dst.port()))))
+    });
+    let Some(dest) = found else {
+        let name = host.and_then(super::table::lookup_name);
         let answered = name.as_ref().and_then(|n| held.and_then(|h| h.held(n)));
         if let Some(d) = answered {
             // A name the mesh does not know stays held while the app keeps asking.
@@ -175,10 +194,7 @@ fn route<B>(call: Call<B>, namespace: &str) -> Routing<B> {
                 let name = name.to_string();
                 Routing::Unknown(call, name)
             }
-            _ => Routing::Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("unknown service {host:?}: not in the mesh (no healthy instance has registered it)\n").into(),
-            ),
+            _ => Routing::NotMesh(call),
         };
     };
     let dest = Arc::clone(dest);
@@ -305,7 +321,11 @@ mod tests {
         };
         let mut call = Call::new(req, ([127, 0, 0, 1], 9).into());
         call.applied = state.applied.load_full();
-        let response = RouteLayer::new(Arc::clone(&state), "default".into())
+        let passthrough = Arc::new(Passthrough::new(
+            Arc::clone(&state),
+            crate::outbound::passthrough::OutboundPolicy::RegistryOnly,
+        ));
+        let response = RouteLayer::new(Arc::clone(&state), "default".into(), passthrough)
             .layer(inner)
             .oneshot(call)
             .await
@@ -322,9 +342,10 @@ mod tests {
         let (status, seen) = route_one(pinned.body(Empty::new()).unwrap(), routing).await;
         assert_eq!((status, seen), (StatusCode::OK, vec!["v2".into()]));
 
+        // Not connected, so not looked up: registry-only refuses it at once.
         let unknown = Request::get("/").header("host", "nope").body(Empty::new()).unwrap();
         let (status, seen) = route_one(unknown, routing).await;
-        assert_eq!((status, seen.len()), (StatusCode::SERVICE_UNAVAILABLE, 0));
+        assert_eq!((status, seen.len()), (StatusCode::BAD_GATEWAY, 0));
 
         let (status, _) = route_one(Request::get("/").body(Empty::new()).unwrap(), routing).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);

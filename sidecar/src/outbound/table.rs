@@ -12,6 +12,7 @@ use http::uri::Authority;
 use outrider_policy::{RetryOn, RoutingPolicy};
 use outrider_proto::v1::{DestinationFigures, DestinationService, DestinationTable, Destinations as DestinationsMsg};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,10 @@ use std::time::Duration;
 pub struct Destinations {
     pub routing_revision: u64,
     services: HashMap<Box<str>, Arc<Destination>>,
+    /// Which service has an endpoint at an address (for a `Host` or an original
+    /// destination that is an IP address): the namespace view holding it, with the
+    /// endpoint's port, ordered by service name so that the answer is stable.
+    by_address: HashMap<IpAddr, Vec<(u16, Arc<Destination>)>>,
 }
 
 /// A set of endpoints a request may be balanced over.
@@ -38,9 +43,44 @@ pub struct Destination {
     /// When a request last named this service (epoch seconds): destinations the app
     /// stopped calling are dropped after `OUTRIDER_DESTINATION_IDLE`.
     pub last_used: Arc<AtomicU64>,
+    /// Where its instances are: `Single(ns)` when every endpoint is in one namespace
+    /// (the usual case: this destination is that namespace's view), `Split` with one
+    /// view per namespace when the name exists in several, `Unknown` without
+    /// endpoints.
+    pub namespaces: Namespaces,
 }
 
+/// The namespaces a destination's instances are in; see [`Destination::namespaces`].
+#[derive(Default)]
+pub enum Namespaces {
+    #[default]
+    Unknown,
+    Single(Box<str>),
+    /// One view per namespace (lowercase), sharing the endpoints' state.
+    Split(Vec<(Box<str>, Arc<Destination>)>),
+}
+
+/// The namespace an endpoint without one is in: persisted tables from before
+/// endpoints carried it, and the default of `OUTRIDER_NAMESPACE`.
+const DEFAULT_NAMESPACE: &str = "default";
+
 impl Destination {
+    /// This destination as seen from a name qualified with `namespace` (or, when
+    /// `callers` is set, an unqualified name from a sidecar in it): the view of its
+    /// instances there, or `None` when it has none there. A destination without
+    /// endpoints (a policy, no healthy instance yet) answers for the caller's own
+    /// namespace only, where "no healthy instance" is the truth.
+    pub fn in_namespace<'a>(self: &'a Arc<Self>, namespace: &str, callers: bool) -> Option<&'a Arc<Destination>> {
+        match &self.namespaces {
+            Namespaces::Single(ns) => ns.eq_ignore_ascii_case(namespace).then_some(self),
+            Namespaces::Split(views) => views
+                .iter()
+                .find(|(ns, _)| ns.eq_ignore_ascii_case(namespace))
+                .map(|(_, d)| d),
+            Namespaces::Unknown => callers.then_some(self),
+        }
+    }
+
     /// Notes a request for it; one store a second at most, so the hot path rarely
     /// writes the shared line.
     pub fn touch(&self) {
@@ -177,10 +217,12 @@ impl Destinations {
             }
         }
         let routing_revision = held.values().map(|d| d.routing_revision).max().unwrap_or(0);
+        let by_address = index_addresses(&services);
         (
             Self {
                 routing_revision,
                 services,
+                by_address,
             },
             errors,
         )
@@ -209,13 +251,36 @@ impl Destinations {
         names
     }
 
-    /// The destination for a request's host in `namespace` (see [`service_name`]).
+    /// The destination for a request's host from a sidecar in `namespace` (see
+    /// [`parse_host`]): a service name in one of its forms, or an address one of its
+    /// endpoints has.
     pub fn resolve(&self, host: &str, namespace: &str) -> Option<&Arc<Destination>> {
-        let name = service_name(host, namespace)?;
-        self.services
-            .get(&*name)
-            // The control plane's answer for a name the mesh does not know.
-            .filter(|d| !(d.all.is_empty() && d.policy.is_none()))
+        match parse_host(host)? {
+            Host::Service { name, namespace: ns } => {
+                let dest = self
+                    .services
+                    .get(&*name)
+                    // The control plane's answer for a name the mesh does not know.
+                    .filter(|d| !(d.all.is_empty() && d.policy.is_none()))?;
+                dest.in_namespace(
+                    ns.unwrap_or(namespace),
+                    ns.is_none_or(|n| n.eq_ignore_ascii_case(namespace)),
+                )
+            }
+            Host::Address(ip, port) => self.at_address(ip, port),
+        }
+    }
+
+    /// The service with an endpoint at `ip`: one at exactly `ip:port` first, else (for
+    /// an address that is not loopback, where in development every instance lives)
+    /// one at that address on any port, since an app dials its peer's own port while
+    /// the endpoint is the peer's sidecar.
+    pub fn at_address(&self, ip: IpAddr, port: Option<u16>) -> Option<&Arc<Destination>> {
+        let at = self.by_address.get(&ip.to_canonical())?;
+        at.iter()
+            .find(|(p, _)| Some(*p) == port)
+            .or_else(|| at.first().filter(|_| !ip.to_canonical().is_loopback()))
+            .map(|(_, d)| d)
     }
 
     /// The identity an endpoint must prove, by its address. A scan of the held
@@ -300,7 +365,13 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
                 .collect()
         })
         .unwrap_or_default();
+    let budget: Arc<RetryBudget> = old.map(|o| o.budget.clone()).unwrap_or_default();
+    let last_used = old.map_or_else(
+        || Arc::new(AtomicU64::new(outrider_runtime::time::now_ms() / 1000)),
+        |o| o.last_used.clone(),
+    );
     let mut all = Vec::with_capacity(d.endpoints.len());
+    let mut namespace_of: Vec<Box<str>> = Vec::with_capacity(d.endpoints.len());
     let mut subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>> = HashMap::new();
     let mut stats: HashMap<String, Arc<SubsetStats>> = HashMap::new();
     for e in &d.endpoints {
@@ -332,25 +403,95 @@ fn compile_one(d: &DestinationService, old: Option<&Destination>) -> Result<Dest
         stats.entry(e.subset.clone()).or_insert_with(|| ep.stats.clone());
         subsets.entry(e.subset.as_str().into()).or_default().push(ep.clone());
         all.push(ep);
+        let ns = if e.namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            &e.namespace
+        };
+        namespace_of.push(ns.to_ascii_lowercase().into());
     }
+    let mut distinct: Vec<&Box<str>> = namespace_of.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    let namespaces = match distinct.as_slice() {
+        [] => Namespaces::Unknown,
+        [one] => Namespaces::Single((*one).clone()),
+        several => Namespaces::Split(
+            several
+                .iter()
+                .map(|ns| {
+                    let mine: Vec<Arc<EndpointState>> = all
+                        .iter()
+                        .zip(&namespace_of)
+                        .filter(|(_, n)| n == ns)
+                        .map(|(e, _)| Arc::clone(e))
+                        .collect();
+                    let view = Destination {
+                        name: d.service.as_str().into(),
+                        routes: policy.as_ref().map(compile_routes).unwrap_or_default(),
+                        subsets: group_by_subset(&mine),
+                        all: mine.into(),
+                        budget: Arc::clone(&budget),
+                        policy: policy.clone(),
+                        last_used: Arc::clone(&last_used),
+                        namespaces: Namespaces::Single((*ns).clone()),
+                    };
+                    ((*ns).clone(), Arc::new(view))
+                })
+                .collect(),
+        ),
+    };
     let routes = policy.as_ref().map(compile_routes).unwrap_or_default();
     Ok(Destination {
         name: d.service.as_str().into(),
         routes,
         all: all.into(),
         subsets: subsets.into_iter().map(|(k, v)| (k, v.into())).collect(),
-        budget: old.map(|o| o.budget.clone()).unwrap_or_default(),
+        budget,
         policy,
-        last_used: old.map_or_else(
-            || Arc::new(AtomicU64::new(outrider_runtime::time::now_ms() / 1000)),
-            |o| o.last_used.clone(),
-        ),
+        last_used,
+        namespaces,
     })
+}
+
+fn group_by_subset(endpoints: &[Arc<EndpointState>]) -> HashMap<Box<str>, Endpoints> {
+    let mut subsets: HashMap<Box<str>, Vec<Arc<EndpointState>>> = HashMap::new();
+    for e in endpoints {
+        subsets.entry(e.subset.clone()).or_default().push(Arc::clone(e));
+    }
+    subsets.into_iter().map(|(k, v)| (k, v.into())).collect()
+}
+
+/// The address index of [`Destinations::by_address`], rebuilt with every table (one
+/// pass over the held endpoints).
+fn index_addresses(services: &HashMap<Box<str>, Arc<Destination>>) -> HashMap<IpAddr, Vec<(u16, Arc<Destination>)>> {
+    let mut names: Vec<&Arc<Destination>> = services.values().collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut index: HashMap<IpAddr, Vec<(u16, Arc<Destination>)>> = HashMap::new();
+    for dest in names {
+        let views: Vec<&Arc<Destination>> = match &dest.namespaces {
+            Namespaces::Split(views) => views.iter().map(|(_, v)| v).collect(),
+            _ => vec![dest],
+        };
+        for view in views {
+            for e in view.all.iter() {
+                let host = e.authority.host().trim_matches(|c| c == '[' || c == ']');
+                if let (Ok(ip), Some(port)) = (host.parse::<IpAddr>(), e.authority.port_u16()) {
+                    index
+                        .entry(ip.to_canonical())
+                        .or_default()
+                        .push((port, Arc::clone(view)));
+                }
+            }
+        }
+    }
+    index
 }
 
 /// A service name as read from a `Host` or `:authority`: lowercased into a buffer
 /// on the stack (a valid name has at most 63 bytes), so the request path does not
 /// allocate for it.
+#[derive(PartialEq, Eq)]
 pub struct ServiceName {
     buf: [u8; 63],
     len: usize,
@@ -365,16 +506,57 @@ impl std::ops::Deref for ServiceName {
     }
 }
 
-/// The mesh service a request for `host` names, from a sidecar in `namespace`:
-/// `web`, `web.<namespace>`, `web.<namespace>.svc` or
-/// `web.<namespace>.svc.cluster.local`, in any case, with or without a port (and a
-/// trailing dot). Anything else (`api.stripe.com`, another namespace, an address)
-/// names no mesh service: a name is never guessed from its first label.
-pub fn service_name(host: &str, namespace: &str) -> Option<ServiceName> {
-    let host = strip_port(host);
+impl std::fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// What a request's `Host` (or `:authority`, or original destination) names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Host<'a> {
+    /// `web`, `web.<ns>`, `web.<ns>.svc` or `web.<ns>.svc.cluster.local`; `namespace`
+    /// is `None` for the unqualified form, which means the caller's namespace.
+    Service {
+        name: ServiceName,
+        namespace: Option<&'a str>,
+    },
+    /// An IP address, with its port when one was given.
+    Address(IpAddr, Option<u16>),
+}
+
+/// Reads `host` as the mesh reads it: a service name in one of its four forms, in
+/// any case, with or without a port (ignored) and a trailing dot; or an IP address
+/// (`10.0.0.5`, `10.0.0.5:8080`, `[fd00::5]:80`). Anything else (`api.stripe.com`,
+/// `web.example.org`, `web.default.svc.cluster.local.evil.com`) names nothing: a name
+/// is never guessed from its first label.
+pub fn parse_host(host: &str) -> Option<Host<'_>> {
+    if let Some(rest) = host.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let ip: Ipv6Addr = ip.parse().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse().ok()?),
+        };
+        return Some(Host::Address(IpAddr::V6(ip), port));
+    }
+    let (host, port) = split_port(host);
     let host = host.strip_suffix('.').unwrap_or(host);
-    let (first, rest) = host.split_once('.').unwrap_or((host, ""));
-    if !rest.is_empty() && !in_namespace(rest, namespace) {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(Host::Address(IpAddr::V4(ip), port.and_then(|p| p.parse().ok())));
+    }
+    let mut labels = host.split('.');
+    let first = labels.next()?;
+    let namespace = labels.next();
+    let is = |label: Option<&str>, want: &str| label.is_some_and(|l| l.eq_ignore_ascii_case(want));
+    let rest: [Option<&str>; 4] = std::array::from_fn(|_| labels.next());
+    let suffix_ok = match rest {
+        [None, ..] => true,
+        [svc, None, ..] => is(svc, "svc"),
+        [svc, cluster, local, None] => is(svc, "svc") && is(cluster, "cluster") && is(local, "local"),
+        _ => false,
+    };
+    if !suffix_ok || namespace.is_some_and(|ns| !is_label(ns)) {
         return None;
     }
     let mut name = ServiceName { buf: [0; 63], len: 0 };
@@ -386,32 +568,38 @@ pub fn service_name(host: &str, namespace: &str) -> Option<ServiceName> {
         *slot = b.to_ascii_lowercase();
     }
     name.len = bytes.len();
-    outrider_policy::validate_service_name(&name).is_ok().then_some(name)
+    outrider_policy::validate_service_name(&name)
+        .is_ok()
+        .then_some(Host::Service { name, namespace })
 }
 
-/// Whether `suffix` (what follows the service's label) is `namespace`, optionally
-/// followed by `.svc` or `.svc.cluster.local`.
-fn in_namespace(suffix: &str, namespace: &str) -> bool {
-    let Some(after) = suffix
-        .get(..namespace.len())
-        .filter(|ns| ns.eq_ignore_ascii_case(namespace))
-        .map(|_| &suffix[namespace.len()..])
-    else {
-        return false;
-    };
-    after.is_empty() || after.eq_ignore_ascii_case(".svc") || after.eq_ignore_ascii_case(".svc.cluster.local")
+/// A DNS label as Kubernetes names namespaces with (RFC 1123), in any case.
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
-/// The service name to ask the control plane for when a request names `host` (as
-/// [`Destinations::resolve`] reads it); `None` when it names no service.
-pub fn lookup_name(host: &str, namespace: &str) -> Option<ServiceName> {
-    service_name(host, namespace)
+/// The service name to ask the control plane for when a request names `host`: the
+/// name alone, whatever the namespace (the control plane lists instances of every
+/// namespace, each with its own, and the table picks the view); `None` when it names
+/// no service.
+pub fn lookup_name(host: &str) -> Option<ServiceName> {
+    match parse_host(host)? {
+        Host::Service { name, .. } => Some(name),
+        Host::Address(..) => None,
+    }
 }
 
-fn strip_port(host: &str) -> &str {
+/// `host:port` → (`host`, the port); a colon not followed by digits only is no port.
+fn split_port(host: &str) -> (&str, Option<&str>) {
     match host.rsplit_once(':') {
-        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+        Some((h, port)) if !h.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (h, Some(port))
+        }
+        _ => (host, None),
     }
 }
 
@@ -508,28 +696,137 @@ pub(crate) mod tests {
             "web",
             "web:80",
             "WEB",
+            "WEB:8080",
+            "web.",
             "Web.Default:8080",
             "web.default.svc",
+            "WEB.DEFAULT.SVC.CLUSTER.LOCAL",
             "web.default.svc.cluster.local",
             "web.default.svc.cluster.local.:80",
+            // An address: exactly an endpoint's, port and all, on loopback.
+            "127.0.0.1:1001",
         ] {
             assert_eq!(&*d.resolve(h, "default").unwrap().name, "web", "{h}");
         }
         for h in [
             "api",
             "web.stripe.com",
+            "web.example.org",
             "web.other",
             "web.other.svc.cluster.local",
             "web.default.svc.example.com",
+            "web.default.svc.cluster.local.evil.com",
+            "web.default.svc.cluster",
+            "web.default.cluster.local",
             "web.defaults",
-            "127.0.0.1:1001",
+            "web..svc",
+            "web.-default",
+            "web:http",
+            "",
+            ":80",
+            // Loopback on another port: in development every instance is on it.
+            "127.0.0.1:80",
+            "127.0.0.1",
             "[::1]:80",
+            "[::1",
         ] {
             assert!(d.resolve(h, "default").is_none(), "{h}");
         }
-        assert!(d.resolve("web.shop.svc", "shop").is_some());
-        assert_eq!(lookup_name("api.stripe.com", "default").as_deref(), None);
-        assert_eq!(lookup_name("API:443", "default").as_deref(), Some("api"));
+        assert!(
+            d.resolve("web", "shop").is_none(),
+            "unqualified means the caller's namespace"
+        );
+        assert!(
+            d.resolve("web.default.svc", "shop").is_some(),
+            "qualified reaches across namespaces"
+        );
+        assert_eq!(lookup_name("api.stripe.com").as_deref(), None);
+        assert_eq!(lookup_name("API:443").as_deref(), Some("api"));
+        assert_eq!(
+            lookup_name("web.payments.svc").as_deref(),
+            Some("web"),
+            "asked by name, filtered by namespace"
+        );
+        assert_eq!(lookup_name("10.0.0.5:8080").as_deref(), None);
+    }
+
+    #[test]
+    fn hosts_parse_into_names_with_their_namespace_or_addresses() {
+        let service = |h| match parse_host(h) {
+            Some(Host::Service { name, namespace }) => Some((name.to_string(), namespace.map(str::to_owned))),
+            _ => None,
+        };
+        assert_eq!(
+            service("Web.Payments.SVC:80"),
+            Some(("web".into(), Some("Payments".into())))
+        );
+        assert_eq!(service("web"), Some(("web".into(), None)));
+        assert_eq!(service("web.default.svc.cluster.local.evil.com"), None);
+        assert_eq!(
+            parse_host("10.0.0.5:8080"),
+            Some(Host::Address("10.0.0.5".parse().unwrap(), Some(8080)))
+        );
+        assert_eq!(
+            parse_host("10.0.0.5."),
+            Some(Host::Address("10.0.0.5".parse().unwrap(), None))
+        );
+        assert_eq!(
+            parse_host("[fd00::5]:80"),
+            Some(Host::Address("fd00::5".parse().unwrap(), Some(80)))
+        );
+        assert_eq!(parse_host("[fd00::5]x"), None);
+        assert_eq!(parse_host("fd00::5"), None, "an IPv6 host must be bracketed");
+    }
+
+    /// `web` with one instance in `default` and one in `payments`, as the control plane
+    /// lists a name that exists in two namespaces.
+    fn two_namespaces() -> Destinations {
+        let ep = |address: &str, namespace: &str| Endpoint {
+            address: address.into(),
+            port: 15006,
+            subset: "v1".into(),
+            pod: format!("web-{namespace}"),
+            namespace: namespace.into(),
+            ..Default::default()
+        };
+        let t = DestinationTable {
+            services: vec![DestinationService {
+                service: "web".into(),
+                endpoints: vec![ep("10.0.0.1", "default"), ep("10.0.0.2", "payments")],
+                routing: String::new(),
+                routing_revision: 1,
+            }],
+            routing_revision: 1,
+        };
+        Destinations::compile(Some(&t), None).unwrap()
+    }
+
+    #[test]
+    fn a_qualified_name_reaches_only_the_instances_in_its_namespace() {
+        let d = two_namespaces();
+        let pods = |h: &str, ns: &str| -> Vec<String> {
+            d.resolve(h, ns)
+                .map(|w| w.all.iter().map(|e| e.pod.to_string()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(pods("web", "default"), ["web-default"]);
+        assert_eq!(pods("web", "payments"), ["web-payments"]);
+        assert_eq!(pods("web.payments", "default"), ["web-payments"]);
+        assert_eq!(pods("WEB.PAYMENTS.SVC.CLUSTER.LOCAL:8080", "default"), ["web-payments"]);
+        assert_eq!(pods("web.default.svc", "payments"), ["web-default"]);
+        assert!(pods("web", "shop").is_empty());
+        assert!(pods("web.shop.svc", "default").is_empty());
+        // An address matches the service with an endpoint there, on any port (the app
+        // dials its peer's port, the endpoint is the peer's sidecar).
+        assert_eq!(pods("10.0.0.2:8080", "default"), ["web-payments"]);
+        assert_eq!(pods("10.0.0.1", "shop"), ["web-default"]);
+        assert!(pods("10.0.0.3:8080", "default").is_empty());
+        // The views share the endpoints' state with the whole destination.
+        let whole = d.held("web").unwrap();
+        assert!(Arc::ptr_eq(
+            &whole.all[1],
+            &d.resolve("web.payments", "x").unwrap().all[0]
+        ));
     }
 
     #[test]

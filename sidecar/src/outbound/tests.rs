@@ -186,13 +186,17 @@ async fn get(
     }
     let r = c.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     let status = r.status().as_u16();
-    let name = r
-        .headers()
-        .get("x-name")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let name = header_of(&r, "x-name");
     let body = r.into_body().collect().await.unwrap().to_bytes();
     (status, name, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A response header's value, or "" without it.
+fn header_of<B>(r: &Response<B>, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 async fn setup(routing: &str) -> (Arc<SidecarState>, SocketAddr, Upstream, Upstream) {
@@ -405,4 +409,169 @@ async fn websocket_upgrades_pass_through() {
         .unwrap()
         .unwrap();
     assert_eq!(&echoed, b"ping");
+}
+
+/// The proxy's answer to `host` from a proxy with `policy`: (status, content type,
+/// body), and whether the upstream `web` saw anything.
+async fn explicit(policy: passthrough::OutboundPolicy, host: &str) -> (u16, String, String, usize) {
+    let web = upstream("v1", false).await;
+    let state = Arc::new(SidecarState::new());
+    apply(&state, vec![endpoint(web.addr, "v1")], "");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Arc::new(OutboundProxy::new(state).with_policy(policy));
+    tokio::spawn(serve(listener, proxy, std::future::pending()));
+    let host = host
+        .replace("{web}", &web.addr.to_string())
+        .replace("{proxy}", &addr.to_string());
+    let r = client()
+        .request(
+            Request::get(format!("http://{addr}/"))
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let kind = header_of(&r, "content-type");
+    let body = String::from_utf8_lossy(&r.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    (status, kind, body, web.hits.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn registry_only_refuses_an_unknown_host_with_a_502_problem_naming_it() {
+    let (status, kind, body, hits) = explicit(passthrough::OutboundPolicy::RegistryOnly, "api.example.test").await;
+    assert_eq!((status, kind.as_str(), hits), (502, "application/problem+json", 0));
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["host"], "api.example.test", "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("registry-only"),
+        "{problem}"
+    );
+    // A mesh service is still reachable, by name and by its endpoint's address.
+    let (status, _, _, hits) = explicit(passthrough::OutboundPolicy::RegistryOnly, "web").await;
+    assert_eq!((status, hits), (200, 1));
+    let (status, _, _, hits) = explicit(passthrough::OutboundPolicy::RegistryOnly, "{web}").await;
+    assert_eq!((status, hits), (200, 1));
+}
+
+#[tokio::test]
+async fn explicit_forwarding_never_reaches_loopback_metadata_or_the_proxy_itself() {
+    for host in [
+        // Loopback on a port no endpoint has: not the mesh's, and never forwarded.
+        "127.0.0.1:1",
+        "localhost:1",
+        "[::1]:1",
+        "0.0.0.0:1",
+        "169.254.169.254",
+        "{proxy}",
+    ] {
+        let (status, kind, body, hits) = explicit(passthrough::OutboundPolicy::AllowAny, host).await;
+        assert_eq!(
+            (status, kind.as_str(), hits),
+            (403, "application/problem+json", 0),
+            "{host}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redirected_request_for_no_mesh_service_goes_to_its_original_destination() {
+    // What the accept loop does for a redirected connection, by hand: the request
+    // carries its original destination.
+    let outside = upstream("outside", false).await;
+    let web = upstream("v1", false).await;
+    let state = Arc::new(SidecarState::new());
+    apply(&state, vec![endpoint(web.addr, "v1")], "");
+    let logging = Snapshot {
+        revision: 2,
+        nonce: "n2".into(),
+        service: "client".into(),
+        service_share: 1.0,
+        logging: r#"{"accessLog":{"enabled":true},"sink":{"type":"stdout"}}"#.into(),
+        ..Default::default()
+    };
+    state.apply(&logging, Source::ControlPlane).unwrap();
+    let mut records = state.logs.take_access_receiver().unwrap();
+    for (policy, want) in [
+        (passthrough::OutboundPolicy::AllowAny, 200),
+        (passthrough::OutboundPolicy::RegistryOnly, 502),
+    ] {
+        let proxy = OutboundProxy::new(Arc::clone(&state)).with_policy(policy);
+        let mut req = Request::get("/x")
+            .header("host", "api.example.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut().insert(crate::proxy::OriginalDst(outside.addr));
+        let (status, name) = call_stack(&proxy, req).await;
+        assert_eq!(status, want, "{policy:?}");
+        if want == 200 {
+            assert_eq!(name, "outside");
+        }
+        // An original destination at a mesh instance is a call to its service.
+        let mut req = Request::get("/x")
+            .header("host", "api.example.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut().insert(crate::proxy::OriginalDst(web.addr));
+        assert_eq!(call_stack(&proxy, req).await, (200, "v1".to_owned()), "{policy:?}");
+    }
+    assert_eq!(outside.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        state
+            .metrics
+            .passthrough
+            .passed_total(crate::metrics::PassthroughKind::Http),
+        1
+    );
+    // Pass-through requests are logged like routed ones, the refused one too, each
+    // with the host it was for as its upstream.
+    let mut seen = Vec::new();
+    while let Ok(r) = records.try_recv() {
+        seen.push((r.status, r.upstream.map(|u| u.to_string())));
+    }
+    let host = Some("api.example.test".to_owned());
+    assert!(seen.contains(&(200, host.clone())), "{seen:?}");
+    assert!(seen.contains(&(502, host)), "{seen:?}");
+}
+
+/// Sends `req` down the proxy's stack as the accept loop would; (status, x-name).
+async fn call_stack(proxy: &OutboundProxy, req: Request<Empty<Bytes>>) -> (u16, String) {
+    let (parts, _) = req.into_parts();
+    // The stack takes hyper's body type: send the request over a real connection to
+    // a one-shot server running the stack, carrying the extension across.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stack = proxy.stack();
+    let original = parts.extensions.get::<crate::proxy::OriginalDst>().copied();
+    tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.unwrap();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            if let Some(o) = original {
+                req.extensions_mut().insert(o);
+            }
+            let mut stack = stack.clone();
+            async move { tower::Service::call(&mut stack, crate::proxy::Call::new(req, peer)).await }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let mut req = Request::builder()
+        .method(parts.method)
+        .uri(format!("http://{addr}{}", parts.uri.path()));
+    for (k, v) in &parts.headers {
+        req = req.header(k, v);
+    }
+    let r = client()
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let name = r
+        .headers()
+        .get("x-name")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), name)
 }

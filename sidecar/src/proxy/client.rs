@@ -48,8 +48,12 @@ where
 
 /// TCP with the proxies' connect timeout and `TCP_NODELAY`.
 pub fn connector() -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector_via(HttpConnector::new(), CONNECT_TIMEOUT)
+}
+
+/// `connector` (its own resolver) with `TCP_NODELAY` and `timeout` to connect.
+pub fn connector_via<R>(mut connector: HttpConnector<R>, timeout: Duration) -> HttpConnector<R> {
+    connector.set_connect_timeout(Some(timeout));
     connector.set_nodelay(true);
     connector
 }
