@@ -397,6 +397,22 @@ test('a logging policy edited in the form: an http sink without a URL is refused
   collector.close();
 });
 
+test('the service page shows each instance's identity and certificate expiry, and the mTLS mode', async () => {
+  const page = await signedIn(BOOT);
+  await openService(page, 'web');
+  const rows = page.locator('#identity tbody tr');
+  await waitFor('three instances', async () => (await rows.count()) === 3);
+  const api = (await apiGet('/services/web')).body;
+  for (const sc of api.sidecars) {
+    const row = page.locator(`#identity tr[data-pod="${sc.pod}"]`);
+    assert.equal(await row.locator('td').nth(2).textContent(), sc.identity || 'none yet (plaintext)');
+    assert.match(sc.identity || '', /^spiffe:\/\/outrider\.local\/ns\/default\/svc\/web$/);
+  }
+  assert.equal(await page.locator('#mtls-mode').getAttribute('data-mode'), api.mtls);
+  assert.match(await page.locator('#mtls-mode').textContent(), /permissive/);
+  await page.context().close();
+});
+
 test('a viewer sees everything and can change nothing', async () => {
   const page = await signedIn(viewer);
   await waitFor('the fleet', async () => (await page.locator('#fleet tbody tr').count()) >= 3);

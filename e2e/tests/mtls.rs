@@ -124,7 +124,7 @@ async fn mesh_calls_travel_over_mtls_and_the_app_learns_who_called() {
     assert_eq!(m.web_app.last_peer_identity(), None);
     // What an operator reads before going strict: the mode, and the plaintext
     // requests web still receives (this one; the mesh calls came over mTLS).
-    assert_eq!(m.web.metric("outrider_inbound_plaintext_requests_total").await, 1);
+    assert_eq!(m.web.metric("outrider_sidecar_plaintext_requests_total").await, 1);
     let reported = wait_until(SOON, || async {
         let web = m.cp.get_json("/services/web").await;
         web["mtls"] == "permissive" && web["plaintextRequests"] == 1

@@ -316,7 +316,7 @@ impl Metrics {
             self.rate_limited_total(),
         );
         w.single(
-            "outrider_inbound_plaintext_requests_total",
+            "outrider_sidecar_plaintext_requests_total",
             Kind::Counter,
             "Inbound requests whose caller proved no identity (not mTLS).",
             self.plaintext_total(),

@@ -55,6 +55,44 @@ function instancesTable(sidecars) {
   );
 }
 
+// Who the service's instances are to their callers, and how far it is from strict
+// mTLS: its mode and the plaintext requests its instances still receive.
+function identityPanel(data) {
+  const plaintext = data.plaintextRequests || 0;
+  const advice =
+    data.mtls === 'strict'
+      ? 'strict: plaintext callers are refused'
+      : plaintext === 0
+        ? 'permissive, and every request so far came over mTLS'
+        : `permissive: ${plaintext} plaintext request${plaintext === 1 ? '' : 's'} received (would be refused in strict)`;
+  const heads = ['Pod', 'Subset', 'Identity', 'Certificate expires'];
+  return h(
+    'section',
+    { id: 'identity' },
+    h('h3', { text: 'Identity and mTLS' }),
+    h('p', { id: 'mtls-mode', 'data-mode': data.mtls, text: `mTLS ${advice}` }),
+    h(
+      'table',
+      { class: 'grid identities' },
+      h('thead', {}, h('tr', {}, ...heads.map((t) => h('th', { scope: 'col', text: t })))),
+      h(
+        'tbody',
+        {},
+        ...data.sidecars.map((s) =>
+          h(
+            'tr',
+            { 'data-pod': s.pod },
+            h('td', { text: s.pod }),
+            h('td', { text: s.version }),
+            h('td', { text: s.identity || 'none yet (plaintext)' }),
+            h('td', { text: s.certificateExpiry || '–' }),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
 // After a snapshot or membership event: only the instances table, the editors keep
 // what the user is typing.
 export async function refreshInstances(service) {
@@ -73,6 +111,7 @@ export async function show(name) {
     h('p', { class: 'muted', text: `Snapshot revision r${data.revision}` }),
     h('h3', { text: 'Instances per subset' }),
     instancesTable(data.sidecars),
+    identityPanel(data),
     rateLimitEditor(name),
     routingEditor(name, subsets),
     loggingEditor(name),
