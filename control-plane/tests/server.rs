@@ -28,9 +28,17 @@ async fn run_serves_on_the_listeners_it_is_given_and_returns_after_shutdown() {
     let (grpc, http) = (loopback().await, loopback().await);
     let base = format!("http://{}", http.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(config(dir.path()), Listeners { grpc, http }, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(server::run(
+        config(dir.path()),
+        Listeners {
+            grpc,
+            http,
+            webhook: None,
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     outrider_testkit::wait_for_http_ok(&format!("{base}/readyz"), SOON)
         .await
@@ -61,6 +69,7 @@ async fn run_refuses_a_public_listener_without_its_token() {
     let listeners = Listeners {
         grpc: loopback().await,
         http: public,
+        webhook: None,
     };
     let result = server::run(config(dir.path()), listeners, std::future::pending()).await;
     assert!(
