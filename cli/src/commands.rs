@@ -27,6 +27,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         clap_complete::generate(shell, &mut Cli::command(), "outriderctl", &mut buf);
         return output::write_stdout(&String::from_utf8_lossy(&buf));
     }
+    if let Command::Inject(args) = &cli.command {
+        // Offline: no control plane is asked anything.
+        let (name, text) = read_input(&args.file)?;
+        let (rendered, notes) = crate::inject::inject_text(&name, &text, args, output)?;
+        for note in notes {
+            eprintln!("{note}");
+        }
+        return output::write_stdout(&rendered);
+    }
     let client = Client::new(&server, token.as_deref(), ca_file.as_deref())?;
     match cli.command {
         Command::Get(Get::Services) => {
@@ -82,7 +91,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Canary(c) => crate::canary::run(&client, output, c).await,
         Command::Check => check(&client, output).await,
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Inject(_) => unreachable!("handled above"),
     }
 }
 
