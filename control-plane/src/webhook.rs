@@ -115,7 +115,7 @@ fn review_pod(request: &Value, settings: &Settings) -> Answer {
     } else {
         name
     };
-    if text("/kind/kind") != "Pod" || text("/kind/group") != "" {
+    if text("/kind/kind") != "Pod" || !text("/kind/group").is_empty() {
         return Answer::Leave(Some(format!(
             "outrider: not injected: only Pods are injected, this is a {}",
             text("/kind/kind")

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use outrider_testkit::{echo_with, free_port, wait_until, Proc};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -65,7 +65,7 @@ impl Plan {
         .into_iter()
         .find_map(|(m, key, is_label)| text(m, key).map(|v| (key, v, is_label)))
         .ok_or(InjectError::NoService)?;
-        check(service, |v| outrider_policy::validate_service_name(v))?;
+        check(service, outrider_policy::validate_service_name)?;
         let service = source(service);
 
         let version = match [(annotations, VERSION, false), (labels, "version", true)]
