@@ -116,6 +116,34 @@ impl TlsControlPlane {
         format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// A `web` sidecar (pod `pod`, with its own echo app) that verifies this control
+    /// plane with the CA file `ca`.
+    async fn sidecar(&self, dir: &Path, pod: &str, ca: &Path) -> (Sidecar, Proc) {
+        let app_port = free_port();
+        let app = echo(app_port);
+        let ca = ca.display().to_string();
+        let state = dir.join(pod);
+        let extra = [("OUTRIDER_CA_FILE", ca.as_str())];
+        let sidecar = Sidecar::start_with(&self.grpc("https"), "web", pod, "v1", app_port, &state, &extra).await;
+        (sidecar, app)
+    }
+
+    /// Waits until `sidecar` (pod `pod`) is listed healthy; prints both logs if not.
+    async fn wait_healthy(&self, sidecar: &Sidecar, pod: &str) {
+        let healthy = wait_until(SOON, || async {
+            self.sidecars()
+                .await
+                .iter()
+                .any(|s| s["pod"] == pod && s["status"] == "healthy")
+        })
+        .await;
+        if healthy.is_err() {
+            sidecar.proc.print_log_tail(30);
+            self.proc.print_log_tail(30);
+            panic!("sidecar {pod} never showed up healthy");
+        }
+    }
+
     async fn sidecars(&self) -> Vec<Value> {
         let r = self.client.get(self.api("/sidecars")).send().await.unwrap();
         r.json::<Vec<Value>>().await.unwrap()
@@ -146,21 +174,6 @@ async fn the_control_plane_with_a_certificate_serves_its_api_over_https_and_no_p
     assert!(format!("{untrusted:?}").contains("UnknownIssuer"), "{untrusted:?}");
 }
 
-/// Runs `outriderctl` with `args`; returns (success, stdout, stderr).
-fn outriderctl(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bin_path("outriderctl"))
-        .args(args)
-        .env_remove("OUTRIDER_CA_FILE")
-        .env_remove("OUTRIDER_SERVER")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn outriderctl_with_the_ca_file_talks_to_an_https_control_plane_and_without_it_refuses() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,11 +182,14 @@ async fn outriderctl_with_the_ca_file_talks_to_an_https_control_plane_and_withou
     let server = format!("https://127.0.0.1:{}", cp.http_port);
     let ca = pki.ca.display().to_string();
 
-    let (ok, stdout, stderr) = outriderctl(&["--server", &server, "--ca-file", &ca, "-o", "json", "get", "services"]);
+    let (ok, stdout, stderr) = outriderctl(
+        &["--server", &server, "--ca-file", &ca, "-o", "json", "get", "services"],
+        None,
+    );
     assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap(), serde_json::json!([]));
 
-    let (ok, _, stderr) = outriderctl(&["--server", &server, "get", "services"]);
+    let (ok, _, stderr) = outriderctl(&["--server", &server, "get", "services"], None);
     assert!(!ok);
     assert!(stderr.contains("certificate"), "{stderr}");
 }
@@ -194,32 +210,9 @@ async fn a_sidecar_given_the_ca_file_registers_over_tls_and_enforces_its_snapsho
     assert_eq!(r.status(), 200);
     let revision = r.json::<Value>().await.unwrap()["revision"].as_u64().unwrap();
 
-    let app_port = free_port();
-    let _app = echo(app_port);
-    let ca = pki.ca.display().to_string();
-    let mut sidecar = Sidecar::start_with(
-        &cp.grpc("https"),
-        "web",
-        "web-tls",
-        "v1",
-        app_port,
-        &dir.path().join("sidecar"),
-        &[("OUTRIDER_CA_FILE", &ca)],
-    )
-    .await;
+    let (mut sidecar, _app) = cp.sidecar(dir.path(), "web-tls", &pki.ca).await;
     sidecar.wait_revision(revision).await;
-    let healthy = wait_until(SOON, || async {
-        cp.sidecars()
-            .await
-            .iter()
-            .any(|s| s["pod"] == "web-tls" && s["status"] == "healthy")
-    })
-    .await;
-    if healthy.is_err() {
-        sidecar.proc.print_log_tail(30);
-        cp.proc.print_log_tail(30);
-        panic!("the sidecar never showed up healthy");
-    }
+    cp.wait_healthy(&sidecar, "web-tls").await;
 }
 
 #[tokio::test]
@@ -263,31 +256,8 @@ async fn with_tls_san_both_ports_serve_a_certificate_from_the_mesh_ca_that_the_b
         .unwrap_err();
     assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
 
-    let app_port = free_port();
-    let _app = echo(app_port);
-    let ca = bundle.display().to_string();
-    let sidecar = Sidecar::start_with(
-        &cp.grpc("https"),
-        "web",
-        "web-san",
-        "v1",
-        app_port,
-        &dir.path().join("sidecar"),
-        &[("OUTRIDER_CA_FILE", &ca)],
-    )
-    .await;
-    let healthy = wait_until(SOON, || async {
-        cp.sidecars()
-            .await
-            .iter()
-            .any(|s| s["pod"] == "web-san" && s["status"] == "healthy")
-    })
-    .await;
-    if healthy.is_err() {
-        sidecar.proc.print_log_tail(30);
-        cp.proc.print_log_tail(30);
-        panic!("the sidecar never registered over TLS with the CA's certificate");
-    }
+    let (sidecar, _app) = cp.sidecar(dir.path(), "web-san", &bundle).await;
+    cp.wait_healthy(&sidecar, "web-san").await;
 }
 
 #[tokio::test]

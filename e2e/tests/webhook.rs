@@ -7,7 +7,7 @@
 mod common;
 use base64::Engine as _;
 use common::*;
-use outrider_testkit::{bin_path, free_port, wait_until};
+use outrider_testkit::{free_port, wait_until};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -280,29 +280,6 @@ async fn an_opted_out_pod_and_a_non_pod_are_allowed_unchanged_and_a_malformed_re
     }
     let (status, _) = wh.post(" ".repeat(5 * 1024 * 1024)).await;
     assert_eq!(status, 413);
-}
-
-/// Runs `outriderctl` with `args` and `stdin`; returns (success, stdout, stderr).
-fn outriderctl(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(bin_path("outriderctl"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -28,6 +28,10 @@ fn skipped(p: &Value, ns: Namespace<'_>) -> Skip {
     }
 }
 
+fn refused(p: &Value) -> InjectError {
+    inject(p, Namespace::Selected, &Settings::default()).unwrap_err()
+}
+
 fn init_container<'a>(p: &'a Value, name: &str) -> &'a Value {
     p["spec"]["initContainers"]
         .as_array()
@@ -150,58 +154,55 @@ fn a_host_network_pod_is_never_injected() {
     assert_eq!(skipped(&p, Namespace::Selected), Skip::HostNetwork);
 }
 
+/// (labels, annotations, the variable's fieldRef path or literal) for variable `name`.
+fn check_sources(name: &str, cases: &[(Value, Value, &str)]) {
+    for (labels, annotations, expected) in cases {
+        let out = injected(&pod(labels.clone(), annotations.clone()));
+        assert_eq!(env(&out, name), *expected, "{labels} {annotations}");
+    }
+}
+
 #[test]
 fn the_service_comes_from_the_annotation_then_app_kubernetes_io_name_then_app() {
-    let out = injected(&pod(
-        json!({"app": "a", "app.kubernetes.io/name": "b"}),
-        json!({"outrider.io/service": "c"}),
-    ));
-    assert_eq!(
-        env(&out, "OUTRIDER_SERVICE"),
-        "metadata.annotations['outrider.io/service']"
+    let both = json!({"app": "a", "app.kubernetes.io/name": "b"});
+    check_sources(
+        "OUTRIDER_SERVICE",
+        &[
+            (
+                both.clone(),
+                json!({"outrider.io/service": "c"}),
+                "metadata.annotations['outrider.io/service']",
+            ),
+            (both, json!({}), "metadata.labels['app.kubernetes.io/name']"),
+            (json!({"app": "a"}), json!({}), "metadata.labels['app']"),
+        ],
     );
-    let out = injected(&pod(json!({"app": "a", "app.kubernetes.io/name": "b"}), json!({})));
-    assert_eq!(
-        env(&out, "OUTRIDER_SERVICE"),
-        "metadata.labels['app.kubernetes.io/name']"
-    );
-    let out = injected(&pod(json!({"app": "a"}), json!({})));
-    assert_eq!(env(&out, "OUTRIDER_SERVICE"), "metadata.labels['app']");
-    let err = inject(&pod(json!({}), json!({})), Namespace::Selected, &Settings::default()).unwrap_err();
-    assert_eq!(err, InjectError::NoService);
+    assert_eq!(refused(&pod(json!({}), json!({}))), InjectError::NoService);
 }
 
 #[test]
 fn a_service_or_subset_name_the_sidecar_would_refuse_is_an_error_naming_its_source() {
-    let err = inject(
-        &pod(json!({"app": "Web_1"}), json!({})),
-        Namespace::Selected,
-        &Settings::default(),
-    )
-    .unwrap_err();
+    let err = refused(&pod(json!({"app": "Web_1"}), json!({})));
     assert!(err.to_string().starts_with("label app \"Web_1\""), "{err}");
-    let err = inject(
-        &pod(json!({"app": "web"}), json!({"outrider.io/version": "V 2"})),
-        Namespace::Selected,
-        &Settings::default(),
-    )
-    .unwrap_err();
+    let err = refused(&pod(json!({"app": "web"}), json!({"outrider.io/version": "V 2"})));
     assert!(err.to_string().starts_with("annotation outrider.io/version"), "{err}");
 }
 
 #[test]
 fn the_subset_comes_from_the_annotation_then_the_version_label_else_v1() {
-    let out = injected(&pod(
-        json!({"app": "a", "version": "v2"}),
-        json!({"outrider.io/version": "v3"}),
-    ));
-    assert_eq!(
-        env(&out, "OUTRIDER_VERSION"),
-        "metadata.annotations['outrider.io/version']"
+    let both = json!({"app": "a", "version": "v2"});
+    check_sources(
+        "OUTRIDER_VERSION",
+        &[
+            (
+                both.clone(),
+                json!({"outrider.io/version": "v3"}),
+                "metadata.annotations['outrider.io/version']",
+            ),
+            (both, json!({}), "metadata.labels['version']"),
+            (json!({"app": "a"}), json!({}), "v1"),
+        ],
     );
-    let out = injected(&pod(json!({"app": "a", "version": "v2"}), json!({})));
-    assert_eq!(env(&out, "OUTRIDER_VERSION"), "metadata.labels['version']");
-    assert_eq!(env(&injected(&web()), "OUTRIDER_VERSION"), "v1");
 }
 
 #[test]
@@ -218,12 +219,12 @@ fn the_app_port_is_the_annotation_a_number_or_a_port_name_else_the_first_contain
     assert_eq!(env(&injected(&p), "OUTRIDER_APP_PORT"), "7000");
     for bad in ["nope", "0", "70000", "15006"] {
         p["metadata"]["annotations"] = json!({"outrider.io/app-port": bad});
-        let err = inject(&p, Namespace::Selected, &Settings::default()).unwrap_err();
+        let err = refused(&p);
         assert!(matches!(err, InjectError::Bad { .. }), "{bad}: {err}");
     }
     let mut no_ports = web();
     no_ports["spec"]["containers"][0]["ports"] = json!([]);
-    let err = inject(&no_ports, Namespace::Selected, &Settings::default()).unwrap_err();
+    let err = refused(&no_ports);
     assert_eq!(err, InjectError::NoAppPort);
 }
 
@@ -264,12 +265,7 @@ fn capture_overrides_become_init_flags_and_bad_ones_are_refused_naming_the_annot
         ("outrider.io/skip-outbound-cidrs", "10.0.0.0/33"),
         ("outrider.io/token-secret", "Not_A_Name"),
     ] {
-        let err = inject(
-            &pod(json!({"app": "web"}), json!({ key: value })),
-            Namespace::Selected,
-            &Settings::default(),
-        )
-        .unwrap_err();
+        let err = refused(&pod(json!({"app": "web"}), json!({ key: value })));
         assert!(err.to_string().starts_with(&format!("annotation {key}")), "{err}");
     }
 }

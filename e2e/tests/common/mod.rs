@@ -75,6 +75,33 @@ pub fn tls_client(ca_pem: &[u8], resolve: Option<(&str, std::net::SocketAddr)>) 
     builder.build().unwrap()
 }
 
+/// Runs `outriderctl` with `args` (and `stdin`, when given), without the caller's
+/// `OUTRIDER_SERVER` and `OUTRIDER_CA_FILE`; returns (success, stdout, stderr).
+pub fn outriderctl(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(bin_path("outriderctl"))
+        .args(args)
+        .env_remove("OUTRIDER_CA_FILE")
+        .env_remove("OUTRIDER_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub struct ControlPlane {
     pub proc: Proc,
     pub grpc_port: u16,
