@@ -256,9 +256,11 @@ impl Ca {
         let first = names
             .first()
             .ok_or_else(|| CaError::Refused("a server certificate needs at least one name".into()))?;
+        let current = self.current.borrow().clone();
+        let signer = &current.signer;
         let key = KeyPair::generate()?;
         let now = OffsetDateTime::now_utc();
-        let not_after = (now + self.ttl).min(self.signer.not_after);
+        let not_after = (now + self.ttl).min(signer.not_after);
         let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
         let not_before = now - backdate(self.ttl);
         let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
@@ -281,9 +283,9 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf = params.signed_by(&key, &self.signer.issuer, &self.signer.key)?;
+        let leaf = params.signed_by(&key, &signer.issuer, &signer.key)?;
         let mut chain = vec![leaf.der().to_vec()];
-        for pem in pem_blocks(&self.signer.intermediates_pem).map_err(CaError::Issuer)? {
+        for pem in pem_blocks(&signer.intermediates_pem).map_err(CaError::Issuer)? {
             chain.push(first_der(&pem).map_err(CaError::Issuer)?);
         }
         Ok(ServerCert {
@@ -620,7 +622,7 @@ mod tests {
             );
             let eku = leaf.extended_key_usage().unwrap().unwrap().value;
             assert!(eku.server_auth && !eku.client_auth);
-            let root_der = first_der(ca.trust_bundle_pem()).unwrap();
+            let root_der = first_der(&ca.trust_bundle_pem()).unwrap();
             let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
             leaf.verify_signature(Some(root.public_key())).unwrap();
             let again = ca.issue_server(&names).unwrap();

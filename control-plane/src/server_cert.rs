@@ -64,16 +64,20 @@ impl IssuedCert {
         Ok(())
     }
 
-    /// Renews each certificate when it is due, until `stop`; a failure is retried
+    /// Renews each certificate when it is due, and at once when the CA's signer or
+    /// bundle changes (a root rotation: the certificate then chains to the root that
+    /// signs now, before the old one is retired), until `stop`; a failure is retried
     /// on a backoff while the old certificate is still served.
     pub async fn keep_renewed(self: Arc<Self>, ca: Arc<Ca>, stop: CancellationToken) {
         let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut failures = 0;
+        let mut changes = ca.subscribe();
         loop {
             let due = **self.renew_at.load();
             let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                changed = changes.changed() => if changed.is_err() { return },
                 () = stop.cancelled() => return,
             }
             match self.renew(&ca) {
