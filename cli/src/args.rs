@@ -75,6 +75,31 @@ pub enum Command {
     Install(Install),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Add the sidecar to the workloads of a file of Kubernetes objects, offline (as
+    /// the injection webhook would), and print every object.
+    Inject(Inject),
+}
+
+#[derive(Debug, Args)]
+pub struct Inject {
+    /// Kubernetes objects (YAML documents separated by `---`, or JSON); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// The image of the injected sidecar and its init container.
+    #[arg(long, default_value = outrider_inject::DEFAULT_IMAGE)]
+    pub sidecar_image: String,
+    /// The UID the sidecar runs as (capture leaves its traffic alone).
+    #[arg(long, default_value_t = outrider_inject::DEFAULT_PROXY_UID,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub proxy_uid: u32,
+    /// The control plane's gRPC address as the Pods reach it (OUTRIDER_CONTROL_PLANE
+    /// of the injected sidecars).
+    #[arg(long, default_value = outrider_inject::DEFAULT_CONTROL_PLANE)]
+    pub injected_control_plane: String,
+    /// The Secret (in each Pod's namespace, key `token`) the sidecar's OUTRIDER_TOKEN
+    /// comes from, when it exists; a Pod's annotation outrider.io/token-secret wins.
+    #[arg(long, default_value = outrider_inject::DEFAULT_TOKEN_SECRET)]
+    pub token_secret: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,6 +33,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         // No control plane is asked: everything comes from the flags.
         return install(output, args);
     }
+    if let Command::Inject(args) = &cli.command {
+        // Offline: no control plane is asked anything.
+        let (name, text) = read_input(&args.file)?;
+        let (rendered, notes) = crate::inject::inject_text(&name, &text, args, output)?;
+        for note in notes {
+            eprintln!("{note}");
+        }
+        return output::write_stdout(&rendered);
+    }
     let client = Client::new(&server, token.as_deref(), ca_file.as_deref())?;
     match cli.command {
         Command::Get(Get::Services) => {
@@ -88,8 +97,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Canary(c) => crate::canary::run(&client, output, c).await,
         Command::Check(args) => check(&client, output, &args).await,
-        Command::Install(_) => unreachable!("handled above"),
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Install(_) | Command::Inject(_) | Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 

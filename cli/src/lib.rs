@@ -3,8 +3,8 @@
 //!
 //! Modules, from the bottom up: `format` (the `-o` enum) and `error`; `args` (the
 //! command line) and `envelope` (parses and validates `apply` files before anything is
-//! sent); `client` (HTTP) and `output` (tables, JSON, YAML); `canary` and `commands`
-//! (what each command does). Nothing imports a module above it.
+//! sent); `client` (HTTP) and `output` (tables, JSON, YAML); `inject` (the offline
+//! `inject`, on `outrider-inject`); `canary` and `commands` (what each command does). Nothing imports a module above it.
 
 pub mod args;
 pub mod canary;
@@ -13,6 +13,7 @@ pub mod commands;
 pub mod envelope;
 pub mod error;
 pub mod format;
+pub mod inject;
 pub mod install;
 pub mod kubecheck;
 pub mod output;

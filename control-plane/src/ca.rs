@@ -63,6 +63,59 @@ pub struct Issued {
     pub not_after_ms: i64,
 }
 
+/// A name a server certificate is for (`--tls-san`, the webhook's service names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Ip(std::net::IpAddr),
+}
+
+impl std::fmt::Display for San {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            San::Dns(n) => f.write_str(n),
+            San::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl std::str::FromStr for San {
+    type Err = String;
+
+    /// An IP address, or a DNS name (a leading `*.` for a wildcard).
+    fn from_str(s: &str) -> Result<San, String> {
+        let s = s.trim();
+        if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse() {
+            return Ok(San::Ip(ip));
+        }
+        let name = s.strip_prefix("*.").unwrap_or(s).trim_end_matches('.');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(format!(
+                "{s:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
+            ));
+        }
+        Ok(San::Dns(s.trim_end_matches('.').to_ascii_lowercase()))
+    }
+}
+
+/// A certificate for the control plane's own listeners, with its key (made here, in
+/// memory, never stored).
+pub struct ServerCert {
+    /// DER, the leaf first, then any intermediates.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS #8 DER.
+    pub key: Vec<u8>,
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
+}
+
 /// What signs: the issuer's certificate (as rcgen needs it) and key, when it expires,
 /// and the intermediates to send after each leaf.
 struct Signer {
@@ -192,6 +245,54 @@ impl Ca {
             chain_pem: format!("{}{}", leaf.pem(), current.signer.intermediates_pem),
             trust_bundle_pem: current.bundle_pem.clone(),
             not_after_ms: (not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+        })
+    }
+}
+
+impl Ca {
+    /// A server certificate for `names` (DNS and IP SANs), valid for the
+    /// workload TTL, on a key made now.
+    pub fn issue_server(&self, names: &[San]) -> Result<ServerCert, CaError> {
+        let first = names
+            .first()
+            .ok_or_else(|| CaError::Refused("a server certificate needs at least one name".into()))?;
+        let current = self.current.borrow().clone();
+        let signer = &current.signer;
+        let key = KeyPair::generate()?;
+        let now = OffsetDateTime::now_utc();
+        let not_after = (now + self.ttl).min(signer.not_after);
+        let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
+        let not_before = now - backdate(self.ttl);
+        let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Outrider");
+        dn.push(DnType::CommonName, first.to_string());
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n {
+                San::Dns(d) => Ok(SanType::DnsName(d.clone().try_into()?)),
+                San::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params.signed_by(&key, &signer.issuer, &signer.key)?;
+        let mut chain = vec![leaf.der().to_vec()];
+        for pem in pem_blocks(&signer.intermediates_pem).map_err(CaError::Issuer)? {
+            chain.push(first_der(&pem).map_err(CaError::Issuer)?);
+        }
+        Ok(ServerCert {
+            chain,
+            key: key.serialize_der(),
+            not_before: not_before.into(),
+            not_after: not_after.into(),
         })
     }
 }
@@ -489,6 +590,47 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         cert.verify_signature(Some(root.public_key())).unwrap();
     });
+
+    #[test]
+    fn sans_are_ip_addresses_or_dns_names_and_anything_else_is_refused() {
+        assert_eq!("127.0.0.1".parse(), Ok(San::Ip("127.0.0.1".parse().unwrap())));
+        assert_eq!("[::1]".parse(), Ok(San::Ip("::1".parse().unwrap())));
+        assert_eq!(" Localhost. ".parse(), Ok(San::Dns("localhost".into())));
+        assert_eq!("*.outrider.svc".parse(), Ok(San::Dns("*.outrider.svc".into())));
+        for bad in ["", "a b", "-x.svc", "x..svc", "http://x", "x_y"] {
+            assert!(bad.parse::<San>().is_err(), "{bad:?}");
+        }
+    }
+
+    store_test!(
+        a_server_certificate_names_its_dns_and_ip_sans_and_verifies_against_the_bundle,
+        |s| {
+            let ca = Ca::open(s, &cfg(Duration::from_secs(3600))).await.unwrap();
+            let names = [
+                San::Dns("cp.outrider.svc".into()),
+                San::Ip("127.0.0.1".parse().unwrap()),
+            ];
+            let cert = ca.issue_server(&names).unwrap();
+            let (_, leaf) = x509_parser::parse_x509_certificate(&cert.chain[0]).unwrap();
+            let san = leaf.subject_alternative_name().unwrap().unwrap();
+            assert_eq!(
+                san.value.general_names,
+                [
+                    GeneralName::DNSName("cp.outrider.svc"),
+                    GeneralName::IPAddress(&[127, 0, 0, 1])
+                ]
+            );
+            let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.server_auth && !eku.client_auth);
+            let root_der = first_der(&ca.trust_bundle_pem()).unwrap();
+            let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+            leaf.verify_signature(Some(root.public_key())).unwrap();
+            let again = ca.issue_server(&names).unwrap();
+            assert_ne!(again.key, cert.key, "each certificate has a key of its own");
+            assert!(cert.not_before < cert.not_after);
+            assert!(ca.issue_server(&[]).is_err());
+        }
+    );
 
     #[tokio::test]
     async fn the_operators_issuer_signs_and_its_root_is_the_bundle_and_no_root_is_stored() {

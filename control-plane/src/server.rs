@@ -4,11 +4,12 @@
 use crate::api::guard::Guard;
 use crate::api::{self, AppState};
 use crate::auth::AuthThrottle;
-use crate::ca::{Ca, CaConfig, CaError};
+use crate::ca::{Ca, CaConfig, CaError, San};
 use crate::grpc::ControlService;
 use crate::hub::{Hub, Timing};
 use crate::listen::{serve_http, tls_incoming, HandshakeDeadline, HttpLimits};
 use crate::metrics::Metrics;
+use crate::server_cert::IssuedCert;
 use crate::store::{Store, StoreError};
 use crate::tls::ServerTls;
 use outrider_runtime::shutdown::{CancellationToken, TaskTracker};
@@ -94,6 +95,28 @@ pub struct Config {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "OUTRIDER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// DNS names and IP addresses (comma-separated) to serve both ports over TLS with
+    /// a certificate from the control plane's own CA, renewed before it expires.
+    #[arg(long, env = "OUTRIDER_TLS_SAN", value_delimiter = ',', value_parser = parse_san)]
+    pub tls_san: Vec<San>,
+    /// Serve the sidecar injection webhook (POST /inject, over TLS) here; off unless given.
+    #[arg(long, env = "OUTRIDER_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The namespace the control plane runs in: the webhook's certificate is for
+    /// outrider-webhook.<namespace>.svc. Default: POD_NAMESPACE, else outrider.
+    #[arg(long, env = "OUTRIDER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The image of injected sidecars (and their init container).
+    #[arg(long, env = "OUTRIDER_SIDECAR_IMAGE", default_value = outrider_inject::DEFAULT_IMAGE)]
+    pub sidecar_image: String,
+    /// The UID injected sidecars run as; capture leaves its traffic alone.
+    #[arg(long, env = "OUTRIDER_PROXY_UID", default_value_t = outrider_inject::DEFAULT_PROXY_UID,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub proxy_uid: u32,
+    /// OUTRIDER_CONTROL_PLANE of injected sidecars: this control plane's gRPC port as
+    /// Pods reach it.
+    #[arg(long, env = "OUTRIDER_INJECTED_CONTROL_PLANE", default_value = outrider_inject::DEFAULT_CONTROL_PLANE)]
+    pub injected_control_plane: String,
     /// The SPIFFE trust domain of workload identities.
     #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = "outrider.local")]
     pub trust_domain: String,
@@ -107,6 +130,10 @@ pub struct Config {
     /// The key of --ca-cert (PEM, PKCS #8).
     #[arg(long, env = "OUTRIDER_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+}
+
+fn parse_san(s: &str) -> Result<San, String> {
+    s.parse()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -137,6 +164,23 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "--tls-san (OUTRIDER_TLS_SAN) and --tls-cert/--tls-key (OUTRIDER_TLS_CERT/OUTRIDER_TLS_KEY) are both set: serve either the operator's certificate or one from the mesh CA"
+    )]
+    TlsConflict,
+    #[error("--injected-control-plane {0:?}: expected an http:// or https:// URL")]
+    InjectedControlPlane(String),
+    #[error("--namespace {0:?}: {1}")]
+    Namespace(String, String),
+}
+
+/// How both ports speak, before the CA is open.
+pub enum TlsMode {
+    Plaintext,
+    /// The operator's certificate (`--tls-cert`/`--tls-key`).
+    Files(ServerTls),
+    /// A certificate from the mesh CA for these names (`--tls-san`).
+    Issued(Vec<San>),
 }
 
 impl Config {
@@ -180,13 +224,59 @@ impl Config {
         Ok(())
     }
 
-    /// How both ports speak TLS, or `None` for plaintext. TLS is no substitute for
-    /// a token: the security check above is the same either way.
-    pub fn server_tls(&self) -> Result<Option<ServerTls>, ServerError> {
-        Ok(ServerTls::from_files(
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-        )?)
+    /// How both ports speak TLS. TLS is no substitute for a token: the security
+    /// check above is the same either way.
+    pub fn tls_mode(&self) -> Result<TlsMode, ServerError> {
+        if !self.tls_san.is_empty() {
+            if self.tls_cert.is_some() || self.tls_key.is_some() {
+                return Err(ServerError::TlsConflict);
+            }
+            return Ok(TlsMode::Issued(self.tls_san.clone()));
+        }
+        Ok(
+            match ServerTls::from_files(self.tls_cert.as_deref(), self.tls_key.as_deref())? {
+                Some(tls) => TlsMode::Files(tls),
+                None => TlsMode::Plaintext,
+            },
+        )
+    }
+
+    /// The namespace the control plane runs in: `--namespace`, else the
+    /// `POD_NAMESPACE` a Pod spec sets through the Downward API, else `outrider`.
+    pub fn own_namespace(&self) -> Result<String, ServerError> {
+        let ns = self
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "outrider".to_owned());
+        outrider_policy::validate_service_name(&ns)
+            .map_err(|_| ServerError::Namespace(ns.clone(), "not a namespace name (a DNS label)".into()))?;
+        Ok(ns)
+    }
+
+    /// What the webhook injects.
+    pub fn inject_settings(&self) -> Result<outrider_inject::Settings, ServerError> {
+        let cp = &self.injected_control_plane;
+        if !(cp.starts_with("http://") || cp.starts_with("https://")) {
+            return Err(ServerError::InjectedControlPlane(cp.clone()));
+        }
+        Ok(outrider_inject::Settings {
+            image: self.sidecar_image.clone(),
+            proxy_uid: self.proxy_uid,
+            control_plane: cp.clone(),
+            ..outrider_inject::Settings::default()
+        })
+    }
+
+    /// The names of the webhook's certificate: its Service in our namespace.
+    pub fn webhook_names(&self) -> Result<Vec<San>, ServerError> {
+        let ns = self.own_namespace()?;
+        Ok(vec![
+            San::Dns(format!("outrider-webhook.{ns}.svc")),
+            San::Dns(format!("outrider-webhook.{ns}.svc.cluster.local")),
+        ])
     }
 }
 
@@ -197,22 +287,31 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// REST API, dashboard, `/metrics`, `/healthz`, `/readyz`.
     pub http: TcpListener,
+    /// The injection webhook, when it is served.
+    pub webhook: Option<TcpListener>,
 }
 
 /// Checks the configured addresses (no public listener without its token), then
 /// binds them.
 pub async fn bind(cfg: &Config) -> Result<Listeners, ServerError> {
     cfg.check_security()?;
-    // A bad certificate is found before anything listens.
-    cfg.server_tls()?;
+    // A bad certificate or setting is found before anything listens.
+    cfg.tls_mode()?;
+    cfg.inject_settings()?;
+    cfg.webhook_names()?;
     let bind_one = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })
     };
+    let webhook = match cfg.webhook_addr {
+        Some(addr) => Some(bind_one(addr).await?),
+        None => None,
+    };
     Ok(Listeners {
         grpc: bind_one(cfg.grpc_addr).await?,
         http: bind_one(cfg.http_addr).await?,
+        webhook,
     })
 }
 
@@ -233,21 +332,44 @@ pub async fn run(
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
+        webhook: webhook_listener,
     } = listeners;
     let (http_addr, grpc_addr) = (local_addr(&http_listener)?, local_addr(&grpc_listener)?);
     cfg.check_addresses(http_addr, grpc_addr, true)?;
     let guard = Guard::new(http_addr.ip().is_loopback(), &cfg.allowed_origins, &cfg.allowed_hosts)?;
-    let tls = cfg.server_tls()?;
+    let tls_mode = cfg.tls_mode()?;
+    let inject_settings = cfg.inject_settings()?;
+    let webhook_names = cfg.webhook_names()?;
     let store = open_store(&cfg).await?;
     // Before anything is served: a public gRPC port needs the mesh-wide token or at
     // least one join token.
     cfg.check_addresses(http_addr, grpc_addr, store.has_join_tokens().await?)?;
     let ca = Arc::new(Ca::open(&store, &cfg.ca_config()).await?);
+    // Certificates from the CA, each renewed by a task of its own (spawned below).
+    let mut issued = Vec::new();
+    let tls = match tls_mode {
+        TlsMode::Plaintext => None,
+        TlsMode::Files(tls) => Some(tls),
+        TlsMode::Issued(names) => {
+            let cert = IssuedCert::issue(&ca, names)?;
+            issued.push(Arc::clone(&cert));
+            Some(ServerTls::from_resolver(cert)?)
+        }
+    };
+    let webhook = match webhook_listener {
+        Some(listener) => {
+            let cert = IssuedCert::issue(&ca, webhook_names)?;
+            issued.push(Arc::clone(&cert));
+            Some((listener, ServerTls::from_resolver(cert)?))
+        }
+        None => None,
+    };
     info!(
         backend = ?store.backend(),
         grpc = %grpc_addr,
         http = %http_addr,
         tls = tls.is_some(),
+        webhook = ?webhook.as_ref().and_then(|(l, _)| l.local_addr().ok()),
         "control plane starting"
     );
     let timing = Timing {
@@ -277,6 +399,13 @@ pub async fn run(
     };
     let http_tls = tls.as_ref().map(ServerTls::http);
     tasks.spawn(serve_http(http_listener, app, limits, http_tls, stop.clone()).in_current_span());
+    if let Some((listener, webhook_tls)) = webhook {
+        let app = crate::webhook::app(inject_settings);
+        tasks.spawn(serve_http(listener, app, limits, Some(webhook_tls.http()), stop.clone()).in_current_span());
+    }
+    for cert in issued {
+        tasks.spawn(cert.keep_renewed(Arc::clone(&ca), stop.clone()).in_current_span());
+    }
 
     let loader = hub.clone();
     let load_stop = stop.clone();

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use outrider_testkit::{echo_with, free_port, wait_until, Proc};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -154,22 +154,6 @@ async fn raw(addr: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The virtualenv's Python with grpcio and httpx, or `None` (outside CI) to skip.
-fn python() -> Option<PathBuf> {
-    let found = std::env::var_os("OUTRIDER_TEST_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyclients/bin/python")))
-        .filter(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have the Python clients (.ci/run makes target/pyclients)"
-        );
-        eprintln!("skipped: no Python clients (run the virtualenv step of .ci/run)");
-    }
-    found
-}
-
 /// Runs `script` with `args`; it prints one JSON document.
 fn run_python(python: &Path, script: &str, args: &[&str]) -> Value {
     let out = Command::new(python)
@@ -236,7 +220,7 @@ async fn http2_headers_and_trailers_over_16_kib_pass_both_proxies() {
     assert_eq!(doc["headers"]["x-big-request"].as_str().unwrap().len(), 17_000);
 
     // grpcio: an error whose grpc-message is 20 KB stays a gRPC error, not a reset.
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let outcome = run_python(
         &python,
         GRPC_CALL,
@@ -276,7 +260,7 @@ async fn oversized_or_too_many_response_headers_get_a_clear_502() {
 
 #[tokio::test]
 async fn http2_and_grpc_callers_keep_the_name_they_called() {
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let mesh = Mesh::start("http1").await;
     // httpx over h2c: :authority `web` reaches an HTTP/1.1 app as `Host: web`, and
     // cookies split over several HTTP/2 fields arrive as one line.
@@ -373,7 +357,7 @@ async fn service_names_match_in_any_case_and_never_by_first_label() {
 
 #[tokio::test]
 async fn local_answers_reach_grpc_callers_in_grpc_form() {
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let mesh = Mesh::start("h2c").await;
     let outcome = run_python(
         &python,

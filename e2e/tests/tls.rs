@@ -13,7 +13,6 @@ use outrider_testkit::{bin_path, echo, free_port, wait_for, wait_until, Proc};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tower::ServiceExt as _;
 
 /// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`,
@@ -55,40 +54,43 @@ impl Pki {
 
     /// A client that trusts this CA only.
     fn client(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
+        tls_client(&std::fs::read(&self.ca).unwrap(), None)
     }
 }
 
-/// A control plane serving both ports over TLS with `pki`'s certificate.
+/// A control plane serving both ports over TLS.
 struct TlsControlPlane {
     proc: Proc,
     grpc_port: u16,
     http_port: u16,
+    /// Trusts the control plane's certificate.
+    client: reqwest::Client,
 }
 
 impl TlsControlPlane {
+    /// With `pki`'s certificate (`--tls-cert`/`--tls-key`).
     async fn start(dir: &Path, pki: &Pki) -> Self {
+        let (cert, key) = (pki.cert.display().to_string(), pki.key.display().to_string());
+        Self::start_with(
+            dir,
+            &[("OUTRIDER_TLS_CERT", &cert), ("OUTRIDER_TLS_KEY", &key)],
+            pki.client(),
+        )
+        .await
+    }
+
+    /// With the TLS settings in `env`, waiting until `client` gets `/readyz` over https.
+    async fn start_with(dir: &Path, env: Env<'_>, client: reqwest::Client) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let (grpc, http) = (format!("127.0.0.1:{grpc_port}"), format!("127.0.0.1:{http_port}"));
         let data = dir.join("cp").display().to_string();
-        let (cert, key) = (pki.cert.display().to_string(), pki.key.display().to_string());
+        let mut all_env = vec![("OUTRIDER_LOG", "info")];
+        all_env.extend_from_slice(env);
         let proc = Proc::spawn(
             bin_path("outrider-control-plane"),
             &["--grpc-addr", &grpc, "--http-addr", &http, "--data-dir", &data],
-            &[
-                ("OUTRIDER_LOG", "info"),
-                ("OUTRIDER_TLS_CERT", &cert),
-                ("OUTRIDER_TLS_KEY", &key),
-            ],
+            &all_env,
         );
-        let client = pki.client();
         let ready = format!("https://127.0.0.1:{http_port}/readyz");
         let up = wait_until(SOON, || async {
             client.get(&ready).send().await.is_ok_and(|r| r.status().is_success())
@@ -102,6 +104,7 @@ impl TlsControlPlane {
             proc,
             grpc_port,
             http_port,
+            client,
         }
     }
 
@@ -113,8 +116,36 @@ impl TlsControlPlane {
         format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
-    async fn sidecars(&self, pki: &Pki) -> Vec<Value> {
-        let r = pki.client().get(self.api("/sidecars")).send().await.unwrap();
+    /// A `web` sidecar (pod `pod`, with its own echo app) that verifies this control
+    /// plane with the CA file `ca`.
+    async fn sidecar(&self, dir: &Path, pod: &str, ca: &Path) -> (Sidecar, Proc) {
+        let app_port = free_port();
+        let app = echo(app_port);
+        let ca = ca.display().to_string();
+        let state = dir.join(pod);
+        let extra = [("OUTRIDER_CA_FILE", ca.as_str())];
+        let sidecar = Sidecar::start_with(&self.grpc("https"), "web", pod, "v1", app_port, &state, &extra).await;
+        (sidecar, app)
+    }
+
+    /// Waits until `sidecar` (pod `pod`) is listed healthy; prints both logs if not.
+    async fn wait_healthy(&self, sidecar: &Sidecar, pod: &str) {
+        let healthy = wait_until(SOON, || async {
+            self.sidecars()
+                .await
+                .iter()
+                .any(|s| s["pod"] == pod && s["status"] == "healthy")
+        })
+        .await;
+        if healthy.is_err() {
+            sidecar.proc.print_log_tail(30);
+            self.proc.print_log_tail(30);
+            panic!("sidecar {pod} never showed up healthy");
+        }
+    }
+
+    async fn sidecars(&self) -> Vec<Value> {
+        let r = self.client.get(self.api("/sidecars")).send().await.unwrap();
         r.json::<Vec<Value>>().await.unwrap()
     }
 }
@@ -143,21 +174,6 @@ async fn the_control_plane_with_a_certificate_serves_its_api_over_https_and_no_p
     assert!(format!("{untrusted:?}").contains("UnknownIssuer"), "{untrusted:?}");
 }
 
-/// Runs `outriderctl` with `args`; returns (success, stdout, stderr).
-fn outriderctl(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bin_path("outriderctl"))
-        .args(args)
-        .env_remove("OUTRIDER_CA_FILE")
-        .env_remove("OUTRIDER_SERVER")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn outriderctl_with_the_ca_file_talks_to_an_https_control_plane_and_without_it_refuses() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,11 +182,14 @@ async fn outriderctl_with_the_ca_file_talks_to_an_https_control_plane_and_withou
     let server = format!("https://127.0.0.1:{}", cp.http_port);
     let ca = pki.ca.display().to_string();
 
-    let (ok, stdout, stderr) = outriderctl(&["--server", &server, "--ca-file", &ca, "-o", "json", "get", "services"]);
+    let (ok, stdout, stderr) = outriderctl(
+        &["--server", &server, "--ca-file", &ca, "-o", "json", "get", "services"],
+        None,
+    );
     assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap(), serde_json::json!([]));
 
-    let (ok, _, stderr) = outriderctl(&["--server", &server, "get", "services"]);
+    let (ok, _, stderr) = outriderctl(&["--server", &server, "get", "services"], None);
     assert!(!ok);
     assert!(stderr.contains("certificate"), "{stderr}");
 }
@@ -191,32 +210,82 @@ async fn a_sidecar_given_the_ca_file_registers_over_tls_and_enforces_its_snapsho
     assert_eq!(r.status(), 200);
     let revision = r.json::<Value>().await.unwrap()["revision"].as_u64().unwrap();
 
-    let app_port = free_port();
-    let _app = echo(app_port);
-    let ca = pki.ca.display().to_string();
-    let mut sidecar = Sidecar::start_with(
-        &cp.grpc("https"),
-        "web",
-        "web-tls",
-        "v1",
-        app_port,
-        &dir.path().join("sidecar"),
-        &[("OUTRIDER_CA_FILE", &ca)],
+    let (mut sidecar, _app) = cp.sidecar(dir.path(), "web-tls", &pki.ca).await;
+    sidecar.wait_revision(revision).await;
+    cp.wait_healthy(&sidecar, "web-tls").await;
+}
+
+#[tokio::test]
+async fn with_tls_san_both_ports_serve_a_certificate_from_the_mesh_ca_that_the_bundle_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    // The bundle first, on the new store: the root it makes is the one the control
+    // plane then signs its own certificate with.
+    let bundle = dir.path().join("bundle.pem");
+    let pem = ca_bundle(&dir.path().join("cp"), &bundle);
+    let cp = TlsControlPlane::start_with(
+        dir.path(),
+        &[("OUTRIDER_TLS_SAN", "127.0.0.1,localhost")],
+        tls_client(pem.as_bytes(), None),
     )
     .await;
-    sidecar.wait_revision(revision).await;
-    let healthy = wait_until(SOON, || async {
-        cp.sidecars(&pki)
-            .await
-            .iter()
-            .any(|s| s["pod"] == "web-tls" && s["status"] == "healthy")
-    })
-    .await;
-    if healthy.is_err() {
-        sidecar.proc.print_log_tail(30);
-        cp.proc.print_log_tail(30);
-        panic!("the sidecar never showed up healthy");
+
+    for host in ["127.0.0.1", "localhost"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--cacert", &bundle.display().to_string()])
+            .arg(format!("https://{host}:{}/readyz", cp.http_port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl --cacert to {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    // A name the certificate is not for is refused by a verifying client.
+    let other = tls_client(
+        pem.as_bytes(),
+        Some((
+            "cp.example.test",
+            format!("127.0.0.1:{}", cp.http_port).parse().unwrap(),
+        )),
+    );
+    let err = other
+        .get(format!("https://cp.example.test:{}/readyz", cp.http_port))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+
+    let (sidecar, _app) = cp.sidecar(dir.path(), "web-san", &bundle).await;
+    cp.wait_healthy(&sidecar, "web-san").await;
+}
+
+#[tokio::test]
+async fn tls_san_with_the_operators_certificate_is_refused_at_start_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path(), "cp");
+    let (cert, key) = (pki.cert.display().to_string(), pki.key.display().to_string());
+    let data = dir.path().join("cp").display().to_string();
+    let mut proc = Proc::spawn(
+        bin_path("outrider-control-plane"),
+        &[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+        ],
+        &[
+            ("OUTRIDER_TLS_SAN", "localhost"),
+            ("OUTRIDER_TLS_CERT", &cert),
+            ("OUTRIDER_TLS_KEY", &key),
+        ],
+    );
+    let status = proc.wait_exit(SOON).expect("the control plane exits");
+    assert!(!status.success());
+    let log = proc.log();
+    assert!(log.contains("--tls-san") && log.contains("--tls-cert"), "{log}");
 }
 
 /// Extra variables of a sidecar.
@@ -268,7 +337,7 @@ async fn a_sidecar_that_cannot_verify_the_control_plane_or_speaks_plaintext_to_i
         let log = refused_sidecar(dir.path(), pod, &url, extra, "control plane unavailable").await;
         assert!(log.contains(why), "{pod}: {log}");
     }
-    assert_eq!(cp.sidecars(&pki).await, Vec::<Value>::new());
+    assert_eq!(cp.sidecars().await, Vec::<Value>::new());
 }
 
 /// An NDJSON collector behind TLS with `pki`'s certificate; returns its URL.

@@ -43,6 +43,79 @@ pub fn pyclient(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// The Python of the virtualenv `.ci/run` makes (`OUTRIDER_TEST_PYTHON`, else
+/// `target/pyclients/bin/python`), or `None` outside CI, where a test that needs it
+/// skips. Under CI it must be there.
+pub fn test_python() -> Option<PathBuf> {
+    let found = pyclient("python");
+    if found.is_none() {
+        eprintln!("skipped: no Python test clients (run the virtualenv step of .ci/run)");
+    }
+    found
+}
+
+/// The trust bundle `outrider-control-plane ca bundle` prints for the store in
+/// `data_dir` (safe while a control plane runs on it), written to `out`.
+pub fn ca_bundle(data_dir: &Path, out: &Path) -> String {
+    let run = std::process::Command::new(bin_path("outrider-control-plane"))
+        .args(["--data-dir", &data_dir.display().to_string(), "ca", "bundle"])
+        .env_remove("OUTRIDER_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "ca bundle: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let pem = String::from_utf8(run.stdout).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    std::fs::write(out, &pem).unwrap();
+    pem
+}
+
+/// An https client that trusts the certificates in `ca_pem` only; `resolve` pins a
+/// host name to an address (a name the certificate is for, on a loopback port).
+pub fn tls_client(ca_pem: &[u8], resolve: Option<(&str, std::net::SocketAddr)>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(10));
+    for ca in reqwest::Certificate::from_pem_bundle(ca_pem).unwrap() {
+        builder = builder.add_root_certificate(ca);
+    }
+    if let Some((host, addr)) = resolve {
+        builder = builder.resolve(host, addr);
+    }
+    builder.build().unwrap()
+}
+
+/// Runs `outriderctl` with `args` (and `stdin`, when given), without the caller's
+/// `OUTRIDER_SERVER` and `OUTRIDER_CA_FILE`; returns (success, stdout, stderr).
+pub fn outriderctl(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(bin_path("outriderctl"))
+        .args(args)
+        .env_remove("OUTRIDER_CA_FILE")
+        .env_remove("OUTRIDER_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub struct ControlPlane {
     pub proc: Proc,
     pub grpc_port: u16,
