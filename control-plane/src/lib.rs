@@ -24,3 +24,4 @@ pub mod store;
 pub mod timing;
 pub mod tls;
 pub mod traffic;
+pub mod vault;
