@@ -29,6 +29,9 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub extra_env: Vec<(String, String)>,
+    /// The address the gRPC port binds (`127.0.0.1`, or `0.0.0.0` to be reached from
+    /// the machine's other addresses).
+    pub grpc_host: String,
 }
 
 impl ControlPlane {
@@ -38,15 +41,27 @@ impl ControlPlane {
     }
 
     pub async fn start_with(data_dir: &Path, database_url: Option<&str>, extra_env: Vec<(String, String)>) -> Self {
+        Self::start_on(data_dir, database_url, extra_env, "127.0.0.1").await
+    }
+
+    /// With the gRPC port bound on `grpc_host` (the HTTP port stays on loopback).
+    pub async fn start_on(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        extra_env: Vec<(String, String)>,
+        grpc_host: &str,
+    ) -> Self {
         let grpc_port = free_port();
         let http_port = free_port();
+        let grpc = format!("{grpc_host}:{grpc_port}");
         let mut cp = Self {
-            proc: spawn_cp(grpc_port, http_port, data_dir, database_url, &extra_env),
+            proc: spawn_cp(&grpc, http_port, data_dir, database_url, &extra_env),
             grpc_port,
             http_port,
             data_dir: data_dir.to_owned(),
             database_url: database_url.map(str::to_owned),
             extra_env,
+            grpc_host: grpc_host.to_owned(),
         };
         cp.wait_ready().await;
         cp
@@ -62,7 +77,7 @@ impl ControlPlane {
     /// Starts again on the same ports and store.
     pub async fn restart(&mut self) {
         self.proc = spawn_cp(
-            self.grpc_port,
+            &format!("{}:{}", self.grpc_host, self.grpc_port),
             self.http_port,
             &self.data_dir,
             self.database_url.as_deref(),
@@ -113,8 +128,7 @@ impl ControlPlane {
     }
 }
 
-fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(String, String)]) -> Proc {
-    let grpc_addr = format!("127.0.0.1:{grpc}");
+fn spawn_cp(grpc_addr: &str, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(String, String)]) -> Proc {
     let http_addr = format!("127.0.0.1:{http}");
     let data = data_dir.display().to_string();
     let mut env: Vec<(&str, &str)> = vec![("OUTRIDER_LOG", "info")];
@@ -124,14 +138,7 @@ fn spawn_cp(grpc: u16, http: u16, data_dir: &Path, db: Option<&str>, extra: &[(S
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Proc::spawn(
         bin_path("outrider-control-plane"),
-        &[
-            "--grpc-addr",
-            &grpc_addr,
-            "--http-addr",
-            &http_addr,
-            "--data-dir",
-            &data,
-        ],
+        &["--grpc-addr", grpc_addr, "--http-addr", &http_addr, "--data-dir", &data],
         &env,
     )
 }
