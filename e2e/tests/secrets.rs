@@ -80,6 +80,26 @@ async fn a_secret_reaches_only_its_services_sidecars_as_a_private_file_and_nothi
     assert_eq!(listing[0]["size"], SECOND.len());
     let history = cp.get_json(&format!("/revisions/{rev}")).await;
 
+    // The CLI: a Secret envelope whose value comes from a file next to it, a
+    // metadata table, and a delete.
+    let envelope = dir.path().join("secret.yaml");
+    std::fs::write(dir.path().join("api-key.txt"), FIRST).unwrap();
+    std::fs::write(
+        &envelope,
+        "kind: Secret\nservice: web\nname: api-key\nvalueFrom: {file: api-key.txt}\n",
+    )
+    .unwrap();
+    let (code, out, err) = ctl(&cp, &["apply", "-f", envelope.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Secret web/api-key set"), "{out}");
+    file_becomes(&web_state.join("secrets").join("api-key"), Some(FIRST)).await;
+    let (code, table, err) = ctl(&cp, &["get", "secrets", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("api-key") && table.contains("db-password"), "{table}");
+    let (code, _, err) = ctl(&cp, &["delete", "secret", "web", "api-key"]);
+    assert_eq!(code, 0, "{err}");
+    assert_nowhere(&[FIRST, SECOND], &[("outriderctl's output", format!("{out}{table}"))]);
+
     let r = client()
         .delete(cp.api("/services/web/secrets/db-password"))
         .send()
@@ -87,6 +107,7 @@ async fn a_secret_reaches_only_its_services_sidecars_as_a_private_file_and_nothi
         .unwrap();
     assert_eq!(r.status(), 200);
     file_becomes(&file, None).await;
+    file_becomes(&web_state.join("secrets").join("api-key"), None).await;
 
     assert_nowhere(
         &[FIRST, SECOND],
