@@ -45,6 +45,31 @@ pub fn mask_url_credentials(url: &str) -> std::borrow::Cow<'_, str> {
     format!("{}{shown}{}", &url[..scheme_end], &rest[at..]).into()
 }
 
+/// A LoggingPolicy document (JSON) as the API shows it: credentials in `sink.url`
+/// masked (see [`mask_url_credentials`]).
+pub fn mask_document_credentials(doc: &mut serde_json::Value) {
+    if let Some(serde_json::Value::String(url)) = doc.pointer_mut("/sink/url") {
+        if let std::borrow::Cow::Owned(masked) = mask_url_credentials(url) {
+            *url = masked;
+        }
+    }
+}
+
+/// Takes a masked `sink.url` back as "keep the stored credentials": a written
+/// document whose URL is exactly the `stored` one masked gets the stored URL, so a
+/// document read from the API (masked) and written back unchanged keeps its password.
+pub fn restore_masked_credentials(doc: &mut serde_json::Value, stored: &serde_json::Value) {
+    let Some(serde_json::Value::String(stored_url)) = stored.pointer("/sink/url") else {
+        return;
+    };
+    if let Some(serde_json::Value::String(url)) = doc.pointer_mut("/sink/url") {
+        let masked = mask_url_credentials(stored_url);
+        if matches!(masked, std::borrow::Cow::Owned(_)) && *url == masked {
+            *url = stored_url.clone();
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessLog {
@@ -344,5 +369,31 @@ mod mask_tests {
         assert_eq!(mask("http://collector:9880/ingest"), "http://collector:9880/ingest");
         assert_eq!(mask("http://h/path?user=a@b"), "http://h/path?user=a@b");
         assert_eq!(mask("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_masked_url_written_back_keeps_the_stored_credentials_and_any_other_url_is_taken() {
+        use super::{mask_document_credentials, restore_masked_credentials};
+        let stored = serde_json::json!({"sink": {"type": "http", "url": "https://u:pw@es/_bulk"}});
+        let mut shown = stored.clone();
+        mask_document_credentials(&mut shown);
+        assert_eq!(shown["sink"]["url"], "https://u:***@es/_bulk");
+        let mut back = shown.clone();
+        restore_masked_credentials(&mut back, &stored);
+        assert_eq!(back, stored);
+        for other in [
+            "https://u:new@es/_bulk",
+            "https://u:***@other/_bulk",
+            "https://es/_bulk",
+        ] {
+            let mut doc = serde_json::json!({"sink": {"type": "http", "url": other}});
+            restore_masked_credentials(&mut doc, &stored);
+            assert_eq!(doc["sink"]["url"], other);
+        }
+        // A stored URL without credentials gives a literal `***` no meaning.
+        let plain = serde_json::json!({"sink": {"type": "http", "url": "https://es/x"}});
+        let mut doc = serde_json::json!({"sink": {"type": "http", "url": "https://u:***@es/x"}});
+        restore_masked_credentials(&mut doc, &plain);
+        assert_eq!(doc["sink"]["url"], "https://u:***@es/x");
     }
 }

@@ -1516,3 +1516,39 @@ async fn secret_writes_are_refused_with_413_422_412_415_and_503_as_documented() 
     );
     assert!(keyless.store.list_secrets("web").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn sink_credentials_are_masked_in_every_answer_and_a_masked_url_written_back_keeps_them() {
+    let t = test_app().await;
+    let uri = "/api/v1/services/web/policies/logging";
+    let doc = json!({"sink": {"type": "http", "url": "https://elastic:hunter2@es:9200/_bulk", "format": "elasticsearch-bulk"}});
+    let (status, _, put) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, _, got) = send(&t.app, request(Method::GET, uri, None)).await;
+    let rev = put["revision"].as_u64().unwrap();
+    let (_, _, history) = send(&t.app, request(Method::GET, &format!("/api/v1/revisions/{rev}"), None)).await;
+    let (_, _, service) = send(&t.app, request(Method::GET, "/api/v1/services/web", None)).await;
+    for answer in [&put, &got, &history, &service] {
+        assert!(!answer.to_string().contains("hunter2"), "{answer}");
+    }
+    assert_eq!(got["document"]["sink"]["url"], "https://elastic:***@es:9200/_bulk");
+    let stored = || async {
+        let p = t
+            .store
+            .get_policy("web", outrider_policy::PolicyKind::Logging)
+            .await
+            .unwrap()
+            .unwrap();
+        p.document["sink"]["url"].as_str().unwrap().to_owned()
+    };
+    // What was read, written back with another change: the password stays.
+    let mut edited = got["document"].clone();
+    edited["sink"]["batchSize"] = json!(100);
+    let (status, _, body) = send(&t.app, request(Method::PUT, uri, Some(&edited))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored().await, "https://elastic:hunter2@es:9200/_bulk");
+    // A new password is taken as written.
+    edited["sink"]["url"] = json!("https://elastic:s3cond@es:9200/_bulk");
+    send(&t.app, request(Method::PUT, uri, Some(&edited))).await;
+    assert_eq!(stored().await, "https://elastic:s3cond@es:9200/_bulk");
+}
