@@ -294,12 +294,7 @@ fn parse_config(
     service: &Option<String>,
     errors: &mut Vec<FieldError>,
 ) -> Option<Document> {
-    let name = required_string(map, "name", errors);
-    if let Some(n) = &name {
-        if let Err(m) = outrider_policy::validate_config_name(n) {
-            errors.push(FieldError::new("name", m));
-        }
-    }
+    let name = file_name(map, errors);
     let content_type = match map.remove("contentType") {
         None => name.as_deref().map(content_type_for),
         Some(Value::String(ct)) if !ct.trim().is_empty() => Some(ct),
@@ -332,12 +327,7 @@ fn parse_secret(
     service: &Option<String>,
     errors: &mut Vec<FieldError>,
 ) -> Option<Document> {
-    let name = required_string(map, "name", errors);
-    if let Some(n) = &name {
-        if let Err(m) = outrider_policy::validate_config_name(n) {
-            errors.push(FieldError::new("name", m));
-        }
-    }
+    let name = file_name(map, errors);
     let source = match (map.remove("value"), map.remove("valueFrom")) {
         (Some(Value::String(v)), None) => {
             if v.len() > MAX_SECRET_BYTES {
@@ -389,6 +379,17 @@ fn parse_secret(
         name: name?,
         source: source?,
     })
+}
+
+/// The `name` of a config document or secret envelope: a file name on the sidecar.
+fn file_name(map: &mut Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let name = required_string(map, "name", errors);
+    if let Some(n) = &name {
+        if let Err(m) = outrider_policy::validate_config_name(n) {
+            errors.push(FieldError::new("name", m));
+        }
+    }
+    name
 }
 
 /// A media type from the file name, for config envelopes that do not say one.
