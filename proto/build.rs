@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // service's sidecars share is cloned by reference, not copied per send.
     tonic_prost_build::configure()
         .bytes(".outrider.v1.ConfigDocument.content")
+        // A secret's value never reaches a log through `{:?}`: its Debug is written
+        // by hand in `src/lib.rs` (name, size, revision).
+        .skip_debug([".outrider.v1.Secret"])
         // Smaller first buffers per stream; see `src/codec.rs`.
         .codec_path("crate::codec::StreamCodec")
         .compile_fds(fds)?;

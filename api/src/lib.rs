@@ -14,6 +14,7 @@ pub mod join_tokens;
 pub mod policies;
 pub mod problem;
 pub mod revisions;
+pub mod secrets;
 pub mod services;
 pub mod sidecars;
 pub mod tokens;
@@ -27,6 +28,7 @@ pub use policies::{
 };
 pub use problem::{FieldError, Problem, PROBLEM_JSON};
 pub use revisions::{Propagation, RevisionDetail, RevisionQuery, RevisionSummary};
+pub use secrets::{SecretDeleteResponse, SecretDeleted, SecretMeta, SecretPutResponse};
 pub use services::{InstanceSummary, ServiceDetail, ServiceSummary, SubsetInstances, SubsetTraffic};
 pub use sidecars::{
     AuthzDenied, DestinationFigures, LastNack, LogShipping, Sidecar, SidecarHealth, SidecarQuery, SidecarStatus,

@@ -46,9 +46,9 @@ pub enum Command {
     /// List services, sidecars or policies.
     #[command(subcommand)]
     Get(Get),
-    /// Create or update policies and config documents from a YAML or JSON file.
+    /// Create or update policies, config documents and secrets from a YAML or JSON file.
     Apply(Apply),
-    /// Delete a policy.
+    /// Delete a policy or a secret.
     #[command(subcommand)]
     Delete(Delete),
     /// Show the change history, newest first.
@@ -130,6 +130,8 @@ pub enum Get {
         #[arg(value_parser = parse_kind)]
         kind: Option<PolicyKind>,
     },
+    /// A service's secrets: name, size, revision and time (never values).
+    Secrets { service: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +143,8 @@ pub enum Delete {
         #[arg(value_parser = parse_kind)]
         kind: PolicyKind,
     },
+    /// Delete one secret of a service.
+    Secret { service: String, name: String },
 }
 
 #[derive(Debug, Args)]

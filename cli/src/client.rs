@@ -7,7 +7,7 @@
 use crate::error::{one_line, ApiError, CliError};
 use outrider_api::{
     CanaryWeightRequest, ConfigMeta, DryRunReport, PolicyDeleted, PolicyRecord, RevisionDetail, RevisionSummary,
-    RolloutRequest, RolloutStatus, ServiceDetail, ServiceSummary, Sidecar,
+    RolloutRequest, RolloutStatus, SecretDeleted, SecretMeta, ServiceDetail, ServiceSummary, Sidecar,
 };
 use outrider_policy::{FieldError, PolicyKind};
 use reqwest::{Method, StatusCode, Url};
@@ -226,6 +226,36 @@ impl Client {
             Some(body),
         )
         .await
+    }
+
+    /// `GET …/secrets`: metadata only.
+    pub async fn list_secrets(&self, service: &str) -> Result<Vec<SecretMeta>, CliError> {
+        self.get(&api(&["services", service, "secrets"]), &[]).await
+    }
+
+    /// `PUT …/secrets/{name}` with the raw value (`dry_run`: `?dryRun=true`).
+    pub async fn put_secret<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        name: &str,
+        value: &[u8],
+        dry_run: bool,
+    ) -> Result<T, CliError> {
+        let body = Body::bytes("application/octet-stream", value);
+        let query = if dry_run { DRY_RUN } else { &[] };
+        self.json(
+            Method::PUT,
+            &api(&["services", service, "secrets", name]),
+            query,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE …/secrets/{name}`.
+    pub async fn delete_secret(&self, service: &str, name: &str) -> Result<SecretDeleted, CliError> {
+        self.json(Method::DELETE, &api(&["services", service, "secrets", name]), &[], None)
+            .await
     }
 
     /// `GET /revisions`, newest first.

@@ -3,14 +3,14 @@
 
 use crate::args::{Apply, Check, Cli, Command, Delete, Get, Global, Install};
 use crate::client::{Client, SidecarsWanted};
-use crate::envelope::{parse_documents, Document};
+use crate::envelope::{parse_documents, Document, SecretSource, MAX_SECRET_BYTES};
 use crate::error::{one_line, CliError};
 use crate::format::Output;
 use crate::install::{InstallSettings, Store};
 use crate::kubecheck::{self, CheckLine, Kubectl};
 use crate::output::{self, emit, value_or_line};
 use clap::CommandFactory;
-use outrider_api::{ConfigMeta, DryRunReport, PolicyRecord, Sidecar, SidecarStatus};
+use outrider_api::{ConfigMeta, DryRunReport, PolicyRecord, SecretMeta, Sidecar, SidecarStatus};
 use outrider_policy::PolicyKind;
 use serde::Serialize;
 use std::io::Read;
@@ -67,6 +67,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Get(Get::Policy { service, kind }) => get_policy(&client, output, &service, kind).await,
+        Command::Get(Get::Secrets { service }) => {
+            check_service(&service)?;
+            let secrets = client.list_secrets(&service).await?;
+            emit(output, &secrets, &format!("Service {service} has no secrets."), |s| {
+                output::secrets_table(s)
+            })
+        }
         Command::Apply(a) => apply(&client, output, &a).await,
         Command::Delete(Delete::Policy { service, kind }) => {
             check_service(&service)?;
@@ -75,6 +82,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 "deleted the {kind} policy of {service} (revision {})\n",
                 deleted.revision
             );
+            value_or_line(output, &deleted, &line)
+        }
+        Command::Delete(Delete::Secret { service, name }) => {
+            check_service(&service)?;
+            let deleted = client.delete_secret(&service, &name).await?;
+            let line = format!("deleted secret {name} of {service} (revision {})\n", deleted.revision);
             value_or_line(output, &deleted, &line)
         }
         Command::History { service, limit } => {
@@ -156,6 +169,7 @@ fn read_input(path: &Path) -> Result<(String, String), CliError> {
 enum Applied {
     Policy(PolicyRecord),
     Config(ConfigMeta),
+    Secret(SecretMeta),
     /// A config document the server already had: what its GET said, without a write.
     SameConfig(SameConfig),
     DryRun(TaggedDryRun),
@@ -190,12 +204,18 @@ async fn apply(client: &Client, format: Output, a: &Apply) -> Result<(), CliErro
         source_name: name,
         message: one_line(&e.to_string()),
     })?;
+    // Secret files too are read before the first request.
+    let base = a.file.parent().filter(|_| a.file != Path::new("-"));
+    let values = docs
+        .iter()
+        .map(|d| secret_value(d, base))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut results = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.iter().enumerate() {
-        let outcome = if a.dry_run {
-            dry_run_one(client, doc).await
-        } else {
-            apply_one(client, doc).await
+    for (i, (doc, value)) in docs.iter().zip(&values).enumerate() {
+        let outcome = match (value, a.dry_run) {
+            (Some(value), dry_run) => apply_secret(client, doc, value, dry_run).await,
+            (None, true) => dry_run_one(client, doc).await,
+            (None, false) => apply_one(client, doc).await,
         };
         let (value, line) = outcome.map_err(|e| CliError::Apply {
             what: format!("document {} ({})", i + 1, doc.describe()),
@@ -212,6 +232,66 @@ async fn apply(client: &Client, format: Output, a: &Apply) -> Result<(), CliErro
         Some(s) => output::write_stdout(&s),
         None => Ok(()),
     }
+}
+
+/// A Secret envelope's value: inline, or the file it names (relative to `base`, the
+/// applied file's directory). `None` for every other kind.
+fn secret_value(doc: &Document, base: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
+    let Document::Secret { source, .. } = doc else {
+        return Ok(None);
+    };
+    let bytes = match source {
+        SecretSource::Value(v) => v.as_bytes().to_vec(),
+        SecretSource::File(path) => {
+            let path = match base {
+                Some(base) if path.is_relative() => base.join(path),
+                _ => path.clone(),
+            };
+            let input = |message: String| CliError::Input {
+                source_name: path.display().to_string(),
+                message,
+            };
+            let bytes =
+                std::fs::read(&path).map_err(|e| input(format!("cannot read: {}", one_line(&e.to_string()))))?;
+            if bytes.len() > MAX_SECRET_BYTES {
+                return Err(input(format!(
+                    "{} bytes is over the limit of {MAX_SECRET_BYTES} bytes for a secret ({})",
+                    bytes.len(),
+                    doc.describe()
+                )));
+            }
+            bytes
+        }
+    };
+    Ok(Some(bytes))
+}
+
+/// Writes a secret (every time: its value cannot be read back to compare), or with
+/// `dry_run` asks the server what the write would do.
+async fn apply_secret(
+    client: &Client,
+    doc: &Document,
+    value: &[u8],
+    dry_run: bool,
+) -> Result<(Applied, String), CliError> {
+    let Document::Secret { service, name, .. } = doc else {
+        unreachable!("only Secret envelopes have a value");
+    };
+    let what = doc.describe();
+    if dry_run {
+        let report: DryRunReport = client.put_secret(service, name, value, true).await?;
+        let line = dry_run_line(&what, &report);
+        let tagged = TaggedDryRun {
+            report,
+            kind: "secret".into(),
+            service: service.clone(),
+            name: Some(name.clone()),
+        };
+        return Ok((Applied::DryRun(tagged), line));
+    }
+    let stored: SecretMeta = client.put_secret(service, name, value, false).await?;
+    let line = format!("{what} set ({} bytes, revision {})", stored.size, stored.revision);
+    Ok((Applied::Secret(stored), line))
 }
 
 /// Writes one document unless the server already has exactly it, so re-applying a
@@ -262,6 +342,7 @@ async fn apply_one(client: &Client, doc: &Document) -> Result<(Applied, String),
             let line = format!("{what} {verb} (revision {})", stored.revision);
             Ok((Applied::Config(stored), line))
         }
+        Document::Secret { .. } => unreachable!("secrets are applied by apply_secret"),
     }
 }
 
@@ -288,6 +369,7 @@ async fn dry_run_one(client: &Client, doc: &Document) -> Result<(Applied, String
             service: service.clone(),
             name: Some(name.clone()),
         },
+        Document::Secret { .. } => unreachable!("secrets are applied by apply_secret"),
     };
     let line = dry_run_line(&doc.describe(), &tagged.report);
     Ok((Applied::DryRun(tagged), line))

@@ -10,8 +10,31 @@ use serde_json::{Map, Value};
 /// Largest config document the control plane accepts (`docs/reference.md`).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
+/// Largest secret value the control plane accepts (`docs/reference.md`).
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
 const CONFIG_KIND: &str = "ConfigDocument";
-const KINDS: &str = "RoutingPolicy, RateLimitPolicy, LoggingPolicy, AuthorizationPolicy or ConfigDocument";
+const SECRET_KIND: &str = "Secret";
+const KINDS: &str = "RoutingPolicy, RateLimitPolicy, LoggingPolicy, AuthorizationPolicy, ConfigDocument or Secret";
+
+/// Where a Secret envelope's value comes from. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq)]
+pub enum SecretSource {
+    /// `value`: inline.
+    Value(String),
+    /// `valueFrom: {file}`: read when applied; a relative path is taken from the
+    /// applied file's directory (the working directory for stdin).
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Value(v) => write!(f, "Value(<{} bytes>)", v.len()),
+            SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
 
 /// One validated envelope, ready to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,12 +49,19 @@ pub enum Document {
         content_type: String,
         content: String,
     },
+    Secret {
+        service: String,
+        name: String,
+        source: SecretSource,
+    },
 }
 
 impl Document {
     pub fn service(&self) -> &str {
         match self {
-            Document::Policy { service, .. } | Document::Config { service, .. } => service,
+            Document::Policy { service, .. } | Document::Config { service, .. } | Document::Secret { service, .. } => {
+                service
+            }
         }
     }
 
@@ -40,6 +70,7 @@ impl Document {
         match self {
             Document::Policy { service, policy } => format!("{} {service}", policy.kind().envelope_name()),
             Document::Config { service, name, .. } => format!("{CONFIG_KIND} {service}/{name}"),
+            Document::Secret { service, name, .. } => format!("{SECRET_KIND} {service}/{name}"),
         }
     }
 }
@@ -132,6 +163,14 @@ fn same_target(a: &Document, b: &Document) -> bool {
                 service: s2, name: n2, ..
             },
         ) => s1 == s2 && n1 == n2,
+        (
+            Document::Secret {
+                service: s1, name: n1, ..
+            },
+            Document::Secret {
+                service: s2, name: n2, ..
+            },
+        ) => s1 == s2 && n1 == n2,
         _ => false,
     }
 }
@@ -190,6 +229,7 @@ pub fn parse_envelope(value: Value) -> EnvelopeResult {
     let doc = match kind.as_deref() {
         None => None,
         Some(CONFIG_KIND) => parse_config(&mut map, &service, &mut errors),
+        Some(SECRET_KIND) => parse_secret(&mut map, &service, &mut errors),
         Some(k) => match PolicyKind::from_envelope_name(k) {
             Some(kind) => parse_policy(&mut map, kind, &service, &mut errors),
             None => {
@@ -199,10 +239,10 @@ pub fn parse_envelope(value: Value) -> EnvelopeResult {
             }
         },
     };
-    let allowed = if kind.as_deref() == Some(CONFIG_KIND) {
-        "kind, service, name, contentType, content"
-    } else {
-        "kind, service, spec"
+    let allowed = match kind.as_deref() {
+        Some(CONFIG_KIND) => "kind, service, name, contentType, content",
+        Some(SECRET_KIND) => "kind, service, name, and value or valueFrom",
+        _ => "kind, service, spec",
     };
     for key in map.keys() {
         errors.push(FieldError::new(
@@ -254,12 +294,7 @@ fn parse_config(
     service: &Option<String>,
     errors: &mut Vec<FieldError>,
 ) -> Option<Document> {
-    let name = required_string(map, "name", errors);
-    if let Some(n) = &name {
-        if let Err(m) = outrider_policy::validate_config_name(n) {
-            errors.push(FieldError::new("name", m));
-        }
-    }
+    let name = file_name(map, errors);
     let content_type = match map.remove("contentType") {
         None => name.as_deref().map(content_type_for),
         Some(Value::String(ct)) if !ct.trim().is_empty() => Some(ct),
@@ -283,6 +318,78 @@ fn parse_config(
         content_type: content_type?,
         content: content?,
     })
+}
+
+/// `{kind: Secret, service, name, value}` or `… valueFrom: {file: PATH}`: exactly one
+/// of the two. The value is checked for size here; a file's when it is read.
+fn parse_secret(
+    map: &mut Map<String, Value>,
+    service: &Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Document> {
+    let name = file_name(map, errors);
+    let source = match (map.remove("value"), map.remove("valueFrom")) {
+        (Some(Value::String(v)), None) => {
+            if v.len() > MAX_SECRET_BYTES {
+                errors.push(FieldError::new(
+                    "value",
+                    format!("{} bytes is over the limit of {MAX_SECRET_BYTES} bytes", v.len()),
+                ));
+            }
+            Some(SecretSource::Value(v))
+        }
+        (Some(_), None) => {
+            errors.push(FieldError::new("value", "must be a string"));
+            None
+        }
+        (None, Some(Value::Object(mut from))) => {
+            let file = match from.remove("file") {
+                Some(Value::String(f)) if !f.is_empty() => Some(SecretSource::File(f.into())),
+                _ => {
+                    errors.push(FieldError::new("valueFrom.file", "must be the path of a file"));
+                    None
+                }
+            };
+            for key in from.keys() {
+                errors.push(FieldError::new(
+                    format!("valueFrom.{key}"),
+                    "unknown field; valueFrom has file",
+                ));
+            }
+            file
+        }
+        (None, Some(_)) => {
+            errors.push(FieldError::new("valueFrom", "must be a mapping with file"));
+            None
+        }
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new("value", "give value or valueFrom, not both"));
+            None
+        }
+        (None, None) => {
+            errors.push(FieldError::new(
+                "value",
+                "missing: the secret's value, or valueFrom: {file: PATH}",
+            ));
+            None
+        }
+    };
+    Some(Document::Secret {
+        service: service.clone()?,
+        name: name?,
+        source: source?,
+    })
+}
+
+/// The `name` of a config document or secret envelope: a file name on the sidecar.
+fn file_name(map: &mut Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let name = required_string(map, "name", errors);
+    if let Some(n) = &name {
+        if let Err(m) = outrider_policy::validate_config_name(n) {
+            errors.push(FieldError::new("name", m));
+        }
+    }
+    name
 }
 
 /// A media type from the file name, for config envelopes that do not say one.
@@ -362,6 +469,45 @@ name: app.yaml
 content: |
   greeting: hello
 "#;
+
+    #[test]
+    fn a_secret_takes_a_value_or_a_file_and_never_shows_the_value() {
+        let docs = parse_documents(
+            "kind: Secret\nservice: web\nname: db\nvalue: hunter2\n---\nkind: Secret\nservice: web\nname: tls.key\nvalueFrom: {file: key.pem}\n",
+        )
+        .unwrap();
+        assert_eq!(docs[0].describe(), "Secret web/db");
+        assert!(matches!(&docs[0], Document::Secret { source: SecretSource::Value(v), .. } if v == "hunter2"));
+        assert!(
+            matches!(&docs[1], Document::Secret { source: SecretSource::File(p), .. } if p.as_os_str() == "key.pem")
+        );
+        assert!(!format!("{docs:?}").contains("hunter2"));
+
+        let err = parse_documents(
+            "kind: Secret\nservice: web\nname: a/b\nvalue: x\nvalueFrom: {file: f}\n---\nkind: Secret\nservice: web\nname: c\n---\nkind: Secret\nservice: web\nname: d\nvalueFrom: {path: f}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("document 1 (Secret web) is invalid: name: "), "{err}");
+        assert!(err.contains("value: give value or valueFrom, not both"), "{err}");
+        assert!(
+            err.contains("document 2 (Secret web) is invalid: value: missing"),
+            "{err}"
+        );
+        assert!(
+            err.contains("valueFrom.file: must be the path of a file; valueFrom.path: unknown field"),
+            "{err}"
+        );
+        let big = format!(
+            "{{\"kind\": \"Secret\", \"service\": \"web\", \"name\": \"k\", \"value\": \"{}\"}}",
+            "x".repeat(MAX_SECRET_BYTES + 1)
+        );
+        let err = parse_documents(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("value: 65537 bytes is over the limit of 65536 bytes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn multi_document_yaml_yields_every_document_in_order() {

@@ -3,7 +3,7 @@
 
 use crate::error::CliError;
 use crate::format::Output;
-use outrider_api::{PolicyRecord, RevisionSummary, ServiceSummary, Sidecar, SidecarStatus};
+use outrider_api::{PolicyRecord, RevisionSummary, SecretMeta, ServiceSummary, Sidecar, SidecarStatus};
 use outrider_policy::{Action, MtlsMode, Policy, PolicyKind, Scope, SinkType};
 use serde::Serialize;
 use std::io::Write;
@@ -221,6 +221,20 @@ pub fn policies_table(policies: &[PolicyRecord]) -> Table {
             p.revision.to_string(),
             cell(&p.updated_at),
             record_summary(p),
+        ]);
+    }
+    t
+}
+
+/// A service's secrets: what is known about each, never a value.
+pub fn secrets_table(secrets: &[SecretMeta]) -> Table {
+    let mut t = Table::new(&["NAME", "SIZE", "REVISION", "UPDATED"]);
+    for s in secrets {
+        t.row(vec![
+            cell(&s.name),
+            s.size.to_string(),
+            s.revision.to_string(),
+            cell(&s.updated_at),
         ]);
     }
     t

@@ -80,16 +80,27 @@ pub fn validate_token_name(name: &str) -> Result<(), String> {
 /// editors, token management for admins. Decided by method and path so that a new
 /// route is protected without anyone remembering to.
 pub fn required_role(method: &Method, path: &str) -> Role {
+    let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if ["/tokens", "/join-tokens"]
         .iter()
         .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
     {
         Role::Admin
-    } else if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    } else if !read && is_secrets_path(path) {
+        // Whoever sets a secret decides what a service's sidecars hold; reading
+        // the metadata (never a value) is a viewer's.
+        Role::Admin
+    } else if read {
         Role::Viewer
     } else {
         Role::Editor
     }
+}
+
+/// `/services/{service}/secrets` and everything below it.
+fn is_secrets_path(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    parts.next() == Some("services") && parts.next().is_some() && parts.next() == Some("secrets")
 }
 
 /// Identifies the caller from the `Authorization` header. `bootstrap` is
@@ -231,6 +242,20 @@ mod tests {
         assert_eq!(required_role(&Method::POST, "/revisions/3/revert"), Role::Editor);
         assert_eq!(required_role(&Method::GET, "/tokens"), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, "/tokens/alice"), Role::Admin);
+    }
+
+    #[test]
+    fn secrets_are_written_by_admins_and_their_metadata_read_by_viewers() {
+        assert_eq!(required_role(&Method::PUT, "/services/web/secrets/db"), Role::Admin);
+        assert_eq!(required_role(&Method::DELETE, "/services/web/secrets/db"), Role::Admin);
+        assert_eq!(required_role(&Method::POST, "/services/web/secrets"), Role::Admin);
+        assert_eq!(required_role(&Method::GET, "/services/web/secrets"), Role::Viewer);
+        assert_eq!(required_role(&Method::GET, "/services/web/secrets/db"), Role::Viewer);
+        // A config document that happens to be called "secrets" is still an editor's.
+        assert_eq!(
+            required_role(&Method::PUT, "/services/web/config/secrets"),
+            Role::Editor
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ const ASSETS: &[(&str, &str)] = embed![
     "js/editors/logging.js",
     "js/editors/configs.js",
     "js/editors/authorization.js",
+    "js/editors/secrets.js",
 ];
 
 pub fn routes() -> Router<AppState> {

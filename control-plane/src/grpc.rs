@@ -16,7 +16,7 @@ use crate::store::{now_ms, SidecarRegistration, StoreError};
 use outrider_proto::v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 use outrider_proto::v1::{
     control_message, sidecar_message, Certificate, CertificateRefused, CertificateRequest, ControlMessage,
-    Destinations, Heartbeat, Hello, SidecarMessage, TrustBundle, Watch,
+    Destinations, Heartbeat, Hello, SidecarMessage, Snapshot, TrustBundle, Watch,
 };
 use outrider_runtime::shutdown::CancellationToken;
 use prost::Message as _;
@@ -34,6 +34,8 @@ pub struct ControlService {
     registration_token: Option<String>,
     shutdown: CancellationToken,
     ca: Option<Arc<Ca>>,
+    /// Whether the port serves TLS (all its streams then may carry secrets).
+    tls: bool,
 }
 
 impl ControlService {
@@ -43,7 +45,14 @@ impl ControlService {
             registration_token,
             shutdown,
             ca: None,
+            tls: false,
         }
+    }
+
+    /// Tells the service that its port serves TLS (see [`may_carry_secrets`]).
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Signs certificate requests with `ca`; without one they are refused.
@@ -69,6 +78,7 @@ impl ControlPlane for ControlService {
     type StreamStream = OutStream;
 
     async fn stream(&self, req: Request<Streaming<SidecarMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let secrets = may_carry_secrets(self.tls, req.remote_addr());
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -110,11 +120,40 @@ impl ControlPlane for ControlService {
             shutdown: self.shutdown.clone(),
             initial_watch: hello.watch,
             ca: self.ca.clone(),
+            secrets,
+            told_withheld: false,
         };
         tokio::spawn(session.run(inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+/// The delivery rule for secrets: only a stream that is TLS (the control plane's own,
+/// see `tls`) or whose peer is on this machine (a loopback address) carries them. Any
+/// other stream is plaintext across a network, where a value could be read on the way.
+pub fn may_carry_secrets(tls: bool, peer: Option<std::net::SocketAddr>) -> bool {
+    tls || peer.is_some_and(|p| match p.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    })
+}
+
+/// The snapshot as a stream that may not carry secrets receives it: without them,
+/// saying why, so its sidecar keeps the secret files it has.
+fn without_secrets(snap: &Snapshot) -> Snapshot {
+    Snapshot {
+        secrets: Vec::new(),
+        secrets_withheld: if snap.secrets_withheld.is_empty() {
+            WITHHELD_ON_PLAINTEXT.to_owned()
+        } else {
+            snap.secrets_withheld.clone()
+        },
+        ..snap.clone()
+    }
+}
+
+const WITHHELD_ON_PLAINTEXT: &str =
+    "secrets are sent only over TLS or from a loopback address; this control stream is plaintext from another host";
 
 fn registration(hello: &Hello, replica: &str) -> Result<SidecarRegistration, String> {
     let id = hello.identity.as_ref().ok_or("Hello without identity")?;
@@ -158,6 +197,10 @@ struct Session {
     shutdown: CancellationToken,
     initial_watch: Vec<String>,
     ca: Option<Arc<Ca>>,
+    /// Whether this stream may carry secrets (see [`may_carry_secrets`]).
+    secrets: bool,
+    /// Whether the log already says this stream's secrets are withheld.
+    told_withheld: bool,
 }
 
 /// The CA's next change; never, without a CA (or once it is gone).
@@ -288,7 +331,16 @@ impl Session {
                     let snap = snapshots.borrow_and_update().clone();
                     if let Some(snap) = snap {
                         first_revision.get_or_insert(snap.revision);
-                        let msg = ControlMessage { msg: Some(control_message::Msg::Snapshot((*snap).clone())) };
+                        let snap = if self.secrets {
+                            (*snap).clone()
+                        } else {
+                            if !self.told_withheld {
+                                self.told_withheld = true;
+                                warn!(secrets = snap.secrets.len(), "{WITHHELD_ON_PLAINTEXT}: the stream's snapshots carry none");
+                            }
+                            without_secrets(&snap)
+                        };
+                        let msg = ControlMessage { msg: Some(control_message::Msg::Snapshot(snap)) };
                         self.hub.metrics.stream_bytes_sent.inc_by(msg.encoded_len() as u64);
                         if self.tx.send(Ok(msg)).await.is_err() { return false }
                         self.hub.metrics.snapshots_sent.inc();
@@ -662,6 +714,43 @@ mod tests {
             .expect("refused");
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         assert!(cp.hub.store().list_sidecars(None).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn secrets_travel_only_over_tls_or_from_loopback() {
+        let at = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        assert!(may_carry_secrets(false, at("127.0.0.1:5000")));
+        assert!(may_carry_secrets(false, at("127.9.0.1:5000")));
+        assert!(may_carry_secrets(false, at("[::1]:5000")));
+        assert!(may_carry_secrets(false, at("[::ffff:127.0.0.1]:5000")));
+        assert!(!may_carry_secrets(false, at("192.0.2.7:5000")));
+        assert!(!may_carry_secrets(false, at("[::ffff:192.0.2.7]:5000")));
+        assert!(!may_carry_secrets(false, at("[fd00::2]:5000")));
+        assert!(!may_carry_secrets(false, None));
+        assert!(may_carry_secrets(true, at("192.0.2.7:5000")));
+        assert!(may_carry_secrets(true, None));
+    }
+
+    #[test]
+    fn a_stream_without_secrets_is_told_why_and_keeps_an_earlier_reason() {
+        let snap = Snapshot {
+            secrets: vec![outrider_proto::v1::Secret {
+                name: "db".into(),
+                value: b"v".to_vec(),
+                revision: 1,
+            }],
+            rate_limit: "{}".into(),
+            ..Snapshot::default()
+        };
+        let sent = without_secrets(&snap);
+        assert!(sent.secrets.is_empty());
+        assert_eq!(sent.secrets_withheld, WITHHELD_ON_PLAINTEXT);
+        assert_eq!(sent.rate_limit, "{}");
+        let keyless = Snapshot {
+            secrets_withheld: "no key".into(),
+            ..Snapshot::default()
+        };
+        assert_eq!(without_secrets(&keyless).secrets_withheld, "no key");
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use crate::mesh::{CountChange, Mesh};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Store, StoreError, CHANGES_CHANNEL};
 use outrider_policy::{PolicyKind, RateLimitPolicy, Scope};
-use outrider_proto::v1::{ConfigDocument, Snapshot};
+use outrider_proto::v1::{ConfigDocument, Secret, Snapshot};
 use outrider_runtime::shutdown::CancellationToken;
 use outrider_runtime::Backoff;
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use crate::timing::Timing;
 
@@ -214,6 +214,16 @@ impl Hub {
         let revision = self.store.service_revision(service).await?;
         let policies = self.store.list_policies(service).await?;
         let configs = self.store.list_configs(service).await?;
+        // A key problem withholds the secrets (the sidecars keep the files they have)
+        // but not the policies: routing and limits still follow the store.
+        let (secrets, secrets_withheld) = match self.store.secret_values(service).await {
+            Ok(values) => (values, String::new()),
+            Err(e @ (StoreError::SecretsKeyMissing | StoreError::SecretUnreadable { .. })) => {
+                error!(service, error = %e, "secrets withheld from the snapshot");
+                (Vec::new(), e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
         let doc = |k: PolicyKind| {
             policies
                 .iter()
@@ -235,6 +245,15 @@ impl Hub {
                     revision: c.revision,
                 })
                 .collect(),
+            secrets: secrets
+                .into_iter()
+                .map(|s| Secret {
+                    name: s.name,
+                    value: s.value,
+                    revision: s.revision,
+                })
+                .collect(),
+            secrets_withheld,
             ..Snapshot::default()
         };
         self.stamp(&mut snap, revision);

@@ -25,4 +25,5 @@ pub mod store;
 pub mod timing;
 pub mod tls;
 pub mod traffic;
+pub mod vault;
 pub mod webhook;

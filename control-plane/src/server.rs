@@ -10,8 +10,9 @@ use crate::hub::{Hub, Timing};
 use crate::listen::{serve_http, tls_incoming, HandshakeDeadline, HttpLimits};
 use crate::metrics::Metrics;
 use crate::server_cert::IssuedCert;
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 use crate::tls::ServerTls;
+use crate::vault::SecretsKey;
 use outrider_runtime::shutdown::{CancellationToken, TaskTracker};
 use outrider_runtime::Backoff;
 use std::future::Future;
@@ -130,6 +131,11 @@ pub struct Config {
     /// The key of --ca-cert (PEM, PKCS #8).
     #[arg(long, env = "OUTRIDER_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// The key secrets are encrypted with: a file of 32 random bytes, raw, as 64 hex
+    /// digits or as base64. Without one the embedded store generates
+    /// <data-dir>/secrets.key; PostgreSQL then refuses secret writes.
+    #[arg(long, env = "OUTRIDER_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 fn parse_san(s: &str) -> Result<San, String> {
@@ -158,6 +164,8 @@ pub enum ServerError {
     Guard(#[from] crate::api::guard::GuardError),
     #[error("certificate authority: {0}")]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    SecretsKey(#[from] crate::vault::VaultError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
@@ -341,6 +349,9 @@ pub async fn run(
     let inject_settings = cfg.inject_settings()?;
     let webhook_names = cfg.webhook_names()?;
     let store = open_store(&cfg).await?;
+    let key = secrets_key(&cfg, &store)?;
+    let store = store.with_secrets_key(key);
+    check_secrets_key(&store).await?;
     // Before anything is served: a public gRPC port needs the mesh-wide token or at
     // least one join token.
     cfg.check_addresses(http_addr, grpc_addr, store.has_join_tokens().await?)?;
@@ -421,6 +432,7 @@ pub async fn run(
     tasks.spawn(crate::ca::follow_roots(ca.clone(), store.clone(), stop.clone()).in_current_span());
     let svc = ControlService::new(hub.clone(), present(&cfg.registration_token), stop.clone())
         .with_ca(ca)
+        .with_tls(tls.is_some())
         .into_server();
     let handshake = cfg.grpc_handshake_timeout;
     let router = tonic::transport::Server::builder()
@@ -469,6 +481,35 @@ pub async fn run(
 
 /// Opens the store, retrying while PostgreSQL is not reachable yet (it may start
 /// after us); an embedded store that cannot open is a hard error.
+/// The secrets key: the operator's file, or on the embedded store one generated in its
+/// data dir; PostgreSQL without a file has none (replicas must share one key, which
+/// only the operator can give them).
+fn secrets_key(cfg: &Config, store: &Store) -> Result<Option<SecretsKey>, ServerError> {
+    if let Some(path) = &cfg.secrets_key_file {
+        return Ok(Some(SecretsKey::from_file(path)?));
+    }
+    match store.backend() {
+        Backend::Sqlite => Ok(Some(SecretsKey::generated_in(&cfg.data_dir)?)),
+        Backend::Postgres => {
+            warn!("no OUTRIDER_SECRETS_KEY_FILE: secrets cannot be written, and stored ones are not delivered");
+            Ok(None)
+        }
+    }
+}
+
+/// Says at start, once and plainly, when stored secrets do not match the key (the
+/// hub withholds them from snapshots, so sidecars keep the files they have).
+async fn check_secrets_key(store: &Store) -> Result<(), ServerError> {
+    let foreign = store.secrets_sealed_with_other_keys().await?;
+    if foreign > 0 {
+        tracing::error!(
+            secrets = foreign,
+            "stored secrets were encrypted with a different key than the one configured (OUTRIDER_SECRETS_KEY_FILE); their services' sidecars keep the secret files they have until the right key is given or the secrets are set again"
+        );
+    }
+    Ok(())
+}
+
 async fn open_store(cfg: &Config) -> Result<Store, ServerError> {
     let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let mut attempt = 0;

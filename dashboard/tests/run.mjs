@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -397,7 +397,7 @@ test('a logging policy edited in the form: an http sink without a URL is refused
   collector.close();
 });
 
-test('the service page shows each instance's identity and certificate expiry, and the mTLS mode', async () => {
+test("the service page shows each instance's identity and certificate expiry, and the mTLS mode", async () => {
   const page = await signedIn(BOOT);
   await openService(page, 'web');
   const rows = page.locator('#identity tbody tr');
@@ -411,6 +411,37 @@ test('the service page shows each instance's identity and certificate expiry, an
   assert.equal(await page.locator('#mtls-mode').getAttribute('data-mode'), api.mtls);
   assert.match(await page.locator('#mtls-mode').textContent(), /permissive/);
   await page.context().close();
+});
+
+test('a secret set in the form reaches the sidecars as a file and the page shows only its metadata', async () => {
+  const value = 'dash-secret-value-51c7';
+  const page = await signedIn(BOOT);
+  await openService(page, 'web');
+  await page.locator('#secrets-table').waitFor();
+  assert.equal(await page.locator('#secret-value').getAttribute('type'), 'password');
+  await page.locator('#secret-name').fill('db-password');
+  await page.locator('#secret-value').fill(value);
+  await page.locator('#secret-save').click();
+  await page.locator('#secrets-result', { hasText: 'Set db-password (22 bytes' }).waitFor();
+  await page.locator('#secrets-rows tr[data-secret="db-password"]', { hasText: '22 bytes' }).waitFor();
+  assert.equal(await page.locator('#secret-value').inputValue(), '');
+  assert.ok(!(await page.content()).includes(value), 'the page holds the value');
+  for (const sc of sidecars) {
+    const file = join(work, sc.pod, 'state', 'secrets', 'db-password');
+    await waitFor(`${sc.pod} writing the secret`, async () => existsSync(file) && readFileSync(file, 'utf8') === value);
+  }
+  await page.locator('#secrets-rows tr[data-secret="db-password"] button', { hasText: 'Delete' }).click();
+  await page.locator('#secrets-result', { hasText: 'Deleted db-password' }).waitFor();
+  await page.context().close();
+
+  // An editor may read the metadata but not set a secret.
+  const editing = await signedIn(editor);
+  await openService(editing, 'web');
+  await editing.locator('#secret-name').fill('other');
+  await editing.locator('#secret-value').fill(value);
+  await editing.locator('#secret-save').click();
+  await editing.locator('#secrets-result', { hasText: 'Not allowed' }).waitFor();
+  await editing.context().close();
 });
 
 test('a viewer sees everything and can change nothing', async () => {

@@ -59,21 +59,6 @@ async fn mesh(v2_args: &[&str]) -> Mesh {
     }
 }
 
-/// Runs outriderctl against the control plane: (exit code, stdout, stderr).
-fn ctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin_path("outriderctl"))
-        .arg("--server")
-        .arg(cp.base())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Share of `n` calls through the caller's outbound port that v2 answered.
 async fn v2_share(caller: &Sidecar, n: usize) -> f64 {
     let c = client();

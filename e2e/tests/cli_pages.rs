@@ -4,26 +4,9 @@
 
 mod common;
 
-use common::{ControlPlane, SOON};
+use common::{ctl, ControlPlane, SOON};
 use outrider_testkit::{bin_path, wait_until, Proc};
 use serde_json::Value;
-
-/// Runs outriderctl against the control plane: (exit code, stdout, stderr).
-fn ctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin_path("outriderctl"))
-        .arg("--server")
-        .arg(cp.base())
-        .args(args)
-        .env_remove("OUTRIDER_TOKEN")
-        .env_remove("OUTRIDER_SERVER")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn ids(list: &Value) -> Vec<&str> {
     list.as_array()

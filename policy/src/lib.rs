@@ -22,7 +22,8 @@ pub use authorization::{
 pub use duration::Duration;
 pub use error::{FieldError, PolicyError};
 pub use logging::{
-    AccessLog, AppLog, Compression, LogFormat, LogParser, LoggingPolicy, Sink, SinkFormat, SinkType, BATCH_BYTES_RANGE,
+    mask_document_credentials, mask_url_credentials, restore_masked_credentials, AccessLog, AppLog, Compression,
+    LogFormat, LogParser, LoggingPolicy, Sink, SinkFormat, SinkType, BATCH_BYTES_RANGE,
 };
 pub use names::{validate_config_file_name, validate_config_name, validate_service_name, MAX_CONFIG_NAME_LEN};
 pub use ratelimit::{RateLimitKey, RateLimitPolicy, RateLimitRule, RouteMatch, Scope};

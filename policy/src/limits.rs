@@ -19,12 +19,21 @@ pub const SERVICE_CONFIG_MAX_DOCUMENTS: usize = 256;
 /// and comes back as a response header.
 pub const CONTENT_TYPE_MAX_BYTES: usize = 255;
 
+/// One secret's value (`413` beyond): passwords, keys and certificates, not files.
+pub const SECRET_MAX_BYTES: usize = 64 * 1024;
+
+/// How many secrets one service may have (`413` beyond); with [`SECRET_MAX_BYTES`]
+/// this bounds what they add to a snapshot.
+pub const SERVICE_SECRETS_MAX: usize = 64;
+
 /// The largest snapshot the limits above allow, with room for the framing of each
 /// field: three policies of a service (routing travels to callers separately), every
-/// config document at its longest name and content type, and the fixed fields.
+/// config document at its longest name and content type, every secret at its
+/// largest, and the fixed fields.
 pub const SNAPSHOT_MAX_BYTES: usize = 3 * DOCUMENT_MAX_BYTES
     + SERVICE_CONFIG_MAX_BYTES
     + SERVICE_CONFIG_MAX_DOCUMENTS * (FILE_NAME_MAX_BYTES + CONTENT_TYPE_MAX_BYTES + 64)
+    + SERVICE_SECRETS_MAX * (SECRET_MAX_BYTES + FILE_NAME_MAX_BYTES + 64)
     + 64 * 1024;
 
 /// A config document's name is a file name: never longer than this on any file system.

@@ -13,6 +13,63 @@ pub struct LoggingPolicy {
     pub sink: Sink,
 }
 
+impl LoggingPolicy {
+    /// The policy as shown outside the store (`/config_dump`, logs): credentials in
+    /// the sink URL masked, see [`mask_url_credentials`].
+    pub fn masked(&self) -> LoggingPolicy {
+        let mut shown = self.clone();
+        if let Some(url) = &mut shown.sink.url {
+            *url = mask_url_credentials(url).into_owned();
+        }
+        shown
+    }
+}
+
+/// A URL with the credentials of its user info masked: `https://user:pass@host/x`
+/// → `https://user:***@host/x`; a user info without a password (often a token by
+/// itself) becomes `***`. Anything else comes back as it is.
+pub fn mask_url_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[scheme_end..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_len].rfind('@') else {
+        return url.into();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{shown}{}", &url[..scheme_end], &rest[at..]).into()
+}
+
+/// A LoggingPolicy document (JSON) as the API shows it: credentials in `sink.url`
+/// masked (see [`mask_url_credentials`]).
+pub fn mask_document_credentials(doc: &mut serde_json::Value) {
+    if let Some(serde_json::Value::String(url)) = doc.pointer_mut("/sink/url") {
+        if let std::borrow::Cow::Owned(masked) = mask_url_credentials(url) {
+            *url = masked;
+        }
+    }
+}
+
+/// Takes a masked `sink.url` back as "keep the stored credentials": a written
+/// document whose URL is exactly the `stored` one masked gets the stored URL, so a
+/// document read from the API (masked) and written back unchanged keeps its password.
+pub fn restore_masked_credentials(doc: &mut serde_json::Value, stored: &serde_json::Value) {
+    let Some(serde_json::Value::String(stored_url)) = stored.pointer("/sink/url") else {
+        return;
+    };
+    if let Some(serde_json::Value::String(url)) = doc.pointer_mut("/sink/url") {
+        let masked = mask_url_credentials(stored_url);
+        if matches!(masked, std::borrow::Cow::Owned(_)) && *url == masked {
+            *url = stored_url.clone();
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessLog {
@@ -293,5 +350,50 @@ mod tests {
             fields,
             ["appLogs[0].pattern", "appLogs[1].pattern", "appLogs[2].multilineStart"]
         );
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::mask_url_credentials as mask;
+
+    #[test]
+    fn credentials_in_urls_are_masked_and_nothing_else_changes() {
+        assert_eq!(
+            mask("https://elastic:s3cret@es:9200/_bulk"),
+            "https://elastic:***@es:9200/_bulk"
+        );
+        assert_eq!(mask("http://tok3n@collector/in"), "http://***@collector/in");
+        assert_eq!(mask("http://u:p:q@h/a@b?c=d@e"), "http://u:***@h/a@b?c=d@e");
+        assert_eq!(mask("http://u:p%40x@h"), "http://u:***@h");
+        assert_eq!(mask("http://collector:9880/ingest"), "http://collector:9880/ingest");
+        assert_eq!(mask("http://h/path?user=a@b"), "http://h/path?user=a@b");
+        assert_eq!(mask("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_masked_url_written_back_keeps_the_stored_credentials_and_any_other_url_is_taken() {
+        use super::{mask_document_credentials, restore_masked_credentials};
+        let stored = serde_json::json!({"sink": {"type": "http", "url": "https://u:pw@es/_bulk"}});
+        let mut shown = stored.clone();
+        mask_document_credentials(&mut shown);
+        assert_eq!(shown["sink"]["url"], "https://u:***@es/_bulk");
+        let mut back = shown.clone();
+        restore_masked_credentials(&mut back, &stored);
+        assert_eq!(back, stored);
+        for other in [
+            "https://u:new@es/_bulk",
+            "https://u:***@other/_bulk",
+            "https://es/_bulk",
+        ] {
+            let mut doc = serde_json::json!({"sink": {"type": "http", "url": other}});
+            restore_masked_credentials(&mut doc, &stored);
+            assert_eq!(doc["sink"]["url"], other);
+        }
+        // A stored URL without credentials gives a literal `***` no meaning.
+        let plain = serde_json::json!({"sink": {"type": "http", "url": "https://es/x"}});
+        let mut doc = serde_json::json!({"sink": {"type": "http", "url": "https://u:***@es/x"}});
+        restore_masked_credentials(&mut doc, &plain);
+        assert_eq!(doc["sink"]["url"], "https://u:***@es/x");
     }
 }

@@ -96,7 +96,8 @@ struct ConfigDump<'a> {
     service_share: Option<f64>,
     healthy_instances: Option<u32>,
     rate_limit: Option<&'a RateLimitPolicy>,
-    logging: Option<&'a LoggingPolicy>,
+    /// With credentials in its sink URL masked.
+    logging: Option<LoggingPolicy>,
     authorization: Option<&'a outrider_policy::AuthorizationPolicy>,
     configs: &'a [ConfigSummary],
     destinations: Option<serde_json::Value>,
@@ -147,7 +148,7 @@ fn dump(applied: Option<&Applied>, control_plane_connected: bool, identity: Opti
         service_share: applied.map(|a| a.service_share),
         healthy_instances: applied.map(|a| a.healthy_instances),
         rate_limit: applied.and_then(|a| a.rate_limit.as_ref()),
-        logging: applied.and_then(|a| a.logging.as_ref()),
+        logging: applied.and_then(|a| a.logging.as_ref()).map(LoggingPolicy::masked),
         authorization: applied.and_then(|a| a.authorization.as_ref()),
         configs: applied.map_or(&[], |a| a.configs.as_slice()),
         destinations: applied.map(|a| a.destinations.dump()),
@@ -249,6 +250,23 @@ mod tests {
         assert_eq!(v["rateLimit"]["rules"][0]["scope"], "service");
         assert!(v["logging"].is_null());
         assert_eq!(v["configs"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn config_dump_masks_credentials_in_the_sink_url() {
+        let state = Arc::new(SidecarState::new());
+        let snapshot = Snapshot {
+            revision: 3,
+            service: "web".into(),
+            logging: r#"{"sink":{"type":"http","url":"https://elastic:hunter2@es:9200/_bulk"}}"#.into(),
+            ..Default::default()
+        };
+        state.apply(&snapshot, Source::ControlPlane).unwrap();
+        let (status, _, body) = get(&state, "/config_dump").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!body.contains("hunter2"), "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["logging"]["sink"]["url"], "https://elastic:***@es:9200/_bulk");
     }
 
     #[tokio::test]

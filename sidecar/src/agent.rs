@@ -13,6 +13,7 @@
 use crate::configdocs::{doc_set, ConfigDocs, Writer};
 use crate::identity::IdentityFiles;
 use crate::persist;
+use crate::secrets::SecretFiles;
 use crate::state::{SidecarState, Source};
 use outrider_proto::v1::control_plane_client::ControlPlaneClient;
 use outrider_proto::v1::{
@@ -47,6 +48,8 @@ pub struct Agent {
     pub destination_idle: Duration,
     /// Where a snapshot's config documents are written before it is acknowledged.
     pub config_docs: Option<Arc<ConfigDocs>>,
+    /// Where a snapshot's secrets are written before it is acknowledged.
+    pub secret_files: Option<Arc<SecretFiles>>,
     /// The workload key; `None`: no certificate is asked for (the key could not be
     /// made or read). What is issued goes in force in `state.identity`.
     pub workload: Option<Arc<IdentityFiles>>,
@@ -508,6 +511,16 @@ impl Agent {
                 let error = format!("config documents: {e}");
                 warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
                 self.restore_config_docs(w).await;
+                return Accepted::NotDurable { snapshot: s, error };
+            }
+        }
+        if let Some(files) = &self.secret_files {
+            if let Err(e) = files.write(&s).await {
+                let error = format!("secrets: {e}");
+                warn!(revision, %error, "cannot make the snapshot durable; not enforcing it");
+                if let Some(w) = &writer {
+                    self.restore_config_docs(w).await;
+                }
                 return Accepted::NotDurable { snapshot: s, error };
             }
         }

@@ -53,6 +53,10 @@ pub struct Config {
     /// Where config documents are written.
     #[arg(long, env = "OUTRIDER_CONFIG_DIR", default_value = "./outrider-config")]
     pub config_dir: PathBuf,
+    /// Where the service's secrets are written, one file each (mode 0600); default
+    /// `<state dir>/secrets`. In Kubernetes, a memory volume.
+    #[arg(long, env = "OUTRIDER_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Registration token (OUTRIDER_REGISTRATION_TOKEN on the control plane).
     #[arg(long, env = "OUTRIDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -154,7 +158,7 @@ impl Config {
     }
 
     /// Where log shipping may read and write, from `OUTRIDER_LOG_PATHS`,
-    /// `OUTRIDER_SINK_DIR` and `OUTRIDER_SINK_HOSTS`; the state and config
+    /// `OUTRIDER_SINK_DIR` and `OUTRIDER_SINK_HOSTS`; the state, config and secrets
     /// directories are never readable.
     pub fn log_confinement(&self) -> Result<crate::logship::Confinement, crate::logship::ConfinementError> {
         let sink_dir = self.sink_dir.clone().unwrap_or_else(|| self.state_dir.join("sinks"));
@@ -162,8 +166,15 @@ impl Config {
             &self.log_paths,
             &sink_dir,
             &self.sink_hosts,
-            &[&self.state_dir, &self.config_dir],
+            &[&self.state_dir, &self.config_dir, &self.secrets_dir()],
         )
+    }
+
+    /// `OUTRIDER_SECRETS_DIR`, or `<state dir>/secrets`.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.secrets_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("secrets"))
     }
 
     /// What the sidecar's clients trust (`OUTRIDER_CA_FILE`).

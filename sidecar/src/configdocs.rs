@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use outrider_runtime::fs::write_atomic;
+use outrider_runtime::fs::{write_atomic, write_atomic_with, WriteOptions};
 use rustix::process::{kill_process, Pid, Signal};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,8 +70,12 @@ pub fn doc_set(configs: &[ConfigSummary]) -> DocSet {
 /// Why the documents could not all be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("config document {name:?} cannot be a file name here: {reason}")]
-    Name { name: String, reason: String },
+    #[error("{what} {name:?} cannot be a file name here: {reason}")]
+    Name {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
     #[error("cannot write {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("config writer task failed: {0}")]
@@ -276,24 +280,76 @@ impl ConfigDocs {
 /// changed. Returns the names written (also when a later step failed) and the outcome.
 fn write_all(dir: &Path, manifest_path: &Path, set: &DocSet) -> (Vec<String>, Result<(), WriteError>) {
     let mut written = Vec::new();
-    let result = write_into(dir, manifest_path, set, &mut written);
+    let files = set
+        .iter()
+        .map(|(name, doc)| {
+            let file = ManagedFile {
+                content: &doc.content,
+                revision: doc.revision,
+            };
+            (name.as_str(), file)
+        })
+        .collect();
+    let result = sync_dir(&ManagedDir::CONFIG, dir, manifest_path, &files, &mut written);
     (written, result)
 }
 
-fn write_into(dir: &Path, manifest_path: &Path, set: &DocSet, written: &mut Vec<String>) -> Result<(), WriteError> {
+/// A directory the sidecar fills with files of its own, tracked by a manifest in the
+/// state dir so that only those are ever removed: config documents, and secrets.
+pub struct ManagedDir {
+    /// What a file is, for errors and the log ("config document", "secret").
+    pub what: &'static str,
+    /// Permission bits of new files and of the directory when this creates it
+    /// (`None`: the process defaults).
+    pub file_mode: Option<u32>,
+    pub dir_mode: Option<u32>,
+}
+
+impl ManagedDir {
+    const CONFIG: ManagedDir = ManagedDir {
+        what: "config document",
+        file_mode: None,
+        dir_mode: None,
+    };
+}
+
+/// One file a [`ManagedDir`] should hold.
+pub struct ManagedFile<'a> {
+    pub content: &'a [u8],
+    pub revision: u64,
+}
+
+/// Makes `dir` hold exactly `files` among the files its manifest lists: writes those
+/// whose revision differs from the manifest (or whose file is missing), removes
+/// entries no longer wanted, saves the manifest if it changed. `written` gets the
+/// names written, also when a later step fails.
+pub fn sync_dir(
+    kind: &ManagedDir,
+    dir: &Path,
+    manifest_path: &Path,
+    files: &BTreeMap<&str, ManagedFile<'_>>,
+    written: &mut Vec<String>,
+) -> Result<(), WriteError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| WriteError::Io { path, source }
     };
     // Names were validated by the control plane; check again, since they become paths,
     // and before anything is written, so a bad one changes nothing.
-    for name in set.keys() {
+    for name in files.keys() {
         outrider_policy::validate_config_file_name(name).map_err(|reason| WriteError::Name {
-            name: name.clone(),
+            what: kind.what,
+            name: (*name).to_owned(),
             reason,
         })?;
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    if let Some(mode) = kind.dir_mode {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(mode);
+    }
+    builder.create(dir).map_err(io(dir))?;
     let before: BTreeMap<String, u64> = std::fs::read(manifest_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -310,23 +366,31 @@ fn write_into(dir: &Path, manifest_path: &Path, set: &DocSet, written: &mut Vec<
         }
         write_atomic(manifest_path, &serde_json::to_vec(manifest).unwrap_or_default()).map_err(io(manifest_path))
     };
-    for (name, doc) in set {
+    let options = WriteOptions {
+        mode: kind.file_mode,
+        ..WriteOptions::default()
+    };
+    for (name, file) in files {
         let path = dir.join(name);
-        if manifest.get(name) == Some(&doc.revision) && path.exists() {
+        if manifest.get(*name) == Some(&file.revision) && path.exists() {
             continue;
         }
-        if let Err(e) = write_atomic(&path, &doc.content) {
+        if let Err(e) = write_atomic_with(&path, file.content, &options) {
             let _ = save(&manifest);
             return Err(io(&path)(e));
         }
-        manifest.insert(name.clone(), doc.revision);
-        written.push(name.clone());
+        manifest.insert((*name).to_owned(), file.revision);
+        written.push((*name).to_owned());
     }
-    let gone: Vec<String> = manifest.keys().filter(|n| !set.contains_key(*n)).cloned().collect();
+    let gone: Vec<String> = manifest
+        .keys()
+        .filter(|n| !files.contains_key(n.as_str()))
+        .cloned()
+        .collect();
     for name in gone {
         let path = dir.join(&name);
         match std::fs::remove_file(&path) {
-            Ok(()) => info!(name, "removed a deleted config document"),
+            Ok(()) => info!(name, "removed a deleted {}", kind.what),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 let _ = save(&manifest);

@@ -24,5 +24,6 @@ pub mod outbound;
 pub mod persist;
 pub mod proxy;
 pub mod ratelimit;
+pub mod secrets;
 pub mod state;
 pub mod trust;

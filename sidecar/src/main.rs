@@ -17,6 +17,7 @@ use outrider_sidecar::identity::IdentityFiles;
 use outrider_sidecar::inbound::{self, InboundProxy};
 use outrider_sidecar::logship::{Identity as LogIdentity, PolicyFeed, Shipper};
 use outrider_sidecar::outbound::{self, OutboundProxy};
+use outrider_sidecar::secrets::SecretFiles;
 use outrider_sidecar::state::{SidecarState, Source};
 use outrider_sidecar::{admin, persist};
 use std::future::Future;
@@ -303,6 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             declared: cfg.declared_destinations(),
             destination_idle: cfg.destination_idle.as_std(),
             config_docs: Some(docs.clone()),
+            secret_files: Some(Arc::new(SecretFiles::new(cfg.secrets_dir(), &cfg.state_dir))),
             workload,
         };
         control.spawn(info_span!("agent"), agent.run(control.stop.clone()));

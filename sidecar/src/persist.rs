@@ -208,8 +208,19 @@ pub fn decode(bytes: &[u8]) -> Result<Persisted, DecodeError> {
 /// fsync of the directory): after a crash the file holds either the previous snapshot
 /// or this one, never a torn mix. An error (a full or read-only disk) leaves the
 /// previous file as it was.
+/// Secrets never reach this file: they live in `OUTRIDER_SECRETS_DIR` (0600) only, and
+/// those files are what survives a restart.
 pub fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), PersistError> {
-    let bytes = frame(Kind::Snapshot, &snapshot.service, &snapshot.encode_to_vec());
+    let body = if snapshot.secrets.is_empty() {
+        snapshot.encode_to_vec()
+    } else {
+        Snapshot {
+            secrets: Vec::new(),
+            ..snapshot.clone()
+        }
+        .encode_to_vec()
+    };
+    let bytes = frame(Kind::Snapshot, &snapshot.service, &body);
     write(dir, &dir.join(FILE), &bytes)
 }
 
@@ -306,6 +317,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path(), "web").unwrap().is_none());
         save(dir.path(), &web(7)).unwrap();
+        assert_eq!(load(dir.path(), "web").unwrap(), Some(web(7)));
+    }
+
+    #[test]
+    fn a_snapshot_is_saved_without_its_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = Snapshot {
+            secrets: vec![outrider_proto::v1::Secret {
+                name: "db".into(),
+                value: b"hunter2-hunter2".to_vec(),
+                revision: 7,
+            }],
+            ..web(7)
+        };
+        save(dir.path(), &with).unwrap();
+        let raw = std::fs::read(dir.path().join(FILE)).unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(load(dir.path(), "web").unwrap(), Some(web(7)));
     }
 

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// Too many failed authentications from this client; retry after the delay.
     #[error("too many failed authentications from this address; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    /// A feature this request needs is not configured (no secrets key); the detail
+    /// says which setting gives it.
+    #[error("{0}")]
+    NotConfigured(String),
     /// The store cannot be reached; the cause is for the server's log only.
     #[error("store unavailable")]
     Unavailable(String),
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
+            ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "Not configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Store unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
         }
@@ -83,6 +88,8 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed { current } => ApiError::Stale { current },
             StoreError::AlreadyExists => ApiError::Conflict("it exists already".into()),
             StoreError::TooLarge(m) => ApiError::Body(m, StatusCode::PAYLOAD_TOO_LARGE),
+            e @ StoreError::SecretsKeyMissing => ApiError::NotConfigured(e.to_string()),
+            StoreError::Refused(m) => ApiError::Conflict(m),
             ref e if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }

@@ -43,6 +43,16 @@ pub fn policy_record(p: &StoredPolicy) -> PolicyRecord {
         kind: p.kind.as_str().to_owned(),
         revision: p.revision,
         updated_at: rfc3339(p.updated_at_ms),
-        document: p.document.clone(),
+        document: shown_document(p.kind.as_str(), &p.document),
     }
+}
+
+/// A stored document as the API shows it: a LoggingPolicy's sink credentials masked
+/// (`user:***`; written back unchanged, the mask keeps the stored password).
+pub fn shown_document(kind: &str, doc: &serde_json::Value) -> serde_json::Value {
+    let mut shown = doc.clone();
+    if kind == outrider_policy::PolicyKind::Logging.as_str() {
+        outrider_policy::mask_document_credentials(&mut shown);
+    }
+    shown
 }

@@ -18,8 +18,10 @@ use axum::Extension;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The one route whose body is not JSON: config documents keep their own type.
+/// The routes whose body is not JSON: config documents keep their own type, and a
+/// secret's value is whatever bytes it is.
 pub const CONFIG_ROUTE: &str = "/api/v1/services/{service}/config/{name}";
+pub const SECRET_ROUTE: &str = "/api/v1/services/{service}/secrets/{name}";
 
 /// A value of `--allowed-origins` or `--allowed-hosts` that cannot be one.
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +181,12 @@ pub async fn browser_guard(Extension(guard): Extension<Arc<Guard>>, req: Request
 
 /// The layer on the API's routes: a write to a JSON route that carries a body must
 /// say `application/json`, so no CORS-simple type (`text/plain`) gets in. Config
-/// documents ([`CONFIG_ROUTE`]) keep their own type.
+/// documents ([`CONFIG_ROUTE`]) and secrets ([`SECRET_ROUTE`]) keep their own type.
 pub async fn json_writes(req: Request, next: Next) -> Response {
     let config = req
         .extensions()
         .get::<MatchedPath>()
-        .is_some_and(|m| m.as_str() == CONFIG_ROUTE);
+        .is_some_and(|m| m.as_str() == CONFIG_ROUTE || m.as_str() == SECRET_ROUTE);
     if is_write(req.method()) && !config {
         // Known empty only with `content-length: 0` or no body framing at all.
         let has_body = req.body().size_hint().exact() != Some(0);

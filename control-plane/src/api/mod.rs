@@ -1,7 +1,7 @@
 //! The HTTP layer: the REST API under `/api/v1`, plus `/healthz`, `/readyz`,
 //! `/metrics` and the dashboard, assembled in [`app`].
 //!
-//! One module per resource holds its handlers; each returns `outrider-api` types and
+//! One module per resource (policies, config documents, secrets, …) holds its handlers; each returns `outrider-api` types and
 //! takes its inputs through `extract`, failing with `error::ApiError`. Resource
 //! modules use `state`, `error`, `extract` and `format`, never this module, and every
 //! route is registered with `utoipa-axum` together with its OpenAPI description, so
@@ -19,6 +19,7 @@ mod join_tokens;
 pub mod openapi;
 mod policies;
 mod revisions;
+mod secrets;
 mod services;
 pub mod sidecars;
 pub mod state;
@@ -42,6 +43,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(services::get))
         .routes(routes!(policies::get, policies::put, policies::delete))
         .routes(routes!(configs::get, configs::put, configs::delete))
+        .routes(routes!(secrets::list))
+        .routes(routes!(secrets::get, secrets::put, secrets::delete))
         .routes(routes!(canary::get, canary::start, canary::abort))
         .routes(routes!(canary::set_weight))
         .routes(routes!(canary::promote))

@@ -138,7 +138,7 @@ pub fn with_guard_responses(mut doc: Document) -> Document {
                 );
             }
             if write {
-                let unsupported = if path.ends_with("/config/{name}") {
+                let unsupported = if path.ends_with("/config/{name}") || path.ends_with("/secrets/{name}") {
                     "a form content type (application/x-www-form-urlencoded, multipart/form-data)"
                 } else {
                     "the body is not application/json (form and text types included)"

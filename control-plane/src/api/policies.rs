@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_service, Actor, Body, IfMatch, Path, Query};
-use super::format::{etag, policy_record, Written};
+use super::format::{etag, policy_record, shown_document, Written};
 use super::sidecars::dry_run_report;
 use super::state::AppState;
 use crate::store::StoreError;
@@ -69,7 +69,14 @@ pub async fn put(
     check_service(&service)?;
     let kind = parse_kind(&kind)?;
     let policy = Policy::parse(kind, &body)?;
-    let document = policy.to_json();
+    let mut document = policy.to_json();
+    if kind == PolicyKind::Logging {
+        // A sink URL read from this API comes masked; sent back as it was read, it
+        // means "keep the stored credentials".
+        if let Some(stored) = state.store.get_policy(&service, kind).await? {
+            outrider_policy::restore_masked_credentials(&mut document, &stored.document);
+        }
+    }
     if kind == PolicyKind::Routing {
         let next: Option<RoutingPolicy> = outrider_policy::from_value(document.clone()).ok();
         super::canary::refuse_while_driven(&state, &service, next.as_ref()).await?;
@@ -80,7 +87,8 @@ pub async fn put(
         precondition.check(current.as_ref().map(|c| c.revision))?;
         let changed = current.as_ref().map(|c| &c.document) != Some(&document);
         let scope = (kind != PolicyKind::Routing).then_some(service.as_str());
-        return Ok(Written::DryRun(dry_run_report(&state, scope, changed, document).await?));
+        let shown = shown_document(kind.as_str(), &document);
+        return Ok(Written::DryRun(dry_run_report(&state, scope, changed, shown).await?));
     }
     let stored = state
         .store

@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Actor, Path, Query};
-use super::format::rfc3339;
+use super::format::{rfc3339, shown_document};
 use super::state::AppState;
 use crate::store::{RevisionRecord, RevisionSummary as Row, StoreError};
 use axum::extract::State;
@@ -35,8 +35,8 @@ fn detail(r: &RevisionRecord) -> RevisionDetail {
         name: s.name,
         operation: s.operation,
         reverts: s.reverts,
-        before: r.before.clone(),
-        after: r.after.clone(),
+        before: r.before.as_ref().map(|d| shown_document(&r.summary.kind, d)),
+        after: r.after.as_ref().map(|d| shown_document(&r.summary.kind, d)),
         propagation: None,
     }
 }

@@ -30,8 +30,17 @@ async fn test_app_with(api_token: Option<&str>) -> TestApp {
 
 /// Listening on loopback as `guard` says.
 async fn test_app_guarded(api_token: Option<&str>, guard: guard::Guard) -> TestApp {
+    test_app_keyed(api_token, guard, None).await
+}
+
+/// With secrets sealed by `key` (none: secret writes are refused).
+async fn test_app_keyed(
+    api_token: Option<&str>,
+    guard: guard::Guard,
+    key: Option<crate::vault::SecretsKey>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(None, dir.path()).await.unwrap();
+    let store = Store::open(None, dir.path()).await.unwrap().with_secrets_key(key);
     let hub = Hub::new(store.clone(), Timing::default(), Arc::new(Metrics::new()));
     // Writes push to the hub, which builds nothing before it has loaded.
     hub.load().await;
@@ -1361,4 +1370,185 @@ fn the_document_lists_every_policy_kind_for_the_kind_parameter() {
         .collect();
     let every: Vec<&str> = outrider_policy::PolicyKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(listed, every);
+}
+
+async fn secrets_app() -> TestApp {
+    let key = crate::vault::SecretsKey::from_bytes(&[9; 32]);
+    test_app_keyed(None, guard::Guard::new(true, &[], &[]).unwrap(), Some(key)).await
+}
+
+fn put_secret(uri: &str, value: impl Into<Body>, content_type: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::PUT)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(value.into())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_secret_is_written_raw_and_only_its_metadata_is_ever_read_back() {
+    let t = secrets_app().await;
+    let uri = "/api/v1/services/web/secrets/db-password";
+    let resp = t
+        .app
+        .clone()
+        .oneshot(put_secret(uri, "hunter2-hunter2", "text/plain"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let tag = resp.headers()[header::ETAG].to_str().unwrap().to_owned();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    let meta: outrider_api::SecretMeta = serde_json::from_slice(&body).unwrap();
+    assert_eq!((meta.name.as_str(), meta.size), ("db-password", 15));
+    assert_eq!(tag, format!("\"{}\"", meta.revision));
+    for read in [
+        uri,
+        "/api/v1/services/web/secrets",
+        "/api/v1/services/web",
+        "/api/v1/revisions",
+    ] {
+        let (status, _, body) = send(&t.app, request(Method::GET, read, None)).await;
+        assert_eq!(status, 200, "{read}: {body}");
+        assert!(!body.to_string().contains("hunter2"), "{read}: {body}");
+    }
+    let (_, _, one) = send(&t.app, request(Method::GET, uri, None)).await;
+    assert_eq!(serde_json::from_value::<outrider_api::SecretMeta>(one).unwrap(), meta);
+    let (_, _, list) = send(&t.app, request(Method::GET, "/api/v1/services/web/secrets", None)).await;
+    assert_eq!(
+        serde_json::from_value::<Vec<outrider_api::SecretMeta>>(list).unwrap(),
+        vec![meta.clone()]
+    );
+    let (_, _, rev) = send(
+        &t.app,
+        request(Method::GET, &format!("/api/v1/revisions/{}", meta.revision), None),
+    )
+    .await;
+    assert!(!rev.to_string().contains("hunter2"), "{rev}");
+    assert_eq!(rev["kind"], "secret");
+    // A revert would need the value, which the history does not have.
+    let revert = format!("/api/v1/revisions/{}/revert", meta.revision);
+    let (status, ct, body) = send(&t.app, request(Method::POST, &revert, None)).await;
+    assert_eq!((status, ct.as_deref()), (StatusCode::CONFLICT, PROBLEM), "{body}");
+    // The value reaches the snapshot, and only there.
+    assert_eq!(t.store.secret_values("web").await.unwrap()[0].value, b"hunter2-hunter2");
+
+    let (status, _, body) = send(&t.app, request(Method::DELETE, uri, None)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"], true);
+    let (status, ct, _) = send(&t.app, request(Method::GET, uri, None)).await;
+    assert_eq!((status, ct.as_deref()), (StatusCode::NOT_FOUND, PROBLEM));
+}
+
+#[tokio::test]
+async fn secret_writes_are_refused_with_413_422_412_415_and_503_as_documented() {
+    let t = secrets_app().await;
+    let uri = "/api/v1/services/web/secrets/key";
+    let too_big = vec![b'x'; outrider_policy::limits::SECRET_MAX_BYTES + 1];
+    let (status, ct, body) = send(&t.app, put_secret(uri, too_big, "application/octet-stream")).await;
+    assert_eq!(
+        (status, ct.as_deref()),
+        (StatusCode::PAYLOAD_TOO_LARGE, PROBLEM),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains("65536"), "{body}");
+    let exact = vec![b'x'; outrider_policy::limits::SECRET_MAX_BYTES];
+    let (status, _, body) = send(&t.app, put_secret(uri, exact, "application/octet-stream")).await;
+    assert_eq!(status, 200, "{body}");
+    let stored: outrider_api::SecretMeta = serde_json::from_value(body).unwrap();
+
+    for bad in [
+        "/api/v1/services/Web/secrets/key",
+        "/api/v1/services/web/secrets/..",
+        "/api/v1/services/web/secrets/a%2Fb",
+    ] {
+        let (status, ct, body) = send(&t.app, put_secret(bad, "v", "text/plain")).await;
+        assert_eq!(
+            (status, ct.as_deref()),
+            (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM),
+            "{bad}: {body}"
+        );
+    }
+    let mut stale = put_secret(uri, "v", "text/plain");
+    stale.headers_mut().insert(
+        header::IF_MATCH,
+        format!("\"{}\"", stored.revision + 7).parse().unwrap(),
+    );
+    let (status, _, body) = send(&t.app, stale).await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["currentRevision"], stored.revision);
+    let mut create_only = put_secret(uri, "v", "text/plain");
+    create_only
+        .headers_mut()
+        .insert(header::IF_NONE_MATCH, "*".parse().unwrap());
+    assert_eq!(send(&t.app, create_only).await.0, 412);
+    let (status, _, _) = send(&t.app, put_secret(uri, "a=b", "application/x-www-form-urlencoded")).await;
+    assert_eq!(status, 415);
+
+    // A dry run checks the same and writes nothing.
+    let (status, _, body) = send(&t.app, put_secret(&format!("{uri}?dryRun=true"), "new", "text/plain")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"], json!({"name": "key", "size": 3}));
+    let mut stale_dry = put_secret(&format!("{uri}?dryRun=true"), "v", "text/plain");
+    stale_dry.headers_mut().insert(
+        header::IF_MATCH,
+        format!("\"{}\"", stored.revision + 7).parse().unwrap(),
+    );
+    assert_eq!(send(&t.app, stale_dry).await.0, 412);
+    let (status, _, _) = send(&t.app, request(Method::DELETE, &format!("{uri}?dryRun=true"), None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        t.store.get_secret("web", "key").await.unwrap().unwrap().revision,
+        stored.revision
+    );
+
+    // Without a key: a clear 503 that says what to configure, and nothing stored.
+    let keyless = test_app().await;
+    let (status, ct, body) = send(&keyless.app, put_secret(uri, "v", "text/plain")).await;
+    assert_eq!(
+        (status, ct.as_deref()),
+        (StatusCode::SERVICE_UNAVAILABLE, PROBLEM),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("OUTRIDER_SECRETS_KEY_FILE"),
+        "{body}"
+    );
+    assert!(keyless.store.list_secrets("web").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sink_credentials_are_masked_in_every_answer_and_a_masked_url_written_back_keeps_them() {
+    let t = test_app().await;
+    let uri = "/api/v1/services/web/policies/logging";
+    let doc = json!({"sink": {"type": "http", "url": "https://elastic:hunter2@es:9200/_bulk", "format": "elasticsearch-bulk"}});
+    let (status, _, put) = send(&t.app, request(Method::PUT, uri, Some(&doc))).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, _, got) = send(&t.app, request(Method::GET, uri, None)).await;
+    let rev = put["revision"].as_u64().unwrap();
+    let (_, _, history) = send(&t.app, request(Method::GET, &format!("/api/v1/revisions/{rev}"), None)).await;
+    let (_, _, service) = send(&t.app, request(Method::GET, "/api/v1/services/web", None)).await;
+    for answer in [&put, &got, &history, &service] {
+        assert!(!answer.to_string().contains("hunter2"), "{answer}");
+    }
+    assert_eq!(got["document"]["sink"]["url"], "https://elastic:***@es:9200/_bulk");
+    let stored = || async {
+        let p = t
+            .store
+            .get_policy("web", outrider_policy::PolicyKind::Logging)
+            .await
+            .unwrap()
+            .unwrap();
+        p.document["sink"]["url"].as_str().unwrap().to_owned()
+    };
+    // What was read, written back with another change: the password stays.
+    let mut edited = got["document"].clone();
+    edited["sink"]["batchSize"] = json!(100);
+    let (status, _, body) = send(&t.app, request(Method::PUT, uri, Some(&edited))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored().await, "https://elastic:hunter2@es:9200/_bulk");
+    // A new password is taken as written.
+    edited["sink"]["url"] = json!("https://elastic:s3cond@es:9200/_bulk");
+    send(&t.app, request(Method::PUT, uri, Some(&edited))).await;
+    assert_eq!(stored().await, "https://elastic:s3cond@es:9200/_bulk");
 }

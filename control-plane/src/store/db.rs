@@ -1,9 +1,11 @@
 //! The store's handle, its error type and the write transaction every change goes
 //! through (revision row, notification, commit). The aggregates build on it.
 
+use crate::vault::SecretsKey;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -18,6 +20,9 @@ pub const CHANGES_CHANNEL: &str = "outrider_changes";
 
 /// `kind` of config-document changes in the history.
 pub const CONFIG_KIND: &str = "config";
+
+/// `kind` of secret changes in the history.
+pub const SECRET_KIND: &str = "secret";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -51,6 +56,24 @@ pub enum StoreError {
     /// (see `outrider_policy::limits`); nothing was written.
     #[error("{0}")]
     TooLarge(String),
+    /// A secret was to be written or read, and no secrets key is configured.
+    #[error("no secrets key is configured (OUTRIDER_SECRETS_KEY_FILE): secrets cannot be written or delivered")]
+    SecretsKeyMissing,
+    /// A stored secret does not open with the configured key: it was sealed with
+    /// another one (`sealed_with` is that key's id), or its row was altered.
+    #[error(
+        "secret {name:?} of service {service:?} cannot be decrypted with the configured secrets key (id {configured}); it was sealed with key id {sealed_with}"
+    )]
+    SecretUnreadable {
+        service: String,
+        name: String,
+        sealed_with: String,
+        configured: String,
+    },
+    /// The operation is not possible for this change (a revert of a secret, whose
+    /// value the history does not keep).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -120,6 +143,8 @@ pub struct Store {
     pub(super) pool: AnyPool,
     pub(super) backend: Backend,
     pub(super) url: String,
+    /// Seals and opens secrets (see `secrets`); none: secrets cannot be written.
+    pub(super) secrets_key: Option<Arc<SecretsKey>>,
 }
 
 /// What a write expects to find (from `If-Match` / `If-None-Match`).
@@ -217,6 +242,7 @@ impl Store {
                     pool,
                     backend: Backend::Postgres,
                     url: url.to_owned(),
+                    secrets_key: None,
                 })
             }
             None => {
@@ -245,9 +271,16 @@ impl Store {
                     pool,
                     backend: Backend::Sqlite,
                     url,
+                    secrets_key: None,
                 })
             }
         }
+    }
+
+    /// The same store, sealing and opening secrets with `key`.
+    pub fn with_secrets_key(mut self, key: Option<SecretsKey>) -> Self {
+        self.secrets_key = key.map(Arc::new);
+        self
     }
 
     pub fn backend(&self) -> Backend {

@@ -5,7 +5,7 @@
 //! one test suite proves the behaviours on each. This module holds the handle, the
 //! error type and the write transaction every change goes through; each aggregate
 //! (policies, configs, revisions, sidecars, services, tokens, rollouts, propagation,
-//! routing, join tokens, CA roots) has a module of its own.
+//! routing, join tokens, CA roots, secrets) has a module of its own.
 
 mod ca;
 mod canary;
@@ -17,6 +17,7 @@ mod propagation;
 mod reads;
 mod revisions;
 mod routing;
+mod secrets;
 mod services;
 mod sidecars;
 mod tokens;
@@ -30,6 +31,8 @@ mod tests_reads;
 #[cfg(test)]
 mod tests_revisions;
 #[cfg(test)]
+mod tests_secrets;
+#[cfg(test)]
 mod tests_sidecars;
 
 pub use ca::CaRoot;
@@ -40,9 +43,10 @@ pub use policies::StoredPolicy;
 pub use propagation::Propagation;
 pub use reads::{ServiceOverview, StatusClock, SubsetCounts};
 pub use revisions::{RevisionRecord, RevisionSummary};
+pub use secrets::{SecretMeta, SecretValue};
 pub use sidecars::{
     SidecarCursor, SidecarFilter, SidecarPage, SidecarRegistration, SidecarRow, SidecarStatus, StatusFilter,
 };
 pub use tokens::{Role, TokenInfo};
 
-pub use db::{now_ms, Backend, Precondition, Store, StoreError, CHANGES_CHANNEL, CONFIG_KIND};
+pub use db::{now_ms, Backend, Precondition, Store, StoreError, CHANGES_CHANNEL, CONFIG_KIND, SECRET_KIND};

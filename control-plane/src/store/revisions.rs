@@ -2,7 +2,7 @@
 //! reads that follow it (catch-up, per-service revision) and revert, which writes the
 //! inverse of a change as a new revision in one transaction.
 
-use super::db::{parse_json, Precondition, Store, StoreError, WriteTx, Writer, CONFIG_KIND};
+use super::db::{parse_json, Precondition, Store, StoreError, WriteTx, Writer, CONFIG_KIND, SECRET_KIND};
 use super::{configs, policies};
 use outrider_policy::PolicyKind;
 use serde::Serialize;
@@ -141,12 +141,21 @@ impl Store {
     }
 
     /// Restores what revision `n` changed to its state before `n`, as a new revision
+    /// (a secret's change is refused: its value is not in the history),
     /// whose history line carries `reverts = n`: all in one transaction, so a revert is
     /// either wholly recorded or not at all.
     pub async fn revert(&self, n: u64, actor: &str) -> Result<RevisionRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         let rec = record_in(&mut tx, n).await?.ok_or(StoreError::NotFound)?;
         let s = &rec.summary;
+        if s.kind == SECRET_KIND {
+            // The history holds a secret's name and size, never its value: there is
+            // nothing to restore it from.
+            return Err(StoreError::Refused(format!(
+                "revision {n} changed secret {:?} of service {:?}; the history does not keep secret values, so it cannot be reverted: set the secret again",
+                s.name, s.service
+            )));
+        }
         let by = Writer {
             actor,
             expect: Precondition::None,

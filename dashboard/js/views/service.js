@@ -1,5 +1,6 @@
-// One service's page: its instances per subset and an editor for each policy kind and
-// for its config documents. The editors load their own documents.
+// One service's page: its instances per subset and an editor for each policy kind, for
+// its config documents and for its secrets (metadata, write-only values). The editors
+// load their own documents.
 
 import { api } from '../api.js';
 import { $, h } from '../dom.js';
@@ -9,6 +10,7 @@ import { configEditor } from '../editors/configs.js';
 import { loggingEditor } from '../editors/logging.js';
 import { rateLimitEditor } from '../editors/rate-limit.js';
 import { routingEditor } from '../editors/routing.js';
+import { secretsEditor } from '../editors/secrets.js';
 
 function subsetFigures(sidecars) {
   const by = new Map();
@@ -117,5 +119,6 @@ export async function show(name) {
     loggingEditor(name),
     authorizationEditor(name),
     configEditor(name, data.configs),
+    secretsEditor(name),
   );
 }

@@ -222,6 +222,24 @@ impl ControlPlane {
     }
 }
 
+/// Runs outriderctl against the control plane: (exit code, stdout, stderr). The
+/// caller's own `OUTRIDER_TOKEN` and `OUTRIDER_SERVER` do not leak in.
+pub fn ctl(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin_path("outriderctl"))
+        .arg("--server")
+        .arg(cp.base())
+        .args(args)
+        .env_remove("OUTRIDER_TOKEN")
+        .env_remove("OUTRIDER_SERVER")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn spawn_cp(
     grpc_host: &str,
     grpc: u16,

@@ -234,7 +234,8 @@ impl Confinement {
         if self.sink_hosts.is_empty() {
             return Ok(());
         }
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| format!("{:?} is not a URL: {e}", outrider_policy::mask_url_credentials(url)))?;
         let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
         let port = parsed.port_or_known_default();
         if self.sink_hosts.iter().any(|h| h.matches(&host, port)) {

@@ -64,6 +64,8 @@ pub struct SinkClient {
     format: SinkFormat,
     gzip: bool,
     url: String,
+    /// `url` as errors and the log show it: credentials masked.
+    shown_url: String,
     /// The file sink's path under the sink directory; `Err` if it is not (the
     /// policy was checked before it was applied, so only a changed setting gets here).
     path: Result<PathBuf, String>,
@@ -80,6 +82,7 @@ impl SinkClient {
             format: sink.format.unwrap_or(SinkFormat::Ndjson),
             gzip: sink.compression == Compression::Gzip,
             url: sink.url.clone().unwrap_or_default(),
+            shown_url: outrider_policy::mask_url_credentials(sink.url.as_deref().unwrap_or_default()).into_owned(),
             path: confinement.sink_path(sink.path.as_deref().unwrap_or_default()),
             confinement,
             identity,
@@ -145,20 +148,24 @@ impl SinkClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| SinkError::Retry(format!("POST {}: {e}", self.url)))?;
+            // Without its URL: reqwest's error would show the credentials in it.
+            .map_err(|e| SinkError::Retry(format!("POST {}: {}", self.shown_url, e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             if self.format == SinkFormat::ElasticsearchBulk {
                 // _bulk answers 200 even when items failed; the answer says which.
-                let text = response
-                    .text()
-                    .await
-                    .map_err(|e| SinkError::Retry(format!("POST {}: reading the answer: {e}", self.url)))?;
+                let text = response.text().await.map_err(|e| {
+                    SinkError::Retry(format!(
+                        "POST {}: reading the answer: {}",
+                        self.shown_url,
+                        e.without_url()
+                    ))
+                })?;
                 return bulk_outcome(&text, records.len());
             }
             return Ok(Accepted::default());
         }
-        let what = format!("POST {}: {status}", self.url);
+        let what = format!("POST {}: {status}", self.shown_url);
         match status.as_u16() {
             408 | 429 | 500.. => Err(SinkError::Retry(what)),
             400 | 413 | 422 => Err(SinkError::Rejected(what)),
