@@ -39,6 +39,24 @@ impl Mesh {
         mesh
     }
 
+    /// `n` calls from shop's app to web over one new client connection (so that
+    /// handshakes happen throughout, with the newest certificates): counts the 200s
+    /// in `ok`, anything else in `failed`.
+    async fn calls(&self, n: usize, ok: &mut u32, failed: &mut Vec<String>) {
+        let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        for _ in 0..n {
+            let r = c
+                .get(format!("http://127.0.0.1:{}/", self.shop.outbound_port))
+                .header("host", "web")
+                .send()
+                .await;
+            match r.map(|r| r.status().as_u16()) {
+                Ok(200) => *ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+    }
+
     fn state(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -199,20 +217,7 @@ async fn short_lived_certificates_renew_under_traffic_without_a_failed_request()
     let (mut ok, mut failed) = (0u32, Vec::new());
     let until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
-        // A new connection now and then, so that handshakes use the newest
-        // certificates, not only connections made before a renewal.
-        let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-        for _ in 0..10 {
-            let r = c
-                .get(format!("http://127.0.0.1:{}/", m.shop.outbound_port))
-                .header("host", "web")
-                .send()
-                .await;
-            match r.map(|r| r.status().as_u16()) {
-                Ok(200) => ok += 1,
-                other => failed.push(format!("{other:?}")),
-            }
-        }
+        m.calls(10, &mut ok, &mut failed).await;
         serials.insert((serial("web"), serial("shop")));
     }
     assert!(
@@ -330,19 +335,7 @@ async fn a_root_rotation_under_traffic_fails_no_request() {
         async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Fresh connections too, so that handshakes happen throughout.
-                let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-                for _ in 0..5 {
-                    let r = c
-                        .get(format!("http://127.0.0.1:{}/", m.shop.outbound_port))
-                        .header("host", "web")
-                        .send()
-                        .await;
-                    match r.map(|r| r.status().as_u16()) {
-                        Ok(200) => ok += 1,
-                        other => failed.push(format!("{other:?}")),
-                    }
-                }
+                m.calls(5, &mut ok, &mut failed).await;
             }
             (ok, failed)
         }
