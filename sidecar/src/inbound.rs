@@ -13,7 +13,6 @@ mod forward;
 pub mod metrics;
 mod opaque;
 pub mod rate_limit;
-pub mod sniff;
 
 use crate::config::AppProtocol;
 use crate::proxy::access_log::{AccessLogLayer, Upstream};

@@ -13,11 +13,11 @@
 //! A direct connection to the inbound port is always HTTP (or mTLS), as before.
 
 use super::opaque;
-use super::sniff::{self, Sniffed};
 use crate::identity;
 use crate::mtls::spiffe_id_of;
 use crate::proxy::identity::PeerIdentity;
 use crate::proxy::redirect::original_dst;
+use crate::proxy::sniff::{self, Sniffed};
 use crate::proxy::{Accept, Accepted, ConnInfo, OriginalDst};
 use crate::state::SidecarState;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -16,6 +16,7 @@ pub mod redirect;
 pub mod respond;
 mod server;
 pub mod snapshot;
+pub mod sniff;
 pub mod trace;
 pub mod upgrade;
 

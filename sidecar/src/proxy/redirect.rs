@@ -11,13 +11,15 @@ use tokio::net::TcpStream;
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let socket = socket2::SockRef::from(stream);
-    let original = if local.is_ipv4() {
-        socket.original_dst_v4()
-    } else {
-        socket.original_dst_v6()
+    let original = match local {
+        SocketAddr::V4(_) => socket.original_dst_v4(),
+        // A dual-stack listener's IPv4 caller: the record is IPv4's.
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => socket.original_dst_v4(),
+        SocketAddr::V6(_) => socket.original_dst_v6(),
     };
     let original = original.ok()?.as_socket()?;
-    (original != local).then_some(original)
+    let itself = original.port() == local.port() && original.ip().to_canonical() == local.ip().to_canonical();
+    (!itself).then_some(original)
 }
 
 #[cfg(test)]

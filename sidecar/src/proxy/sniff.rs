@@ -1,4 +1,5 @@
-//! Is a captured plaintext connection HTTP? Told by its first bytes, without
+//! Is a captured plaintext connection HTTP (both proxies ask, of redirected
+//! connections)? Told by its first bytes, without
 //! consuming them: an HTTP/1 request starts with a method token and a space, and the
 //! h2c preface (`PRI * HTTP/2.0…`) does too. Anything else, or silence for
 //! [`DETECT_TIMEOUT`] (a server-first protocol such as MySQL, where the client waits
