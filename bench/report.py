@@ -18,10 +18,19 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-TARGETS = ["direct", "nginx", "sidecar", "sidecar-before", "nginx-nginx", "sidecar-sidecar"]
-# (proxy path, its nginx baseline): one hop (inbound) and two hops (outbound → inbound).
-# With BENCH_BEFORE_BIN, another build of the sidecar on the one-hop path, same baseline.
-PAIRS = [("sidecar", "nginx"), ("sidecar-sidecar", "nginx-nginx"), ("sidecar-before", "nginx")]
+TARGETS = ["direct", "nginx", "sidecar", "sidecar-before", "nginx-nginx", "nginx-tls-nginx", "sidecar-sidecar"]
+# (proxy path, its nginx baseline, key in `ratios`): one hop (inbound); two hops (outbound →
+# inbound) against plaintext nginx → nginx and, with --mtls, against nginx → nginx with mutual
+# TLS between them (the like-for-like one: the sidecars' hop is always mTLS). With
+# BENCH_BEFORE_BIN, another build of the sidecar on the one-hop path, same baseline.
+PAIRS = [
+    ("sidecar", "nginx", None),
+    ("sidecar-sidecar", "nginx-nginx", "twoHops"),
+    ("sidecar-sidecar", "nginx-tls-nginx", "twoHopsTls"),
+    ("sidecar-before", "nginx", "before"),
+]
+# Servers that terminate mutual TLS in the --mtls handshake and idle-connection runs.
+TLS_SERVERS = ["sidecar", "nginx-tls"]
 
 
 def rps(wrk):
@@ -208,7 +217,37 @@ def summarize(records, clk_tck):
                 "processes": rows[-1]["processes"],
             }
         summary[target] = s
+    tls = summarize_tls(records, clk_tck)
+    if tls:
+        summary["mtlsServers"] = tls
     return summary
+
+
+def summarize_tls(records, clk_tck):
+    """Full handshakes per second (one client, one after another) and the server's CPU per
+    handshake, which bounds what one core can take; RSS growth per idle mTLS connection."""
+    out = {}
+    for target in TLS_SERVERS:
+        hs = [r for r in records if r["target"] == target and r["kind"] == "handshakes"]
+        idle = [r for r in records if r["target"] == target and r["kind"] == "idleconns"]
+        if not hs and not idle:
+            continue
+        cpu = [r["proxyCpuTicks"] / clk_tck * 1e6 / r["connections"] for r in hs if r["connections"]]
+        # The first hold only: a server that keeps freed memory (nginx) shows nothing after.
+        first = min((r["round"] for r in idle), default=None)
+        per_conn = [
+            (r["rssAfterKb"] - r["rssBeforeKb"]) / r["connections"]
+            for r in idle
+            if r["connections"] and r["round"] == first
+        ]
+        out[target] = {
+            "handshakesPerSecond": median([r["connections"] / r["seconds"] for r in hs if r["seconds"]]),
+            "serverCpuUsPerHandshake": median(cpu),
+            "serverCpuBusy": median([r["serverCpuBusy"] for r in hs]),
+            "idleConnections": idle[-1]["connections"] if idle else None,
+            "kbPerIdleConnection": median(per_conn),
+        }
+    return out
 
 
 def compare(d, n, s):
@@ -236,13 +275,13 @@ def compare(d, n, s):
 def ratios(summary):
     """One-hop ratios at the top level (as before); the two-hop ones under `twoHops`."""
     d = summary.get("direct")
-    out = compare(d, summary.get("nginx"), summary.get("sidecar"))
-    two = compare(d, summary.get("nginx-nginx"), summary.get("sidecar-sidecar"))
-    if two:
-        out["twoHops"] = two
-    before = compare(d, summary.get("nginx"), summary.get("sidecar-before"))
-    if "sidecarVsNginxThroughput" in before:
-        out["before"] = before
+    out = {}
+    for proxy, base, key in PAIRS:
+        rr = compare(d, summary.get(base), summary.get(proxy))
+        if key is None:
+            out.update(rr)
+        elif "sidecarVsNginxThroughput" in rr:
+            out[key] = rr
     return out
 
 
@@ -310,6 +349,7 @@ def cmd_markdown(args):
         "| added p50 | added p99 | proxy CPU/req | proxy RSS idle | proxy RSS loaded |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    tls = summary.pop("mtlsServers", {})
     for t in TARGETS:
         s = summary.get(t)
         if not s:
@@ -354,7 +394,8 @@ def cmd_markdown(args):
     errs = {t: s["throughputErrors"] + s["c1"]["errors"] for t, s in summary.items()}
     if any(errs.values()):
         lines += ["", f"**Errors (socket errors or non-2xx) during the run:** {errs}"]
-    for (proxy, base), rr in zip(PAIRS, (r, r.get("twoHops", {}), r.get("before", {}))):
+    for proxy, base, key in PAIRS:
+        rr = r if key is None else r.get(key, {})
         if "sidecarVsNginxThroughput" not in rr or "sidecarAddedP50Us" not in rr:
             continue
         lines += [
@@ -370,6 +411,22 @@ def cmd_markdown(args):
             f"| proxy CPU per request ({proxy} / {base}) | "
             f"{fmt(rr.get('sidecarVsNginxCpuPerRequest'), '.2f', '×')} |",
         ]
+        if key == "twoHops":
+            lines += ["", "(The sidecars' hop is mTLS; this nginx → nginx is plaintext.)"]
+    if tls:
+        lines += [
+            "",
+            "| mTLS server | full handshakes/s (1 client) | server CPU per handshake "
+            "| handshakes/s per server core | RSS per idle mTLS connection |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for t, v in tls.items():
+            us = v.get("serverCpuUsPerHandshake")
+            lines.append(
+                f"| {t} | {fmt(v.get('handshakesPerSecond'))} | {fmt(us, ',.0f', ' µs')} "
+                f"| {fmt(1e6 / us if us else None)} "
+                f"| {fmt(v.get('kbPerIdleConnection'), '.1f', ' KiB')} ({fmt(v.get('idleConnections'))} held) |"
+            )
     lines += [
         "",
         f"nginx: {p.get('BENCH_SERVER_THREADS') or 1} worker(s); sidecar: "

@@ -6,12 +6,22 @@
 # With --outbound, also the outbound path (app -> sidecar -> sidecar -> app) and its baseline:
 #   nginx-nginx      wrk -> nginx -> nginx -> echo app (two nginx instances, keepalive hops)
 #   sidecar-sidecar  wrk -> caller sidecar's outbound (Host: bench) -> callee sidecar inbound -> echo app
+#                    (the hop between the sidecars is mTLS: both hold certificates from the mesh CA)
+# With --mtls, also the like-for-like baseline of that hop, and what TLS itself costs:
+#   nginx-tls-nginx  wrk -> nginx -> mutual TLS 1.3 (client certificate, ECDSA P-256, session
+#                    reuse, keepalive) -> nginx -> echo app
+#   handshakes/s     openssl s_time, full handshakes with a client certificate, one after
+#                    another, each with one HTTP/1.0 request, against the
+#                    callee sidecar's inbound and the TLS nginx, and the server CPU per handshake
+#   idle memory      RSS growth of those two servers per idle mTLS connection held open
 # For each: throughput (wrk -c$BENCH_CONNECTIONS), latency at concurrency 1, CPU time per
 # request of the proxy processes, and RSS (idle, after load, peak).
 #
-# Usage: bash bench/run.sh [--baseline-only] [--outbound]
+# Usage: bash bench/run.sh [--baseline-only] [--outbound] [--mtls]
 #   --baseline-only   skip the control plane and sidecars (direct and nginx paths only)
 #   --outbound        add the two-hop paths nginx-nginx and sidecar-sidecar
+#   --mtls            --outbound plus nginx-tls-nginx, handshakes per second and memory per
+#                     idle mTLS connection
 #
 # Knobs (environment):
 #   BENCH_DURATION=10s      length of each measured wrk run
@@ -29,8 +39,9 @@
 #   BENCH_KEEP=1            keep the temp dir (logs, configs) after the run
 #   BENCH_BEFORE_BIN=DIR    also measure DIR/outrider-sidecar (another build, e.g. the
 #                           previous commit's) on the same inbound path, as sidecar-before
+#   BENCH_IDLE_CONNS=1000   --mtls: idle connections held open for the memory figure
 #
-# Needs: cargo, nginx, wrk, curl, python3, taskset. Not part of CI.
+# Needs: cargo, nginx, wrk, curl, python3, taskset (and openssl for --mtls). Not part of CI.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,10 +51,12 @@ BIN="$ROOT/target/$PROFILE"
 
 BASELINE_ONLY=0
 OUTBOUND=0
+MTLS=0
 for arg in "$@"; do
   case "$arg" in
     --baseline-only) BASELINE_ONLY=1 ;;
     --outbound) OUTBOUND=1 ;;
+    --mtls) OUTBOUND=1; MTLS=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
@@ -56,6 +69,7 @@ export BENCH_ROUNDS=${BENCH_ROUNDS:-1}
 export BENCH_SERVER_CPUS=${BENCH_SERVER_CPUS:-0}
 export BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-1}
 export BENCH_PROFILE=${BENCH_PROFILE:-release}
+export BENCH_IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 
 SERVER_THREADS=$(python3 -c 'import sys
 n = 0
@@ -65,9 +79,12 @@ for part in sys.argv[1].split(","):
 print(n)' "$BENCH_SERVER_CPUS")
 export BENCH_SERVER_THREADS=$SERVER_THREADS
 
-for tool in cargo nginx wrk curl python3 taskset; do
+for tool in cargo nginx wrk curl python3 taskset $( ((MTLS)) && echo openssl); do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (apt-get install -y nginx-light wrk curl python3 util-linux)" >&2; exit 1; }
 done
+
+# Idle-connection runs hold BENCH_IDLE_CONNS sockets in each server (and in the holder).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 
@@ -113,6 +130,7 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # utime+stime in clock ticks; field 2 (comm) may contain spaces, so cut after ')'.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
+sum_rss() { local k=0 p; for p in "$@"; do k=$((k + $(rss_kb "$p"))); done; echo "$k"; }
 sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 children() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
 
@@ -153,13 +171,44 @@ PIDS+=("$ECHO_PID")
 wait_http "http://127.0.0.1:$ECHO_PORT/healthz" 10 "$WORK/echo.log"
 
 # ---------------------------------------------------------------- peer proxy: nginx
-# start_nginx NAME LISTEN_PORT UPSTREAM_PORT: an nginx in $WORK/NAME proxying to
-# 127.0.0.1:UPSTREAM_PORT; sets NGINX_STARTED_PIDS to "master worker(s)".
+# start_nginx NAME LISTEN_PORT UPSTREAM_PORT [MODE]: an nginx in $WORK/NAME proxying to
+# 127.0.0.1:UPSTREAM_PORT; sets NGINX_STARTED_PIDS to "master worker(s)". MODE:
+#   plain       (default) plaintext in and out
+#   tls-server  listens with TLS 1.3 and requires a client certificate from the bench CA
+#   tls-client  speaks TLS 1.3 to its upstream with a client certificate, verifies the
+#               upstream's certificate and reuses sessions; keeps those connections alive
 start_nginx() {
-  local name=$1 port=$2 upstream=$3 dir="$WORK/$1" master workers
+  local name=$1 port=$2 upstream=$3 mode=${4:-plain} dir="$WORK/$1" master workers
+  local listen_tls="" upstream_scheme=http upstream_tls="" scheme=http
+  local probe=(curl -fsS -o /dev/null --max-time 1)
   mkdir -p "$dir/tmp"
   chmod -R 777 "$dir/tmp"
-  cat >"$dir/nginx.conf" <<EOF
+  case "$mode" in
+    plain) ;;
+    tls-server)
+      scheme=https
+      listen_tls=" ssl;
+    ssl_certificate $PKI/server.crt;
+    ssl_certificate_key $PKI/server.key;
+    ssl_client_certificate $PKI/ca.crt;
+    ssl_verify_client on;
+    ssl_protocols TLSv1.3;
+    ssl_session_cache shared:bench:10m;
+    ssl_session_tickets on"
+      probe+=(--cacert "$PKI/ca.crt" --cert "$PKI/client.crt" --key "$PKI/client.key") ;;
+    tls-client)
+      upstream_scheme=https
+      upstream_tls="
+      proxy_ssl_certificate $PKI/client.crt;
+      proxy_ssl_certificate_key $PKI/client.key;
+      proxy_ssl_trusted_certificate $PKI/ca.crt;
+      proxy_ssl_verify on;
+      proxy_ssl_name bench-nginx;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_session_reuse on;" ;;
+    *) log "start_nginx: unknown mode $mode"; exit 2 ;;
+  esac
+  cat >"$dir/nginx.conf" <<CONF
 # As many workers as the sidecar has runtime threads (default 1), on the same CPU(s).
 worker_processes $SERVER_THREADS;
 pid $dir/nginx.pid;
@@ -181,25 +230,56 @@ http {
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$port;
+    listen 127.0.0.1:$port$listen_tls;
     location / {
-      proxy_pass http://next_hop;
+      proxy_pass $upstream_scheme://next_hop;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection "";$upstream_tls
     }
   }
 }
-EOF
-  log "$name on 127.0.0.1:$port -> 127.0.0.1:$upstream ($SERVER_THREADS worker(s), CPUs $BENCH_SERVER_CPUS)"
+CONF
+  log "$name ($mode) on 127.0.0.1:$port -> 127.0.0.1:$upstream ($SERVER_THREADS worker(s), CPUs $BENCH_SERVER_CPUS)"
   taskset -c "$BENCH_SERVER_CPUS" nginx -p "$dir" -e "$dir/error.log" \
     -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
   master=$!
   PIDS+=("$master")
-  wait_http "http://127.0.0.1:$port/healthz" 10 "$dir/error.log"
+  local deadline=$((SECONDS + 10))
+  until "${probe[@]}" "$scheme://127.0.0.1:$port/healthz" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      log "timed out waiting for $name"; tail -n 40 "$dir/error.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
   workers=$(children "$master")
   [[ -n "$workers" ]] || { log "no $name worker found"; exit 1; }
   NGINX_STARTED_PIDS="$master $(echo $workers)"
 }
+
+# A private CA for the TLS nginx baseline, with keys of the kind the mesh CA issues (ECDSA
+# P-256): a server certificate for the back nginx, a client certificate for the front.
+make_pki() {
+  PKI="$WORK/pki"
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 2 -subj /CN=bench-ca -out ca.crt
+    for who in server client; do
+      openssl ecparam -name prime256v1 -genkey -noout -out "$who.key"
+      openssl req -new -key "$who.key" -subj "/CN=bench-$who" -out "$who.csr"
+      if [[ $who == server ]]; then
+        printf 'subjectAltName=DNS:bench-nginx,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$who.ext"
+      else
+        printf 'extendedKeyUsage=clientAuth\n' >"$who.ext"
+      fi
+      openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+        -extfile "$who.ext" -out "$who.crt"
+    done
+  ) >"$WORK/pki.log" 2>&1 || { log "openssl failed:"; cat "$WORK/pki.log" >&2; exit 1; }
+  chmod 644 "$PKI"/*
+}
+if ((MTLS)); then make_pki; fi
 
 NGINX_PORT=$(free_port)
 start_nginx nginx "$NGINX_PORT" "$ECHO_PORT"
@@ -219,6 +299,17 @@ if ((OUTBOUND)); then
   TARGETS+=(nginx-nginx)
   URL[nginx-nginx]="http://127.0.0.1:$NGINX2_PORT/"
   PROXY_PIDS[nginx-nginx]="$NGINX_STARTED_PIDS $NGINX_PIDS"
+fi
+
+if ((MTLS)); then
+  # The same two hops with mutual TLS between them: the back nginx terminates it.
+  NGINX_TLS_PORT=$(free_port); NGINX_TLS_FRONT_PORT=$(free_port)
+  start_nginx nginx-tls "$NGINX_TLS_PORT" "$ECHO_PORT" tls-server
+  NGINX_TLS_PIDS=$NGINX_STARTED_PIDS
+  start_nginx nginx-tls-front "$NGINX_TLS_FRONT_PORT" "$NGINX_TLS_PORT" tls-client
+  TARGETS+=(nginx-tls-nginx)
+  URL[nginx-tls-nginx]="http://127.0.0.1:$NGINX_TLS_FRONT_PORT/"
+  PROXY_PIDS[nginx-tls-nginx]="$NGINX_STARTED_PIDS $NGINX_TLS_PIDS"
 fi
 
 if ((!BASELINE_ONLY)); then
@@ -300,6 +391,19 @@ if ((!BASELINE_ONLY)); then
       if ((SECONDS >= deadline)); then
         log "the caller never routed to bench:"; curl -sS -H 'Host: bench' "http://127.0.0.1:$CL_OUT/healthz" >&2 || true
         tail -n 40 "$WORK/caller.log" >&2; exit 1
+      fi
+      sleep 0.2
+    done
+    # The hop must be mTLS before it is measured: the callee tells its app who called,
+    # which it only knows from the caller's certificate.
+    log "waiting for the hop between the sidecars to be mTLS"
+    deadline=$((SECONDS + 30))
+    until curl -fsS --max-time 1 -H 'Host: bench' "http://127.0.0.1:$CL_OUT/?headers=1" 2>/dev/null \
+        | grep -q 'spiffe://[^"]*/svc/bench-client'; do
+      if ((SECONDS >= deadline)); then
+        log "the callee never saw the caller's identity; is the hop plaintext?"
+        curl -sS -H 'Host: bench' "http://127.0.0.1:$CL_OUT/?headers=1" >&2 || true
+        tail -n 40 "$WORK/caller.log" "$WORK/sidecar.log" >&2; exit 1
       fi
       sleep 0.2
     done
@@ -411,6 +515,67 @@ for round in $(seq "$BENCH_ROUNDS"); do
     run_wrk "$t" latency "$round" -t1 -c1 -d"$BENCH_DURATION" --latency
   done
 done
+
+# ---------------------------------------------------------------- mTLS: handshakes and idle connections
+# The two servers that terminate mutual TLS: the callee sidecar's inbound, with the caller
+# sidecar's own certificate as the client's, and the back TLS nginx with the bench CA's.
+if ((MTLS && !BASELINE_ONLY)); then
+  declare -A TLS_PORT=([sidecar]="$SC_IN" [nginx-tls]="$NGINX_TLS_PORT")
+  declare -A TLS_PIDS=([sidecar]="$SIDECAR_PID" [nginx-tls]="$NGINX_TLS_PIDS")
+  declare -A TLS_CERT=([sidecar]="$WORK/caller/identity.crt" [nginx-tls]="$PKI/client.crt")
+  declare -A TLS_KEY=([sidecar]="$WORK/caller/identity.key" [nginx-tls]="$PKI/client.key")
+  declare -A TLS_CA=([sidecar]="$WORK/caller/trust-bundle.pem" [nginx-tls]="$PKI/ca.crt")
+  secs=${BENCH_DURATION%s}
+  for round in $(seq "$BENCH_ROUNDS"); do
+    for t in sidecar nginx-tls; do
+      alive
+      # Full handshakes, one after another (-new: no resumption), each followed by one
+      # request; what the server spends per handshake is its CPU time over the count.
+      log "round $round/$BENCH_ROUNDS: $t full mTLS handshakes for ${secs}s (openssl s_time)"
+      # shellcheck disable=SC2086
+      before=$(sum_ticks ${TLS_PIDS[$t]})
+      cpu0=$(server_cpu)
+      t0=$(date +%s%N)
+      out=$(taskset -c "$BENCH_LOAD_CPUS" openssl s_time -connect "127.0.0.1:${TLS_PORT[$t]}" -new \
+        -time "$secs" -www /healthz -cert "${TLS_CERT[$t]}" -key "${TLS_KEY[$t]}" \
+        -CAfile "${TLS_CA[$t]}" 2>&1) || { log "openssl s_time against $t failed:"; printf '%s\n' "$out" >&2; exit 1; }
+      t1=$(date +%s%N)
+      cpu1=$(server_cpu)
+      # shellcheck disable=SC2086
+      after=$(sum_ticks ${TLS_PIDS[$t]})
+      conns=$(sed -n 's/^\([0-9]*\) connections in [0-9.]* real seconds.*/\1/p' <<<"$out" | head -n1)
+      [[ -n "$conns" ]] || { log "no count from openssl s_time against $t:"; printf '%s\n' "$out" >&2; exit 1; }
+      busy=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        t = y[2] - x[2]; printf "%.3f", (t > 0 ? (y[1] - x[1]) / t : 0) }')
+      # -time counts s_time's own CPU seconds, not the clock's: the rate is over wall time.
+      wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+      record handshakes "$t" "$round" \
+        "\"connections\":$conns,\"seconds\":$wall,\"proxyCpuTicks\":$((after - before)),\"serverCpuBusy\":$busy"
+      log "  $t: $conns handshakes in ${wall}s, server CPU $((after - before)) ticks"
+
+      # Idle connections: the servers' RSS with BENCH_IDLE_CONNS more mTLS connections open.
+      # First round only: once they close, nginx keeps the memory they had (its pools and
+      # malloc's heap), so a second hold would cost it nothing visible.
+      if ((round > 1)); then sleep 2; continue; fi
+      # shellcheck disable=SC2086
+      rss0=$(sum_rss ${TLS_PIDS[$t]})
+      python3 "$BENCH/tls_hold.py" --port "${TLS_PORT[$t]}" --count "$BENCH_IDLE_CONNS" \
+        --cert "${TLS_CERT[$t]}" --key "${TLS_KEY[$t]}" --ca "${TLS_CA[$t]}" >"$WORK/hold-$t.log" 2>&1 &
+      hold=$!
+      until grep -q '^held\|^failed' "$WORK/hold-$t.log" 2>/dev/null || ! kill -0 "$hold" 2>/dev/null; do sleep 0.2; done
+      if ! grep -q '^held' "$WORK/hold-$t.log"; then
+        log "holding $BENCH_IDLE_CONNS connections to $t failed:"; cat "$WORK/hold-$t.log" >&2; exit 1
+      fi
+      sleep 1
+      # shellcheck disable=SC2086
+      rss1=$(sum_rss ${TLS_PIDS[$t]})
+      kill -TERM "$hold"; wait "$hold" 2>/dev/null || true
+      record idleconns "$t" "$round" "\"connections\":$BENCH_IDLE_CONNS,\"rssBeforeKb\":$rss0,\"rssAfterKb\":$rss1"
+      log "  $t: RSS $rss0 KiB -> $rss1 KiB with $BENCH_IDLE_CONNS idle mTLS connections"
+      sleep 2
+    done
+  done
+fi
 
 # ---------------------------------------------------------------- report
 mkdir -p "$BENCH/results"
