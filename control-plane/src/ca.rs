@@ -356,6 +356,7 @@ pub async fn add_root(store: &Store, trust_domain: &str) -> Result<i64, CaError>
 
 /// The store's trusted roots, oldest first, after making the first one if needed.
 async fn roots(store: &Store, trust_domain: &str) -> Result<Vec<CaRoot>, CaError> {
+    store.seal_ca_root_keys().await?;
     let existing = store.ca_roots().await?;
     if !existing.is_empty() {
         return Ok(existing);

@@ -67,6 +67,13 @@ enum CaAction {
         #[arg(long)]
         force: bool,
     },
+    /// After a change of secrets key: re-encrypt the roots' keys, sealed with the key
+    /// before, with the configured one (--secrets-key-file).
+    ResealRoots {
+        /// The secrets key the roots' keys were sealed with.
+        #[arg(long)]
+        from_key_file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,8 +139,21 @@ async fn main() -> anyhow::Result<()> {
 async fn ca(action: CaAction, config: &server::Config) -> anyhow::Result<()> {
     use outrider_control_plane::ca;
     let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    // The roots' keys are sealed with the secrets key, as the running control plane
+    // keeps them.
+    let key = server::secrets_key(config, &store)?;
+    let store = store.with_secrets_key(key);
     let cfg = config.ca_config();
     let result: anyhow::Result<()> = async {
+        if let CaAction::ResealRoots { from_key_file } = &action {
+            let old = outrider_control_plane::vault::SecretsKey::from_file(from_key_file)?;
+            let n = store.reseal_ca_root_keys(&old).await?;
+            println!(
+                "{n} root key(s) sealed with key {} now sealed with the configured key",
+                old.id()
+            );
+            return Ok(());
+        }
         if cfg.ca_cert.is_some() && !matches!(action, CaAction::Bundle) {
             anyhow::bail!("the roots are the operator's (--ca-cert): rotate them in your own PKI");
         }
@@ -167,6 +187,7 @@ async fn ca(action: CaAction, config: &server::Config) -> anyhow::Result<()> {
                 let generation = store.activate_ca_root().await?;
                 println!("root {generation} signs now; sidecars renew their certificates within ten seconds");
             }
+            CaAction::ResealRoots { .. } => unreachable!("handled before"),
             CaAction::RetireRoot { generation, force } => {
                 let ttl = i64::try_from(cfg.cert_ttl.as_millis()).unwrap_or(i64::MAX);
                 store.retire_ca_root(generation, ttl, force).await?;

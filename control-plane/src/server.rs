@@ -484,7 +484,7 @@ pub async fn run(
 /// The secrets key: the operator's file, or on the embedded store one generated in its
 /// data dir; PostgreSQL without a file has none (replicas must share one key, which
 /// only the operator can give them).
-fn secrets_key(cfg: &Config, store: &Store) -> Result<Option<SecretsKey>, ServerError> {
+pub fn secrets_key(cfg: &Config, store: &Store) -> Result<Option<SecretsKey>, ServerError> {
     if let Some(path) = &cfg.secrets_key_file {
         return Ok(Some(SecretsKey::from_file(path)?));
     }

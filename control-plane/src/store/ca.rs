@@ -1,6 +1,20 @@
 //! The CA's roots (see `crate::ca`) and the certificate each sidecar was last issued.
+//!
+//! A root's private key is sealed with the secrets key when one is configured (always on
+//! the embedded store), as secrets are: a copy of the database alone does not let anyone
+//! mint mesh identities. Without a key (PostgreSQL with no `OUTRIDER_SECRETS_KEY_FILE`)
+//! it is stored as PEM, and sealed in place the first time a key is there.
+
+use base64::Engine as _;
 
 use super::db::{now_ms, Store, StoreError};
+use crate::vault::SecretsKey;
+
+/// How a sealed root key starts in `ca_roots.key_pem`: then the sealing key's id, `:`,
+/// and base64 of what [`crate::vault::SecretsKey::seal`] made.
+const SEALED: &str = "outrider-sealed-v1:";
+/// The sealed value is bound to its root: a key moved to another row does not open.
+const SEAL_SCOPE: &str = "ca-root";
 
 /// A trusted root with its key.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -32,6 +46,68 @@ pub enum RotationError {
 }
 
 impl Store {
+    /// `key_pem` as it is stored for root `generation`: sealed if there is a key.
+    fn seal_root_key(&self, generation: i64, key_pem: &str) -> Result<String, StoreError> {
+        let Some(key) = &self.secrets_key else {
+            return Ok(key_pem.to_owned());
+        };
+        let sealed = key
+            .seal(SEAL_SCOPE, &generation.to_string(), key_pem.as_bytes())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sealed);
+        Ok(format!("{SEALED}{}:{b64}", key.id()))
+    }
+
+    /// The PEM of what [`Store::seal_root_key`] stored.
+    fn open_root_key(&self, generation: i64, stored: &str) -> Result<String, StoreError> {
+        open_root_key(self.secrets_key.as_deref(), generation, stored)
+    }
+
+    /// Seals, in place, every root key still stored as PEM, if there is a secrets key
+    /// (a store that had none before, or older than sealing). Each row is rewritten
+    /// only if it still holds that PEM, so replicas doing this at once agree.
+    pub async fn seal_ca_root_keys(&self) -> Result<usize, StoreError> {
+        if self.secrets_key.is_none() {
+            return Ok(0);
+        }
+        let plain: Vec<(i64, String)> = sqlx::query_as("SELECT generation, key_pem FROM ca_roots")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut sealed = 0;
+        for (generation, pem) in plain.into_iter().filter(|(_, k)| !k.starts_with(SEALED)) {
+            sqlx::query("UPDATE ca_roots SET key_pem = $1 WHERE generation = $2 AND key_pem = $3")
+                .bind(self.seal_root_key(generation, &pem)?)
+                .bind(generation)
+                .bind(&pem)
+                .execute(&self.pool)
+                .await?;
+            sealed += 1;
+        }
+        Ok(sealed)
+    }
+
+    /// Re-seals with the configured secrets key every root key sealed with `old` (after
+    /// a change of secrets key); how many. Needs a configured key.
+    pub async fn reseal_ca_root_keys(&self, old: &SecretsKey) -> Result<usize, StoreError> {
+        self.secrets_key.as_ref().ok_or(StoreError::SecretsKeyMissing)?;
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT generation, key_pem FROM ca_roots")
+            .fetch_all(&self.pool)
+            .await?;
+        let prefix = format!("{SEALED}{}:", old.id());
+        let mut n = 0;
+        for (generation, stored) in rows.into_iter().filter(|(_, k)| k.starts_with(&prefix)) {
+            let pem = open_root_key(Some(old), generation, &stored)?;
+            sqlx::query("UPDATE ca_roots SET key_pem = $1 WHERE generation = $2 AND key_pem = $3")
+                .bind(self.seal_root_key(generation, &pem)?)
+                .bind(generation)
+                .bind(&stored)
+                .execute(&self.pool)
+                .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Stores `cert_pem`/`key_pem` as the first root unless one exists, then returns
     /// every trusted root, oldest first. Replicas starting at once each offer their own
     /// root; the primary key lets exactly one in and all of them read back that one.
@@ -41,7 +117,7 @@ impl Store {
              VALUES (1, $1, $2, $3, $3) ON CONFLICT DO NOTHING",
         )
         .bind(cert_pem)
-        .bind(key_pem)
+        .bind(self.seal_root_key(1, key_pem)?)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -51,12 +127,18 @@ impl Store {
     /// Every root not retired, oldest first: the trust bundle. The newest activated
     /// one signs.
     pub async fn ca_roots(&self) -> Result<Vec<CaRoot>, StoreError> {
-        Ok(sqlx::query_as::<_, CaRoot>(
+        sqlx::query_as::<_, CaRoot>(
             "SELECT generation, cert_pem, key_pem, created_at_ms, activated_at_ms FROM ca_roots
              WHERE retired_at_ms IS NULL ORDER BY generation",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?
+        .into_iter()
+        .map(|mut r| {
+            r.key_pem = self.open_root_key(r.generation, &r.key_pem)?;
+            Ok(r)
+        })
+        .collect()
     }
 
     /// Adds a root that is trusted at once and signs only once activated; returns
@@ -69,7 +151,7 @@ impl Store {
         sqlx::query("INSERT INTO ca_roots (generation, cert_pem, key_pem, created_at_ms) VALUES ($1, $2, $3, $4)")
             .bind(next)
             .bind(cert_pem)
-            .bind(key_pem)
+            .bind(self.seal_root_key(next, key_pem)?)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
@@ -149,6 +231,28 @@ impl Store {
     }
 }
 
+/// The PEM of a stored root key: as is if it is PEM, else opened with `key`.
+fn open_root_key(key: Option<&SecretsKey>, generation: i64, stored: &str) -> Result<String, StoreError> {
+    let Some(rest) = stored.strip_prefix(SEALED) else {
+        return Ok(stored.to_owned());
+    };
+    let (sealed_with, b64) = rest.split_once(':').unwrap_or((rest, ""));
+    let unreadable = |configured: &str| {
+        StoreError::RootKeyUnreadable(format!(
+            "the key of CA root {generation} is sealed with secrets key id {sealed_with}, and {configured}"
+        ))
+    };
+    let key = key.ok_or_else(|| unreadable("no secrets key is configured (OUTRIDER_SECRETS_KEY_FILE)"))?;
+    let wrong = || unreadable(&format!("it does not open with the configured one (id {})", key.id()));
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| wrong())?;
+    let pem = key
+        .open(SEAL_SCOPE, &generation.to_string(), &sealed)
+        .map_err(|_| wrong())?;
+    String::from_utf8(pem).map_err(|_| wrong())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{store_test, TestStore};
@@ -195,6 +299,74 @@ mod tests {
             ));
             // A retired number is never reused.
             assert_eq!(s.add_ca_root("ROOT-3", "KEY-3").await.unwrap(), 3);
+        }
+    );
+
+    fn keyed(s: &Store, byte: u8) -> Store {
+        s.clone()
+            .with_secrets_key(Some(crate::vault::SecretsKey::from_bytes(&[byte; 32])))
+    }
+
+    async fn stored_keys(s: &Store) -> Vec<String> {
+        sqlx::query_as::<_, (String,)>("SELECT key_pem FROM ca_roots ORDER BY generation")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k,)| k)
+            .collect()
+    }
+
+    store_test!(
+        root_keys_are_stored_sealed_with_the_secrets_key_and_read_back_as_pem,
+        |s| {
+            // Written before there was a key: PEM, sealed in place once one is there.
+            s.ensure_ca_root("ROOT-1", "KEY-ONE").await.unwrap();
+            assert_eq!(stored_keys(s).await, ["KEY-ONE"]);
+            let k = keyed(s, 1);
+            assert_eq!(k.seal_ca_root_keys().await.unwrap(), 1);
+            assert_eq!(k.seal_ca_root_keys().await.unwrap(), 0, "sealed once");
+            k.add_ca_root("ROOT-2", "KEY-TWO").await.unwrap();
+            let stored = stored_keys(s).await;
+            assert!(
+                stored.iter().all(|k| k.starts_with(SEALED) && !k.contains("KEY-")),
+                "{stored:?}"
+            );
+            let keys: Vec<String> = k.ca_roots().await.unwrap().into_iter().map(|r| r.key_pem).collect();
+            assert_eq!(keys, ["KEY-ONE", "KEY-TWO"]);
+
+            // Without the key, or with another, no root reads: never a wrong key.
+            for other in [s.clone(), keyed(s, 2)] {
+                let err = other.ca_roots().await.unwrap_err().to_string();
+                assert!(
+                    err.contains("CA root 1")
+                        && err.contains(&crate::vault::SecretsKey::from_bytes(&[1; 32]).id().to_string()),
+                    "{err}"
+                );
+            }
+            // A sealed key moved to another root's row does not open there.
+            sqlx::query("UPDATE ca_roots SET key_pem = (SELECT key_pem FROM ca_roots WHERE generation = 1) WHERE generation = 2")
+                .execute(&s.pool)
+                .await
+                .unwrap();
+            let err = k.ca_roots().await.unwrap_err().to_string();
+            assert!(err.contains("CA root 2"), "{err}");
+        }
+    );
+
+    store_test!(
+        after_a_change_of_secrets_key_the_root_keys_are_resealed_from_the_old_one,
+        |s| {
+            let (old, new) = (keyed(s, 1), keyed(s, 2));
+            old.ensure_ca_root("ROOT-1", "KEY-ONE").await.unwrap();
+            old.add_ca_root("ROOT-2", "KEY-TWO").await.unwrap();
+            assert!(new.ca_roots().await.is_err(), "sealed with the old key");
+            let from = crate::vault::SecretsKey::from_bytes(&[1; 32]);
+            assert_eq!(new.reseal_ca_root_keys(&from).await.unwrap(), 2);
+            let keys: Vec<String> = new.ca_roots().await.unwrap().into_iter().map(|r| r.key_pem).collect();
+            assert_eq!(keys, ["KEY-ONE", "KEY-TWO"]);
+            assert!(old.ca_roots().await.is_err(), "no longer the old key's");
+            assert_eq!(new.reseal_ca_root_keys(&from).await.unwrap(), 0);
         }
     );
 }

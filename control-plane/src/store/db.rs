@@ -70,6 +70,9 @@ pub enum StoreError {
         sealed_with: String,
         configured: String,
     },
+    /// A CA root's key is sealed and does not open: no secrets key, or another one.
+    #[error("{0}")]
+    RootKeyUnreadable(String),
     /// The operation is not possible for this change (a revert of a secret, whose
     /// value the history does not keep).
     #[error("{0}")]
