@@ -122,6 +122,7 @@ impl ControlPlane for ControlService {
             ca: self.ca.clone(),
             secrets,
             told_withheld: false,
+            destinations_nacked: false,
         };
         tokio::spawn(session.run(inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -190,6 +191,9 @@ fn registration(hello: &Hello, replica: &str) -> Result<SidecarRegistration, Str
     })
 }
 
+/// How a refused destinations update reads in a sidecar's `lastNack`.
+const DESTINATIONS_NACK: &str = "destinations: ";
+
 struct Session {
     hub: Arc<Hub>,
     reg: SidecarRegistration,
@@ -201,6 +205,9 @@ struct Session {
     secrets: bool,
     /// Whether the log already says this stream's secrets are withheld.
     told_withheld: bool,
+    /// Whether this stream's last word on destinations was a NACK: the ACK that follows
+    /// clears it from the sidecar's row (and only then writes; ACKs are frequent).
+    destinations_nacked: bool,
 }
 
 /// The CA's next change; never, without a CA (or once it is gone).
@@ -402,13 +409,18 @@ impl Session {
                             }
                             sidecar_message::Msg::DestinationsAck(_) => {
                                 self.hub.mesh.seen(id, session);
-                                Ok(())
+                                if std::mem::take(&mut self.destinations_nacked) {
+                                    store.clear_nack(id, session, DESTINATIONS_NACK).await
+                                } else {
+                                    Ok(())
+                                }
                             }
                             sidecar_message::Msg::DestinationsNack(n) => {
                                 self.hub.metrics.nacks.inc();
                                 self.hub.mesh.seen(id, session);
                                 warn!(version = n.version, error = %n.error, "sidecar refused destinations");
-                                store.record_nack(id, session, 0, &format!("destinations: {}", n.error)).await
+                                self.destinations_nacked = true;
+                                store.record_nack(id, session, 0, &format!("{DESTINATIONS_NACK}{}", n.error)).await
                             }
                             sidecar_message::Msg::CertificateRequest(r) => {
                                 self.hub.mesh.seen(id, session);
@@ -816,6 +828,54 @@ mod tests {
         .await
         .unwrap();
         row_until(&cp.hub, |r| r.applied_revision == stored.revision).await;
+    }
+
+    #[tokio::test]
+    async fn a_destinations_ack_clears_the_destinations_nack_before_it_and_nothing_else() {
+        use outrider_proto::v1::{DestinationsAck, DestinationsNack};
+        let cp = control_plane(None).await;
+        let mut s = open(&cp.endpoint, hello("web-1", "")).await.unwrap();
+        let snap = next_snapshot(&mut s).await;
+        let send = |m| SidecarMessage { msg: Some(m) };
+        let dnack = |error: &str| {
+            send(sidecar_message::Msg::DestinationsNack(DestinationsNack {
+                version: 3,
+                nonce: "n".into(),
+                error: error.into(),
+            }))
+        };
+        let dack = || {
+            send(sidecar_message::Msg::DestinationsAck(DestinationsAck {
+                version: 4,
+                nonce: "n".into(),
+            }))
+        };
+
+        s.tx.send(dnack("endpoint 10.0.0.1:x: bad port")).await.unwrap();
+        let row = row_until(&cp.hub, |r| r.last_nack.is_some()).await;
+        assert_eq!(
+            row.last_nack.as_deref(),
+            Some("destinations: endpoint 10.0.0.1:x: bad port")
+        );
+        s.tx.send(dack()).await.unwrap();
+        row_until(&cp.hub, |r| r.last_nack.is_none()).await;
+
+        // A policy NACK after a destinations NACK is not the destinations ACK's to clear.
+        s.tx.send(dnack("again")).await.unwrap();
+        row_until(&cp.hub, |r| r.last_nack.as_deref() == Some("destinations: again")).await;
+        let nack = Nack {
+            revision: snap.revision,
+            nonce: snap.nonce.clone(),
+            error: "rules[0]: bad".into(),
+        };
+        s.tx.send(send(sidecar_message::Msg::Nack(nack))).await.unwrap();
+        row_until(&cp.hub, |r| r.last_nack.as_deref() == Some("rules[0]: bad")).await;
+        s.tx.send(dack()).await.unwrap();
+        // Messages of a stream are handled in order: once the certificate requested
+        // after the ACK is recorded, the ACK has had its effect.
+        s.tx.send(csr_for(vec![])).await.unwrap();
+        let row = row_until(&cp.hub, |r| r.identity.is_some()).await;
+        assert_eq!(row.last_nack.as_deref(), Some("rules[0]: bad"));
     }
 
     fn csr_for(sans: Vec<rcgen::SanType>) -> SidecarMessage {
