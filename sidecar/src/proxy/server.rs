@@ -138,6 +138,8 @@ where
         let stack = stack.clone();
         let accept = accept.clone();
         let builder = Arc::clone(&builder);
+        // Taken before `accept`: a connection it keeps (opaque TCP passed through, a
+        // handshake under way) holds the drain open as an HTTP one does.
         let watcher = graceful.watcher();
         // The connection task keeps the caller's span (the sidecar's service and pod).
         tokio::spawn(
@@ -187,4 +189,62 @@ pub fn server_builder() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX));
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    /// Deals with every connection itself, as opaque pass-through does: echoes its
+    /// bytes until the peer closes.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Accept for Echo {
+        async fn accept(&self, mut stream: TcpStream, _: SocketAddr) -> Option<Accepted> {
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_accept_step_keeps_is_drained_not_dropped_on_shutdown() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stack = tower::service_fn(|_: Call| async {
+            Ok::<_, Infallible>(Response::new(ProxyBody::Right(Default::default())))
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(listener, stack, "test", Echo, async move {
+            let _ = stopped.await;
+        }));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"one").await.unwrap();
+        let mut got = [0u8; 3];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one");
+
+        stop.send(()).unwrap();
+        // Draining: no new connection is taken, and the open one still works.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!served.is_finished(), "serve returned with a connection open");
+        conn.write_all(b"two").await.unwrap();
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"two");
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+
+        drop(conn);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve returns once the connection closed")
+            .unwrap()
+            .unwrap();
+    }
 }
