@@ -396,3 +396,49 @@ async fn a_root_rotation_under_traffic_fails_no_request() {
         "{roots}"
     );
 }
+
+/// The kubelet's probes under strict mTLS: sent to the app port they would be
+/// plaintext and refused, so the injector moves them to the health port, where the
+/// sidecar makes them from inside the Pod (here: `OUTRIDER_APP_PROBES` as the injector
+/// writes it).
+#[tokio::test]
+async fn under_strict_mtls_the_probes_the_sidecar_makes_for_the_kubelet_reach_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with(&dir.path().join("cp"), None, Vec::new()).await;
+    let (app, port) = RecordingApp::start().await;
+    let probes = format!(
+        r#"{{"web/readyz": {{"port": {port}, "path": "/ready", "scheme": "HTTP", "httpHeaders": [], "timeoutSeconds": 1}}}}"#
+    );
+    let mut web = Sidecar::start_with(
+        &cp.grpc(),
+        "web",
+        "web-a",
+        "v1",
+        port,
+        &dir.path().join("web"),
+        &[("OUTRIDER_APP_PROBES", probes.as_str())],
+    )
+    .await;
+    let (status, body) = cp.put_policy("web", "authorization", r#"{"mtls": "strict"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    web.wait_revision(body["revision"].as_u64().unwrap()).await;
+
+    let before = app.requests();
+    let r = client().get(format!("{}/ready", web.inbound())).send().await.unwrap();
+    assert_eq!(r.status(), 403, "a plaintext probe of the app port is refused");
+    assert_eq!(app.requests(), before);
+
+    let r = client()
+        .get(format!("{}/app-health/web/readyz", web.health()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(app.requests(), before + 1, "the probe reached the app");
+    let r = client()
+        .get(format!("{}/app-health/web/livez", web.health()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "only the probes the Pod has");
+}

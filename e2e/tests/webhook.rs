@@ -211,7 +211,17 @@ async fn pods_of_well_known_charts_are_injected_by_a_patch_that_validates_and_in
         let mut command = vec!["outrider-sidecar", "init", "--proxy-uid", "2102"];
         command.extend(flags);
         assert_eq!(init["command"], json!(command), "{name}");
-        // The chart's containers keep everything and gain the config mount.
+        // The chart's containers keep everything and gain the config mount; their
+        // HTTP probes move to the sidecar's health port, which is given the originals.
+        let sidecar_env = container(&injected, "initContainers", "outrider-sidecar")["env"].clone();
+        let app_probes: Value = sidecar_env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "OUTRIDER_APP_PROBES")
+            .map(|e| serde_json::from_str(e["value"].as_str().unwrap()).unwrap())
+            .unwrap_or_else(|| json!({}));
+        let mut moved = 0;
         for (before, after) in pod["spec"]["containers"]
             .as_array()
             .unwrap()
@@ -219,6 +229,34 @@ async fn pods_of_well_known_charts_are_injected_by_a_patch_that_validates_and_in
             .zip(injected["spec"]["containers"].as_array().unwrap())
         {
             let mut after = after.clone();
+            for (field, kind) in [
+                ("livenessProbe", "livez"),
+                ("readinessProbe", "readyz"),
+                ("startupProbe", "startupz"),
+            ] {
+                let Some(get) = before.get(field).and_then(|p| p.get("httpGet")) else {
+                    continue;
+                };
+                let key = format!("{}/{kind}", before["name"].as_str().unwrap());
+                assert_eq!(
+                    after[field]["httpGet"],
+                    json!({"path": format!("/app-health/{key}"), "port": 15020, "scheme": "HTTP"}),
+                    "{name} {field}"
+                );
+                let original = &app_probes[&key];
+                assert_eq!(original["path"], get["path"], "{name} {key}");
+                assert_eq!(
+                    original["httpHeaders"],
+                    get.get("httpHeaders").cloned().unwrap_or_else(|| json!([])),
+                    "{name} {key}"
+                );
+                assert!(
+                    original["port"].is_u64(),
+                    "{name} {key}: named ports are resolved: {original}"
+                );
+                after[field]["httpGet"] = get.clone();
+                moved += 1;
+            }
             let mounts = after["volumeMounts"].as_array_mut().unwrap();
             let config = mounts.pop().unwrap();
             assert_eq!(config["name"], "outrider-config");
@@ -226,6 +264,11 @@ async fn pods_of_well_known_charts_are_injected_by_a_patch_that_validates_and_in
                 after.as_object_mut().unwrap().remove("volumeMounts");
             }
             assert_eq!(&after, before, "{name}");
+        }
+        assert_eq!(app_probes.as_object().unwrap().len(), moved, "{name}: {app_probes}");
+        if name == "named-ports-probes-pod.json" {
+            assert_eq!(moved, 3);
+            assert_eq!(app_probes["checkout/readyz"]["port"], 8080, "the named port http");
         }
 
         // The patched Pod again (a reinvocation, or a Pod injected offline): no patch.

@@ -13,7 +13,7 @@ pub const STATE_DIR: &str = "/var/lib/outrider";
 pub const CONFIG_DIR: &str = "/etc/outrider/config";
 pub const SECRETS_DIR: &str = "/var/run/outrider/secrets";
 
-const HEALTH_PORT: u16 = 15020;
+pub const HEALTH_PORT: u16 = 15020;
 const INBOUND_PORT: u16 = 15006;
 
 fn resources(r: &Resources) -> Value {
@@ -55,9 +55,10 @@ pub fn init(plan: &Plan, s: &Settings) -> Value {
 /// `outrider-sidecar` as a native sidecar (an init container with
 /// `restartPolicy: Always`): started before the app's containers and stopped after
 /// them. Every setting through the Downward API or a literal.
-pub fn sidecar(plan: &Plan, s: &Settings) -> Value {
+/// `app_probes` is `OUTRIDER_APP_PROBES`: the app's probes it makes for the kubelet.
+pub fn sidecar(plan: &Plan, s: &Settings, app_probes: Option<String>) -> Value {
     let token_secret = plan.token_secret.as_deref().unwrap_or(&s.token_secret);
-    let env = vec![
+    let mut env = vec![
         plan.service.env("OUTRIDER_SERVICE"),
         plan.version.env("OUTRIDER_VERSION"),
         field_ref("OUTRIDER_NAMESPACE", "metadata.namespace"),
@@ -75,6 +76,9 @@ pub fn sidecar(plan: &Plan, s: &Settings) -> Value {
         Source::Literal(CONFIG_DIR.into()).env("OUTRIDER_CONFIG_DIR"),
         Source::Literal(SECRETS_DIR.into()).env("OUTRIDER_SECRETS_DIR"),
     ];
+    if let Some(probes) = app_probes {
+        env.push(Source::Literal(probes).env("OUTRIDER_APP_PROBES"));
+    }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": HEALTH_PORT},

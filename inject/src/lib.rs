@@ -11,10 +11,11 @@
 //! What is injected and how each value is chosen is `docs/reference.md`'s
 //! "Injection": [`resolve`] picks service, subset, app port and the capture overrides
 //! from labels and annotations, [`containers`] builds `outrider-init` and the native
-//! sidecar `outrider-sidecar`, [`workload`] finds the pod template of each workload
-//! kind.
+//! sidecar `outrider-sidecar`, [`probes`] moves the app's HTTP probes to the sidecar's
+//! health port, [`workload`] finds the pod template of each workload kind.
 
 mod containers;
+pub mod probes;
 pub mod resolve;
 pub mod workload;
 
@@ -242,8 +243,9 @@ pub fn inject(pod: &Value, namespace: Namespace<'_>, settings: &Settings) -> Res
     }
     // Capture, then the proxy, before any init container of the app: those then run
     // with their traffic captured and the proxy up (a native sidecar started).
+    let probes = probes::rewrites(containers, annotations, containers::HEALTH_PORT);
     let init = containers::init(&plan, settings);
-    let sidecar = containers::sidecar(&plan, settings);
+    let sidecar = containers::sidecar(&plan, settings, probes.env_value());
     match init_containers {
         None => ops.push(add("/spec/initContainers", json!([init, sidecar]))),
         Some(_) => {
@@ -264,6 +266,9 @@ pub fn inject(pod: &Value, namespace: Namespace<'_>, settings: &Settings) -> Res
             _ => ops.push(add(&format!("/spec/containers/{i}/volumeMounts"), json!([mount]))),
         }
     }
+    // Kubelet's HTTP probes go to the sidecar's health port, which makes them from
+    // inside the Pod (see `probes`).
+    ops.extend(probes.ops.into_iter().map(|(path, value)| add(&path, value)));
 
     let patch: json_patch::Patch =
         serde_json::from_value(Value::Array(ops)).map_err(|e| InjectError::Clash(format!("internal: {e}")))?;

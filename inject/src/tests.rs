@@ -436,3 +436,71 @@ fn a_workload_whose_template_cannot_be_injected_is_an_error_naming_it() {
     let mut no_template = json!({"kind": "Deployment", "metadata": {"name": "api"}, "spec": {}});
     assert!(inject_object(&mut no_template, &Settings::default()).is_err());
 }
+
+fn with_probes(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "labels": {"app": "web"}, "annotations": annotations},
+        "spec": {"containers": [
+            {"name": "app", "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}],
+             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+             "readinessProbe": {"httpGet": {"path": "ready", "port": 8080, "scheme": "HTTPS",
+                 "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]}, "timeoutSeconds": 3},
+             "startupProbe": {"tcpSocket": {"port": 8080}}},
+            {"name": "other", "image": "o:1",
+             "livenessProbe": {"httpGet": {"path": "/x", "port": 9000, "host": "10.0.0.9"}}},
+        ]},
+    })
+}
+
+#[test]
+fn http_probes_move_to_the_health_port_and_the_sidecar_gets_the_originals() {
+    let p = injected(&with_probes(json!({})));
+    let app = &p["spec"]["containers"][0];
+    assert_eq!(
+        app["livenessProbe"],
+        json!({"httpGet": {"path": "/app-health/app/livez", "port": 15020, "scheme": "HTTP"}, "periodSeconds": 10})
+    );
+    assert_eq!(
+        app["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"}, "timeoutSeconds": 3})
+    );
+    // Not HTTP, or another host's: left alone.
+    assert_eq!(app["startupProbe"], json!({"tcpSocket": {"port": 8080}}));
+    assert_eq!(
+        p["spec"]["containers"][1]["livenessProbe"]["httpGet"]["host"],
+        "10.0.0.9"
+    );
+
+    let originals: Value = serde_json::from_str(env(&p, "OUTRIDER_APP_PROBES").as_str().unwrap()).unwrap();
+    assert_eq!(
+        originals,
+        json!({
+            "app/livez": {"port": 8080, "path": "/healthz", "scheme": "HTTP", "httpHeaders": [], "timeoutSeconds": 1},
+            "app/readyz": {"port": 8080, "path": "/ready", "scheme": "HTTPS",
+                "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}], "timeoutSeconds": 3},
+        })
+    );
+}
+
+#[test]
+fn probes_stay_as_they_are_when_the_pod_says_so_or_has_none() {
+    let p = injected(&with_probes(json!({"outrider.io/rewrite-probes": "false"})));
+    assert_eq!(p["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"], "http");
+    let sidecar = init_container(&p, SIDECAR_CONTAINER);
+    let names: Vec<&str> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"OUTRIDER_APP_PROBES"), "{names:?}");
+    let plain = injected(&web());
+    let sidecar = init_container(&plain, SIDECAR_CONTAINER);
+    assert!(!sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "OUTRIDER_APP_PROBES"));
+}

@@ -47,6 +47,10 @@ pub struct Config {
     /// Prometheus; `off` (or empty) serves none.
     #[arg(long, env = "OUTRIDER_HEALTH_ADDR", default_value = "0.0.0.0:15020")]
     pub health_addr: HealthAddr,
+    /// The app's HTTP probes the health port makes for the kubelet, at
+    /// `/app-health/<container>/<livez|readyz|startupz>` (set by the injector; JSON).
+    #[arg(long, env = "OUTRIDER_APP_PROBES", default_value = "", value_parser = crate::probes::AppProbes::parse)]
+    pub app_probes: crate::probes::AppProbes,
     /// Last-known-good snapshot and log checkpoints.
     #[arg(long, env = "OUTRIDER_STATE_DIR", default_value = "./outrider-state")]
     pub state_dir: PathBuf,

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mtls;
 pub mod outbound;
 pub mod persist;
+pub mod probes;
 pub mod proxy;
 pub mod ratelimit;
 pub mod secrets;

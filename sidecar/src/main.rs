@@ -256,7 +256,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
         if let Some(listener) = health_listener {
             let stop = serving.stop.clone().cancelled_owned();
-            let router = admin::health_router(state.clone());
+            let router =
+                admin::health_router(state.clone()).merge(outrider_sidecar::probes::router(cfg.app_probes.clone()));
             serving.spawn(info_span!("health"), async move {
                 if let Err(e) = admin::serve_router(listener, router, stop).await {
                     warn!(error = %e, "health server ended with an error");
