@@ -96,6 +96,10 @@ pub struct Inject {
     /// of the injected sidecars).
     #[arg(long, default_value = outrider_inject::DEFAULT_CONTROL_PLANE)]
     pub injected_control_plane: String,
+    /// PEM certificates the injected sidecars verify an https:// control plane with
+    /// (their OUTRIDER_CA_PEM): the `ca.crt` of the `outrider-ca` Secret install made.
+    #[arg(long, value_name = "FILE")]
+    pub injected_ca_file: Option<PathBuf>,
     /// The Secret (in each Pod's namespace, key `token`) the sidecar's OUTRIDER_TOKEN
     /// comes from, when it exists; a Pod's annotation outrider.io/token-secret wins.
     #[arg(long, default_value = outrider_inject::DEFAULT_TOKEN_SECRET)]

@@ -458,9 +458,11 @@ async fn check(client: &Client, format: Output, args: &Check) -> Result<(), CliE
                     "control plane",
                     e.to_string(),
                     format!(
-                        "kubectl --namespace {} port-forward service/{} 18080, then --server http://127.0.0.1:18080",
-                        args.namespace,
-                        crate::install::CONTROL_PLANE
+                        "kubectl --namespace {ns} port-forward service/{cp} 18080, then --server https://127.0.0.1:18080 \
+                         --ca-file ca.crt (kubectl --namespace {ns} get secret {ca} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ca.crt)",
+                        ns = args.namespace,
+                        cp = crate::install::CONTROL_PLANE,
+                        ca = crate::install::CA_SECRET,
                     ),
                 )),
             }

@@ -20,10 +20,34 @@ pub fn inject_text(
     args: &Inject,
     format: Output,
 ) -> Result<(String, Vec<String>), CliError> {
+    let ca_pem = match &args.injected_ca_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| CliError::Input {
+                source_name: format!("--injected-ca-file {}", path.display()),
+                message: e.to_string(),
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(CliError::Input {
+                    source_name: format!("--injected-ca-file {}", path.display()),
+                    message: "holds no certificate (expected -----BEGIN CERTIFICATE-----)".into(),
+                });
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let mut notes = Vec::new();
+    if ca_pem.is_none() && args.injected_control_plane.starts_with("https://") {
+        notes.push(format!(
+            "no --injected-ca-file: injected sidecars verify {} with the system roots (give the outrider-ca Secret's ca.crt)",
+            args.injected_control_plane
+        ));
+    }
     let settings = Settings {
         image: args.sidecar_image.clone(),
         proxy_uid: args.proxy_uid,
         control_plane: args.injected_control_plane.clone(),
+        ca_pem,
         token_secret: args.token_secret.clone(),
         ..Settings::default()
     };
@@ -39,7 +63,6 @@ pub fn inject_text(
             objects.push((i, value));
         }
     }
-    let mut notes = Vec::new();
     for (i, object) in &mut objects {
         for (name, change) in inject_object(object, &settings).map_err(|e| input(*i, e.to_string()))? {
             if let Change::Skipped(why) = change {
@@ -122,12 +145,36 @@ spec: {containers: [{name: sh, image: busybox}]}
             .collect();
         assert_eq!(docs[1], before[1], "a Service passes through unchanged");
         assert_eq!(docs[2], before[2], "an opted-out Pod too");
-        assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(notes[0].starts_with("Pod/tools: not injected"), "{notes:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("no --injected-ca-file"), "{notes:?}");
+        assert!(notes[1].starts_with("Pod/tools: not injected"), "{notes:?}");
 
         // Injecting the output again changes nothing.
         let (again, _) = inject_text("f.yaml", &yaml, &args(), Output::Table).unwrap();
         assert_eq!(again, yaml);
+    }
+
+    #[test]
+    fn the_injected_ca_file_becomes_the_sidecars_inline_bundle_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(&ca, pem).unwrap();
+        let mut a = args();
+        a.injected_ca_file = Some(ca.clone());
+        let (yaml, notes) = inject_text("f.yaml", FILE, &a, Output::Json).unwrap();
+        assert_eq!(notes.len(), 1, "only the opted-out Pod: {notes:?}");
+        let list: Value = serde_json::from_str(&yaml).unwrap();
+        let env = &list["items"][0]["spec"]["template"]["spec"]["initContainers"][1]["env"];
+        let inline = env.as_array().unwrap().iter().find(|e| e["name"] == "OUTRIDER_CA_PEM");
+        assert_eq!(inline.map(|e| e["value"].clone()), Some(Value::from(pem)));
+
+        std::fs::write(&ca, "nothing\n").unwrap();
+        let err = inject_text("f.yaml", FILE, &a, Output::Json).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--injected-ca-file") && err.contains("no certificate"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -255,8 +255,9 @@ pub fn objects(s: &InstallSettings, secrets: Option<&CaRoot>) -> Vec<Value> {
         ns,
         CONTROL_PLANE,
         json!([
-            {"name": "grpc", "port": 18000, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c"},
-            {"name": "http", "port": 18080, "targetPort": "http"},
+            // Both ports serve TLS (OUTRIDER_TLS_SAN on the Deployment).
+            {"name": "grpc", "port": 18000, "targetPort": "grpc", "appProtocol": "https"},
+            {"name": "http", "port": 18080, "targetPort": "http", "appProtocol": "https"},
         ]),
     ));
     out.push(service(
@@ -365,6 +366,13 @@ fn deployment(s: &InstallSettings) -> Value {
         json!({"name": "OUTRIDER_TRUST_DOMAIN", "value": s.trust_domain}),
         json!({"name": "OUTRIDER_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
         json!({"name": "OUTRIDER_LOG_FORMAT", "value": "json"}),
+        // Both ports over TLS with a certificate from the CA above, for the names Pods
+        // and a port-forward reach them by: join tokens and secrets never cross the
+        // Pod network in the clear, and injected sidecars verify it with the bundle
+        // the webhook gives them.
+        json!({"name": "OUTRIDER_TLS_SAN", "value": format!(
+            "{CONTROL_PLANE}.{ns}.svc,{CONTROL_PLANE}.{ns}.svc.cluster.local,{CONTROL_PLANE}.{ns},{CONTROL_PLANE},localhost,127.0.0.1"
+        )}),
     ];
     let mut mounts = vec![
         json!({"name": "ca", "mountPath": CA_DIR, "readOnly": true}),
@@ -404,7 +412,7 @@ fn deployment(s: &InstallSettings) -> Value {
         "--proxy-uid",
         s.proxy_uid.to_string(),
         "--injected-control-plane",
-        format!("http://{CONTROL_PLANE}.{ns}.svc:18000"),
+        format!("https://{CONTROL_PLANE}.{ns}.svc:18000"),
     ]);
     let spread = |key: &str| {
         json!({
@@ -456,12 +464,12 @@ fn deployment(s: &InstallSettings) -> Value {
                             {"name": "webhook", "containerPort": WEBHOOK_PORT, "protocol": "TCP"},
                         ],
                         "livenessProbe": {
-                            "httpGet": {"path": "/healthz", "port": "http"},
+                            "httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTPS"},
                             "periodSeconds": 10,
                             "failureThreshold": 3,
                         },
                         "readinessProbe": {
-                            "httpGet": {"path": "/readyz", "port": "http"},
+                            "httpGet": {"path": "/readyz", "port": "http", "scheme": "HTTPS"},
                             "periodSeconds": 5,
                             "failureThreshold": 2,
                         },
@@ -624,7 +632,7 @@ mod tests {
                 "--proxy-uid",
                 "2102",
                 "--injected-control-plane",
-                "http://outrider-control-plane.mesh.svc:18000"
+                "https://outrider-control-plane.mesh.svc:18000"
             ]
         );
     }

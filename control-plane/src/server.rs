@@ -358,6 +358,8 @@ pub async fn run(
     let ca = Arc::new(Ca::open(&store, &cfg.ca_config()).await?);
     // Certificates from the CA, each renewed by a task of its own (spawned below).
     let mut issued = Vec::new();
+    let own_ca_tls = matches!(tls_mode, TlsMode::Issued(_));
+    let plaintext = matches!(tls_mode, TlsMode::Plaintext);
     let tls = match tls_mode {
         TlsMode::Plaintext => None,
         TlsMode::Files(tls) => Some(tls),
@@ -411,6 +413,18 @@ pub async fn run(
     let http_tls = tls.as_ref().map(ServerTls::http);
     tasks.spawn(serve_http(http_listener, app, limits, http_tls, stop.clone()).in_current_span());
     if let Some((listener, webhook_tls)) = webhook {
+        let mut inject_settings = inject_settings;
+        let https = inject_settings.control_plane.starts_with("https://");
+        if https && own_ca_tls {
+            // Injected sidecars verify our certificate with our bundle (as of now: a
+            // root rotation reaches Pods injected later, or restarted).
+            inject_settings.ca_pem = Some(ca.trust_bundle_pem());
+        } else if https && plaintext {
+            warn!(
+                injected = %inject_settings.control_plane,
+                "injected sidecars dial https:// but this control plane serves plaintext (no --tls-san or --tls-cert)"
+            );
+        }
         let app = crate::webhook::app(inject_settings);
         tasks.spawn(serve_http(listener, app, limits, Some(webhook_tls.http()), stop.clone()).in_current_span());
     }

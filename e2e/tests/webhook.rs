@@ -360,7 +360,7 @@ async fn outriderctl_inject_injects_every_workload_kind_offline_and_its_output_v
         );
         assert_eq!(
             env(&t, "OUTRIDER_CONTROL_PLANE"),
-            "http://outrider-control-plane.outrider.svc:18000",
+            "https://outrider-control-plane.outrider.svc:18000",
             "{kind}: the default install renders"
         );
     }
@@ -378,4 +378,87 @@ async fn outriderctl_inject_injects_every_workload_kind_offline_and_its_output_v
     let out = dir.path().join("injected.yaml");
     std::fs::write(&out, &yaml).unwrap();
     validate(&[out]);
+}
+
+/// As `outriderctl install` runs it: both ports over TLS from the control plane's CA
+/// (`--tls-san`) and an `https://` injected control plane. The injected sidecar gets
+/// the bundle inline (`OUTRIDER_CA_PEM`), and a real sidecar given only that variable
+/// connects and gets its snapshot.
+#[tokio::test]
+async fn behind_tls_the_injected_sidecar_gets_the_bundle_inline_and_connects_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let pem = ca_bundle(&data, &dir.path().join("bundle.pem"));
+    let (grpc, http, hook) = (free_port(), free_port(), free_port());
+    let grpc_url = format!("https://127.0.0.1:{grpc}");
+    let cp = outrider_testkit::Proc::spawn(
+        outrider_testkit::bin_path("outrider-control-plane"),
+        &[
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--data-dir",
+            &data.display().to_string(),
+        ],
+        &[
+            ("OUTRIDER_TLS_SAN", "127.0.0.1,localhost"),
+            ("OUTRIDER_WEBHOOK_ADDR", &format!("127.0.0.1:{hook}")),
+            ("OUTRIDER_INJECTED_CONTROL_PLANE", &grpc_url),
+            ("OUTRIDER_SIDECAR_IMAGE", IMAGE),
+        ],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{hook}").parse().unwrap();
+    let client = tls_client(pem.as_bytes(), Some((HOST, addr)));
+    let url = format!("https://{HOST}:{hook}/inject");
+    let mut review = review("named-ports-probes-pod.json");
+    let answered = wait_until(SOON, || async {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(review.to_string())
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    if answered.is_err() {
+        cp.print_log_tail(40);
+        panic!("the webhook never answered over TLS");
+    }
+    let answer: Value = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(review.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let patch = patch_of(&answer["response"]).expect("a patch");
+    json_patch::patch(&mut review["request"]["object"], &patch).unwrap();
+    let injected = &review["request"]["object"];
+    assert_eq!(env(injected, "OUTRIDER_CONTROL_PLANE"), grpc_url);
+    let inline = env(injected, "OUTRIDER_CA_PEM");
+    assert_eq!(inline.trim(), pem.trim(), "the control plane's own bundle");
+
+    // A sidecar with nothing but that variable to trust the control plane by.
+    let app_port = free_port();
+    let _app = outrider_testkit::echo(app_port);
+    let sidecar = Sidecar::start_with(
+        &grpc_url,
+        "checkout",
+        "checkout-0",
+        "v2",
+        app_port,
+        &dir.path().join("checkout"),
+        &[("OUTRIDER_CA_PEM", inline.as_str())],
+    )
+    .await;
+    let ready = outrider_testkit::wait_for_http_ok(&format!("{}/readyz", sidecar.admin()), SOON).await;
+    if let Err(e) = ready {
+        sidecar.proc.print_log_tail(40);
+        panic!("the sidecar never got a snapshot over TLS: {e}");
+    }
 }

@@ -76,6 +76,9 @@ pub fn sidecar(plan: &Plan, s: &Settings, app_probes: Option<String>) -> Value {
         Source::Literal(CONFIG_DIR.into()).env("OUTRIDER_CONFIG_DIR"),
         Source::Literal(SECRETS_DIR.into()).env("OUTRIDER_SECRETS_DIR"),
     ];
+    if let Some(pem) = &s.ca_pem {
+        env.push(Source::Literal(pem.clone()).env("OUTRIDER_CA_PEM"));
+    }
     if let Some(probes) = app_probes {
         env.push(Source::Literal(probes).env("OUTRIDER_APP_PROBES"));
     }

@@ -34,7 +34,8 @@ pub const DEFAULT_PROXY_UID: u32 = 2102;
 /// The image `outriderctl install` deploys (one image holds every binary).
 pub const DEFAULT_IMAGE: &str = concat!("outrider:", env!("CARGO_PKG_VERSION"));
 /// The control stream of the control plane `outriderctl install` renders.
-pub const DEFAULT_CONTROL_PLANE: &str = "http://outrider-control-plane.outrider.svc:18000";
+/// (TLS: the control plane serves a certificate from its CA for its Service's names.)
+pub const DEFAULT_CONTROL_PLANE: &str = "https://outrider-control-plane.outrider.svc:18000";
 /// The Secret (in the Pod's namespace) whose key `token` is the sidecar's
 /// `OUTRIDER_TOKEN`; a Pod's annotation `outrider.io/token-secret` names another.
 pub const DEFAULT_TOKEN_SECRET: &str = "outrider-registration";
@@ -56,6 +57,10 @@ pub struct Settings {
     pub proxy_uid: u32,
     /// `OUTRIDER_CONTROL_PLANE` of injected sidecars.
     pub control_plane: String,
+    /// `OUTRIDER_CA_PEM` of injected sidecars: the certificates that verify an
+    /// `https://` control plane (the control plane's own trust bundle). A Pod has no
+    /// file of ours to point `OUTRIDER_CA_FILE` at, so the PEM travels in the spec.
+    pub ca_pem: Option<String>,
     pub token_secret: String,
     pub sidecar_resources: Resources,
     pub init_resources: Resources,
@@ -67,6 +72,7 @@ impl Default for Settings {
             image: DEFAULT_IMAGE.into(),
             proxy_uid: DEFAULT_PROXY_UID,
             control_plane: DEFAULT_CONTROL_PLANE.into(),
+            ca_pem: None,
             token_secret: DEFAULT_TOKEN_SECRET.into(),
             // A proxy that is CPU-throttled adds latency to every request: no CPU limit
             // would be kinder, but namespaces with a LimitRange or quota demand one.

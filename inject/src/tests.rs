@@ -504,3 +504,24 @@ fn probes_stay_as_they_are_when_the_pod_says_so_or_has_none() {
         .iter()
         .any(|e| e["name"] == "OUTRIDER_APP_PROBES"));
 }
+
+#[test]
+fn the_sidecar_gets_the_control_planes_bundle_inline_only_when_given_one() {
+    let plain = injected(&web());
+    assert!(!init_container(&plain, SIDECAR_CONTAINER)["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "OUTRIDER_CA_PEM"));
+    let settings = Settings {
+        ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
+        ..Settings::default()
+    };
+    let Outcome::Injected { pod, .. } = inject(&web(), Namespace::Selected, &settings).unwrap() else {
+        panic!("not injected");
+    };
+    assert_eq!(
+        env(&pod, "OUTRIDER_CA_PEM"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    );
+}

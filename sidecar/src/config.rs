@@ -17,6 +17,10 @@ pub struct Config {
     /// system roots), and https log sinks and reload hooks (besides them).
     #[arg(long, env = "OUTRIDER_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// The same certificates inline (PEM), as injection sets them; given both, this
+    /// one is used.
+    #[arg(long, env = "OUTRIDER_CA_PEM", hide_env_values = true)]
+    pub ca_pem: Option<String>,
     /// The service this instance belongs to.
     #[arg(long, env = "OUTRIDER_SERVICE")]
     pub service: String,
@@ -181,9 +185,9 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("secrets"))
     }
 
-    /// What the sidecar's clients trust (`OUTRIDER_CA_FILE`).
+    /// What the sidecar's clients trust (`OUTRIDER_CA_PEM` or `OUTRIDER_CA_FILE`).
     pub fn trust(&self) -> Result<crate::trust::Trust, String> {
-        crate::trust::Trust::load(self.ca_file.as_deref()).map_err(|e| e.to_string())
+        crate::trust::Trust::load_either(self.ca_file.as_deref(), self.ca_pem.as_deref()).map_err(|e| e.to_string())
     }
 
     pub fn app_addr(&self) -> SocketAddr {

@@ -1,6 +1,7 @@
-//! Whom the sidecar's own clients trust (`OUTRIDER_CA_FILE`): the control plane is
-//! verified against that file, or the system roots without one; log sinks and reload
-//! hooks against the system roots plus that file. Every client is rustls.
+//! Whom the sidecar's own clients trust (`OUTRIDER_CA_FILE`, or the same PEM inline in
+//! `OUTRIDER_CA_PEM`, as injection gives it): the control plane is verified against
+//! those certificates, or the system roots without any; log sinks and reload hooks
+//! against the system roots plus them. Every client is rustls.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +11,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 pub enum TrustError {
     #[error("cannot read OUTRIDER_CA_FILE {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("OUTRIDER_CA_FILE {path}: {reason}")]
-    Pem { path: PathBuf, reason: String },
+    /// `what`: `OUTRIDER_CA_FILE <path>` or `OUTRIDER_CA_PEM`.
+    #[error("{what}: {reason}")]
+    Pem { what: String, reason: String },
     #[error("OUTRIDER_CONTROL_PLANE {url:?}: {reason}")]
     ControlPlane { url: String, reason: String },
 }
@@ -32,8 +34,21 @@ impl Trust {
             path: path.to_owned(),
             source,
         })?;
+        Self::from_pem(format!("OUTRIDER_CA_FILE {}", path.display()), pem)
+    }
+
+    /// The certificates of `OUTRIDER_CA_PEM` (or, without it, of `ca_file`).
+    pub fn load_either(ca_file: Option<&Path>, ca_pem: Option<&str>) -> Result<Self, TrustError> {
+        match ca_pem.filter(|p| !p.trim().is_empty()) {
+            Some(pem) => Self::from_pem("OUTRIDER_CA_PEM".into(), pem.as_bytes().to_vec()),
+            None => Self::load(ca_file),
+        }
+    }
+
+    /// `pem` (one or more certificates), read from `what`.
+    fn from_pem(what: String, pem: Vec<u8>) -> Result<Self, TrustError> {
         let pem_error = |reason: String| TrustError::Pem {
-            path: path.to_owned(),
+            what: what.clone(),
             reason,
         };
         let extra =
@@ -131,5 +146,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("cannot read OUTRIDER_CA_FILE"), "{e}");
+        let e = Trust::load_either(Some(&path), Some("nor this"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("OUTRIDER_CA_PEM: ") && e.contains("no certificate"),
+            "{e}"
+        );
     }
 }
