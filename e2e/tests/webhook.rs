@@ -234,27 +234,37 @@ async fn pods_of_well_known_charts_are_injected_by_a_patch_that_validates_and_in
                 ("readinessProbe", "readyz"),
                 ("startupProbe", "startupz"),
             ] {
-                let Some(get) = before.get(field).and_then(|p| p.get("httpGet")) else {
-                    continue;
-                };
+                let Some(probe) = before.get(field) else { continue };
                 let key = format!("{}/{kind}", before["name"].as_str().unwrap());
+                let original = &app_probes[&key];
+                if let Some(get) = probe.get("httpGet") {
+                    assert_eq!(original["path"], get["path"], "{name} {key}");
+                    assert_eq!(
+                        original["httpHeaders"],
+                        get.get("httpHeaders").cloned().unwrap_or_else(|| json!([])),
+                        "{name} {key}"
+                    );
+                } else if probe.get("tcpSocket").is_some() {
+                    assert_eq!(original["scheme"], "TCP", "{name} {key}");
+                } else {
+                    assert_eq!(&after[field], probe, "{name} {field}: an exec probe stays");
+                    continue;
+                }
                 assert_eq!(
                     after[field]["httpGet"],
                     json!({"path": format!("/app-health/{key}"), "port": 15020, "scheme": "HTTP"}),
                     "{name} {field}"
                 );
-                let original = &app_probes[&key];
-                assert_eq!(original["path"], get["path"], "{name} {key}");
-                assert_eq!(
-                    original["httpHeaders"],
-                    get.get("httpHeaders").cloned().unwrap_or_else(|| json!([])),
-                    "{name} {key}"
-                );
                 assert!(
                     original["port"].is_u64(),
                     "{name} {key}: named ports are resolved: {original}"
                 );
-                after[field]["httpGet"] = get.clone();
+                assert_eq!(
+                    original["timeoutSeconds"],
+                    probe.get("timeoutSeconds").cloned().unwrap_or_else(|| json!(1)),
+                    "{name} {key}"
+                );
+                after[field] = probe.clone();
                 moved += 1;
             }
             let mounts = after["volumeMounts"].as_array_mut().unwrap();
@@ -269,6 +279,9 @@ async fn pods_of_well_known_charts_are_injected_by_a_patch_that_validates_and_in
         if name == "named-ports-probes-pod.json" {
             assert_eq!(moved, 3);
             assert_eq!(app_probes["checkout/readyz"]["port"], 8080, "the named port http");
+        }
+        if name == "nginx-deployment-pod.json" {
+            assert_eq!(moved, 2, "its two tcpSocket probes: {app_probes}");
         }
 
         // The patched Pod again (a reinvocation, or a Pod injected offline): no patch.

@@ -1,12 +1,13 @@
-//! Kubelet's HTTP probes of the app, moved to the sidecar's health port.
+//! Kubelet's HTTP and TCP probes of the app, moved to the sidecar's health port.
 //!
 //! Captured like any inbound traffic, a probe from the kubelet reaches the app through
-//! the sidecar's inbound, in plaintext: under `mtls: strict` it is refused and the Pod
-//! never gets ready. So each app container's `httpGet` probe is rewritten to
-//! `GET /app-health/<container>/<livez|readyz|startupz>` on port 15020, and the sidecar
-//! (given the originals in `OUTRIDER_APP_PROBES`) makes the probe itself, from inside
-//! the Pod, and answers with the app's status. Other probes (exec, tcpSocket, grpc)
-//! and probes of another host stay as they are.
+//! the sidecar's inbound, in plaintext: under `mtls: strict` an HTTP probe is refused
+//! and the Pod never gets ready, and a TCP probe is answered by the sidecar's listener
+//! whether the app listens or not. So each app container's `httpGet` or `tcpSocket`
+//! probe is rewritten to `GET /app-health/<container>/<livez|readyz|startupz>` on port
+//! 15020, and the sidecar (given the originals in `OUTRIDER_APP_PROBES`) makes the
+//! probe itself, from inside the Pod, and answers with the app's status. Other probes
+//! (exec, grpc) and probes of another host stay as they are.
 
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -24,7 +25,8 @@ const KINDS: [(&str, &str); 3] = [
 /// What the rewrite changes in a Pod.
 #[derive(Debug, Default)]
 pub struct Rewrites {
-    /// (JSON Pointer of a probe's `httpGet`, its new value).
+    /// (JSON Pointer of a probe, the whole probe as rewritten: its handler replaced,
+    /// every other field kept; a whole object, so the patch stays `add`-only).
     pub ops: Vec<(String, Value)>,
     /// `OUTRIDER_APP_PROBES`: `<container>/<kind>` → the original probe.
     pub originals: BTreeMap<String, Value>,
@@ -52,47 +54,63 @@ pub fn rewrites(containers: &[Value], annotations: Option<&Map<String, Value>>, 
             continue;
         };
         for (field, kind) in KINDS {
-            let Some(probe) = c.get(field) else { continue };
-            let Some(get) = probe.get("httpGet").and_then(Value::as_object) else {
+            let Some(probe) = c.get(field).and_then(Value::as_object) else {
                 continue;
             };
-            // A probe of another host does not come through this Pod's capture.
-            if get.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty()) {
+            let Some((handler, original)) = original(probe, c) else {
                 continue;
-            }
-            let Some(port) = get.get("port").and_then(|p| resolve_port(p, c)) else {
-                continue;
-            };
-            let scheme = match get.get("scheme").and_then(Value::as_str) {
-                None => "HTTP",
-                Some(s) if s.eq_ignore_ascii_case("http") => "HTTP",
-                Some(s) if s.eq_ignore_ascii_case("https") => "HTTPS",
-                Some(_) => continue,
-            };
-            let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
-            let path = if path.starts_with('/') {
-                path.to_owned()
-            } else {
-                format!("/{path}")
             };
             let key = format!("{name}/{kind}");
-            out.originals.insert(
-                key.clone(),
-                json!({
-                    "port": port,
-                    "path": path,
-                    "scheme": scheme,
-                    "httpHeaders": get.get("httpHeaders").cloned().unwrap_or_else(|| json!([])),
-                    "timeoutSeconds": probe.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(1),
-                }),
-            );
-            out.ops.push((
-                format!("/spec/containers/{i}/{field}/httpGet"),
+            let mut original = original;
+            original["timeoutSeconds"] = json!(probe.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(1));
+            out.originals.insert(key.clone(), original);
+            let mut moved = probe.clone();
+            moved.remove(handler);
+            moved.insert(
+                "httpGet".into(),
                 json!({"path": format!("/app-health/{key}"), "port": health_port, "scheme": "HTTP"}),
-            ));
+            );
+            out.ops
+                .push((format!("/spec/containers/{i}/{field}"), Value::Object(moved)));
         }
     }
     out
+}
+
+/// The probe's handler (`httpGet` or `tcpSocket`) and what the sidecar needs to make
+/// it; `None` for a probe that stays (another kind, another host, a port not found).
+fn original(probe: &Map<String, Value>, container: &Value) -> Option<(&'static str, Value)> {
+    // A probe of another host does not come through this Pod's capture.
+    let local = |h: &Map<String, Value>| h.get("host").and_then(Value::as_str).is_none_or(str::is_empty);
+    if let Some(get) = probe.get("httpGet").and_then(Value::as_object) {
+        if !local(get) {
+            return None;
+        }
+        let port = get.get("port").and_then(|p| resolve_port(p, container))?;
+        let scheme = match get.get("scheme").and_then(Value::as_str) {
+            None => "HTTP",
+            Some(s) if s.eq_ignore_ascii_case("http") => "HTTP",
+            Some(s) if s.eq_ignore_ascii_case("https") => "HTTPS",
+            Some(_) => return None,
+        };
+        let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        let headers = get.get("httpHeaders").cloned().unwrap_or_else(|| json!([]));
+        return Some((
+            "httpGet",
+            json!({"port": port, "path": path, "scheme": scheme, "httpHeaders": headers}),
+        ));
+    }
+    let tcp = probe.get("tcpSocket").and_then(Value::as_object)?;
+    if !local(tcp) {
+        return None;
+    }
+    let port = tcp.get("port").and_then(|p| resolve_port(p, container))?;
+    Some(("tcpSocket", json!({"port": port, "scheme": "TCP"})))
 }
 
 /// A probe's `port`: a number, or the name of one of the container's own ports (the

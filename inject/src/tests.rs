@@ -455,7 +455,7 @@ fn with_probes(annotations: Value) -> Value {
 }
 
 #[test]
-fn http_probes_move_to_the_health_port_and_the_sidecar_gets_the_originals() {
+fn http_and_tcp_probes_move_to_the_health_port_and_the_sidecar_gets_the_originals() {
     let p = injected(&with_probes(json!({})));
     let app = &p["spec"]["containers"][0];
     assert_eq!(
@@ -466,8 +466,12 @@ fn http_probes_move_to_the_health_port_and_the_sidecar_gets_the_originals() {
         app["readinessProbe"],
         json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"}, "timeoutSeconds": 3})
     );
-    // Not HTTP, or another host's: left alone.
-    assert_eq!(app["startupProbe"], json!({"tcpSocket": {"port": 8080}}));
+    // A TCP probe too, its handler replaced (a probe has exactly one).
+    assert_eq!(
+        app["startupProbe"],
+        json!({"httpGet": {"path": "/app-health/app/startupz", "port": 15020, "scheme": "HTTP"}})
+    );
+    // Another host's: left alone.
     assert_eq!(
         p["spec"]["containers"][1]["livenessProbe"]["httpGet"]["host"],
         "10.0.0.9"
@@ -480,6 +484,7 @@ fn http_probes_move_to_the_health_port_and_the_sidecar_gets_the_originals() {
             "app/livez": {"port": 8080, "path": "/healthz", "scheme": "HTTP", "httpHeaders": [], "timeoutSeconds": 1},
             "app/readyz": {"port": 8080, "path": "/ready", "scheme": "HTTPS",
                 "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}], "timeoutSeconds": 3},
+            "app/startupz": {"port": 8080, "scheme": "TCP", "timeoutSeconds": 1},
         })
     );
 }

@@ -1,9 +1,11 @@
 //! The app's kubelet probes, made by the sidecar: the injector rewrites each app
-//! container's HTTP probe to `GET /app-health/<container>/<livez|readyz|startupz>` on
-//! the health port and hands the originals over in `OUTRIDER_APP_PROBES`. Captured,
-//! the kubelet's own request would reach the app through the inbound as plaintext, and
-//! `mtls: strict` refuses that; from here it goes to the app on localhost, out of
-//! capture (the sidecar's own traffic), and the kubelet gets the app's status.
+//! container's HTTP or TCP probe to `GET /app-health/<container>/<livez|readyz|startupz>`
+//! on the health port and hands the originals over in `OUTRIDER_APP_PROBES`. Captured,
+//! the kubelet's own HTTP request would reach the app through the inbound as plaintext,
+//! which `mtls: strict` refuses, and its TCP connection would be accepted by the
+//! sidecar's listener whether the app listens or not; from here the probe goes to the
+//! app on localhost, out of capture (the sidecar's own traffic), and the kubelet gets
+//! the app's answer.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -23,6 +25,8 @@ const MAX_TIMEOUT_SECONDS: u64 = 600;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppProbe {
     pub port: u16,
+    /// A TCP probe: a connection that opens passes; nothing else is sent.
+    pub tcp: bool,
     pub path: String,
     pub https: bool,
     pub headers: HeaderMap,
@@ -37,7 +41,7 @@ pub struct AppProbes(Arc<HashMap<String, AppProbe>>);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Raw {
     port: u16,
-    path: String,
+    path: Option<String>,
     #[serde(default = "http")]
     scheme: String,
     #[serde(default)]
@@ -63,7 +67,8 @@ fn one() -> u64 {
 
 impl AppProbes {
     /// `OUTRIDER_APP_PROBES`: a JSON object of `<container>/<livez|readyz|startupz>` →
-    /// `{"port", "path", "scheme", "httpHeaders", "timeoutSeconds"}`; empty is none.
+    /// `{"port", "path", "scheme" (HTTP, HTTPS, TCP), "httpHeaders", "timeoutSeconds"}`
+    /// (a TCP probe has no path); empty is none.
     pub fn parse(text: &str) -> Result<AppProbes, String> {
         if text.trim().is_empty() {
             return Ok(AppProbes::default());
@@ -79,13 +84,18 @@ impl AppProbes {
             if r.port == 0 {
                 return Err(format!("{key}.port: 0 is not a port"));
             }
-            if !r.path.starts_with('/') || r.path.parse::<http::uri::PathAndQuery>().is_err() {
-                return Err(format!("{key}.path: {:?} is not an absolute path", r.path));
-            }
-            let https = match r.scheme.to_ascii_uppercase().as_str() {
-                "HTTP" => false,
-                "HTTPS" => true,
-                _ => return Err(format!("{key}.scheme: {:?} is neither HTTP nor HTTPS", r.scheme)),
+            let (tcp, https) = match r.scheme.to_ascii_uppercase().as_str() {
+                "HTTP" => (false, false),
+                "HTTPS" => (false, true),
+                "TCP" => (true, false),
+                _ => return Err(format!("{key}.scheme: {:?} is none of HTTP, HTTPS, TCP", r.scheme)),
+            };
+            let path = match (tcp, r.path) {
+                (true, None) => String::new(),
+                (true, Some(_)) => return Err(format!("{key}.path: a TCP probe has none")),
+                (false, None) => return Err(format!("{key}.path: an HTTP probe needs one")),
+                (false, Some(p)) if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() => p,
+                (false, Some(p)) => return Err(format!("{key}.path: {p:?} is not an absolute path")),
             };
             if !(1..=MAX_TIMEOUT_SECONDS).contains(&r.timeout_seconds) {
                 return Err(format!("{key}.timeoutSeconds: 1 to {MAX_TIMEOUT_SECONDS}"));
@@ -102,7 +112,8 @@ impl AppProbes {
                 key,
                 AppProbe {
                     port: r.port,
-                    path: r.path,
+                    tcp,
+                    path,
                     https,
                     headers,
                     timeout: Duration::from_secs(r.timeout_seconds),
@@ -145,6 +156,21 @@ async fn probe(State(p): State<Prober>, Path((container, kind)): Path<(String, S
     let Some(probe) = p.probes.0.get(&key) else {
         return (StatusCode::NOT_FOUND, format!("no app probe {key}\n")).into_response();
     };
+    if probe.tcp {
+        let connect = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, probe.port));
+        return match tokio::time::timeout(probe.timeout, connect).await {
+            Ok(Ok(_)) => (StatusCode::OK, format!("app probe {key}: port {} open\n", probe.port)).into_response(),
+            Ok(Err(error)) => {
+                debug!(probe = %key, port = probe.port, %error, "app probe failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("app probe {key}: port {} closed\n", probe.port),
+                )
+                    .into_response()
+            }
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("app probe {key}: timed out\n")).into_response(),
+        };
+    }
     let scheme = if probe.https { "https" } else { "http" };
     let url = format!("{scheme}://127.0.0.1:{}{}", probe.port, probe.path);
     let sent = p
@@ -224,7 +250,9 @@ mod tests {
             r#"{{"web/readyz": {{"port": {port}, "path": "/ready", "httpHeaders": [{{"name": "X-Probe", "value": "kubelet"}}]}},
                 "web/livez": {{"port": {port}, "path": "/ready"}},
                 "web/startupz": {{"port": {port}, "path": "/moved", "scheme": "HTTP", "timeoutSeconds": 2}},
-                "side/livez": {{"port": {closed}, "path": "/"}}}}"#
+                "side/livez": {{"port": {closed}, "path": "/"}},
+                "tcp/livez": {{"port": {port}, "scheme": "TCP"}},
+                "side/readyz": {{"port": {closed}, "scheme": "TCP"}}}}"#
         ))
         .unwrap();
         let r = router(probes);
@@ -239,6 +267,12 @@ mod tests {
         let (status, body) = call(&r, "/app-health/side/livez").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(call(&r, "/app-health/web/other").await.0, StatusCode::NOT_FOUND);
+        // TCP: the app's port open is a pass, closed a failure (not the sidecar's word).
+        assert_eq!(call(&r, "/app-health/tcp/livez").await.0, StatusCode::OK);
+        assert_eq!(
+            call(&r, "/app-health/side/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]
@@ -251,9 +285,14 @@ mod tests {
             (r#"{"web/livez": {"port": 0, "path": "/"}}"#, "web/livez.port"),
             (r#"{"web/livez": {"port": 1, "path": "x"}}"#, "web/livez.path"),
             (
-                r#"{"web/livez": {"port": 1, "path": "/", "scheme": "TCP"}}"#,
+                r#"{"web/livez": {"port": 1, "path": "/", "scheme": "UDP"}}"#,
                 "web/livez.scheme",
             ),
+            (
+                r#"{"web/livez": {"port": 1, "path": "/", "scheme": "TCP"}}"#,
+                "web/livez.path",
+            ),
+            (r#"{"web/livez": {"port": 1}}"#, "web/livez.path"),
             (
                 r#"{"web/livez": {"port": 1, "path": "/", "timeoutSeconds": 0}}"#,
                 "web/livez.timeoutSeconds",
