@@ -11,7 +11,7 @@
 //! What is injected and how each value is chosen is `docs/reference.md`'s
 //! "Injection": [`resolve`] picks service, subset, app port and the capture overrides
 //! from labels and annotations, [`containers`] builds `outrider-init` and the native
-//! sidecar `outrider-sidecar`, [`probes`] moves the app's HTTP probes to the sidecar's
+//! sidecar `outrider-sidecar`, [`probes`] moves the app's HTTP and TCP probes to the sidecar's
 //! health port, [`workload`] finds the pod template of each workload kind.
 
 mod containers;
@@ -272,7 +272,7 @@ pub fn inject(pod: &Value, namespace: Namespace<'_>, settings: &Settings) -> Res
             _ => ops.push(add(&format!("/spec/containers/{i}/volumeMounts"), json!([mount]))),
         }
     }
-    // Kubelet's HTTP probes go to the sidecar's health port, which makes them from
+    // Kubelet's HTTP and TCP probes go to the sidecar's health port, which makes them from
     // inside the Pod (see `probes`).
     ops.extend(probes.ops.into_iter().map(|(path, value)| add(&path, value)));
 

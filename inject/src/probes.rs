@@ -35,7 +35,7 @@ pub struct Rewrites {
 impl Rewrites {
     /// `OUTRIDER_APP_PROBES`, when any probe moved.
     pub fn env_value(&self) -> Option<String> {
-        (!self.originals.is_empty()).then(|| Value::Object(self.originals.clone().into_iter().collect()).to_string())
+        (!self.originals.is_empty()).then(|| json!(self.originals).to_string())
     }
 }
 

@@ -51,7 +51,7 @@ pub struct Config {
     /// Prometheus; `off` (or empty) serves none.
     #[arg(long, env = "OUTRIDER_HEALTH_ADDR", default_value = "0.0.0.0:15020")]
     pub health_addr: HealthAddr,
-    /// The app's HTTP probes the health port makes for the kubelet, at
+    /// The app's HTTP and TCP probes the health port makes for the kubelet, at
     /// `/app-health/<container>/<livez|readyz|startupz>` (set by the injector; JSON).
     #[arg(long, env = "OUTRIDER_APP_PROBES", default_value = "", value_parser = crate::probes::AppProbes::parse)]
     pub app_probes: crate::probes::AppProbes,

@@ -64,39 +64,43 @@ impl Store {
     }
 
     /// Seals, in place, every root key still stored as PEM, if there is a secrets key
-    /// (a store that had none before, or older than sealing). Each row is rewritten
-    /// only if it still holds that PEM, so replicas doing this at once agree.
+    /// (a store that had none before, or older than sealing); how many.
     pub async fn seal_ca_root_keys(&self) -> Result<usize, StoreError> {
         if self.secrets_key.is_none() {
             return Ok(0);
         }
-        let plain: Vec<(i64, String)> = sqlx::query_as("SELECT generation, key_pem FROM ca_roots")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut sealed = 0;
-        for (generation, pem) in plain.into_iter().filter(|(_, k)| !k.starts_with(SEALED)) {
-            sqlx::query("UPDATE ca_roots SET key_pem = $1 WHERE generation = $2 AND key_pem = $3")
-                .bind(self.seal_root_key(generation, &pem)?)
-                .bind(generation)
-                .bind(&pem)
-                .execute(&self.pool)
-                .await?;
-            sealed += 1;
-        }
-        Ok(sealed)
+        self.rewrite_root_keys(|_, stored| (!stored.starts_with(SEALED)).then(|| Ok(stored.to_owned())))
+            .await
     }
 
     /// Re-seals with the configured secrets key every root key sealed with `old` (after
     /// a change of secrets key); how many. Needs a configured key.
     pub async fn reseal_ca_root_keys(&self, old: &SecretsKey) -> Result<usize, StoreError> {
         self.secrets_key.as_ref().ok_or(StoreError::SecretsKeyMissing)?;
+        let prefix = format!("{SEALED}{}:", old.id());
+        self.rewrite_root_keys(|generation, stored| {
+            stored
+                .starts_with(&prefix)
+                .then(|| open_root_key(Some(old), generation, stored))
+        })
+        .await
+    }
+
+    /// Seals again, with the configured key, the PEM `pem_of` gives for a row (`None`:
+    /// the row stays); how many rows changed. Each row is rewritten only if it still
+    /// holds what was read, so replicas doing this at once agree.
+    async fn rewrite_root_keys(
+        &self,
+        pem_of: impl Fn(i64, &str) -> Option<Result<String, StoreError>>,
+    ) -> Result<usize, StoreError> {
         let rows: Vec<(i64, String)> = sqlx::query_as("SELECT generation, key_pem FROM ca_roots")
             .fetch_all(&self.pool)
             .await?;
-        let prefix = format!("{SEALED}{}:", old.id());
         let mut n = 0;
-        for (generation, stored) in rows.into_iter().filter(|(_, k)| k.starts_with(&prefix)) {
-            let pem = open_root_key(Some(old), generation, &stored)?;
+        for (generation, stored) in rows {
+            let Some(pem) = pem_of(generation, &stored).transpose()? else {
+                continue;
+            };
             sqlx::query("UPDATE ca_roots SET key_pem = $1 WHERE generation = $2 AND key_pem = $3")
                 .bind(self.seal_root_key(generation, &pem)?)
                 .bind(generation)

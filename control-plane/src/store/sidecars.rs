@@ -431,17 +431,17 @@ impl Store {
         Ok(())
     }
 
-    /// Clears the sidecar's last NACK if it is still the one that starts with `prefix`
-    /// (a later NACK of something else stays). `%` and `_` in `prefix` are dropped.
+    /// Clears the sidecar's last NACK if it is still one that starts with `prefix` (a
+    /// later NACK of something else stays).
     pub async fn clear_nack(&self, id: &str, session: &str, prefix: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE sidecars SET last_nack = NULL, last_nack_revision = NULL, last_seen_ms = $1
-             WHERE id = $2 AND session = $3 AND last_nack LIKE $4",
+             WHERE id = $2 AND session = $3 AND substr(last_nack, 1, length($4)) = $4",
         )
         .bind(now_ms())
         .bind(id)
         .bind(session)
-        .bind(format!("{}%", prefix.replace(['%', '_'], "")))
+        .bind(prefix)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -331,6 +331,23 @@ store_test!(changes_since_lists_each_changed_service_once, |s| {
     assert_eq!(newest, 3);
 });
 
+store_test!(a_nack_is_cleared_by_its_prefix_only, |s| {
+    s.register_sidecar(&reg("default/web-1", "web", "s1")).await.unwrap();
+    async fn nack(s: &Store) -> Option<String> {
+        s.list_sidecars(Some("web")).await.unwrap()[0].last_nack.clone()
+    }
+    s.record_nack("default/web-1", "s1", 0, "destinations: disk full")
+        .await
+        .unwrap();
+    s.clear_nack("default/web-1", "s1", "policy: ").await.unwrap();
+    assert_eq!(nack(s).await.as_deref(), Some("destinations: disk full"));
+    s.clear_nack("default/web-1", "s1", "destinations: ").await.unwrap();
+    assert_eq!(nack(s).await, None);
+    s.record_nack("default/web-1", "s1", 3, "rules[0]: bad").await.unwrap();
+    s.clear_nack("default/web-1", "s1", "destinations: ").await.unwrap();
+    assert_eq!(nack(s).await.as_deref(), Some("rules[0]: bad"));
+});
+
 store_test!(sidecar_registration_health_and_disconnect, |s| {
     s.register_sidecar(&reg("default/web-1", "web", "s1")).await.unwrap();
     s.register_sidecar(&reg("default/web-2", "web", "s2")).await.unwrap();
